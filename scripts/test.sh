@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the linters, the type checker and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== ruff check"; .venv/bin/ruff check spkidd train tests benchmarks
+echo "== ruff format --check"; .venv/bin/ruff format --check spkidd train tests benchmarks
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,172 @@
+"""SpeakerModel: normalization -> frame stacking -> GRU/LSTM -> cumulative attentive statistics pooling ->
+speaker embedding -> cosine scores against per-speaker reference vectors.
+
+The pooling is cumulative, so the output at every step describes "the utterance so far": `step()` carries the
+recurrent state and the running pooling sums and gives, chunk by chunk, exactly what the offline pass gives.
+The classifier is a cosine against one reference vector per speaker, so a trained class and an enrolled
+speaker (the mean embedding of a few clips) are the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CellKind = Literal["gru", "lstm"]
+_ATTENTION_BOUND = 8.0
+_MIN_VARIANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_features: int
+    n_speakers: int
+    cell: CellKind = "gru"
+    hidden: int = 192
+    layers: int = 2
+    frame_stack: int = 3
+    embedding_dim: int = 128
+    dropout: float = 0.2
+    scale: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model parameters: {sorted(unknown)}")
+        config = cls(**data)
+        if config.cell not in ("gru", "lstm"):
+            raise ValueError(f"unknown recurrent cell {config.cell!r}")
+        return config
+
+
+@dataclass
+class StreamState:
+    """What a stream carries between `step()` calls; batch dimension first (or second for the RNN state)."""
+
+    rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+    pending: torch.Tensor
+    weight: torch.Tensor
+    sum1: torch.Tensor
+    sum2: torch.Tensor
+    steps: int = 0
+
+
+@dataclass
+class StepOutput:
+    """Per-step scores of the utterance so far: cosine to every speaker, and softmax probabilities."""
+
+    scores: torch.Tensor
+    probs: torch.Tensor
+    embeddings: torch.Tensor
+
+
+class SpeakerModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.register_buffer("feature_mean", torch.zeros(c.n_features))
+        self.register_buffer("feature_std", torch.ones(c.n_features))
+        rnn_cls = nn.GRU if c.cell == "gru" else nn.LSTM
+        self.rnn = rnn_cls(
+            c.n_features * c.frame_stack,
+            c.hidden,
+            num_layers=c.layers,
+            batch_first=True,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+        )
+        self.attention = nn.Sequential(nn.Linear(c.hidden, c.hidden // 2), nn.Tanh(), nn.Linear(c.hidden // 2, 1))
+        self.dropout = nn.Dropout(c.dropout)
+        self.embedding = nn.Linear(2 * c.hidden, c.embedding_dim)
+        self.speakers = nn.Parameter(torch.randn(c.n_speakers, c.embedding_dim) * 0.1)
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.clamp(std, min=1e-3))
+
+    def with_speakers(self, references: torch.Tensor) -> SpeakerModel:
+        """A copy of this model scoring against other speaker references (enrollment, forgetting)."""
+        clone = SpeakerModel(replace(self.config, n_speakers=references.shape[0]))
+        state = {k: v for k, v in self.state_dict().items() if k != "speakers"}
+        clone.load_state_dict({**state, "speakers": references.detach().clone()})
+        return clone.eval()
+
+    def _encode(
+        self, frames: torch.Tensor, rnn_state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(B, T*k, F) whole stacks of frames -> hidden (B, T, H), pooling weights (B, T, 1), rnn state."""
+        b, t, f = frames.shape
+        k = self.config.frame_stack
+        x = (frames - self.feature_mean) / self.feature_std
+        x = x.reshape(b, t // k, k * f)
+        hidden, new_state = self.rnn(x, rnn_state)
+        score = self.attention(hidden)
+        weight = torch.exp(_ATTENTION_BOUND * torch.tanh(score / _ATTENTION_BOUND))
+        return hidden, weight, new_state
+
+    def _embed(self, weight: torch.Tensor, sum1: torch.Tensor, sum2: torch.Tensor) -> torch.Tensor:
+        mean = sum1 / weight
+        std = torch.sqrt(torch.clamp(sum2 / weight - mean.square(), min=_MIN_VARIANCE))
+        return self.embedding(self.dropout(torch.cat([mean, std], dim=-1)))
+
+    def embed_sequence(self, frames: torch.Tensor) -> torch.Tensor:
+        """Offline: (B, T, F) frames -> embeddings of every prefix, (B, T // frame_stack, E)."""
+        k = self.config.frame_stack
+        usable = (frames.shape[1] // k) * k
+        hidden, weight, _ = self._encode(frames[:, :usable], None)
+        w = torch.cumsum(weight, dim=1)
+        s1 = torch.cumsum(weight * hidden, dim=1)
+        s2 = torch.cumsum(weight * hidden.square(), dim=1)
+        return self._embed(w, s1, s2)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize(embeddings, dim=-1) @ F.normalize(self.speakers, dim=-1).T
+
+    def output(self, embeddings: torch.Tensor) -> StepOutput:
+        scores = self.cosine(embeddings)
+        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
+
+    def initial_state(self, batch: int = 1) -> StreamState:
+        h = self.config.hidden
+        zeros = torch.zeros(batch, h)
+        return StreamState(
+            rnn=None,
+            pending=torch.zeros(batch, 0, self.config.n_features),
+            weight=torch.zeros(batch, 1),
+            sum1=zeros,
+            sum2=zeros.clone(),
+        )
+
+    def step(self, frames: torch.Tensor, state: StreamState) -> tuple[StepOutput | None, StreamState]:
+        """Streaming: new (B, n, F) frames and the carried state -> outputs for each completed step.
+
+        Returns None as output when the frames did not complete a stack.
+        """
+        k = self.config.frame_stack
+        frames = torch.cat([state.pending, frames], dim=1)
+        usable = (frames.shape[1] // k) * k
+        pending = frames[:, usable:]
+        if usable == 0:
+            return None, replace(state, pending=pending)
+        hidden, weight, rnn_state = self._encode(frames[:, :usable], state.rnn)
+        w = state.weight[:, None, :] + torch.cumsum(weight, dim=1)
+        s1 = state.sum1[:, None, :] + torch.cumsum(weight * hidden, dim=1)
+        s2 = state.sum2[:, None, :] + torch.cumsum(weight * hidden.square(), dim=1)
+        out = self.output(self._embed(w, s1, s2))
+        new_state = StreamState(
+            rnn=rnn_state,
+            pending=pending,
+            weight=w[:, -1],
+            sum1=s1[:, -1],
+            sum2=s2[:, -1],
+            steps=state.steps + usable // k,
+        )
+        return out, new_state
