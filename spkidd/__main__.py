@@ -1,0 +1,3 @@
+from spkidd.cli import main
+
+main()
