@@ -1,0 +1,171 @@
+"""From per-step model outputs of one utterance to Identification events.
+
+A partial name is given only after consistent evidence: the same speaker must be the top candidate, with a cosine
+score above the absolute threshold, enough probability and margin, for `stable_steps` consecutive steps after
+`min_speech_s` of speech. The absolute cosine threshold holds for every event, partial or final, because the
+softmax alone cannot say "none of the enrolled speakers".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from spkidd.events import UNKNOWN, EventType, Identification
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Thresholds of the decider. The model file's `decision` dict uses the same field names."""
+
+    min_score: float = 0.5
+    min_confidence: float = 0.6
+    min_margin: float = 0.2
+    stable_steps: int = 3
+    min_speech_s: float = 0.3
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_score <= 1.0:
+            raise ValueError(f"decision.min_score is a cosine in [-1, 1], not {self.min_score}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"decision.min_confidence is a probability in [0, 1], not {self.min_confidence}")
+        if not 0.0 <= self.min_margin <= 1.0:
+            raise ValueError(f"decision.min_margin is a probability difference in [0, 1], not {self.min_margin}")
+        if self.stable_steps < 1 or self.top_k < 1:
+            raise ValueError("decision.stable_steps and decision.top_k must be at least 1")
+        if self.min_speech_s < 0:
+            raise ValueError("decision.min_speech_s must not be negative")
+
+    @classmethod
+    def from_model(
+        cls, decision: Mapping[str, float], overrides: Mapping[str, float] | None = None
+    ) -> DecisionSettings:
+        """Defaults, then the model file's calibrated values, then the user's overrides; unknown keys are refused
+        (a typo in a config must not silently fall back to a default)."""
+        known = {f.name for f in fields(cls)}
+        merged: dict[str, float] = {}
+        for origin, values in (("model file", decision), ("overrides", overrides or {})):
+            unknown = sorted(set(values) - set(known))
+            if unknown:
+                raise ValueError(f"unknown decision settings in {origin}: {unknown}")
+            merged.update(values)
+        d = cls()
+        return cls(
+            min_score=float(merged.get("min_score", d.min_score)),
+            min_confidence=float(merged.get("min_confidence", d.min_confidence)),
+            min_margin=float(merged.get("min_margin", d.min_margin)),
+            stable_steps=int(merged.get("stable_steps", d.stable_steps)),
+            min_speech_s=float(merged.get("min_speech_s", d.min_speech_s)),
+            top_k=int(merged.get("top_k", d.top_k)),
+        )
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Model outputs for consecutive steps of one utterance: cosine scores and probabilities (n_steps, n_speakers),
+    and the seconds of utterance audio each step has seen."""
+
+    scores: np.ndarray
+    probs: np.ndarray
+    speech_s: np.ndarray
+
+
+class Decider:
+    """Decisions for the utterances of one source, one utterance at a time."""
+
+    def __init__(self, settings: DecisionSettings, labels: list[str], source: str, model: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.labels = labels
+        self.source = source
+        self.model = dict(model)
+        self._utterance_id = ""
+        self._start_s = 0.0
+        self._current: str | None = None
+        self._candidate = -1
+        self._run = 0
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def current(self) -> str | None:
+        """The speaker named by the last partial of this utterance, if any."""
+        return self._current
+
+    def begin(self, utterance_id: str, start_s: float) -> None:
+        self._utterance_id = utterance_id
+        self._start_s = start_s
+        self._current = None
+        self._candidate = -1
+        self._run = 0
+        self._last = None
+
+    def update(self, steps: StepScores, end_s: float) -> list[Identification]:
+        """Feeds consecutive steps; `end_s` is the audio time up to which the stream had been heard when they were
+        computed, so event times include any batching delay."""
+        events: list[Identification] = []
+        s = self.settings
+        for i in range(steps.probs.shape[0]):
+            scores, probs = steps.scores[i], steps.probs[i]
+            self._last = (scores, probs)
+            top = self._accepted(scores, probs, s.min_confidence)
+            if top < 0 or steps.speech_s[i] < s.min_speech_s:
+                self._run = 0
+                self._candidate = -1
+                continue
+            self._run = self._run + 1 if top == self._candidate else 1
+            self._candidate = top
+            name = self.labels[top]
+            if self._run >= s.stable_steps and name != self._current:
+                kind: EventType = "identified" if self._current is None else "changed"
+                self._current = name
+                events.append(self._event(kind, name, probs, top, False, end_s, float(steps.speech_s[i])))
+        return events
+
+    def finish(self, end_s: float, speech_s: float, *, long_enough: bool) -> list[Identification]:
+        """The final word on the utterance: its top speaker if the last step passes the thresholds, else unknown.
+        Nothing is said when the utterance was too short or the model never produced a step."""
+        if not long_enough or self._last is None:
+            return []
+        scores, probs = self._last
+        top = self._accepted(scores, probs, 0.0)
+        best = int(np.argmax(probs))
+        if top < 0:
+            return [self._event("unknown", UNKNOWN, probs, best, True, end_s, speech_s)]
+        return [self._event("final", self.labels[top], probs, top, True, end_s, speech_s)]
+
+    def _accepted(self, scores: np.ndarray, probs: np.ndarray, min_confidence: float) -> int:
+        """The top speaker's index if every threshold holds (the margin can only make this stricter), else -1."""
+        order = np.argsort(-probs)
+        top = int(order[0])
+        runner_up = float(probs[order[1]]) if len(order) > 1 else 0.0
+        s = self.settings
+        if scores[top] < s.min_score or probs[top] < min_confidence or probs[top] - runner_up < s.min_margin:
+            return -1
+        return top
+
+    def _event(
+        self,
+        kind: EventType,
+        speaker: str,
+        probs: np.ndarray,
+        index: int,
+        final: bool,
+        end_s: float,
+        speech_s: float,
+    ) -> Identification:
+        order = np.argsort(-probs)[: self.settings.top_k]
+        return Identification(
+            source=self.source,
+            utterance_id=self._utterance_id,
+            event_type=kind,
+            speaker=speaker,
+            confidence=float(probs[index]),
+            top_k={self.labels[i]: float(probs[i]) for i in order},
+            final=final,
+            start=round(self._start_s, 3),
+            end=round(end_s, 3),
+            speech_s=round(speech_s, 3),
+            model=dict(self.model),
+        )

@@ -1,0 +1,320 @@
+"""One stream: source -> speech gate -> streaming features -> model steps -> decider -> events.
+
+Two tasks per stream: a reader that drains the source into a bounded queue, and a processor that runs the gate on
+the event loop (microseconds per chunk) and hands feature extraction and model steps to a worker thread in batches
+of `step_ms` of speech, so the per-call overhead of torch is paid a few times a second rather than per 10-ms frame.
+A live source that outruns the processor loses its oldest queued audio (counted and logged), so memory stays
+bounded and the stream catches up; a file replayed as fast as possible is throttled instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from spkidd import SAMPLE_RATE
+from spkidd.audio.base import AudioChunk, AudioSource
+from spkidd.decide import Decider, DecisionSettings, StepScores
+from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.features import FeatureExtractor, StreamingFeatures, int16_to_float
+from spkidd.model import SpeakerModel, StreamState
+from spkidd.modelfile import ModelBundle
+from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceEnd, UtteranceStart
+
+log = logging.getLogger(__name__)
+
+PipelineEvent = Identification | SpeechActivity | SourceStatus
+Emit = Callable[[PipelineEvent], None]
+Progress = Callable[[str, dict[str, float]], None]
+OverflowPolicy = Literal["auto", "drop_oldest", "block"]
+_DROP_LOG_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """`decision` holds overrides on top of the model file's calibrated thresholds. `step_ms`: speech collected
+    before one batch of model steps (latency vs. CPU). `queue_chunks`: 30-ms chunks buffered before the oldest
+    is dropped. `overflow`: "auto" drops for live sources and blocks for sources with `realtime = False`."""
+
+    gate: GateSettings = field(default_factory=GateSettings)
+    decision: dict[str, float] = field(default_factory=dict)
+    step_ms: int = 150
+    queue_chunks: int = 200
+    overflow: OverflowPolicy = "auto"
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.step_ms <= 2000:
+            raise ValueError(f"pipeline.step_ms must be 10-2000, not {self.step_ms}")
+        if self.queue_chunks < 2:
+            raise ValueError(f"pipeline.queue_chunks must be at least 2, not {self.queue_chunks}")
+        DecisionSettings.from_model({}, self.decision)
+
+
+@dataclass
+class PipelineStats:
+    """Counters of one stream. `lag_s`: how long the last processed chunk waited between arriving from the source
+    and being fully processed. `processed_s`: audio time up to which processing is complete."""
+
+    audio_s: float = 0.0
+    processing_s: float = 0.0
+    lag_s: float = 0.0
+    events: int = 0
+    dropped_chunks: int = 0
+    reconnects: int = 0
+    speech_s: float = 0.0
+    processed_s: float = 0.0
+    utterances: int = 0
+
+
+class _Utterance:
+    """Per-utterance streaming state; touched by one worker call at a time."""
+
+    def __init__(self, utterance_id: str, model: SpeakerModel, extractor: FeatureExtractor) -> None:
+        self.utterance_id = utterance_id
+        self.model = model
+        self.features = StreamingFeatures(extractor)
+        self.state: StreamState = model.initial_state()
+        self.samples = 0
+
+    def compute(self, samples: np.ndarray, hop_s: float) -> StepScores | None:
+        """Runs in a worker thread: new int16 samples -> scores of every model step they complete."""
+        frames = self.features.push(int16_to_float(samples))
+        if frames.shape[0] == 0:
+            return None
+        before = self.state.steps
+        with torch.inference_mode():
+            out, self.state = self.model.step(torch.from_numpy(frames)[None], self.state)
+        if out is None:
+            return None
+        n = out.probs.shape[1]
+        steps = np.arange(before + 1, before + n + 1, dtype=np.float64)
+        return StepScores(
+            scores=out.scores[0].numpy(),
+            probs=out.probs[0].numpy(),
+            speech_s=steps * self.model.config.frame_stack * hop_s,
+        )
+
+
+class StreamPipeline:
+    """Runs one source through the gate, the model and the decider, emitting events through a callback."""
+
+    def __init__(
+        self,
+        source: AudioSource,
+        bundle: ModelBundle,
+        settings: PipelineSettings,
+        *,
+        executor: Executor | None = None,
+        on_progress: Progress | None = None,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        self.stats = PipelineStats()
+        self._executor = executor
+        self._on_progress = on_progress
+        self._pending_bundle: ModelBundle | None = None
+        self._use_bundle(bundle)
+        self._gate = SpeechGate(settings.gate)
+        self._queue: deque[tuple[AudioChunk, float] | None] = deque()
+        self._changed: asyncio.Event | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._done: asyncio.Event | None = None
+        self._stopping = False
+        self._utterance: _Utterance | None = None
+        self._batch: list[np.ndarray] = []
+        self._batch_samples = 0
+        self._batch_end = 0.0
+        self._count = 0
+        self._last_drop_log = 0.0
+        self._step_samples = int(settings.step_ms * SAMPLE_RATE / 1000)
+        if settings.overflow == "auto":
+            self._drop = bool(getattr(source, "realtime", True))
+        else:
+            self._drop = settings.overflow == "drop_oldest"
+
+    def replace_model(self, bundle: ModelBundle) -> None:
+        """Takes effect at the next utterance, so an utterance is never scored by two models."""
+        self._pending_bundle = bundle
+
+    async def stop(self) -> None:
+        """Stops reading the source; what was queued is processed, open utterances get their final events, and
+        run() returns."""
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._done is not None:
+            await self._done.wait()
+
+    async def run(self, emit: Emit) -> None:
+        self._changed = asyncio.Event()
+        self._done = asyncio.Event()
+        self._reader = asyncio.create_task(self._read(emit), name=f"read-{self.source.name}")
+        try:
+            if not self._stopping:
+                await self._process(emit)
+        finally:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._done.set()
+
+    def _use_bundle(self, bundle: ModelBundle) -> None:
+        self._bundle = bundle
+        self._extractor = bundle.extractor()
+        self._hop_s = bundle.features.hop_length / bundle.features.sample_rate
+        decision = DecisionSettings.from_model(bundle.decision, self.settings.decision)
+        self._decider = Decider(
+            decision, list(bundle.labels), self.source.name, {"name": bundle.name, "version": bundle.version}
+        )
+
+    async def _read(self, emit: Emit) -> None:
+        """Source -> queue. Ends with a None sentinel whatever happens, so the processor always finishes."""
+        assert self._changed is not None
+        limit = self.settings.queue_chunks
+        chunks = self.source.chunks()
+        try:
+            async for chunk in chunks:
+                if chunk.discontinuity:
+                    self.stats.reconnects += 1
+                if self._drop:
+                    if len(self._queue) >= limit:
+                        self._drop_oldest()
+                else:
+                    while len(self._queue) >= limit:
+                        self._changed.clear()
+                        await self._changed.wait()
+                self._queue.append((chunk, time.monotonic()))
+                self._changed.set()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.error("%s: source failed: %s", self.source.name, exc)
+            emit(SourceStatus(self.source.name, False, f"source failed: {exc}"))
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await close()
+            self._queue.append(None)
+            self._changed.set()
+
+    def _drop_oldest(self) -> None:
+        self._queue.popleft()
+        self.stats.dropped_chunks += 1
+        head = self._queue[0] if self._queue else None
+        if head is not None:
+            self._queue[0] = (replace(head[0], discontinuity=True), head[1])
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_INTERVAL_S:
+            self._last_drop_log = now
+            log.warning(
+                "%s: processing is behind the source; dropped the oldest audio (%d chunks so far)",
+                self.source.name,
+                self.stats.dropped_chunks,
+            )
+
+    async def _next(self) -> tuple[AudioChunk, float] | None:
+        assert self._changed is not None
+        while not self._queue:
+            self._changed.clear()
+            await self._changed.wait()
+        item = self._queue.popleft()
+        if not self._drop:
+            self._changed.set()
+        return item
+
+    async def _process(self, emit: Emit) -> None:
+        while (item := await self._next()) is not None:
+            chunk, arrived = item
+            self.stats.audio_s += len(chunk.samples) / SAMPLE_RATE
+            if chunk.discontinuity:
+                if self._gate.is_open:
+                    log.info("%s: gap in the audio at %.2f s; closing the utterance", self.source.name, chunk.start_s)
+                await self._gate_events(self._gate.close(), emit)
+            await self._gate_events(self._gate.push(chunk.samples, chunk.start_s), emit)
+            self.stats.processed_s = chunk.start_s + len(chunk.samples) / SAMPLE_RATE
+            self.stats.lag_s = time.monotonic() - arrived
+        await self._gate_events(self._gate.close(), emit)
+        emit(SourceStatus(self.source.name, False, "stopped" if self._stopping else "audio ended"))
+
+    async def _gate_events(self, events: list[UtteranceStart | SpeechAudio | UtteranceEnd], emit: Emit) -> None:
+        for event in events:
+            if isinstance(event, UtteranceStart):
+                self._begin(event, emit)
+            elif isinstance(event, SpeechAudio):
+                self._add(event.audio, event.start_s)
+                if self._batch_samples >= self._step_samples:
+                    await self._run_batch(emit)
+            else:
+                await self._end(event, emit)
+
+    def _begin(self, event: UtteranceStart, emit: Emit) -> None:
+        if self._pending_bundle is not None:
+            self._use_bundle(self._pending_bundle)
+            self._pending_bundle = None
+            log.info("%s: now using model %s %s", self.source.name, self._bundle.name, self._bundle.version)
+        self._count += 1
+        self.stats.utterances += 1
+        utterance_id = f"{self.source.name}-{self._count:06d}"
+        self._utterance = _Utterance(utterance_id, self._bundle.model, self._extractor)
+        self._decider.begin(utterance_id, event.start_s)
+        self._emit(emit, SpeechActivity(self.source.name, utterance_id, True, round(event.start_s, 3)))
+        self._batch, self._batch_samples = [], 0
+        self._add(event.audio, event.start_s)
+
+    def _add(self, audio: np.ndarray, start_s: float) -> None:
+        if len(audio) == 0:
+            return
+        self._batch.append(audio)
+        self._batch_samples += len(audio)
+        self._batch_end = start_s + len(audio) / SAMPLE_RATE
+
+    async def _run_batch(self, emit: Emit) -> None:
+        utterance = self._utterance
+        if utterance is None or not self._batch:
+            return
+        samples = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch)
+        self._batch, self._batch_samples = [], 0
+        utterance.samples += len(samples)
+        self.stats.speech_s += len(samples) / SAMPLE_RATE
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        steps = await loop.run_in_executor(self._executor, utterance.compute, samples, self._hop_s)
+        self.stats.processing_s += time.perf_counter() - began
+        if steps is None:
+            return
+        for event in self._decider.update(steps, self._batch_end):
+            self._emit(emit, event)
+        if self._on_progress is not None:
+            probs = steps.probs[-1]
+            order = np.argsort(-probs)[: self._decider.settings.top_k]
+            self._on_progress(utterance.utterance_id, {self._bundle.labels[i]: float(probs[i]) for i in order})
+
+    async def _end(self, event: UtteranceEnd, emit: Emit) -> None:
+        await self._run_batch(emit)
+        utterance = self._utterance
+        if utterance is None:
+            return
+        long_enough = event.speech_s >= self.settings.gate.min_utterance_s
+        for ident in self._decider.finish(event.end_s, event.speech_s, long_enough=long_enough):
+            self._emit(emit, ident)
+        self._emit(emit, SpeechActivity(self.source.name, utterance.utterance_id, False, round(event.end_s, 3)))
+        self._utterance = None
+
+    def _emit(self, emit: Emit, event: PipelineEvent) -> None:
+        if isinstance(event, Identification):
+            self.stats.events += 1
+        try:
+            emit(event)
+        except Exception:
+            log.exception("%s: the event consumer failed on %s", self.source.name, type(event).__name__)
