@@ -76,3 +76,9 @@ def random_bundle(labels: list[str], *, seed: int = 0, hidden: int = 32) -> Mode
 def save_random_model(path: Path, labels: list[str], *, seed: int = 0) -> Path:
     save_model(random_bundle(labels, seed=seed), path)
     return path
+
+
+def trim(audio: np.ndarray, level: float = 0.01) -> np.ndarray:
+    """Cuts espeak's leading and trailing near-silence so test pauses are exactly the ones a test inserts."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    return audio[loud[0] : loud[-1] + 1]
