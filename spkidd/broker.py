@@ -1,0 +1,214 @@
+"""The embedded MQTT broker of the zero-config default (127.0.0.1:1883): Home Assistant or mosquitto_sub can
+connect to the daemon's host without installing a broker first.
+
+Two implementations, chosen by `[embedded_broker] implementation`; "auto" prefers Mosquitto. The choice was
+made on evidence (tests/test_broker.py runs both against the same tests):
+- A private `mosquitto` child process (Debian's 2.0.11), supervised from the daemon's event loop and restarted
+  with backoff if it dies. It passes every retained-message and ordering test: a late subscriber gets exactly
+  one copy of each retained topic and a client that subscribed to nothing gets nothing.
+- amqtt 0.12.1 inside the daemon's loop, the fallback where no mosquitto binary exists. Ordered QoS 1 delivery
+  works, but it replays retained messages on every CONNECT for every filter any client ever subscribed to:
+  clients receive retained messages they never asked for, and subscribers get duplicates (the test
+  `test_amqtt_retained_replay_bug` pins this down). Home Assistant tolerates duplicate retained states, so it is
+  usable, but Mosquitto is the correct one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from spkidd.config import EmbeddedBrokerConfig
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 10.0
+
+
+class BrokerError(Exception):
+    """The embedded broker could not start (port in use, binary missing); the message says why."""
+
+
+class EmbeddedBroker(Protocol):
+    host: str
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def _wait_listening(host: str, port: int, alive: Any, timeout: float) -> None:
+    """Polls a TCP connect until the broker accepts; `alive()` False means it died while starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if not alive():
+                raise BrokerError(f"broker exited while starting on {host}:{port}") from None
+            if time.monotonic() > deadline:
+                raise BrokerError(f"broker did not listen on {host}:{port} within {timeout:.0f} s") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+class MosquittoBroker:
+    """A private mosquitto on host:port (no persistence: the publisher republishes retained state on every
+    reconnect), restarted with capped backoff if it dies."""
+
+    def __init__(self, host: str, port: int, binary: str = "mosquitto") -> None:
+        self.host = host
+        self.port = port
+        self.binary = binary
+        self.restarts = 0
+        self._dir: Path | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="spkidd-mosquitto-"))
+        (self._dir / "mosquitto.conf").write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        try:
+            await self._spawn()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self._supervisor = asyncio.create_task(self._supervise(), name="mosquitto-supervisor")
+
+    async def _spawn(self) -> None:
+        assert self._dir is not None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.binary,
+                "-c",
+                str(self._dir / "mosquitto.conf"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise BrokerError(f"cannot run {self.binary}: {exc}") from exc
+        self._process = process
+        lines: list[str] = []
+        logger = asyncio.create_task(self._forward_log(process, lines))
+        try:
+            await _wait_listening(self.host, self.port, lambda: process.returncode is None, _READY_TIMEOUT_S)
+        except BrokerError as exc:
+            await self._terminate(process)
+            await logger
+            raise BrokerError(f"mosquitto on {self.host}:{self.port}: {exc}; {' '.join(lines[-3:])}") from None
+        log.info("embedded broker: mosquitto (pid %d) listening on %s:%d", process.pid, self.host, self.port)
+
+    @staticmethod
+    async def _forward_log(process: asyncio.subprocess.Process, lines: list[str]) -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            lines.append(line)
+            del lines[:-20]
+            log.info("mosquitto: %s", line)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            process = self._process
+            assert process is not None
+            code = await process.wait()
+            if self._stopping:
+                return
+            delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            attempt = min(attempt + 1, 10)
+            log.error("embedded broker: mosquitto exited with %s; restarting in %.1f s", code, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+                self.restarts += 1
+                attempt = 0
+            except BrokerError as exc:
+                log.error("embedded broker: restart failed: %s", exc)
+
+    @staticmethod
+    async def _terminate(process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._process is not None:
+            await self._terminate(self._process)
+            log.info("embedded broker: mosquitto stopped (exit %s)", self._process.returncode)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class AmqttBroker:
+    """amqtt in the daemon's own loop, with only the anonymous-auth plugin (no $SYS or packet-logging plugins,
+    which warn and log every packet)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._broker = Broker(config)
+        try:
+            await self._broker.start()
+        except Exception as exc:
+            raise BrokerError(f"amqtt on {self.host}:{self.port}: {exc}") from exc
+        await _wait_listening(self.host, self.port, lambda: True, _READY_TIMEOUT_S)
+        log.info("embedded broker: amqtt listening on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            log.info("embedded broker: amqtt stopped")
+
+
+def make_broker(config: EmbeddedBrokerConfig) -> EmbeddedBroker:
+    """Mosquitto when asked for or when "auto" finds the binary; amqtt otherwise."""
+    binary = shutil.which("mosquitto") or next(
+        (str(p) for p in (Path("/usr/sbin/mosquitto"), Path("/usr/local/sbin/mosquitto")) if p.is_file()), None
+    )
+    if config.implementation == "mosquitto" or (config.implementation == "auto" and binary):
+        if binary is None:
+            raise BrokerError("implementation = 'mosquitto' but no mosquitto binary is installed")
+        return MosquittoBroker(config.host, config.port, binary)
+    return AmqttBroker(config.host, config.port)

@@ -1,0 +1,367 @@
+"""config.toml -> typed, frozen settings, refused at start with a message naming the key and the file.
+
+Every table goes through one generic function, `from_table`, that maps a TOML table onto a dataclass by its
+field types. So a setting that another module adds to its own settings dataclass (the speech gate's
+GateSettings, the decider's DecisionSettings) is configurable at once, with the same validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import socket
+import stat
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from spkidd.pipeline import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_SEARCH = (Path("config.toml"), Path("/etc/spkidd/config.toml"))
+"""Where `spkidd run` looks when no --config is given: the working directory, then the system location."""
+
+_ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+def sanitize_id(text: str) -> str:
+    """Topic levels and Home Assistant ids must not contain '/', '+', '#', spaces or dots."""
+    cleaned = _ID_UNSAFE.sub("_", text.strip())
+    return cleaned or "spkidd"
+
+
+def default_instance() -> str:
+    return sanitize_id(socket.gethostname().split(".")[0])
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One audio source. `kind` selects which of device (mic), url (ffmpeg) or path (file) is used."""
+
+    name: str
+    kind: Literal["mic", "url", "file"]
+    device: str | int | None = None
+    url: str | None = None
+    path: Path | None = None
+    realtime: bool = True
+    loop: bool = False
+
+    def __post_init__(self) -> None:
+        if sanitize_id(self.name) != self.name:
+            raise ValueError(f"name {self.name!r} may only contain letters, digits, '_' and '-'")
+        if self.kind == "url" and not self.url:
+            raise ValueError("kind = 'url' needs url")
+        if self.kind == "file" and self.path is None:
+            raise ValueError("kind = 'file' needs path")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the broker; `ca` None means the system's trust store."""
+
+    enabled: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """`broker = "embedded"` starts the embedded broker and connects to it; `"external"` uses host/port."""
+
+    broker: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: TlsConfig = TlsConfig()
+    client_id: str | None = None
+    keepalive: int = 30
+    topic_prefix: str = "spkidd"
+    discovery_prefix: str = "homeassistant"
+    queue_size: int = 1000
+    clear_after_s: float = 60.0
+    stats_interval_s: float = 60.0
+    rediscovery_max_delay_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    publish_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.password, self.password_file, self.password_env)) > 1:
+            raise ValueError("give only one of password, password_file, password_env")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.queue_size < 1 or self.keepalive < 1:
+            raise ValueError("queue_size and keepalive must be positive")
+        if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        for name in ("topic_prefix", "discovery_prefix"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in "#+") or value.startswith("/") or value.endswith("/"):
+                raise ValueError(f"{name} {value!r} is not a valid topic prefix")
+
+
+@dataclass(frozen=True)
+class EmbeddedBrokerConfig:
+    """`implementation = "auto"` runs a private mosquitto when the binary is installed, else amqtt."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    implementation: Literal["auto", "mosquitto", "amqtt"] = "auto"
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9808
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    path: Path
+    instance: str
+    model: Path
+    sources: tuple[SourceConfig, ...]
+    pipeline: PipelineSettings
+    mqtt: MqttConfig
+    embedded_broker: EmbeddedBrokerConfig
+    health: HealthConfig
+    logging: LoggingConfig
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if tp is Path:
+        return "a path string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, file: Path) -> Any:
+    """Checks one TOML value against a field type and converts it (path strings to Path, lists to tuples)."""
+
+    def refuse() -> ConfigError:
+        return ConfigError(f"{file}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, file)
+            except ConfigError:
+                continue
+        raise refuse()
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise refuse()
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise refuse()
+        return from_table(typing.cast(type, tp), value, file=file, where=key)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise refuse()
+        item_type = args[0] if args else Any
+        items = [_convert(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise refuse()
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, value_type, f"{key}.{k}", file) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise refuse()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise refuse()
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise refuse()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise refuse()
+    if tp is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise refuse()
+    raise ConfigError(f"{file}: {key}: field type {tp!r} cannot be read from TOML")
+
+
+def from_table(cls: type[T], table: dict[str, Any], *, file: Path, where: str) -> T:
+    """Builds dataclass `cls` from a TOML table: unknown keys, wrong types and missing required values are
+    refused with a ConfigError naming `file` and the key (`where` is the table's dotted name)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"[{where}] " if where else ""
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(f"{file}: {prefix}unknown key {unknown[0]!r} (known keys: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name in table:
+            kwargs[name] = _convert(table[name], hints[name], key, file)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{file}: {prefix}missing required key {name!r}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{file}: {prefix or where + ' '}{exc}") from exc
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    """The file's shape: top-level keys and tables. Sub-tables stay raw here and are parsed one by one."""
+
+    model: Path
+    instance: str | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    vad: dict[str, Any] = field(default_factory=dict)
+    decision: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+    mqtt: dict[str, Any] = field(default_factory=dict)
+    embedded_broker: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
+    logging: dict[str, Any] = field(default_factory=dict)
+
+
+def find_config(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    for candidate in DEFAULT_SEARCH:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no configuration file: give --config PATH or create one of {[str(p) for p in DEFAULT_SEARCH]}")
+
+
+def _resolve(base: Path, path: Path | None) -> Path | None:
+    """Relative paths in the file are relative to the file, so the daemon does not depend on its cwd."""
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
+    if mqtt.password is not None and mode & stat.S_IROTH:
+        log.warning("%s holds an MQTT password and is readable by everyone; chmod o-r it", file)
+    if mqtt.password_file is not None:
+        try:
+            secret = mqtt.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{file}: [mqtt] password_file: cannot read {mqtt.password_file}: {exc}") from exc
+        return dataclasses.replace(mqtt, password=secret)
+    if mqtt.password_env is not None:
+        secret_env = os.environ.get(mqtt.password_env)
+        if secret_env is None:
+            raise ConfigError(f"{file}: [mqtt] password_env: environment variable {mqtt.password_env} is not set")
+        return dataclasses.replace(mqtt, password=secret_env)
+    return mqtt
+
+
+def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:
+    """[vad] -> the gate's settings; [decision] is checked against the decider's settings, but only the keys
+    given are kept, as overrides of the thresholds calibrated into the model file; [pipeline] the rest."""
+    from spkidd.decide import DecisionSettings
+    from spkidd.pipeline import PipelineSettings
+    from spkidd.vad import GateSettings
+
+    for key in ("gate", "decision"):
+        if key in top.pipeline:
+            raise ConfigError(f"{file}: [pipeline] unknown key {key!r} (use the [vad] and [decision] tables)")
+    gate = from_table(GateSettings, top.vad, file=file, where="vad")
+    checked = from_table(DecisionSettings, top.decision, file=file, where="decision")
+    overrides = {key: float(getattr(checked, key)) for key in top.decision}
+    rest = from_table(PipelineSettings, top.pipeline, file=file, where="pipeline")
+    return dataclasses.replace(rest, gate=gate, decision=overrides)
+
+
+def load_config(path: Path) -> DaemonConfig:
+    """Reads and validates the whole file; raises ConfigError with the file and key on any problem."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    top = from_table(_TopLevel, raw, file=path, where="")
+    base = path.resolve().parent
+    sources = []
+    for i, table in enumerate(top.sources):
+        source = from_table(SourceConfig, table, file=path, where=f"sources[{i}]")
+        sources.append(dataclasses.replace(source, path=_resolve(base, source.path)))
+    if not sources:
+        raise ConfigError(f"{path}: no [[sources]]: configure at least one audio source")
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: [[sources]] name {duplicates[0]!r} is used more than once")
+    mqtt = from_table(MqttConfig, top.mqtt, file=path, where="mqtt")
+    tls = mqtt.tls
+    mqtt = dataclasses.replace(
+        mqtt,
+        password_file=_resolve(base, mqtt.password_file),
+        tls=dataclasses.replace(
+            tls, ca=_resolve(base, tls.ca), cert=_resolve(base, tls.cert), key=_resolve(base, tls.key)
+        ),
+    )
+    mqtt = _resolve_password(mqtt, path, mode)
+    instance = sanitize_id(top.instance) if top.instance else default_instance()
+    model = _resolve(base, top.model)
+    assert model is not None
+    return DaemonConfig(
+        path=path,
+        instance=instance,
+        model=model,
+        sources=tuple(sources),
+        pipeline=_pipeline_settings(top, path),
+        mqtt=mqtt,
+        embedded_broker=from_table(EmbeddedBrokerConfig, top.embedded_broker, file=path, where="embedded_broker"),
+        health=from_table(HealthConfig, top.health, file=path, where="health"),
+        logging=from_table(LoggingConfig, top.logging, file=path, where="logging"),
+    )

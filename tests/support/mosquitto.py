@@ -1,0 +1,162 @@
+"""Test helpers: a real Mosquitto on a free 127.0.0.1 port as a child process, and an MQTT collector."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, alive: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if not alive():
+                raise RuntimeError(f"process died before listening on {port}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on {port}") from None
+            time.sleep(0.02)
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signals the child's whole process group (it was started with start_new_session) and reaps it."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+
+
+class Mosquitto:
+    """Debian's mosquitto in the foreground. `persistence` keeps sessions and queued QoS 1 messages across a
+    stop/start on the same port (saved at SIGTERM), so a test subscriber misses nothing during an outage."""
+
+    def __init__(self, directory: Path, port: int | None = None, persistence: bool = False) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / "mosquitto.log"
+        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest stderr"]
+        if persistence:
+            conf += ["persistence true", f"persistence_location {directory}/", "autosave_interval 3600"]
+        else:
+            conf.append("persistence false")
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text("\n".join(conf) + "\n")
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.conf)], stderr=log, stdout=log, start_new_session=True
+            )
+        process = self.process
+        wait_port(self.port, lambda: process.poll() is None)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            kill_group(self.process, sig)
+            self.process = None
+
+
+@contextlib.contextmanager
+def running_mosquitto(directory: Path, persistence: bool = False) -> Iterator[Mosquitto]:
+    broker = Mosquitto(directory, persistence=persistence)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+class Collector:
+    """Subscribes to `filters` and records every message; reconnects after a broker outage with a persistent
+    session (fixed client id, clean_session False) so QoS 1 messages queued by the broker are not lost."""
+
+    def __init__(self, port: int, filters: list[str], client_id: str | None = None) -> None:
+        self.port = port
+        self.filters = filters
+        self.client_id = client_id
+        self.messages: list[Received] = []
+        self.connects = 0
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._new = asyncio.Event()
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    self.port,
+                    identifier=self.client_id,
+                    clean_session=False if self.client_id else None,
+                    keepalive=5,
+                ) as client:
+                    self.connects += 1
+                    for f in self.filters:
+                        await client.subscribe(f, qos=1)
+                    self._subscribed.set()
+                    async for m in client.messages:
+                        payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                        self.messages.append(Received(m.topic.value, payload, bool(m.retain), int(m.qos)))
+                        self._new.set()
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    def on(self, topic: str) -> list[Received]:
+        return [m for m in self.messages if m.topic == topic]
+
+    async def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 20.0) -> None:
+        async def loop() -> None:
+            while not predicate(self.messages):
+                self._new.clear()
+                await self._new.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+async def publish_once(port: int, topic: str, payload: bytes, retain: bool = False) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.publish(topic, payload, qos=1, retain=retain)

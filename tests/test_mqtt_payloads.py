@@ -1,0 +1,95 @@
+"""Unit tests of the pure payload builders: exact keys, the unknown -> unrecognized mapping, discovery."""
+
+from __future__ import annotations
+
+from spkidd.events import UNKNOWN
+from spkidd.mqtt.payloads import (
+    Topics,
+    discovery_messages,
+    event_payload,
+    none_state,
+    speaker_options,
+    state_from_identification,
+    state_payload,
+)
+from tests.support.mqtt_events import identification
+
+TOPICS = Topics("spkidd", "node1", "homeassistant")
+
+STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since"]
+EVENT_KEYS = [
+    "v", "event_type", "source", "utterance_id", "speaker", "confidence", "top_k", "final",
+    "start", "end", "speech_s", "time", "model",
+]  # fmt: skip
+
+
+def test_state_and_event_payload_keys() -> None:
+    event = identification("kitchen", 3, "final", "alice", 0.912345)
+    payload = event_payload(event)
+    assert list(payload) == EVENT_KEYS
+    assert payload["v"] == 1 and payload["confidence"] == 0.9123 and payload["final"] is True
+    assert payload["time"].endswith("Z")
+    state = state_payload(state_from_identification(event))
+    assert list(state) == STATE_KEYS
+    assert (state["state"], state["speaker"], state["utterance_id"]) == ("identified", "alice", "kitchen-000003")
+
+
+def test_unknown_and_none_states() -> None:
+    unknown = state_payload(state_from_identification(identification("k", 1, "unknown", UNKNOWN, 0.3)))
+    assert (unknown["state"], unknown["speaker"]) == ("unknown", "unknown")
+    cleared = state_payload(none_state("k", "k-000001"))
+    assert list(cleared) == STATE_KEYS
+    assert (cleared["state"], cleared["speaker"], cleared["confidence"], cleared["top_k"]) == (
+        "none",
+        "none",
+        None,
+        {},
+    )
+
+
+def test_discovery_entities_devices_and_availability() -> None:
+    messages = discovery_messages(TOPICS, ["kitchen", "hall"], ["alice", "bob"])
+    assert sorted(messages) == sorted(
+        [
+            "homeassistant/binary_sensor/spkidd_node1_status/config",
+            *(
+                f"homeassistant/{c}/spkidd_node1_{s}_{e}/config"
+                for s in ("kitchen", "hall")
+                for c, e in (
+                    ("sensor", "speaker"),
+                    ("binary_sensor", "speaking"),
+                    ("event", "event"),
+                    ("sensor", "confidence"),
+                )
+            ),
+        ]
+    )
+    for topic, config in messages.items():
+        assert config["unique_id"] == topic.split("/")[2]
+        assert config["origin"]["name"] == "spkidd"
+        assert "device" in config
+    bridge = messages["homeassistant/binary_sensor/spkidd_node1_status/config"]
+    assert bridge["state_topic"] == "spkidd/node1/status" and "availability" not in bridge
+    assert bridge["device"]["identifiers"] == ["spkidd_node1"] and bridge["device_class"] == "connectivity"
+    speaker = messages["homeassistant/sensor/spkidd_node1_kitchen_speaker/config"]
+    assert speaker["state_topic"] == speaker["json_attributes_topic"] == "spkidd/node1/kitchen/speaker"
+    assert speaker["options"] == ["alice", "bob", "unrecognized", "none"]
+    assert speaker["availability_mode"] == "all"
+    assert [a["topic"] for a in speaker["availability"]] == ["spkidd/node1/status", "spkidd/node1/kitchen/status"]
+    assert speaker["device"]["via_device"] == "spkidd_node1"
+    assert "'unrecognized' if value_json.speaker == 'unknown'" in speaker["value_template"]
+    event = messages["homeassistant/event/spkidd_node1_kitchen_event/config"]
+    assert event["event_types"] == ["identified", "changed", "final", "unknown"]
+    assert event["state_topic"] == "spkidd/node1/kitchen/event"
+    speaking = messages["homeassistant/binary_sensor/spkidd_node1_hall_speaking/config"]
+    assert (speaking["device_class"], speaking["payload_on"], speaking["payload_off"]) == ("sound", "ON", "OFF")
+    confidence = messages["homeassistant/sensor/spkidd_node1_hall_confidence/config"]
+    assert (confidence["unit_of_measurement"], confidence["state_class"], confidence["entity_category"]) == (
+        "%",
+        "measurement",
+        "diagnostic",
+    )
+
+
+def test_speaker_options_never_repeat() -> None:
+    assert speaker_options(["alice", "none", "alice"]) == ["alice", "none", "unrecognized"]
