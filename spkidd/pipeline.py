@@ -63,7 +63,8 @@ class PipelineSettings:
 @dataclass
 class PipelineStats:
     """Counters of one stream. `lag_s`: how long the last processed chunk waited between arriving from the source
-    and being fully processed. `processed_s`: audio time up to which processing is complete."""
+    and being fully processed. `processed_s`: audio time up to which processing is complete. `queue_peak`: most
+    chunks ever waiting (bounded by PipelineSettings.queue_chunks)."""
 
     audio_s: float = 0.0
     processing_s: float = 0.0
@@ -74,6 +75,7 @@ class PipelineStats:
     speech_s: float = 0.0
     processed_s: float = 0.0
     utterances: int = 0
+    queue_peak: int = 0
 
 
 class _Utterance:
@@ -194,6 +196,7 @@ class StreamPipeline:
                         self._changed.clear()
                         await self._changed.wait()
                 self._queue.append((chunk, time.monotonic()))
+                self.stats.queue_peak = max(self.stats.queue_peak, len(self._queue))
                 self._changed.set()
         except asyncio.CancelledError:
             pass

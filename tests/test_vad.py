@@ -6,12 +6,12 @@ import itertools
 
 import numpy as np
 import pytest
-from support.streaming import espeak, silence, trim
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.replay import to_chunkable_pcm
 from spkidd.vad import GateEvent, GateSettings, SpeechAudio, SpeechGate, UtteranceEnd, UtteranceStart
+from tests.support.streaming import espeak, silence, trim
 
 CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
 

@@ -1,0 +1,191 @@
+"""The one-stream pipeline: streaming equals offline, overflow policies, stop, model replacement, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from spkidd import SAMPLE_RATE
+from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
+from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
+from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.inference import score_audio
+from spkidd.modelfile import ModelBundle
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
+from tests.support.streaming import espeak, random_bundle, silence, trim, write_wav
+
+LABELS = ["alice", "bob", "carol", "dave", "erin"]
+EVERYTHING = {"min_score": -1.0, "min_confidence": 0.0, "min_margin": 0.0, "top_k": float(len(LABELS))}
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return trim(espeak("bob", "Please turn on the kitchen lights and start the coffee machine."))
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return random_bundle(LABELS, seed=3)
+
+
+async def run_pipeline(pipeline: StreamPipeline) -> list[PipelineEvent]:
+    events: list[PipelineEvent] = []
+    await asyncio.wait_for(pipeline.run(events.append), timeout=120)
+    return events
+
+
+def gate_utterances(audio: np.ndarray, settings: GateSettings) -> list[np.ndarray]:
+    """The utterance audio the gate cuts from `audio`, computed independently of the pipeline."""
+    gate = SpeechGate(settings)
+    pcm = to_chunkable_pcm(audio)
+    out: list[list[np.ndarray]] = []
+    events = []
+    for i in range(len(pcm) // CHUNK_SAMPLES):
+        events += gate.push(pcm[i * CHUNK_SAMPLES : (i + 1) * CHUNK_SAMPLES], i * CHUNK_SAMPLES / SAMPLE_RATE)
+    for event in [*events, *gate.close()]:
+        if isinstance(event, UtteranceStart):
+            out.append([event.audio])
+        elif isinstance(event, SpeechAudio):
+            out[-1].append(event.audio)
+    return [np.concatenate(parts) for parts in out]
+
+
+@pytest.mark.parametrize("step_ms", [30, 150, 700])
+async def test_streaming_equals_offline(tmp_path: Path, speech: np.ndarray, bundle: ModelBundle, step_ms: int) -> None:
+    audio = np.concatenate([silence(0.7), speech, silence(0.8), speech[:SAMPLE_RATE], silence(0.9)])
+    path = write_wav(tmp_path / "two.wav", audio)
+    settings = PipelineSettings(decision=EVERYTHING, step_ms=step_ms)
+    events = await run_pipeline(StreamPipeline(ReplaySource("desk", path, realtime=False), bundle, settings))
+    finals = [e for e in events if isinstance(e, Identification) and e.final]
+    expected = gate_utterances(audio, settings.gate)
+    assert len(finals) == len(expected) == 2
+    for final, utterance in zip(finals, expected, strict=True):
+        offline = score_audio(bundle, utterance.astype(np.float32) / 32768.0)
+        assert offline is not None
+        streamed = np.array([final.top_k[label] for label in LABELS])
+        assert np.abs(streamed - offline.probs).max() <= 1e-4
+        assert final.speaker == LABELS[int(np.argmax(offline.probs))]
+        assert final.speech_s == pytest.approx(len(utterance) / SAMPLE_RATE, abs=1e-3)
+    activity = [e for e in events if isinstance(e, SpeechActivity)]
+    assert [a.speaking for a in activity] == [True, False, True, False]
+    assert [a.utterance_id for a in activity] == ["desk-000001"] * 2 + ["desk-000002"] * 2
+    assert isinstance(events[-1], SourceStatus) and not events[-1].online
+
+
+class SlowExecutor(ThreadPoolExecutor):
+    """A worker pool on a machine far too slow for the stream: every batch of model work takes `delay_s` longer."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(max_workers=1)
+        self.delay_s = delay_s
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        def slow() -> Any:
+            time.sleep(self.delay_s)
+            return fn(*args, **kwargs)
+
+        return super().submit(slow)
+
+
+async def test_a_live_source_that_outruns_processing_loses_its_oldest_audio(
+    tmp_path: Path, speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    audio = np.concatenate([silence(0.3), speech, silence(0.5)])
+    path = write_wav(tmp_path / "long.wav", audio)
+    settings = PipelineSettings(decision=EVERYTHING, step_ms=30, queue_chunks=8)
+    with SlowExecutor(0.1) as slow:
+        pipeline = StreamPipeline(ReplaySource("live", path, realtime=True), bundle, settings, executor=slow)
+        events = await run_pipeline(pipeline)
+    stats = pipeline.stats
+    chunks = len(to_chunkable_pcm(audio)) // CHUNK_SAMPLES
+    assert stats.dropped_chunks > 0
+    assert stats.queue_peak <= 8
+    assert stats.audio_s == pytest.approx((chunks - stats.dropped_chunks) * CHUNK_SAMPLES / SAMPLE_RATE)
+    # gaps close utterances instead of gluing audio together, and every utterance is still closed properly
+    activity = [e for e in events if isinstance(e, SpeechActivity)]
+    assert len(activity) >= 4 and [a.speaking for a in activity] == [True, False] * (len(activity) // 2)
+
+
+async def test_a_fast_file_is_throttled_not_dropped(tmp_path: Path, speech: np.ndarray, bundle: ModelBundle) -> None:
+    audio = np.concatenate([silence(0.3), speech, silence(0.5)])
+    path = write_wav(tmp_path / "file.wav", audio)
+    settings = PipelineSettings(decision=EVERYTHING, step_ms=30, queue_chunks=4)
+    with SlowExecutor(0.01) as slow:
+        pipeline = StreamPipeline(ReplaySource("file", path, realtime=False), bundle, settings, executor=slow)
+        events = await run_pipeline(pipeline)
+    assert pipeline.stats.dropped_chunks == 0
+    assert pipeline.stats.queue_peak <= 4
+    assert pipeline.stats.audio_s == pytest.approx(len(to_chunkable_pcm(audio)) / SAMPLE_RATE)
+    assert sum(isinstance(e, Identification) and e.final for e in events) == 1
+
+
+async def test_stop_finishes_the_open_utterance(tmp_path: Path, speech: np.ndarray, bundle: ModelBundle) -> None:
+    audio = np.concatenate([silence(0.3), speech, speech, speech])
+    path = write_wav(tmp_path / "talk.wav", audio)
+    pipeline = StreamPipeline(ReplaySource("talk", path, realtime=True), bundle, PipelineSettings(decision=EVERYTHING))
+    events: list[PipelineEvent] = []
+    started = asyncio.Event()
+
+    def emit(event: PipelineEvent) -> None:
+        events.append(event)
+        if isinstance(event, Identification):
+            started.set()
+
+    run = asyncio.create_task(pipeline.run(emit))
+    await asyncio.wait_for(started.wait(), timeout=30)
+    await asyncio.wait_for(pipeline.stop(), timeout=30)
+    await asyncio.wait_for(run, timeout=5)
+    assert pipeline.stats.audio_s < len(audio) / SAMPLE_RATE
+    finals = [e for e in events if isinstance(e, Identification) and e.final]
+    assert len(finals) == 1
+    assert isinstance(events[-2], SpeechActivity) and not events[-2].speaking
+    assert events[-1] == SourceStatus("talk", False, "stopped")
+
+
+async def test_a_new_model_takes_effect_at_the_next_utterance(
+    tmp_path: Path, speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    audio = np.concatenate([silence(0.3), speech, silence(1.0), speech, silence(0.5)])
+    path = write_wav(tmp_path / "two.wav", audio)
+    other = random_bundle(["x", "y"], seed=5)
+    other.name = "other"
+    pipeline = StreamPipeline(ReplaySource("hall", path, realtime=False), bundle, PipelineSettings(decision=EVERYTHING))
+    events: list[PipelineEvent] = []
+
+    def emit(event: PipelineEvent) -> None:
+        events.append(event)
+        if isinstance(event, Identification) and event.event_type == "identified":
+            pipeline.replace_model(other)
+
+    await asyncio.wait_for(pipeline.run(emit), timeout=60)
+    finals = [e for e in events if isinstance(e, Identification) and e.final]
+    assert [f.model["name"] for f in finals] == ["random", "other"]
+    assert finals[0].speaker in LABELS and finals[1].speaker in ("x", "y")
+
+
+class BrokenSource:
+    """A source whose backend fails after a little audio (a dying device)."""
+
+    name = "broken"
+    realtime = True
+
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        for i in range(5):
+            yield AudioChunk(np.zeros(CHUNK_SAMPLES, dtype=np.int16), i * 0.03)
+        raise OSError("device unplugged")
+
+
+async def test_a_failing_source_is_reported_and_run_returns(bundle: ModelBundle) -> None:
+    pipeline = StreamPipeline(BrokenSource(), bundle, PipelineSettings())
+    events = await run_pipeline(pipeline)
+    statuses = [e for e in events if isinstance(e, SourceStatus)]
+    assert statuses[0].online is False and "device unplugged" in statuses[0].detail
+    assert pipeline.stats.audio_s == pytest.approx(0.15)
