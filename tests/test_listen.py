@@ -1,0 +1,80 @@
+"""`spkidd listen --json --fast` as a user runs it: a child process, JSON lines on stdout, logs on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.support.streaming import espeak, save_random_model, silence, trim, write_wav
+
+
+def test_listen_json_fast_prints_one_event_per_line(tmp_path: Path) -> None:
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob", "carol"])
+    speech = trim(espeak("carol", "Set the thermostat to twenty one degrees for the evening."))
+    wav = write_wav(tmp_path / "talk.wav", np.concatenate([silence(0.5), speech, silence(1.0), speech, silence(0.6)]))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spkidd",
+            "listen",
+            str(model),
+            "--source",
+            str(wav),
+            "--json",
+            "--fast",
+            "--min-score",
+            "-1",
+            "--name",
+            "desk",
+            "--top",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events and all(
+        set(e)
+        >= {
+            "source",
+            "utterance_id",
+            "start",
+            "end",
+            "speaker",
+            "confidence",
+            "final",
+            "top_k",
+            "event_type",
+            "speech_s",
+            "time",
+            "model",
+        }
+        for e in events
+    )
+    finals = [e for e in events if e["final"]]
+    assert [f["utterance_id"] for f in finals] == ["desk-000001", "desk-000002"]
+    assert all(e["source"] == "desk" and len(e["top_k"]) == 2 for e in events)
+    assert all(f["start"] < f["end"] and f["speaker"] in ("alice", "bob", "carol") for f in finals)
+    # audio-time stamps, not wall time: the second utterance starts after the first plus the pause
+    assert finals[1]["start"] > finals[0]["end"] + 0.5
+
+
+def test_listen_refuses_an_unknown_source(tmp_path: Path) -> None:
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "spkidd", "listen", str(model), "--source", "nosuch:thing", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == "" and "not an existing file" in proc.stderr

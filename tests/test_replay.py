@@ -1,0 +1,96 @@
+"""Paced and unpaced file replay, and turning source specs into sources."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkidd import SAMPLE_RATE
+from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
+from spkidd.audio.decode import AudioDecodeError
+from spkidd.audio.replay import ReplaySource
+from spkidd.audio.sources import SourceSpecError, make_source
+from spkidd.events import SourceStatus
+from tests.support.streaming import write_wav
+
+CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+async def collect(source: ReplaySource, limit: int | None = None) -> list[tuple[AudioChunk, float]]:
+    out = []
+    async for chunk in source.chunks():
+        out.append((chunk, time.monotonic()))
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+async def test_unpaced_replay_delivers_the_file_in_stamped_chunks(tmp_path: Path) -> None:
+    audio = tone(2.02)
+    path = write_wav(tmp_path / "tone.wav", audio)
+    statuses: list[SourceStatus] = []
+    chunks = await collect(ReplaySource("t", path, realtime=False, on_status=statuses.append))
+    stored, _ = sf.read(str(path), dtype="int16")
+    assert len(chunks) == 68
+    delivered = np.concatenate([c.samples for c, _ in chunks])
+    assert np.array_equal(delivered[: len(stored)], stored) and not delivered[len(stored) :].any()
+    assert all(c.samples.dtype == np.int16 and len(c.samples) == CHUNK_SAMPLES for c, _ in chunks)
+    assert [c.start_s for c, _ in chunks] == pytest.approx([i * CHUNK_S for i in range(68)])
+    assert [s.online for s in statuses] == [True, False]
+
+
+async def test_paced_replay_follows_the_clock_without_drift(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "tone.wav", tone(1.5))
+    source = ReplaySource("t", path, realtime=True)
+    chunks = await collect(source)
+    assert source.started_at is not None
+    for i, (chunk, arrived) in enumerate(chunks):
+        # never early: a chunk exists only once its 30 ms have been "heard"
+        assert arrived >= source.started_at + (i + 1) * CHUNK_S - 0.002
+        assert chunk.start_s == pytest.approx(i * CHUNK_S)
+    # and no accumulated drift: the end is due at 1.5 s, generous slack for a loaded machine
+    assert chunks[-1][1] - source.started_at < 1.5 + 1.0
+
+
+async def test_looping_keeps_audio_time_counting(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "tone.wav", tone(0.3))
+    chunks = await collect(ReplaySource("t", path, realtime=False, loop=True), limit=35)
+    assert [c.start_s for c, _ in chunks] == pytest.approx([i * CHUNK_S for i in range(35)])
+    assert np.array_equal(chunks[0][0].samples, chunks[10][0].samples)
+
+
+async def test_shared_samples_are_not_copied() -> None:
+    pcm = (np.arange(CHUNK_SAMPLES * 4) % 1000).astype(np.int16)
+    chunks = await collect(ReplaySource.from_samples("t", pcm, realtime=False))
+    assert len(chunks) == 4 and all(np.shares_memory(c.samples, pcm) for c, _ in chunks)
+
+
+async def test_an_undecodable_file_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF this is no audio at all" * 10)
+    statuses: list[SourceStatus] = []
+    with pytest.raises(AudioDecodeError):
+        await collect(ReplaySource("t", bad, realtime=False, on_status=statuses.append))
+    assert len(statuses) == 1 and not statuses[0].online and "bad.wav" in statuses[0].detail
+
+
+def test_source_specs(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "tone.wav", tone(0.5))
+    replay = make_source(str(path), "kitchen", realtime=False)
+    assert isinstance(replay, ReplaySource) and replay.name == "kitchen" and replay.realtime is False
+    assert isinstance(make_source(f"file://{path}", "k"), ReplaySource)
+    stream = make_source("rtsp://127.0.0.1:8554/cam", "door")
+    assert type(stream).__name__ == "FfmpegSource" and stream.name == "door"
+    with pytest.raises(SourceSpecError, match="not an existing file"):
+        make_source(str(tmp_path / "missing.wav"), "k")
+    with pytest.raises(SourceSpecError, match="unsupported URL scheme 'gopher'"):
+        make_source("gopher://example/x", "k")
