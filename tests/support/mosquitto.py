@@ -53,13 +53,29 @@ class Mosquitto:
     """Debian's mosquitto in the foreground. `persistence` keeps sessions and queued QoS 1 messages across a
     stop/start on the same port (saved at SIGTERM), so a test subscriber misses nothing during an outage."""
 
-    def __init__(self, directory: Path, port: int | None = None, persistence: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        persistence: bool = False,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "mosquitto.log"
-        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "log_dest stderr"]
+        conf = [f"listener {self.port} 127.0.0.1", "log_dest stderr"]
+        if os.geteuid() == 0:
+            conf.append("user root")  # else it switches to user mosquitto, which cannot read the test's 0700 dirs
+        if users:
+            passwords = directory / "passwords"
+            for i, (user, password) in enumerate(users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run(["mosquitto_passwd", *create, "-b", str(passwords), user, password], check=True)
+            conf += ["allow_anonymous false", f"password_file {passwords}"]
+        else:
+            conf.append("allow_anonymous true")
         if persistence:
             conf += ["persistence true", f"persistence_location {directory}/", "autosave_interval 3600"]
         else:
@@ -82,8 +98,10 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def running_mosquitto(directory: Path, persistence: bool = False) -> Iterator[Mosquitto]:
-    broker = Mosquitto(directory, persistence=persistence)
+def running_mosquitto(
+    directory: Path, persistence: bool = False, users: dict[str, str] | None = None
+) -> Iterator[Mosquitto]:
+    broker = Mosquitto(directory, persistence=persistence, users=users)
     broker.start()
     try:
         yield broker
@@ -97,6 +115,7 @@ class Received:
     payload: bytes
     retain: bool
     qos: int
+    mid: int = 0
 
 
 class Collector:
@@ -140,7 +159,7 @@ class Collector:
                     self._subscribed.set()
                     async for m in client.messages:
                         payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-                        self.messages.append(Received(m.topic.value, payload, bool(m.retain), int(m.qos)))
+                        self.messages.append(Received(m.topic.value, payload, bool(m.retain), int(m.qos), int(m.mid)))
                         self._new.set()
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)

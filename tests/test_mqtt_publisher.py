@@ -1,0 +1,226 @@
+"""The publisher against a real Mosquitto: outages, last will, Home Assistant restarts, the queue bound, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spkidd.mqtt import MqttPublisher
+from tests.support.mosquitto import Collector, Mosquitto, free_port, kill_group, publish_once, running_mosquitto
+from tests.support.mqtt_events import activity, identification, mqtt_settings
+
+REPO = Path(__file__).resolve().parents[1]
+NODE = "testnode"
+STATUS = f"spkidd/{NODE}/status"
+
+
+def _utterances(collector: Collector) -> list[str]:
+    return [json.loads(m.payload)["utterance_id"] for m in collector.messages if m.topic.endswith("/event")]
+
+
+def _without_redeliveries(collector: Collector) -> tuple[list[str], int]:
+    """Mosquitto may redeliver its last in-flight QoS 1 message to the test's own persistent subscriber after a
+    restart (same packet id, same payload): that is the broker-to-subscriber leg, so it is set aside here. A
+    second publish by spkidd would reach the subscriber under a new packet id and is still counted."""
+    seen: set[tuple[int, bytes]] = set()
+    ids, redelivered = [], 0
+    for m in collector.messages:
+        if not m.topic.endswith("/event"):
+            continue
+        if (m.mid, m.payload) in seen:
+            redelivered += 1
+            continue
+        seen.add((m.mid, m.payload))
+        ids.append(json.loads(m.payload)["utterance_id"])
+    return ids, redelivered
+
+
+async def test_broker_outage_delivers_every_event_once_in_order(tmp_path: Path) -> None:
+    """Mosquitto stops for ~10 s mid-stream and comes back on the same port: the events produced meanwhile
+    arrive after the reconnect, each exactly once and in order, and the retained state is restored."""
+    broker = Mosquitto(tmp_path, persistence=True)
+    broker.start()
+    publisher = MqttPublisher(mqtt_settings(broker.port), NODE, ["kitchen"], ["alice"])
+    try:
+        async with Collector(broker.port, [f"spkidd/{NODE}/+/event", STATUS], client_id="watcher") as sub:
+            publisher.start()
+            await sub.wait_for(lambda ms: any(m.topic == STATUS and m.payload == b"online" for m in ms))
+            total = 240
+
+            async def produce() -> None:
+                for n in range(total):
+                    publisher.handle(identification("kitchen", n, "final", "alice" if n % 2 else "bob"))
+                    await asyncio.sleep(0.06)
+
+            producer = asyncio.create_task(produce())
+            await asyncio.sleep(3.0)
+            await asyncio.to_thread(broker.stop)
+            outage_started = len(_utterances(sub))
+            await asyncio.sleep(10.0)
+            queued_during_outage = publisher.queued
+            await asyncio.to_thread(broker.start)
+            await producer
+            await sub.wait_for(lambda ms: len(_without_redeliveries(sub)[0]) >= total, timeout=30)
+            await asyncio.sleep(0.5)
+            delivered, redelivered = _without_redeliveries(sub)
+            assert delivered == [f"kitchen-{n:06d}" for n in range(total)]
+            assert redelivered <= 1
+            assert outage_started < total // 2 and queued_during_outage > 100
+            assert publisher.stats.reconnects >= 1 and publisher.stats.events_dropped == 0
+            online = [m.payload for m in sub.messages if m.topic == STATUS]
+            assert online[-1] == b"online" and online.count(b"online") >= 2
+        # The restarted broker lost nothing retained: the publisher restored the state on reconnect.
+        async with Collector(broker.port, [f"spkidd/{NODE}/#"]) as late:
+            await late.wait_for(lambda ms: {m.topic for m in ms} >= {STATUS, f"spkidd/{NODE}/kitchen/speaker"})
+            speaker = json.loads(late.on(f"spkidd/{NODE}/kitchen/speaker")[-1].payload)
+            assert speaker["speaker"] == ("alice" if (total - 1) % 2 else "bob")
+        await publisher.close()
+    finally:
+        await publisher.close(timeout=2)
+        broker.stop()
+
+
+async def test_last_will_marks_a_killed_publisher_offline(tmp_path: Path) -> None:
+    with running_mosquitto(tmp_path) as broker:
+        async with Collector(broker.port, [STATUS]) as sub:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.publisher_child", str(broker.port), NODE],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                assert child.stdout is not None
+                line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+                assert line.strip() == b"ONLINE"
+                await sub.wait_for(lambda ms: [m.payload for m in ms] == [b"online"])
+                kill_group(child, signal.SIGKILL)
+                await sub.wait_for(lambda ms: [m.payload for m in ms] == [b"online", b"offline"], timeout=10)
+            finally:
+                kill_group(child, signal.SIGKILL)
+        async with Collector(broker.port, [STATUS]) as late:
+            await late.wait_for(lambda ms: len(ms) == 1)
+            assert (late.messages[0].payload, late.messages[0].retain) == (b"offline", True)
+
+
+async def test_home_assistant_online_and_new_speakers_trigger_rediscovery(tmp_path: Path) -> None:
+    with running_mosquitto(tmp_path) as broker:
+        settings = mqtt_settings(broker.port, rediscovery_max_delay_s=0.5)
+        publisher = MqttPublisher(settings, NODE, ["kitchen"], ["alice", "bob"])
+        try:
+            async with Collector(broker.port, ["homeassistant/+/+/config", STATUS]) as sub:
+                publisher.start()
+                await sub.wait_for(lambda ms: any(m.topic == STATUS for m in ms))
+                assert len([m for m in sub.messages if m.topic.endswith("/config")]) == 5
+                sub.messages.clear()
+                await publish_once(broker.port, "homeassistant/status", b"offline")
+                await publish_once(broker.port, "homeassistant/status", b"online")
+                await sub.wait_for(lambda ms: len(ms) >= 5, timeout=10)
+                assert sorted(m.topic.split("/")[1] for m in sub.messages) == [
+                    "binary_sensor",
+                    "binary_sensor",
+                    "event",
+                    "sensor",
+                    "sensor",
+                ]
+                sub.messages.clear()
+                publisher.set_speakers(["alice", "bob", "carol"])
+                topic = f"homeassistant/sensor/spkidd_{NODE}_kitchen_speaker/config"
+                await sub.wait_for(lambda ms: any(m.topic == topic for m in ms), timeout=10)
+                assert json.loads(sub.on(topic)[-1].payload)["options"] == [
+                    "alice",
+                    "bob",
+                    "carol",
+                    "unrecognized",
+                    "none",
+                ]
+                sub.messages.clear()
+                publisher.set_sources(["hall"])
+                gone = f"homeassistant/event/spkidd_{NODE}_kitchen_event/config"
+                await sub.wait_for(lambda ms: any(m.topic == gone and m.payload == b"" for m in ms), timeout=10)
+        finally:
+            await publisher.close(timeout=5)
+
+
+async def test_queue_bound_drops_oldest_events_and_counts_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events produced before the broker is reachable are held up to queue_size; the oldest beyond that are
+    dropped, counted and logged, and the rest delivered in order."""
+    caplog.set_level(logging.WARNING, logger="spkidd.mqtt")
+    port = free_port()
+    publisher = MqttPublisher(mqtt_settings(port, queue_size=5), NODE, ["kitchen"], ["alice"])
+    publisher.start()
+    try:
+        await asyncio.sleep(0.5)
+        for n in range(12):
+            publisher.handle(identification("kitchen", n, "final"))
+        assert publisher.queued == 5 and publisher.stats.events_dropped == 7
+        assert "MQTT queue full (5 events): dropping the oldest; 1 dropped so far" in caplog.text
+        broker = Mosquitto(tmp_path, port=port, persistence=True)
+        broker.start()
+        try:
+            async with Collector(port, [f"spkidd/{NODE}/+/event"], client_id="watcher2") as sub:
+                await sub.wait_for(lambda ms: len(ms) >= 5, timeout=20)
+                await asyncio.sleep(0.3)
+                assert _utterances(sub) == [f"kitchen-{n:06d}" for n in range(7, 12)]
+        finally:
+            await publisher.close(timeout=5)
+            broker.stop()
+    finally:
+        await publisher.close(timeout=2)
+
+
+async def test_clear_after_sets_state_none(tmp_path: Path) -> None:
+    with running_mosquitto(tmp_path) as broker:
+        publisher = MqttPublisher(mqtt_settings(broker.port, clear_after_s=0.3), NODE, ["kitchen"], ["alice"])
+        speaker = f"spkidd/{NODE}/kitchen/speaker"
+        try:
+            async with Collector(broker.port, [speaker, STATUS]) as sub:
+                publisher.start()
+                await sub.wait_for(lambda ms: any(m.topic == STATUS for m in ms))
+                publisher.handle(activity("kitchen", 1, True))
+                publisher.handle(identification("kitchen", 1, "identified"))
+                publisher.handle(activity("kitchen", 1, False))
+                publisher.handle(activity("kitchen", 2, True))
+                await asyncio.sleep(0.8)
+                states = [json.loads(m.payload)["state"] for m in sub.on(speaker)]
+                assert states == ["none", "identified"]
+                publisher.handle(activity("kitchen", 2, False))
+                await sub.wait_for(lambda ms: len(sub.on(speaker)) == 3, timeout=5)
+                last = json.loads(sub.on(speaker)[-1].payload)
+                assert (last["state"], last["speaker"], last["utterance_id"]) == ("none", "none", "kitchen-000001")
+        finally:
+            await publisher.close(timeout=5)
+
+
+async def test_password_authenticates_and_never_reaches_the_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cr3t-Pa55word"
+    with running_mosquitto(tmp_path, users={"spkidd": secret}) as broker:
+        wrong = MqttPublisher(
+            mqtt_settings(broker.port, username="spkidd", password="not-" + secret), "wrong", ["k"], []
+        )
+        wrong.start()
+        right = MqttPublisher(mqtt_settings(broker.port, username="spkidd", password=secret), NODE, ["k"], [])
+        right.start()
+        try:
+            for _ in range(200):
+                if right.stats.connected and wrong.stats.connects == 0 and "refused" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            assert right.stats.connected and not wrong.stats.connected
+            assert "connection to 127.0.0.1" in caplog.text
+            assert secret not in caplog.text and secret not in repr(right.settings)
+        finally:
+            await wrong.close(timeout=1)
+            await right.close(timeout=5)
