@@ -104,8 +104,6 @@ class MqttConfig:
     publish_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if sum(x is not None for x in (self.password, self.password_file, self.password_env)) > 1:
-            raise ValueError("give only one of password, password_file, password_env")
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
         if self.queue_size < 1 or self.keepalive < 1:
@@ -284,6 +282,9 @@ def _resolve(base: Path, path: Path | None) -> Path | None:
 
 
 def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
+    """Reads password_file or password_env into `password` (hidden from repr), so every reload re-reads them."""
+    if sum(x is not None for x in (mqtt.password, mqtt.password_file, mqtt.password_env)) > 1:
+        raise ConfigError(f"{file}: [mqtt] give only one of password, password_file, password_env")
     if mqtt.password is not None and mode & stat.S_IROTH:
         log.warning("%s holds an MQTT password and is readable by everyone; chmod o-r it", file)
     if mqtt.password_file is not None:

@@ -1,0 +1,181 @@
+"""config.toml loading: defaults, the generic table -> dataclass validation, and secrets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from spkidd.config import ConfigError, find_config, from_table, load_config, sanitize_id
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = """
+model = "models/voices.safetensors"
+[[sources]]
+name = "kitchen"
+kind = "mic"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@dataclass(frozen=True)
+class Inner:
+    ratio: float
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outer:
+    count: int
+    mode: Literal["a", "b"] = "a"
+    where: Path | None = None
+    inner: Inner = Inner(1.0)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def test_from_table_converts_and_validates_generic_dataclasses() -> None:
+    f = Path("x.toml")
+    value = from_table(
+        Outer,
+        {"count": 3, "mode": "b", "where": "/tmp", "inner": {"ratio": 2, "names": ["p", "q"]}, "extra": {"k": 1}},
+        file=f,
+        where="t",
+    )
+    assert value == Outer(3, "b", Path("/tmp"), Inner(2.0, ("p", "q")), {"k": 1.0})
+    assert isinstance(value.inner.ratio, float)
+    cases = {
+        "x.toml: [t] unknown key 'cuont'": {"cuont": 3},
+        "x.toml: [t] missing required key 'count'": {},
+        "x.toml: t.count: expected int, got bool True": {"count": True},
+        "x.toml: t.count: expected int, got float 1.5": {"count": 1.5},
+        "x.toml: t.mode: expected 'a' or 'b', got str 'c'": {"count": 1, "mode": "c"},
+        "x.toml: t.inner.ratio: expected float, got str 'x'": {"count": 1, "inner": {"ratio": "x"}},
+        "x.toml: [t.inner] unknown key 'bad'": {"count": 1, "inner": {"ratio": 1, "bad": 0}},
+        "x.toml: t.inner.names[1]: expected str, got int 2": {"count": 1, "inner": {"ratio": 1, "names": ["a", 2]}},
+        "x.toml: t.where: expected a path string, got int 5": {"count": 1, "where": 5},
+    }
+    for message, table in cases.items():
+        with pytest.raises(ConfigError) as info:
+            from_table(Outer, table, file=f, where="t")
+        assert str(info.value).startswith(message), str(info.value)
+
+
+def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.model == tmp_path / "models/voices.safetensors"
+    assert config.instance == sanitize_id(os.uname().nodename.split(".")[0])
+    assert [s.name for s in config.sources] == ["kitchen"] and config.sources[0].kind == "mic"
+    assert config.mqtt.broker == "embedded" and config.mqtt.topic_prefix == "spkidd"
+    assert config.mqtt.discovery_prefix == "homeassistant" and config.mqtt.clear_after_s == 60.0
+    assert (config.embedded_broker.host, config.embedded_broker.port) == ("127.0.0.1", 1883)
+    assert config.health.enabled is False and config.health.host == "127.0.0.1"
+    assert config.pipeline.decision == {} and config.pipeline.gate.aggressiveness == 2
+
+
+def test_repository_config_toml_is_valid(tmp_path: Path) -> None:
+    config = load_config(REPO / "config.toml")
+    assert config.sources and config.mqtt.broker == "embedded"
+
+
+def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
+    text = (
+        'instance = "living room.1"\n'
+        + MINIMAL
+        + (
+            "[vad]\naggressiveness = 3\nhangover_ms = 450\n"
+            "[decision]\nmin_confidence = 0.7\nstable_steps = 4\n"
+            "[pipeline]\nstep_ms = 300\n"
+        )
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.instance == "living_room_1"
+    assert (config.pipeline.gate.aggressiveness, config.pipeline.gate.hangover_ms) == (3, 450)
+    assert config.pipeline.decision == {"min_confidence": 0.7, "stable_steps": 4.0}
+    assert config.pipeline.step_ms == 300
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[vad]\naggresiveness = 3\n", "[vad] unknown key 'aggresiveness'"),
+        ('[vad]\naggressiveness = "high"\n', "vad.aggressiveness: expected int, got str 'high'"),
+        ("[vad]\naggressiveness = 7\n", "[vad] gate.aggressiveness must be 0-3, not 7"),
+        ("[decision]\nmin_confidense = 0.7\n", "[decision] unknown key 'min_confidense'"),
+        ("[decision]\nmin_confidence = 2.0\n", "decision.min_confidence is a probability"),
+        ("[mqtt]\nport = 99999\n", "[mqtt] port 99999 out of range"),
+        ('[mqtt]\nbroker = "cloud"\n', "mqtt.broker: expected 'embedded' or 'external', got str 'cloud'"),
+        ("[mqtt.tls]\nverify = true\n", "[mqtt.tls] unknown key 'verify'"),
+        ("[health]\nenabled = 1\n", "health.enabled: expected bool, got int 1"),
+        ('[logging]\nlevel = "LOUD"\n', "logging.level: expected"),
+        ("[pipeline]\ngate = {}\n", "[pipeline] unknown key 'gate'"),
+        ('[[sources]]\nname = "hall"\nkind = "url"\n', "[sources[1]] kind = 'url' needs url"),
+        ('[[sources]]\nname = "kitchen"\nkind = "mic"\n', "name 'kitchen' is used more than once"),
+        ('[[sources]]\nname = "a/b"\nkind = "mic"\n', "may only contain letters"),
+        ('[[sources]]\nkind = "mic"\n', "[sources[1]] missing required key 'name'"),
+        ("[whatever]\nx = 1\n", "unknown key 'whatever'"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
+
+
+def test_missing_model_bad_toml_and_no_sources(tmp_path: Path) -> None:
+    for text, message in [
+        ('[[sources]]\nname = "k"\nkind = "mic"\n', "missing required key 'model'"),
+        ('model = "m"\n', "no [[sources]]"),
+        ("model = \n", "not valid TOML"),
+    ]:
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError, match=r"config.toml: .*") as info:
+            load_config(path)
+        assert message in str(info.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_config_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = tmp_path / "elsewhere.toml"
+    assert find_config(explicit) == explicit
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, MINIMAL)
+    assert find_config(None) == Path("config.toml")
+
+
+def test_password_sources_and_secrecy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "hunter2-very-secret"
+    (tmp_path / "mqtt.pass").write_text(secret + "\n")
+    config = load_config(write(tmp_path, MINIMAL + '[mqtt]\nusername = "u"\npassword_file = "mqtt.pass"\n'))
+    assert config.mqtt.password == secret and config.mqtt.password_file == tmp_path / "mqtt.pass"
+    assert secret not in repr(config) and secret not in str(config)
+    monkeypatch.setenv("SPKIDD_TEST_PW", secret)
+    config = load_config(write(tmp_path, MINIMAL + '[mqtt]\npassword_env = "SPKIDD_TEST_PW"\n'))
+    assert config.mqtt.password == secret
+    with pytest.raises(ConfigError, match="password_env: environment variable NOPE_NOT_SET is not set"):
+        load_config(write(tmp_path, MINIMAL + '[mqtt]\npassword_env = "NOPE_NOT_SET"\n'))
+    with pytest.raises(ConfigError, match="give only one of password, password_file, password_env"):
+        load_config(write(tmp_path, MINIMAL + f'[mqtt]\npassword = "{secret}"\npassword_env = "X"\n'))
+
+    caplog.set_level(logging.DEBUG)
+    private = write(tmp_path, MINIMAL + f'[mqtt]\npassword = "{secret}"\n')
+    load_config(private)
+    assert "readable by everyone" not in caplog.text
+    private.chmod(0o644)
+    config = load_config(private)
+    assert config.mqtt.password == secret
+    assert f"{private} holds an MQTT password and is readable by everyone" in caplog.text
+    assert secret not in caplog.text
