@@ -40,6 +40,185 @@ def main() -> None:
 
 
 @app.command()
+def train(
+    data: Path = typer.Argument(
+        ..., help="Manifest CSV (path,speaker[,start,end]), a folder per speaker, or a flat folder."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (safetensors)."),
+    label_pattern: str | None = typer.Option(
+        None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>[a-z]+)_'."
+    ),
+    val: Path | None = typer.Option(None, help="Validation data (same layouts); default: a stratified split."),
+    noise_dir: Path | None = typer.Option(None, help="Folder of noise recordings to mix in (besides generated noise)."),
+    window: float = typer.Option(3.0, help="Training window in seconds; long recordings are cut into such windows."),
+    epochs: int | None = typer.Option(None, help="Maximum epochs (default: chosen from the amount of data)."),
+    patience: int | None = typer.Option(None, help="Early-stopping patience in epochs (default: from the data)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: from the data)."),
+    lr: float = typer.Option(3e-3, help="Learning rate."),
+    weight_decay: float = typer.Option(1e-4, help="Weight decay."),
+    optimizer: str = typer.Option("adam", help="adam or rmsprop."),
+    cell: str = typer.Option("gru", help="Recurrent cell: gru or lstm."),
+    hidden: int = typer.Option(192, help="Recurrent units per layer."),
+    layers: int = typer.Option(2, help="Recurrent layers."),
+    dropout: float = typer.Option(0.2, help="Dropout."),
+    margin: float = typer.Option(0.2, help="Additive angular margin (radians) for similar voices; 0 = plain softmax."),
+    balance: str = typer.Option("weights", help="Imbalance handling: weights, sampling or none."),
+    augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
+    features: str = typer.Option("logmel", help="logmel or mfcc."),
+    seed: int = typer.Option(0, help="Random seed."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
+    cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
+) -> None:
+    """Train a speaker-ID model from labelled audio."""
+    from rich.console import Console
+
+    from spkidd.modelfile import ModelFileError
+    from train.data import DataError
+    from train.fit import TrainSettings
+    from train.run import TrainInputs, run_training
+
+    try:
+        settings = TrainSettings(
+            window_s=window,
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            learning_rate=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            cell=cell,
+            hidden=hidden,
+            layers=layers,
+            dropout=dropout,
+            margin=margin,
+            balance=balance,
+            augment=augment,
+            features=features,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    inputs = TrainInputs(data, out, label_pattern, val, noise_dir, cache_dir, resume)
+    console = Console(stderr=True)
+    try:
+        code = run_training(inputs, settings, console)
+    except (DataError, ModelFileError, ValueError) as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model file."),
+    data: Path = typer.Argument(..., help="Held-out data: manifest CSV, folder per speaker, or flat folder."),
+    report: Path | None = typer.Option(None, help="Folder for report.json and confusion.png."),
+    label_pattern: str | None = typer.Option(None, help="Regex with a named group 'speaker' for a flat folder."),
+    cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
+) -> None:
+    """Accuracy, top-k and confusion matrix of a model on held-out audio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from spkidd.modelfile import ModelFileError, load_model
+    from train.data import DataError, discover
+    from train.evaluate import closed_set_report, score_rows, write_report
+    from train.prepare import AudioCache, default_cache_dir
+    from train.run import progress_bar
+
+    console = Console(stderr=True)
+    try:
+        bundle = load_model(model)
+        rows = discover(data, label_pattern)
+        with progress_bar(console) as bar:
+            task = bar.add_task("scoring", total=len(rows), status="")
+            scoring = score_rows(
+                bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
+            )
+        result = closed_set_report(bundle, scoring)
+    except (ModelFileError, DataError, ValueError) as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    out = Console()
+    table = Table(title=f"{model.name} on {data.name}: {result['n']} items")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, value in result["top_k"].items():
+        table.add_row(f"top-{k} accuracy", f"{value:.2%}")
+    table.add_row("skipped items", str(result["skipped"]))
+    for speaker, n in result["unknown_speakers"].items():
+        table.add_row(f"items of unknown speaker {speaker}", str(n))
+    out.print(table)
+    recall = Table(title="per-speaker recall (worst first)")
+    recall.add_column("speaker")
+    recall.add_column("items", justify="right")
+    recall.add_column("recall", justify="right")
+    ranked = sorted((v["recall"], s, v["n"]) for s, v in result["per_speaker"].items() if v["n"])
+    for value, speaker, n in ranked[:20]:
+        recall.add_row(speaker, str(n), f"{value:.2%}")
+    out.print(recall)
+    if report is not None:
+        write_report(result, report)
+        out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
+
+
+@app.command()
+def identify(
+    model: Path = typer.Argument(..., help="Model file."),
+    audio: list[Path] = typer.Argument(..., help="Audio files (any format ffmpeg reads)."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per file and line."),
+    chunk: float = typer.Option(3.0, help="Chunk length in seconds for long recordings and their timeline."),
+    top: int = typer.Option(5, help="How many candidates to show."),
+) -> None:
+    """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
+    import dataclasses
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from spkidd.audio.decode import AudioDecodeError
+    from spkidd.identify import FileResult, identify_file
+    from spkidd.modelfile import ModelFileError, load_model
+
+    console = Console(stderr=True)
+    try:
+        bundle = load_model(model)
+    except ModelFileError as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    results = []
+    for path in audio:
+        try:
+            results.append(identify_file(bundle, path, chunk, top))
+        except AudioDecodeError as exc:
+            results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
+    if json_output:
+        for r in results:
+            typer.echo(json.dumps(dataclasses.asdict(r)))
+    else:
+        out = Console()
+        table = Table()
+        for column in ("file", "speaker", "confidence", "candidates"):
+            table.add_column(column)
+        for r in results:
+            candidates = ", ".join(f"{s} {p:.0%}" for s, p in r.top_k.items())
+            table.add_row(
+                r.path, r.speaker or f"[red]{r.error}", f"{r.confidence:.0%}" if not r.error else "", candidates
+            )
+        out.print(table)
+        for r in results:
+            if r.timeline:
+                out.print(f"[bold]{r.path}[/bold] timeline:")
+                for turn in r.timeline:
+                    out.print(
+                        f"  {turn['start']:7.1f}-{turn['end']:7.1f} s  {turn['speaker']} ({turn['confidence']:.0%})"
+                    )
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def listen(
     model: Path = typer.Argument(..., help="Model file."),
     source: str = typer.Option("mic", "--source", "-s", help="mic, mic:NAME, mic:INDEX, a stream URL or a file."),

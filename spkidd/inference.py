@@ -45,3 +45,51 @@ def score_features(bundle: ModelBundle, frames: np.ndarray) -> Scored | None:
 def score_audio(bundle: ModelBundle, audio: np.ndarray, extractor: FeatureExtractor | None = None) -> Scored | None:
     extractor = extractor or bundle.extractor()
     return score_features(bundle, extractor(audio))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One chunk of a long recording and its scores."""
+
+    start: float
+    end: float
+    scored: Scored
+
+
+def score_long(
+    bundle: ModelBundle, audio: np.ndarray, chunk_s: float = 3.0, extractor: FeatureExtractor | None = None
+) -> tuple[Scored | None, list[Segment]]:
+    """A recording of any length: cut into `chunk_s` chunks (a last piece of >= 1 s is kept), each scored, and
+    the whole scored by the mean of the chunks' unit embeddings (one long pass would drift from what the model
+    saw in training). Audio up to 1.5 chunks is scored in one piece."""
+    extractor = extractor or bundle.extractor()
+    rate = bundle.features.sample_rate
+    size = int(chunk_s * rate)
+    if len(audio) <= 1.5 * size:
+        whole = score_audio(bundle, audio, extractor)
+        return whole, ([Segment(0.0, len(audio) / rate, whole)] if whole else [])
+    segments = []
+    for start in range(0, len(audio), size):
+        piece = audio[start : start + size]
+        if len(piece) < rate:
+            break
+        scored = score_audio(bundle, piece, extractor)
+        if scored is not None:
+            segments.append(Segment(start / rate, (start + len(piece)) / rate, scored))
+    if not segments:
+        return None, []
+    return aggregate(bundle, [s.scored for s in segments]), segments
+
+
+def aggregate(bundle: ModelBundle, parts: list[Scored]) -> Scored:
+    """Scores of several pieces of one speaker's audio, from the mean of their unit embeddings."""
+    units = np.stack([p.embedding / (np.linalg.norm(p.embedding) + 1e-9) for p in parts])
+    mean = torch.from_numpy(units.mean(axis=0))[None]
+    with torch.no_grad():
+        out = bundle.model.output(mean)
+    return Scored(
+        probs=out.probs[0].numpy(),
+        scores=out.scores[0].numpy(),
+        embedding=mean[0].numpy(),
+        speech_s=sum(p.speech_s for p in parts),
+    )

@@ -69,6 +69,9 @@ class StepOutput:
 
 
 class SpeakerModel(nn.Module):
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config

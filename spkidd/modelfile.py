@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -128,4 +127,3 @@ def load_model(path: Path) -> ModelBundle:
         training=dict(meta.get("training", {})),
         enrollment=dict(meta.get("enrollment", {})),
     )
-

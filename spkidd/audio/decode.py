@@ -26,11 +26,11 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
     with sf.SoundFile(str(path)) as handle:
         rate = handle.samplerate
-        first = int(round(start * rate))
+        first = round(start * rate)
         if first > handle.frames:
             raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end ({handle.frames / rate:.3f} s)")
         handle.seek(first)
-        count = -1 if end is None else max(0, int(round(end * rate)) - first)
+        count = -1 if end is None else max(0, round(end * rate) - first)
         data = handle.read(frames=count, dtype="float32", always_2d=True)
     return resample(data.mean(axis=1), rate)
 

@@ -1,0 +1,67 @@
+"""P1 and P2 of ../shared/BENCHMARKS.md: `spkidd train` with no flags, then `spkidd evaluate` on the test split.
+
+    python benchmarks/run_closed_set.py p1|p2 [--data ../shared/data] [--out benchmarks/out]
+
+Prints a table and writes OUT/<protocol>.json. The model is kept at OUT/<protocol>.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from manifests import DEFAULT_DATA, p1, p2
+
+GOALS = {
+    "p1": {"top1": 1.0, "train_s": 120},
+    "p2": {"top1": 0.9756, "top5": 0.9919, "train_s": 900},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("protocol", choices=["p1", "p2"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"no benchmark data at {args.data} (pass --data)")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    train_csv, test_csv = (p1 if args.protocol == "p1" else p2)(args.data, out / args.protocol)
+    model = out / f"{args.protocol}.safetensors"
+    spkidd = [sys.executable, "-m", "spkidd"]
+    started = time.monotonic()
+    subprocess.run([*spkidd, "train", str(train_csv), "--out", str(model)], check=True)
+    train_s = time.monotonic() - started
+    report_dir = out / f"{args.protocol}_report"
+    subprocess.run([*spkidd, "evaluate", str(model), str(test_csv), "--report", str(report_dir)], check=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    figures = {
+        "protocol": args.protocol,
+        "test_items": report["n"],
+        "skipped": report["skipped"],
+        "top1": report["top_k"]["1"],
+        "top3": report["top_k"]["3"],
+        "top5": report["top_k"]["5"],
+        "train_wall_s": round(train_s, 1),
+        "epochs_run": None,
+        "goals": GOALS[args.protocol],
+    }
+    from spkidd.modelfile import load_model
+
+    figures["epochs_run"] = load_model(model).training["epochs_run"]
+    (out / f"{args.protocol}.json").write_text(json.dumps(figures, indent=2))
+    print(f"\n{args.protocol.upper()} results")
+    for key in ("test_items", "skipped", "top1", "top3", "top5", "train_wall_s", "epochs_run"):
+        value = figures[key]
+        print(f"  {key:<14} {value:.4f}" if isinstance(value, float) and value <= 1 else f"  {key:<14} {value}")
+    print(f"  goals          {GOALS[args.protocol]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Fixtures shared by the whole suite: synthetic speakers and a small model trained on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.support.speech import SENTENCES, synth_corpus, synth_speech
+from train.fit import TrainSettings
+from train.run import TrainInputs, run_training
+
+TRAINED_VOICES = ["alice", "bob", "carol"]
+TRAIN_SENTENCES = SENTENCES[:12]
+HELD_OUT_SENTENCES = SENTENCES[12:]
+
+# Small and quick, but the same code path as `spkidd train`.
+TEST_TRAIN_SETTINGS = TrainSettings(hidden=64, embedding_dim=64, epochs=25, patience=25, seed=0)
+
+__all__ = ["synth_speech"]
+
+
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training clips of alice, bob and carol in a folder per speaker."""
+    return synth_corpus(tmp_path_factory.mktemp("corpus"), TRAINED_VOICES, TRAIN_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def held_out_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sentences the model never heard, by the same three speakers."""
+    return synth_corpus(tmp_path_factory.mktemp("held_out"), TRAINED_VOICES, HELD_OUT_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def trained_model(speech_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model file trained by the real training code on the synthetic corpus."""
+    work = tmp_path_factory.mktemp("model")
+    out = work / "voices.safetensors"
+    inputs = TrainInputs(data=speech_corpus, out=out, cache_dir=work / "cache")
+    code = run_training(inputs, TEST_TRAIN_SETTINGS, Console(quiet=True))
+    assert code == 0 and out.is_file()
+    return out

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train.data import DataError, discover, read_manifest
+
+
+def _wav(path: Path, seconds: float = 0.5, rate: int = 16000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 200 * t), rate)
+    return path
+
+
+def test_manifest_with_relative_paths_and_times(tmp_path: Path) -> None:
+    _wav(tmp_path / "audio" / "a.wav", 3.0)
+    (tmp_path / "m.csv").write_text("path,speaker,start,end\naudio/a.wav,alice,0.5,2.0\naudio/a.wav,alice,,\n")
+    rows = read_manifest(tmp_path / "m.csv")
+    assert [(r.speaker, r.start, r.end) for r in rows] == [("alice", 0.5, 2.0), ("alice", 0.0, None)]
+    assert rows[0].path == tmp_path / "audio" / "a.wav"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("path,speaker,gender\nx.wav,a,f\n", r"m.csv:1: unknown column\(s\) gender"),
+        ("path,speaker\nmissing.wav,a\n", r"m.csv:2: no such file"),
+        ("path,speaker,start,end\nok.wav,a,2,1\n", r"m.csv:2: end 1.0 is not after start 2.0"),
+        ("path,speaker,start\nok.wav,a,-1\n", r"m.csv:2: start -1.0 is negative"),
+        ("path,speaker,start\nok.wav,a,soon\n", r"m.csv:2: start 'soon' is not a number"),
+        ("path,speaker\nok.wav,a\n,b\n", r"m.csv:3: empty path or speaker"),
+        ("path\nok.wav\n", r"m.csv:1: a manifest needs the columns path and speaker"),
+    ],
+)
+def test_bad_manifests_are_refused_with_line_number(tmp_path: Path, content: str, message: str) -> None:
+    _wav(tmp_path / "ok.wav")
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_speaker_folders_like_voxceleb_and_librispeech(tmp_path: Path) -> None:
+    _wav(tmp_path / "id10001" / "vid1" / "00001.wav")
+    _wav(tmp_path / "id10001" / "vid2" / "00001.wav")
+    _wav(tmp_path / "103" / "1240" / "103-1240-0000.flac")
+    (tmp_path / "103" / "1240" / "103-1240.trans.txt").write_text("text")
+    rows = discover(tmp_path)
+    assert sorted((r.speaker, r.path.name) for r in rows) == [
+        ("103", "103-1240-0000.flac"),
+        ("id10001", "00001.wav"),
+        ("id10001", "00001.wav"),
+    ]
+
+
+def test_flat_folder_with_label_pattern(tmp_path: Path) -> None:
+    for name in ("3_george_7.wav", "0_theo_12.wav", "speaker001_clip1.wav"):
+        _wav(tmp_path / name)
+    rows = discover(tmp_path, r"^\d+_(?P<speaker>[a-z]+)_\d+")
+    assert sorted(r.speaker for r in rows) == ["george", "theo"]
+    seed_style = discover(tmp_path, r"^(?P<speaker>speaker\d+)_clip")
+    assert [r.speaker for r in seed_style] == ["speaker001"]
+
+
+def test_flat_folder_without_pattern_explains_what_to_do(tmp_path: Path) -> None:
+    _wav(tmp_path / "a.wav")
+    with pytest.raises(DataError, match="--label-pattern"):
+        discover(tmp_path)
+    with pytest.raises(DataError, match="named group"):
+        discover(tmp_path, r"(\w+)")

@@ -1,0 +1,82 @@
+"""End to end on synthetic speakers: `spkidd train` -> `spkidd evaluate` / `spkidd identify` -> right names."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkidd.modelfile import load_model
+from tests.conftest import TRAINED_VOICES
+from tests.support.speech import synth_speech
+
+SPKIDD = [sys.executable, "-m", "spkidd"]
+
+
+def test_trained_model_identifies_held_out_sentences(
+    trained_model: Path, held_out_corpus: Path, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    proc = subprocess.run(
+        [*SPKIDD, "evaluate", str(trained_model), str(held_out_corpus), "--report", str(report_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["n"] == 12 and report["labels"] == TRAINED_VOICES
+    assert report["accuracy"] >= 11 / 12
+    assert report["top_k"]["3"] == 1.0
+    assert set(report) >= {"accuracy", "top_k", "n", "labels", "confusion_matrix", "per_speaker"}
+    assert np.array(report["confusion_matrix"]).sum() == 12
+    png = (report_dir / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "top-1 accuracy" in proc.stdout
+
+
+def test_model_file_records_what_training_chose(trained_model: Path) -> None:
+    bundle = load_model(trained_model)
+    training = bundle.training
+    assert training["settings"]["epochs"] == 25 and training["settings"]["batch_size"] in (32, 64)
+    assert training["data"]["speakers"] == 3 and training["data"]["skipped"] == 0
+    assert 0.0 < bundle.decision["min_score"] < 1.0
+    assert trained_model.with_name(trained_model.stem + ".training.png").is_file()
+    assert not trained_model.with_name(trained_model.name + ".ckpt").exists()
+
+
+def test_identify_names_speakers_and_draws_a_timeline(trained_model: Path, tmp_path: Path) -> None:
+    from tests.conftest import HELD_OUT_SENTENCES
+
+    clips = []
+    for voice in ("carol", "bob"):
+        clips.append(sf.read(synth_speech(voice, " ".join(HELD_OUT_SENTENCES[:3]), tmp_path / f"{voice}.wav"))[0])
+    long_path = tmp_path / "conversation.flac"
+    sf.write(long_path, np.concatenate(clips), 16000)
+    single = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "alice.wav")
+    proc = subprocess.run(
+        [*SPKIDD, "identify", str(trained_model), str(single), str(long_path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert results[0]["speaker"] == "alice" and results[0]["timeline"] == []
+    timeline = results[1]["timeline"]
+    assert len(timeline) >= 2
+    assert timeline[0]["speaker"] == "carol" and timeline[-1]["speaker"] == "bob"
+    assert timeline[0]["start"] == 0.0 and timeline[-1]["end"] > 10
+
+
+def test_identify_reports_unusable_files_without_dying(trained_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    good = synth_speech("bob", "Hello there, how are you doing today?", tmp_path / "bob.wav")
+    proc = subprocess.run(
+        [*SPKIDD, "identify", str(trained_model), str(bad), str(good), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert results[0]["error"] and results[1]["speaker"] == "bob"

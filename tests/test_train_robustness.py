@@ -1,0 +1,142 @@
+"""Training never dies on one bad file, refuses bad output paths early, survives Ctrl-C, resumes, runs under
+torchrun with two processes, and reads its decode cache on a second run."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkidd.modelfile import load_model
+from train.data import Row
+from train.prepare import AudioCache
+
+SPKIDD = [sys.executable, "-m", "spkidd"]
+SMALL = ["--hidden", "32", "--layers", "1", "--seed", "1"]
+
+
+def _copy_corpus(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: Path, tmp_path: Path) -> None:
+    data = _copy_corpus(speech_corpus, tmp_path / "data")
+    (data / "alice" / "empty.wav").write_bytes(b"")
+    (data / "alice" / "notes.wav").write_text("this is not audio")
+    sf.write(data / "bob" / "click.wav", np.zeros(800), 16000)
+    (data / "zoe").mkdir()
+    shutil.copy(data / "carol" / "carol_00.wav", data / "zoe" / "only.wav")
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.run(
+        [*SPKIDD, "train", str(data), "--out", str(out), "--epochs", "2", *SMALL, "--cache-dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 3 unusable file(s)" in proc.stderr
+    assert "speaker 'zoe' has only 1 clip(s)" in proc.stderr
+    bundle = load_model(out)
+    assert bundle.training["data"]["skipped"] == 3
+    assert bundle.labels == ["alice", "bob", "carol", "zoe"]
+
+
+def test_unwritable_output_fails_before_training(speech_corpus: Path, tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [*SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "missing" / "m.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+def test_bad_option_value_is_refused(speech_corpus: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "m"), "--cell", "transformer"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "cell must be one of gru, lstm" in proc.stderr
+
+
+def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    checkpoint = tmp_path / "m.safetensors.ckpt"
+    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: no model written" in stderr and "--resume" in stderr
+    assert checkpoint.exists() and not out.exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".m.safetensors*"))
+    resumed = subprocess.run([*cmd, "--epochs", "200", "--patience", "1", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stderr
+    assert load_model(out).training["epochs_run"] >= 2
+    assert not checkpoint.exists()
+
+
+def test_two_process_distributed_training_under_torchrun(speech_corpus: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            str(Path(sys.executable).with_name("spkidd")),
+            "train",
+            str(speech_corpus),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            *SMALL,
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_model(out).training["epochs_run"] == 1
+
+
+def test_second_run_reads_the_decode_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wav = tmp_path / "a.wav"
+    t = np.arange(16000) / 16000
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 300 * t), 48000)
+    cache = AudioCache(tmp_path / "cache")
+    first = cache.load(Row(path=wav, speaker="a"))
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr("train.prepare.load_audio", no_decoding)
+    second = cache.load(Row(path=wav, speaker="a"))
+    assert np.abs(first - second).max() < 1e-4
+    sf.write(wav, 0.5 * np.sin(2 * np.pi * 500 * t), 48000)
+    with pytest.raises(AssertionError, match="decoded again"):
+        cache.load(Row(path=wav, speaker="a"))

@@ -1,0 +1,1 @@
+"""Training side of spkidd: builds the model files the daemon loads."""

@@ -1,0 +1,559 @@
+"""Training: windows -> features -> SpeakerModel, additive-angular-margin cross-entropy at several prefix lengths
+(so the streaming outputs are good early), Adam, class weights, augmentation, validation with early stopping,
+checkpoints and resume, DistributedDataParallel under torchrun."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from spkidd import SAMPLE_RATE, __version__
+from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
+from spkidd.model import CellKind, ModelConfig, SpeakerModel
+from spkidd.modelfile import ModelBundle, check_writable, save_model
+from train.augment import Augmenter, AugmentSettings
+from train.calibrate import calibrate_threshold
+
+log = logging.getLogger(__name__)
+
+EARLY_PREFIX_S = (0.3, 0.6, 1.0)
+"""Prefix lengths (seconds) whose outputs are trained as well as the whole window's, for early decisions."""
+
+
+CHOICES = {
+    "optimizer": ("adam", "rmsprop"),
+    "cell": ("gru", "lstm"),
+    "balance": ("weights", "sampling", "none"),
+    "features": ("logmel", "mfcc"),
+}
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a run. `None` means: chosen from the data (and recorded in the model file)."""
+
+    window_s: float = 3.0
+    epochs: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adam"
+    dropout: float = 0.2
+    cell: str = "gru"
+    hidden: int = 192
+    layers: int = 2
+    embedding_dim: int = 128
+    frame_stack: int = 3
+    margin: float = 0.2
+    scale: float = 30.0
+    balance: str = "weights"
+    augment: bool = True
+    val_fraction: float = 0.1
+    seed: int = 0
+    features: str = "logmel"
+    n_mels: int = 40
+    threads: int | None = None
+    target_far: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    """Training and validation audio, as arrays with speaker indices."""
+
+    train_audio: list[np.ndarray]
+    train_labels: list[int]
+    val_audio: list[np.ndarray]
+    val_labels: list[int]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    train_acc: float
+    val_acc: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    history: list[EpochRecord] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM during training: the last finished epoch's checkpoint is kept, no model is written."""
+
+
+def stratified_split(
+    audio: list[np.ndarray],
+    labels: list[int],
+    fraction: float,
+    rng: np.random.Generator,
+    min_val_s: float = 1.0,
+) -> Split:
+    """Per speaker: hold out whole clips when it has enough of them, else the tail of its audio."""
+    split = Split([], [], [], [])
+    by_speaker: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_speaker.setdefault(label, []).append(i)
+    for label, indices in sorted(by_speaker.items()):
+        if len(indices) >= 4:
+            n_val = max(1, round(len(indices) * fraction))
+            chosen = set(rng.choice(indices, size=n_val, replace=False).tolist())
+            for i in indices:
+                target = (split.val_audio, split.val_labels) if i in chosen else (split.train_audio, split.train_labels)
+                target[0].append(audio[i])
+                target[1].append(label)
+            continue
+        for i in indices:
+            held = max(int(len(audio[i]) * fraction), int(min_val_s * SAMPLE_RATE))
+            cut = len(audio[i]) - held
+            if cut >= 0.7 * len(audio[i]):
+                split.train_audio.append(audio[i][:cut])
+                split.val_audio.append(audio[i][cut:])
+                split.val_labels.append(label)
+            else:
+                split.train_audio.append(audio[i])
+            split.train_labels.append(label)
+    return split
+
+
+def cut_windows(
+    audio: list[np.ndarray], labels: list[int], window_s: float, min_s: float = 1.0
+) -> tuple[list[np.ndarray], list[int]]:
+    """Consecutive windows of `window_s` (a shorter clip stays whole; a short last piece is kept if >= min_s)."""
+    size = int(window_s * SAMPLE_RATE)
+    out_audio, out_labels = [], []
+    for x, label in zip(audio, labels, strict=True):
+        if len(x) <= size:
+            out_audio.append(x)
+            out_labels.append(label)
+            continue
+        for start in range(0, len(x), size):
+            piece = x[start : start + size]
+            if len(piece) == size or len(piece) >= min_s * SAMPLE_RATE:
+                out_audio.append(piece)
+                out_labels.append(label)
+    return out_audio, out_labels
+
+
+class TrainingNet(nn.Module):
+    """The model plus the margin head, as one module so DistributedDataParallel sees a single forward()."""
+
+    def __init__(self, model: SpeakerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor, batch_index: torch.Tensor, step_index: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model.embed_sequence(frames)
+        return self.model.cosine(embeddings[batch_index, step_index])
+
+
+def margin_logits(cosine: torch.Tensor, targets: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
+    """Additive angular margin (ArcFace/AAM-softmax): the target's angle is widened by `margin` radians."""
+    if margin <= 0:
+        return scale * cosine
+    cos = cosine.clamp(-1 + 1e-6, 1 - 1e-6)
+    target_cos = cos.gather(1, targets[:, None])
+    sin = torch.sqrt(1.0 - target_cos.square())
+    widened = target_cos * math.cos(margin) - sin * math.sin(margin)
+    # Past pi - margin the widened cosine would rise again; fall back to a linear penalty there.
+    widened = torch.where(target_cos > math.cos(math.pi - margin), widened, target_cos - math.sin(margin) * margin)
+    return scale * cos.scatter(1, targets[:, None], widened)
+
+
+def prefix_steps(n_steps: int, step_s: float) -> list[int]:
+    """Output steps trained for one window: the end, half, a quarter, and a few early absolute prefixes."""
+    chosen = {n_steps - 1, max(0, n_steps // 2 - 1), max(0, n_steps // 4 - 1)}
+    chosen.update(round(s / step_s) - 1 for s in EARLY_PREFIX_S if round(s / step_s) - 1 < n_steps)
+    return sorted(i for i in chosen if i >= 0)
+
+
+class Trainer:
+    def __init__(
+        self,
+        settings: TrainSettings,
+        labels: list[str],
+        split: Split,
+        out: Path,
+        data_summary: dict[str, Any],
+        noise_clips: list[np.ndarray] | None = None,
+        progress: Callable[[str, int], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.labels = labels
+        self.split = split
+        self.out = out
+        self.data_summary = data_summary
+        self.noise_clips = noise_clips
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.params = FeatureParams(kind=cast(FeatureKind, settings.features), n_mels=settings.n_mels)
+        self.extractor = FeatureExtractor(self.params)
+        self.rng = np.random.default_rng(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.step_s = settings.frame_stack * self.params.hop_length / SAMPLE_RATE
+        self.checkpoint_path = out.with_name(out.name + ".ckpt")
+        self.progress = progress
+
+    # ----- planning from the data -----
+    def _windows_per_epoch(self) -> int:
+        size = self.settings.window_s * SAMPLE_RATE
+        return sum(max(1, round(len(x) / size)) for x in self.split.train_audio)
+
+    def resolved(self) -> TrainSettings:
+        """Fills the `None` settings from the amount of data, so plain `spkidd train DATA` is what users run."""
+        s = self.settings
+        windows = self._windows_per_epoch()
+        batch = s.batch_size or (32 if windows < 1000 else 64)
+        per_epoch = max(1, windows // batch)
+        epochs = s.epochs or int(np.clip(math.ceil(2500 / per_epoch), 25, 200))
+        patience = s.patience or max(8, epochs // 5)
+        return replace(s, batch_size=batch, epochs=epochs, patience=patience)
+
+    # ----- data -----
+    def _epoch_windows(self, batch_size: int) -> list[list[tuple[int, int, int]]]:
+        """(item, start sample, length) windows for one epoch, grouped into length-sorted batches."""
+        s, rng = self.settings, self.rng
+        size = int(s.window_s * SAMPLE_RATE)
+        windows: list[tuple[int, int, int]] = []
+        for i, x in enumerate(self.split.train_audio):
+            if len(x) <= size:
+                windows.append((i, 0, len(x)))
+                continue
+            for _ in range(max(1, round(len(x) / size))):
+                windows.append((i, int(rng.integers(0, len(x) - size + 1)), size))
+        if s.balance == "sampling":
+            counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(float)
+            weight = np.array([1.0 / counts[self.split.train_labels[w[0]]] for w in windows])
+            picks = rng.choice(len(windows), size=len(windows), p=weight / weight.sum())
+            windows = [windows[int(p)] for p in picks]
+        order = rng.permutation(len(windows))
+        shuffled = [windows[int(i)] for i in order]
+        pool = batch_size * 16
+        batches: list[list[tuple[int, int, int]]] = []
+        for start in range(0, len(shuffled), pool):
+            group = sorted(shuffled[start : start + pool], key=lambda w: w[2])
+            batches.extend(group[j : j + batch_size] for j in range(0, len(group), batch_size))
+        batches = [b for b in batches if len(b) >= 2]
+        batches = [batches[int(i)] for i in rng.permutation(len(batches))]
+        usable = (len(batches) // self.world) * self.world
+        return batches[self.rank : usable : self.world]
+
+    def _features(self, audio: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        longest = max(len(a) for a in audio)
+        batch = np.zeros((len(audio), longest), dtype=np.float32)
+        for i, a in enumerate(audio):
+            batch[i, : len(a)] = a
+        with torch.no_grad():
+            feats = self.extractor.batch(torch.from_numpy(batch))
+        return feats, [self.params.n_frames(len(a)) for a in audio]
+
+    def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std over every training frame (clean audio)."""
+        total = torch.zeros(self.params.n_features, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for start in range(0, len(self.split.train_audio), 64):
+            feats, lengths = self._features(self.split.train_audio[start : start + 64])
+            for b, n in enumerate(lengths):
+                f = feats[b, :n].double()
+                total += f.sum(0)
+                total_sq += f.square().sum(0)
+                count += n
+        mean = total / max(count, 1)
+        std = torch.sqrt(torch.clamp(total_sq / max(count, 1) - mean.square(), min=1e-8))
+        return mean.float(), std.float()
+
+    # ----- one epoch -----
+    def _batch_targets(
+        self, lengths: list[int], labels: list[int], k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, steps, targets = [], [], []
+        for b, (n_frames, label) in enumerate(zip(lengths, labels, strict=True)):
+            for step in prefix_steps(max(1, n_frames // k), self.step_s):
+                rows.append(b)
+                steps.append(step)
+                targets.append(label)
+        return torch.tensor(rows), torch.tensor(steps), torch.tensor(targets)
+
+    def _train_epoch(
+        self,
+        net: nn.Module,
+        model: SpeakerModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        augmenter: Augmenter | None,
+        class_weights: torch.Tensor | None,
+        margin: float,
+        settings: TrainSettings,
+    ) -> tuple[float, float]:
+        net.train()
+        assert settings.batch_size is not None
+        batches = self._epoch_windows(settings.batch_size)
+        loss_sum, correct, seen = 0.0, 0, 0
+        k = model.config.frame_stack
+        for batch in batches:
+            audio, labels = [], []
+            for item, start, length in batch:
+                piece = self.split.train_audio[item][start : start + length]
+                audio.append(augmenter.waveform(piece) if augmenter else piece)
+                labels.append(self.split.train_labels[item])
+            feats, lengths = self._features(audio)
+            usable = [n for n in lengths if n >= k]
+            if len(usable) < len(lengths):
+                keep = [i for i, n in enumerate(lengths) if n >= k]
+                if len(keep) < 2:
+                    continue
+                feats, lengths, labels = feats[keep], [lengths[i] for i in keep], [labels[i] for i in keep]
+            if augmenter is not None:
+                feats = augmenter.spec_augment(feats, lengths, model.feature_mean)
+            rows, steps, targets = self._batch_targets(lengths, labels, k)
+            cosine = net(feats, rows, steps)
+            loss = F.cross_entropy(margin_logits(cosine, targets, margin, model.config.scale), targets, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(targets)
+            final = torch.tensor([i == len(rows) - 1 or rows[i + 1] != rows[i] for i in range(len(rows))])
+            correct += int((cosine[final].argmax(1) == targets[final]).sum())
+            seen += int(final.sum())
+            if self.progress:
+                self.progress("batch", 1)
+        return loss_sum / max(1, sum(len(b) for b in batches)), correct / max(1, seen)
+
+    def validate(self, model: SpeakerModel) -> tuple[float, np.ndarray, np.ndarray]:
+        """Accuracy on the validation windows, with genuine and best-impostor cosine scores for calibration."""
+        model.eval()
+        audio, labels = cut_windows(self.split.val_audio, self.split.val_labels, self.settings.window_s)
+        if not audio:
+            return float("nan"), np.zeros(0), np.zeros(0)
+        correct, genuine, impostor = 0, [], []
+        with torch.no_grad():
+            for start in range(0, len(audio), 64):
+                feats, lengths = self._features(audio[start : start + 64])
+                emb = model.embed_sequence(feats)
+                k = model.config.frame_stack
+                last = torch.tensor([max(0, n // k - 1) for n in lengths])
+                scores = model.cosine(emb[torch.arange(len(lengths)), last])
+                target = torch.tensor(labels[start : start + 64])
+                correct += int((scores.argmax(1) == target).sum())
+                genuine.extend(scores.gather(1, target[:, None])[:, 0].tolist())
+                masked = scores.scatter(1, target[:, None], -2.0)
+                impostor.extend(masked.max(1).values.tolist())
+        return correct / len(audio), np.array(genuine), np.array(impostor)
+
+    # ----- the run -----
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
+        if state.get("labels") != self.labels:
+            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for other speakers; cannot resume")
+        return state
+
+    def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+        settings = self.resolved()
+        assert settings.epochs is not None and settings.batch_size is not None and settings.patience is not None
+        threads = settings.threads or max(1, (os.cpu_count() or 1) // self.world)
+        torch.set_num_threads(threads)
+        config = ModelConfig(
+            n_features=self.params.n_features,
+            n_speakers=len(self.labels),
+            cell=cast(CellKind, settings.cell),
+            hidden=settings.hidden,
+            layers=settings.layers,
+            frame_stack=settings.frame_stack,
+            embedding_dim=settings.embedding_dim,
+            dropout=settings.dropout,
+            scale=settings.scale,
+        )
+        model = SpeakerModel(config)
+        mean, std = self.normalization()
+        model.set_normalization(mean, std)
+        net: nn.Module = TrainingNet(model)
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(net)
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer: torch.optim.Optimizer
+        if settings.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        per_epoch = max(1, len(self._epoch_windows(settings.batch_size)))
+        total_steps = per_epoch * settings.epochs
+        warmup = min(per_epoch * 2, total_steps // 10 + 1)
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total_steps - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(np.float64)
+        class_weights = None
+        if settings.balance == "weights" and counts.max() > 1.2 * max(counts.min(), 1):
+            w = 1.0 / np.maximum(counts, 1)
+            class_weights = torch.tensor(w / w.mean(), dtype=torch.float32)
+        augmenter = Augmenter(AugmentSettings(), self.rng, self.noise_clips) if settings.augment else None
+
+        history: list[EpochRecord] = []
+        best_acc, best_state, best_epoch, first_epoch = -1.0, None, 0, 1
+        best_quality = (-1.0, -math.inf)
+        if resume:
+            state = self._load_checkpoint()
+            if state is not None:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                history = [EpochRecord(**h) for h in json.loads(state["history"])]
+                best_acc, best_state, best_epoch = state["best_acc"], state["best_model"], state["best_epoch"]
+                best_quality = (state["best_quality"][0], state["best_quality"][1])
+                first_epoch = state["epoch"] + 1
+                self.rng = np.random.default_rng([settings.seed, first_epoch])
+                log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best_acc)
+        has_val = len(self.split.val_audio) > 0
+        start_time = time.monotonic()
+        if self.progress:
+            self.progress("start", per_epoch * settings.epochs)
+            self.progress("advance", per_epoch * (first_epoch - 1))
+        with _interrupts_as_exception():
+            for epoch in range(first_epoch, settings.epochs + 1):
+                t0 = time.monotonic()
+                margin = settings.margin * min(1.0, epoch / 5.0)
+                loss, train_acc = self._train_epoch(
+                    net, model, optimizer, scheduler, augmenter, class_weights, margin, settings
+                )
+                val_acc = self.validate(model)[0] if has_val else train_acc
+                record = EpochRecord(
+                    epoch, loss, train_acc, val_acc, time.monotonic() - t0, float(scheduler.get_last_lr()[0])
+                )
+                history.append(record)
+                if val_acc > best_acc:
+                    best_acc, best_epoch = val_acc, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                self._save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "best_acc": best_acc,
+                        "best_quality": list(best_quality),
+                        "best_epoch": best_epoch,
+                        "best_model": best_state,
+                        "labels": self.labels,
+                        "history": json.dumps([asdict(h) for h in history]),
+                    }
+                )
+                if on_epoch:
+                    on_epoch(record)
+                if epoch - best_epoch >= settings.patience:
+                    log.info("early stop at epoch %d (best %.4f at epoch %d)", epoch, best_acc, best_epoch)
+                    break
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        model.eval()
+        _, genuine, impostor = self.validate(model)
+        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
+        bundle = ModelBundle(
+            model=model,
+            labels=self.labels,
+            features=self.params,
+            name=self.out.stem,
+            decision={"min_score": threshold},
+            training={
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "spkidd_version": __version__,
+                "settings": settings.to_dict(),
+                "data": self.data_summary,
+                "best_epoch": best_epoch,
+                "best_val_acc": best_acc,
+                "epochs_run": len(history),
+                "wall_s": round(time.monotonic() - start_time, 1),
+                "calibration": {"target_far": settings.target_far, "val_far": far, "val_frr": frr},
+                "history": [asdict(h) for h in history],
+            },
+        )
+        return TrainResult(bundle=bundle, history=history)
+
+    def finish(self, result: TrainResult) -> None:
+        """Writes the model (atomically) and the training curve; removes the checkpoint."""
+        if self.rank != 0:
+            return
+        check_writable(self.out)
+        save_model(result.bundle, self.out)
+        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
+        self.checkpoint_path.unlink(missing_ok=True)
+
+
+class _interrupts_as_exception:
+    """Turns Ctrl-C and SIGTERM into TrainingInterrupted between epochs' writes, so checkpoints stay whole."""
+
+    def __enter__(self) -> None:
+        self._old = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._raise)
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+        if kind is KeyboardInterrupt:
+            raise TrainingInterrupted() from value
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+
+def plot_history(history: list[EpochRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h.loss for h in history], color="tab:red")
+    ax_loss.set(title="training loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h.train_acc for h in history], label="train")
+    ax_acc.plot(epochs, [h.val_acc for h in history], label="validation")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,181 @@
+"""`spkidd train`: from a dataset on disk to a model file, with progress and a summary a person can read."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from spkidd.modelfile import check_writable
+from train.data import Row, discover, speaker_counts
+from train.fit import EpochRecord, Split, Trainer, TrainSettings, stratified_split
+from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
+
+log = logging.getLogger(__name__)
+
+MIN_CLIPS_WARNING = 3
+MIN_SECONDS_WARNING = 5.0
+
+
+@dataclass
+class TrainInputs:
+    data: Path
+    out: Path
+    label_pattern: str | None = None
+    val_data: Path | None = None
+    noise_dir: Path | None = None
+    cache_dir: Path | None = None
+    resume: bool = False
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str) -> Prepared:
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"decoding {what}", total=len(rows), status="")
+        prepared = prepare(rows, cache, on_progress=lambda n: progress.advance(task, n))
+    if prepared.skipped:
+        console.print(f"[yellow]skipped {len(prepared.skipped)} unusable file(s):")
+        for _row, reason in prepared.skipped[:10]:
+            console.print(f"  [yellow]{reason}")
+        if len(prepared.skipped) > 10:
+            console.print(f"  [yellow]... and {len(prepared.skipped) - 10} more")
+    return prepared
+
+
+def _warn_small_speakers(prepared: Prepared, console: Console) -> None:
+    counts = speaker_counts(prepared.rows)
+    seconds: dict[str, float] = {}
+    for row, audio in zip(prepared.rows, prepared.audio, strict=True):
+        seconds[row.speaker] = seconds.get(row.speaker, 0.0) + len(audio) / 16000
+    for speaker in sorted(counts):
+        if counts[speaker] < MIN_CLIPS_WARNING and seconds[speaker] < MIN_SECONDS_WARNING:
+            console.print(
+                f"[yellow]warning: speaker {speaker!r} has only {counts[speaker]} clip(s), "
+                f"{seconds[speaker]:.1f} s of sound; expect it to be recognised poorly"
+            )
+
+
+def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) -> list[np.ndarray]:
+    if noise_dir is None:
+        return []
+    rows = [Row(path=p, speaker="noise") for p in sorted(noise_dir.rglob("*")) if p.is_file()]
+    return decode_rows(rows, cache, console, "noise clips").audio
+
+
+def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console | None = None) -> int:
+    """Returns the process exit code: 0 written, 130 interrupted (checkpoint kept)."""
+    from train.fit import TrainingInterrupted
+
+    console = console or Console(stderr=True)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    quiet = distributed and dist.get_rank() != 0
+    if quiet:
+        console = Console(quiet=True)
+    check_writable(inputs.out)
+    rows = discover(inputs.data, inputs.label_pattern)
+    cache = AudioCache(inputs.cache_dir or default_cache_dir())
+    prepared = decode_rows(rows, cache, console, "training audio")
+    if not prepared.audio:
+        raise ValueError(f"{inputs.data}: no usable audio ({len(prepared.skipped)} files skipped)")
+    _warn_small_speakers(prepared, console)
+    labels = sorted(speaker_counts(prepared.rows))
+    index = {label: i for i, label in enumerate(labels)}
+    train_labels = [index[r.speaker] for r in prepared.rows]
+    rng = np.random.default_rng(settings.seed)
+    if inputs.val_data is not None:
+        val = decode_rows(discover(inputs.val_data, inputs.label_pattern), cache, console, "validation audio")
+        unknown = sorted({r.speaker for r in val.rows} - set(labels))
+        if unknown:
+            raise ValueError(f"{inputs.val_data}: speakers not in the training data: {', '.join(unknown[:5])}")
+        split = Split(prepared.audio, train_labels, val.audio, [index[r.speaker] for r in val.rows])
+    else:
+        split = stratified_split(prepared.audio, train_labels, settings.val_fraction, rng)
+    summary: dict[str, Any] = {
+        "source": str(inputs.data),
+        "files": len(prepared.rows),
+        "skipped": len(prepared.skipped),
+        "speakers": len(labels),
+        "seconds": round(prepared.seconds, 1),
+        "train_items": len(split.train_audio),
+        "val_items": len(split.val_audio),
+    }
+    console.print(
+        f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
+        f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
+    )
+    trainer = Trainer(settings, labels, split, inputs.out, summary, _noise_clips(inputs.noise_dir, cache, console))
+    plan = trainer.resolved()
+    console.print(
+        f"plan: up to {plan.epochs} epochs (patience {plan.patience}), batch {plan.batch_size}, "
+        f"{plan.window_s:g}-s windows, {plan.cell.upper()} {plan.layers}x{plan.hidden}, "
+        f"augmentation {'on' if plan.augment else 'off'}, margin {plan.margin:g}"
+    )
+    with progress_bar(console) as progress:
+        task = progress.add_task("training", total=None, status="")
+
+        def on_progress(kind: str, n: int) -> None:
+            if kind == "start":
+                progress.update(task, total=n)
+            else:
+                progress.advance(task, n)
+
+        def on_epoch(r: EpochRecord) -> None:
+            status = f"epoch {r.epoch} loss {r.loss:.3f} train {r.train_acc:.3f} val {r.val_acc:.3f}"
+            progress.update(task, status=status)
+            progress.console.print(f"  {status} ({r.seconds:.1f} s)")
+
+        trainer.progress = on_progress
+        try:
+            result = trainer.run(resume=inputs.resume, on_epoch=on_epoch)
+        except TrainingInterrupted:
+            console.print(
+                f"[red]interrupted: no model written; the last finished epoch is in {trainer.checkpoint_path} "
+                "(continue with --resume)"
+            )
+            return 130
+    trainer.finish(result)
+    if not quiet:
+        _print_summary(console, result.bundle.training, inputs.out)
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+def _print_summary(console: Console, training: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"model written: {out}", show_header=False)
+    table.add_row("best validation accuracy", f"{training['best_val_acc']:.4f} (epoch {training['best_epoch']})")
+    table.add_row("epochs run", str(training["epochs_run"]))
+    table.add_row("training time", f"{training['wall_s']:.0f} s")
+    cal = training["calibration"]
+    table.add_row("unknown-speaker threshold", f"val FAR {cal['val_far']:.3f}, FRR {cal['val_frr']:.3f}")
+    table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
+    console.print(table)
