@@ -86,7 +86,7 @@ class MosquittoBroker:
             "allow_anonymous true\n"
             "persistence false\n"
             "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
         )
         try:
             await self._spawn()
@@ -110,8 +110,17 @@ class MosquittoBroker:
             raise BrokerError(f"cannot run {self.binary}: {exc}") from exc
         self._process = process
         lines: list[str] = []
-        logger = asyncio.create_task(self._forward_log(process, lines))
+        running = asyncio.Event()
+        logger = asyncio.create_task(self._forward_log(process, lines, running))
         try:
+            # Its "running" line, not only a TCP connect: another program may hold the port.
+            ended = asyncio.create_task(process.wait())
+            ready = asyncio.create_task(running.wait())
+            await asyncio.wait([ended, ready], timeout=_READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            ended.cancel()
+            if not running.is_set() or process.returncode is not None:
+                raise BrokerError("it exited or did not report running")
             await _wait_listening(self.host, self.port, lambda: process.returncode is None, _READY_TIMEOUT_S)
         except BrokerError as exc:
             await self._terminate(process)
@@ -120,13 +129,17 @@ class MosquittoBroker:
         log.info("embedded broker: mosquitto (pid %d) listening on %s:%d", process.pid, self.host, self.port)
 
     @staticmethod
-    async def _forward_log(process: asyncio.subprocess.Process, lines: list[str]) -> None:
+    async def _forward_log(process: asyncio.subprocess.Process, lines: list[str], running: asyncio.Event) -> None:
         assert process.stderr is not None
         async for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip()
             lines.append(line)
             del lines[:-20]
-            log.info("mosquitto: %s", line)
+            if line.endswith(" running"):
+                running.set()
+            message = line.split(": ", 1)[-1]
+            level = logging.WARNING if message.startswith(("Error", "Warning")) else logging.DEBUG
+            log.log(level, "mosquitto: %s", message)
 
     async def _supervise(self) -> None:
         attempt = 0

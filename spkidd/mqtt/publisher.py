@@ -232,6 +232,8 @@ class MqttPublisher:
         for timer in self._clear_timers.values():
             timer.cancel()
         self._clear_timers.clear()
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
         if self._task is None:
             return
         try:

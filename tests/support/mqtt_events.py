@@ -39,7 +39,7 @@ def identification(
         event_type=event_type,  # type: ignore[arg-type]
         speaker=speaker,
         confidence=confidence,
-        top_k={speaker: confidence, "bob": round(1 - confidence, 2)},
+        top_k={speaker: confidence, "carol" if speaker == "bob" else "bob": round(1 - confidence, 2)},
         final=event_type in ("final", "unknown"),
         start=1.0 * n,
         end=1.0 * n + 0.5,
