@@ -1,0 +1,93 @@
+"""The systemd unit passes `systemd-analyze verify` cleanly, and sd_notify reaches a real datagram socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from spkidd.sdnotify import notify, watchdog_interval
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "spkidd.service"
+INSTALLED_EXEC = "/opt/spkidd/.venv/bin/spkidd"
+
+
+def _local_unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this checkout's spkidd, since verify checks that it exists."""
+    text = UNIT.read_text()
+    assert f"ExecStart={INSTALLED_EXEC} run --config /etc/spkidd/config.toml" in text
+    spkidd = Path(sys.executable).parent / "spkidd"
+    assert spkidd.is_file()
+    unit = tmp_path / "spkidd.service"
+    unit.write_text(text.replace(INSTALLED_EXEC, str(spkidd)))
+    return unit
+
+
+def test_unit_verifies_without_any_warning(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(_local_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
+
+
+def test_unit_is_notify_with_watchdog_and_hardened(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    for line in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "User=spkidd",
+        "SupplementaryGroups=audio",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=spkidd",
+        "ConfigurationDirectory=spkidd",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ]:
+        assert f"\n{line}\n" in text, line
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(_local_unit(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    match = re.search(r"Overall exposure level for spkidd.service: ([0-9.]+)", plain)
+    assert result.returncode == 0 and match is not None, plain[-500:]
+    assert float(match.group(1)) <= 2.5, plain[-500:]
+
+
+def test_sd_notify_to_a_path_and_an_abstract_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    abstract = f"spkidd-test-{os.getpid()}"
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as at_path,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as at_abstract,
+    ):
+        at_path.bind(path)
+        at_abstract.bind("\0" + abstract)
+        at_path.settimeout(5)
+        at_abstract.settimeout(5)
+        assert notify("READY=1\nSTATUS=listening", {"NOTIFY_SOCKET": path})
+        assert at_path.recv(4096) == b"READY=1\nSTATUS=listening"
+        assert notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + abstract})
+        assert at_abstract.recv(4096) == b"WATCHDOG=1"
+    assert not notify("READY=1", {})
+    assert not notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+
+
+def test_watchdog_interval() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({}) is None
