@@ -1,0 +1,192 @@
+"""Optional HTTP endpoint (off by default, 127.0.0.1): GET /healthz (JSON) and GET /metrics (Prometheus).
+
+A tiny asyncio HTTP/1.0 responder instead of prometheus-client's threaded server, so both answers are computed
+on the event loop (a stuck loop also means a failing /healthz) and nothing else listens. The metrics come from
+one snapshot function at scrape time, through a registry per daemon, never the global one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+_REQUEST_TIMEOUT_S = 5.0
+_MAX_REQUEST = 8192
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    online: bool
+    audio_s: float
+    processing_s: float
+    lag_s: float
+    events: int
+    dropped_chunks: int
+    reconnects: int
+    speech_s: float
+
+    @property
+    def realtime_factor(self) -> float:
+        """Processing time per second of audio: below 1 keeps up with real time."""
+        return self.processing_s / self.audio_s if self.audio_s > 0 else 0.0
+
+    @property
+    def speech_ratio(self) -> float:
+        return self.speech_s / self.audio_s if self.audio_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online,
+            "lag_s": round(self.lag_s, 3),
+            "rtf": round(self.realtime_factor, 4),
+            "audio_s": round(self.audio_s, 1),
+            "speech_ratio": round(self.speech_ratio, 3),
+            "events": self.events,
+            "dropped_chunks": self.dropped_chunks,
+            "reconnects": self.reconnects,
+        }
+
+
+@dataclass(frozen=True)
+class MqttHealth:
+    connected: bool = False
+    published: int = 0
+    events_dropped: int = 0
+    reconnects: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True)
+class DaemonHealth:
+    uptime_s: float
+    streams: dict[str, StreamHealth] = field(default_factory=dict)
+    mqtt: MqttHealth = MqttHealth()
+
+    @property
+    def healthy(self) -> bool:
+        """Connected to the broker and every source delivering audio."""
+        return self.mqtt.connected and all(s.online for s in self.streams.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.healthy else "degraded",
+            "uptime_s": round(self.uptime_s, 1),
+            "streams": {name: s.to_dict() for name, s in self.streams.items()},
+            "mqtt": asdict(self.mqtt),
+        }
+
+
+Snapshot = Callable[[], DaemonHealth]
+
+
+class _DaemonCollector(Collector):
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._snapshot()
+        per_stream: list[tuple[GaugeMetricFamily | CounterMetricFamily, Callable[[StreamHealth], float]]] = [
+            (GaugeMetricFamily("spkidd_stream_online", "1 while the source delivers audio", labels=["source"]),
+             lambda s: float(s.online)),
+            (GaugeMetricFamily("spkidd_stream_lag_seconds", "Arrival-to-processed delay of the last chunk",
+                               labels=["source"]), lambda s: s.lag_s),
+            (GaugeMetricFamily("spkidd_stream_realtime_factor", "Processing seconds per audio second",
+                               labels=["source"]), lambda s: s.realtime_factor),
+            (GaugeMetricFamily("spkidd_stream_speech_ratio", "Share of the audio inside utterances",
+                               labels=["source"]), lambda s: s.speech_ratio),
+            (CounterMetricFamily("spkidd_stream_audio_seconds", "Audio received", labels=["source"]),
+             lambda s: s.audio_s),
+            (CounterMetricFamily("spkidd_identification_events", "Identification events", labels=["source"]),
+             lambda s: float(s.events)),
+            (CounterMetricFamily("spkidd_stream_dropped_chunks", "Audio chunks dropped because processing lagged",
+                                 labels=["source"]), lambda s: float(s.dropped_chunks)),
+            (CounterMetricFamily("spkidd_stream_reconnects", "Source reconnects", labels=["source"]),
+             lambda s: float(s.reconnects)),
+        ]  # fmt: skip
+        for metric, value in per_stream:
+            for name, stream in health.streams.items():
+                metric.add_metric([name], value(stream))
+            yield metric
+        m = health.mqtt
+        yield GaugeMetricFamily("spkidd_mqtt_connected", "1 while connected to the broker", value=float(m.connected))
+        yield GaugeMetricFamily("spkidd_mqtt_queued_events", "Events waiting for the broker", value=float(m.queued))
+        yield CounterMetricFamily("spkidd_mqtt_published", "MQTT messages published", value=float(m.published))
+        yield CounterMetricFamily(
+            "spkidd_mqtt_events_dropped", "Events dropped by the queue bound", value=float(m.events_dropped)
+        )
+        yield CounterMetricFamily("spkidd_mqtt_reconnects", "Broker reconnects", value=float(m.reconnects))
+        yield GaugeMetricFamily("spkidd_uptime_seconds", "Seconds since the daemon started", value=health.uptime_s)
+
+
+def make_registry(snapshot: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DaemonCollector(snapshot))
+    return registry
+
+
+class HealthServer:
+    """Serves /healthz and /metrics on host:port (port 0 picks a free one; `port` tells which)."""
+
+    def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
+        self.host = host
+        self.port = port
+        self._snapshot = snapshot
+        self._registry = make_registry(snapshot)
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_MAX_REQUEST)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("health endpoint on http://%s:%d/healthz and /metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method != "GET":
+            return 405, "text/plain", b"method not allowed\n"
+        route = path.split("?", 1)[0]
+        if route == "/healthz":
+            health = self._snapshot()
+            body = json.dumps(health.to_dict()).encode()
+            return (200 if health.healthy else 503), "application/json", body
+        if route == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self._registry)
+        return 404, "text/plain", b"not found\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Unavailable"}
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT_S)
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) != 3:
+                status, ctype, body = 400, "text/plain", b"bad request\n"
+            else:
+                status, ctype, body = self._respond(parts[0], parts[1])
+            writer.write(
+                f"HTTP/1.0 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("health endpoint: request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
