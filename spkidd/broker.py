@@ -105,6 +105,9 @@ class MosquittoBroker:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                # Its own process group: a Ctrl-C or `timeout` aimed at the daemon's group must not stop the
+                # broker before the daemon has published `offline` through it.
+                process_group=0,
             )
         except OSError as exc:
             raise BrokerError(f"cannot run {self.binary}: {exc}") from exc

@@ -1,0 +1,104 @@
+"""Test helpers for `spkidd run`: config files, model files, and the daemon as a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from spkidd.features import FeatureParams
+from spkidd.model import ModelConfig, SpeakerModel
+from spkidd.modelfile import ModelBundle, load_model, save_model
+from tests.support.mosquitto import kill_group
+from tests.support.speech import synth_speech
+
+SPKIDD = str(Path(sys.executable).parent / "spkidd")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def random_model(path: Path, labels: list[str]) -> Path:
+    """An untrained but valid model file: for tests of the daemon's plumbing, not of identification."""
+    torch.manual_seed(0)
+    features = FeatureParams()
+    model = SpeakerModel(ModelConfig(n_features=features.n_features, n_speakers=len(labels), hidden=32, layers=1))
+    save_model(ModelBundle(model=model.eval(), labels=labels, features=features, name="random"), path)
+    return path
+
+
+def relabelled_model(source: Path, path: Path, rename: dict[str, str]) -> Path:
+    """The same network under other speaker names: a reload with it is visible in every event."""
+    bundle = load_model(source)
+    bundle.labels = [rename.get(label, label) for label in bundle.labels]
+    save_model(bundle, path)
+    return path
+
+
+def conversation(directory: Path, turns: list[tuple[str, str]], lead_s: float = 1.0, gap_s: float = 1.2) -> Path:
+    """One WAV with the given (voice, sentence) turns separated by silence."""
+    rate = 16000
+    parts = [np.zeros(int(lead_s * rate), dtype=np.float32)]
+    for i, (voice, text) in enumerate(turns):
+        clip, clip_rate = sf.read(synth_speech(voice, text, directory / f"turn{i}.wav"), dtype="float32")
+        assert clip_rate == rate
+        parts += [clip, np.zeros(int(gap_s * rate), dtype=np.float32)]
+    path = directory / "conversation.wav"
+    sf.write(path, np.concatenate(parts), rate, subtype="PCM_16")
+    return path
+
+
+def write_config(path: Path, model: Path, sources: str, mqtt: str, extra: str = "") -> Path:
+    path.write_text(
+        f'instance = "testhouse"\nmodel = "{model}"\n{sources}\n[mqtt]\n{mqtt}\n'
+        "keepalive = 5\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrediscovery_max_delay_s = 0.0\n"
+        f"{extra}\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+class DaemonProcess:
+    """`spkidd run --config PATH` in its own process group, its output in a log file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [SPKIDD, "run", "--config", str(config)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, predicate: Callable[[str], bool], timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if predicate(text):
+                return text
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting in the daemon's log:\n{text[-3000:]}")
+            time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        kill_group(self.process, signal.SIGKILL)
