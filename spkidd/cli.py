@@ -251,3 +251,26 @@ def listen(
     except (ModelFileError, SourceSpecError, ValueError) as exc:
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Config file (default: ./config.toml, then /etc/spkidd/config.toml)."
+    ),
+) -> None:
+    """The daemon: every configured source -> speaker identification -> MQTT (Home Assistant discovery).
+    SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config and the model."""
+    import asyncio
+
+    from spkidd.config import ConfigError, find_config, load_config
+    from spkidd.daemon import run_daemon
+
+    try:
+        settings = load_config(find_config(config))
+    except ConfigError as exc:
+        typer.echo(f"spkidd run: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger().setLevel(settings.logging.level)
+    raise typer.Exit(asyncio.run(run_daemon(settings)))
