@@ -104,23 +104,27 @@ class Decider:
     def update(self, steps: StepScores, end_s: float) -> list[Identification]:
         """Feeds consecutive steps; `end_s` is the audio time up to which the stream had been heard when they were
         computed, so event times include any batching delay."""
-        events: list[Identification] = []
+        n = steps.probs.shape[0]
+        if n == 0:
+            return []
         s = self.settings
-        for i in range(steps.probs.shape[0]):
-            scores, probs = steps.scores[i], steps.probs[i]
-            self._last = (scores, probs)
-            top = self._accepted(scores, probs, s.min_confidence)
-            if top < 0 or steps.speech_s[i] < s.min_speech_s:
+        self._last = (steps.scores[-1], steps.probs[-1])
+        top, passed = self._accepted(steps.scores, steps.probs, s.min_confidence)
+        passed &= steps.speech_s >= s.min_speech_s
+        events: list[Identification] = []
+        for i in range(n):
+            if not passed[i]:
                 self._run = 0
                 self._candidate = -1
                 continue
-            self._run = self._run + 1 if top == self._candidate else 1
-            self._candidate = top
-            name = self.labels[top]
+            index = int(top[i])
+            self._run = self._run + 1 if index == self._candidate else 1
+            self._candidate = index
+            name = self.labels[index]
             if self._run >= s.stable_steps and name != self._current:
                 kind: EventType = "identified" if self._current is None else "changed"
                 self._current = name
-                events.append(self._event(kind, name, probs, top, False, end_s, float(steps.speech_s[i])))
+                events.append(self._event(kind, name, steps.probs[i], index, False, end_s, float(steps.speech_s[i])))
         return events
 
     def finish(self, end_s: float, speech_s: float, *, long_enough: bool) -> list[Identification]:
@@ -129,21 +133,27 @@ class Decider:
         if not long_enough or self._last is None:
             return []
         scores, probs = self._last
-        top = self._accepted(scores, probs, 0.0)
-        best = int(np.argmax(probs))
-        if top < 0:
-            return [self._event("unknown", UNKNOWN, probs, best, True, end_s, speech_s)]
-        return [self._event("final", self.labels[top], probs, top, True, end_s, speech_s)]
+        top, passed = self._accepted(scores[None], probs[None], 0.0)
+        index = int(top[0])
+        if not passed[0]:
+            return [self._event("unknown", UNKNOWN, probs, index, True, end_s, speech_s)]
+        return [self._event("final", self.labels[index], probs, index, True, end_s, speech_s)]
 
-    def _accepted(self, scores: np.ndarray, probs: np.ndarray, min_confidence: float) -> int:
-        """The top speaker's index if every threshold holds (the margin can only make this stricter), else -1."""
-        order = np.argsort(-probs)
-        top = int(order[0])
-        runner_up = float(probs[order[1]]) if len(order) > 1 else 0.0
+    def _accepted(self, scores: np.ndarray, probs: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per step (rows): the top speaker, and whether every threshold holds for it (the margin over the
+        runner-up can only make this stricter). Vectorized: this runs for every step of every stream."""
+        rows = np.arange(probs.shape[0])
+        top = probs.argmax(axis=1)
+        best = probs[rows, top]
+        if probs.shape[1] > 1:
+            others = probs.copy()
+            others[rows, top] = -np.inf
+            runner_up = others.max(axis=1)
+        else:
+            runner_up = np.zeros_like(best)
         s = self.settings
-        if scores[top] < s.min_score or probs[top] < min_confidence or probs[top] - runner_up < s.min_margin:
-            return -1
-        return top
+        passed = (scores[rows, top] >= s.min_score) & (best >= min_confidence) & (best - runner_up >= s.min_margin)
+        return top, passed
 
     def _event(
         self,

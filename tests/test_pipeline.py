@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ import pytest
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
+from spkidd.decide import StepScores
 from spkidd.events import Identification, SourceStatus, SpeechActivity
 from spkidd.inference import score_audio
 from spkidd.modelfile import ModelBundle
-from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
 from tests.support.streaming import espeak, random_bundle, silence, trim, write_wav
 
@@ -40,6 +40,10 @@ async def run_pipeline(pipeline: StreamPipeline) -> list[PipelineEvent]:
     events: list[PipelineEvent] = []
     await asyncio.wait_for(pipeline.run(events.append), timeout=120)
     return events
+
+
+def replay_of(name: str, audio: np.ndarray) -> ReplaySource:
+    return ReplaySource.from_samples(name, to_chunkable_pcm(audio), realtime=False)
 
 
 def gate_utterances(audio: np.ndarray, settings: GateSettings) -> list[np.ndarray]:
@@ -80,19 +84,41 @@ async def test_streaming_equals_offline(tmp_path: Path, speech: np.ndarray, bund
     assert isinstance(events[-1], SourceStatus) and not events[-1].online
 
 
-class SlowExecutor(ThreadPoolExecutor):
-    """A worker pool on a machine far too slow for the stream: every batch of model work takes `delay_s` longer."""
+async def test_streams_sharing_one_runner_are_batched_and_still_equal_offline(
+    speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    runner = StepRunner()
+    audios = [
+        np.concatenate([silence(0.3 + 0.09 * i), speech[: len(speech) - 4000 * i], silence(0.6)]) for i in range(6)
+    ]
+    settings = PipelineSettings(decision=EVERYTHING)
+    pipelines = [
+        StreamPipeline(
+            ReplaySource.from_samples(f"s{i}", to_chunkable_pcm(a), realtime=False), bundle, settings, runner=runner
+        )
+        for i, a in enumerate(audios)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(run_pipeline(p) for p in pipelines)), timeout=120)
+    await asyncio.to_thread(runner.close)
+    assert runner.batches < runner.jobs
+    for audio, events in zip(audios, results, strict=True):
+        (final,) = [e for e in events if isinstance(e, Identification) and e.final]
+        (utterance,) = gate_utterances(audio, settings.gate)
+        offline = score_audio(bundle, utterance.astype(np.float32) / 32768.0)
+        assert offline is not None
+        assert np.abs(np.array([final.top_k[label] for label in LABELS]) - offline.probs).max() <= 1e-4
+
+
+class SlowRunner(StepRunner):
+    """The real runner on a machine far too slow for the stream: every batch takes `delay_s` longer."""
 
     def __init__(self, delay_s: float) -> None:
-        super().__init__(max_workers=1)
+        super().__init__()
         self.delay_s = delay_s
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        def slow() -> Any:
-            time.sleep(self.delay_s)
-            return fn(*args, **kwargs)
-
-        return super().submit(slow)
+    def run_batch(self, jobs: list[Any]) -> list[StepScores | None]:
+        time.sleep(self.delay_s)
+        return super().run_batch(jobs)
 
 
 async def test_a_live_source_that_outruns_processing_loses_its_oldest_audio(
@@ -101,9 +127,10 @@ async def test_a_live_source_that_outruns_processing_loses_its_oldest_audio(
     audio = np.concatenate([silence(0.3), speech, silence(0.5)])
     path = write_wav(tmp_path / "long.wav", audio)
     settings = PipelineSettings(decision=EVERYTHING, step_ms=30, queue_chunks=8)
-    with SlowExecutor(0.1) as slow:
-        pipeline = StreamPipeline(ReplaySource("live", path, realtime=True), bundle, settings, executor=slow)
-        events = await run_pipeline(pipeline)
+    slow = SlowRunner(0.1)
+    pipeline = StreamPipeline(ReplaySource("live", path, realtime=True), bundle, settings, runner=slow)
+    events = await run_pipeline(pipeline)
+    slow.close()
     stats = pipeline.stats
     chunks = len(to_chunkable_pcm(audio)) // CHUNK_SAMPLES
     assert stats.dropped_chunks > 0
@@ -118,9 +145,10 @@ async def test_a_fast_file_is_throttled_not_dropped(tmp_path: Path, speech: np.n
     audio = np.concatenate([silence(0.3), speech, silence(0.5)])
     path = write_wav(tmp_path / "file.wav", audio)
     settings = PipelineSettings(decision=EVERYTHING, step_ms=30, queue_chunks=4)
-    with SlowExecutor(0.01) as slow:
-        pipeline = StreamPipeline(ReplaySource("file", path, realtime=False), bundle, settings, executor=slow)
-        events = await run_pipeline(pipeline)
+    slow = SlowRunner(0.01)
+    pipeline = StreamPipeline(ReplaySource("file", path, realtime=False), bundle, settings, runner=slow)
+    events = await run_pipeline(pipeline)
+    slow.close()
     assert pipeline.stats.dropped_chunks == 0
     assert pipeline.stats.queue_peak <= 4
     assert pipeline.stats.audio_s == pytest.approx(len(to_chunkable_pcm(audio)) / SAMPLE_RATE)
