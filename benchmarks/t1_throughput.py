@@ -1,0 +1,276 @@
+"""T1 (BENCHMARKS.md): how many S1 conversation streams one core carries through the full pipeline.
+
+usage: taskset -c 0 python benchmarks/t1_throughput.py MODEL [--streams 64] [--paced] [--duration 60]
+       [--wav conversation.wav | --data ../shared/data] [--no-mqtt] [--out benchmarks/out/t1]
+
+Unpaced: N streams replay the conversation as fast as possible in one process, sharing one StepRunner (as the
+daemon does); real-time streams per core = audio seconds processed / CPU seconds of this process.
+Paced (--paced): N streams replay in real time for --duration s; a trial passes when every stream stays within
+0.5 s of real time throughout (lag = wall time since its start - audio time it has fully processed) and nothing
+is dropped. The largest passing N is found by growing N, then bisecting.
+Events are published to a private Mosquitto on 127.0.0.1 through spkidd's MqttPublisher unless --no-mqtt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import DEFAULT_DATA, DEFAULT_OUT, build_conversation
+from manifests import p2
+from rich.console import Console
+from rich.table import Table
+
+from spkidd.audio.decode import load_audio
+from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
+from spkidd.config import MqttConfig
+from spkidd.modelfile import ModelBundle, load_model
+from spkidd.mqtt import MqttPublisher
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
+
+MAX_LAG_S = 0.5
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def mosquitto() -> Iterator[int]:
+    """A private broker on a free port for the duration of the run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("mosquitto did not start") from None
+                    time.sleep(0.02)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class Trial:
+    streams: int
+    audio_s: float
+    cpu_s: float
+    wall_s: float
+    max_lag_s: float
+    dropped_chunks: int
+    events: int
+    jobs_per_batch: float
+    published: int
+
+    @property
+    def streams_per_core(self) -> float:
+        return self.audio_s / self.cpu_s
+
+    @property
+    def passed(self) -> bool:
+        return self.max_lag_s <= MAX_LAG_S and self.dropped_chunks == 0
+
+
+async def run_trial(
+    bundle: ModelBundle, pcm: np.ndarray, streams: int, *, paced: bool, duration: float, mqtt_port: int | None
+) -> Trial:
+    runner = StepRunner()
+    settings = PipelineSettings()
+    names = [f"stream{i:04d}" for i in range(streams)]
+    publisher = None
+    emit: Callable[[PipelineEvent], None] = lambda event: None  # noqa: E731
+    if mqtt_port is not None:
+        publisher = MqttPublisher(
+            MqttConfig(broker="external", port=mqtt_port, queue_size=100_000), "t1", names, bundle.labels
+        )
+        publisher.start()
+        emit = publisher.handle
+    sources = [ReplaySource.from_samples(n, pcm, realtime=paced, loop=paced) for n in names]
+    pipelines = [StreamPipeline(s, bundle, settings, runner=runner) for s in sources]
+    max_lag = 0.0
+
+    async def watch() -> None:
+        nonlocal max_lag
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for source, pipeline in zip(sources, pipelines, strict=True):
+                if source.started_at is not None:
+                    max_lag = max(max_lag, now - source.started_at - pipeline.stats.processed_s)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    tasks = [asyncio.create_task(p.run(emit)) for p in pipelines]
+    watcher = asyncio.create_task(watch()) if paced else None
+    if paced:
+        await asyncio.sleep(duration)
+        await asyncio.gather(*(p.stop() for p in pipelines))
+    await asyncio.gather(*tasks)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if watcher is not None:
+        watcher.cancel()
+    published = 0
+    if publisher is not None:
+        await publisher.close()
+        published = int(publisher.stats_dict().get("published", 0))
+    await asyncio.to_thread(runner.close)
+    return Trial(
+        streams=streams,
+        audio_s=sum(p.stats.audio_s for p in pipelines),
+        cpu_s=cpu,
+        wall_s=wall,
+        max_lag_s=max_lag,
+        dropped_chunks=sum(p.stats.dropped_chunks for p in pipelines),
+        events=sum(p.stats.events for p in pipelines),
+        jobs_per_batch=runner.jobs / max(runner.batches, 1),
+        published=published,
+    )
+
+
+def search_paced(trial: Callable[[int], Trial], start: int, console: Console) -> tuple[int, list[Trial]]:
+    """Grows N by 25% until a trial fails, then bisects between the last pass and the first failure."""
+    trials: list[Trial] = []
+
+    def attempt(n: int) -> bool:
+        t = trial(n)
+        trials.append(t)
+        console.print(
+            f"paced {n:5d} streams: max lag {t.max_lag_s:.3f} s, dropped {t.dropped_chunks}, "
+            f"{'pass' if t.passed else 'FAIL'}"
+        )
+        return t.passed
+
+    good, bad = 0, 0
+    n = start
+    while True:
+        if attempt(n):
+            good = n
+            n = max(n + 1, int(n * 1.25))
+        else:
+            bad = n
+            break
+        if good and bad:
+            break
+    if good == 0:
+        n = start
+        while n > 1:
+            n = max(1, n // 2)
+            if attempt(n):
+                good = n
+                break
+            bad = n
+    while good and bad - good > max(2, good // 20):
+        mid = (good + bad) // 2
+        if attempt(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, trials
+
+
+def conversation_pcm(args: argparse.Namespace) -> tuple[np.ndarray, Path]:
+    wav: Path | None = args.wav
+    if wav is None:
+        out = args.out / "conversation"
+        test_csv = p2(args.data, out / "manifests")[1]
+        wav = build_conversation(test_csv, out)[0]
+    return to_chunkable_pcm(load_audio(wav)), wav
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--streams", type=int, default=64, help="streams in the unpaced run")
+    parser.add_argument("--paced", action="store_true", help="also search the largest real-time N")
+    parser.add_argument("--paced-start", type=int, default=0, help="first N of the search (default: from unpaced)")
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--wav", type=Path, default=None, help="an existing S1 conversation.wav")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "t1")
+    parser.add_argument("--no-mqtt", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    console = Console()
+    args.out.mkdir(parents=True, exist_ok=True)
+    bundle = load_model(args.model)
+    pcm, wav = conversation_pcm(args)
+    use_mqtt = not args.no_mqtt and shutil.which("mosquitto") is not None
+    rss_start = peak_rss_mb()
+
+    with mosquitto() if use_mqtt else contextlib.nullcontext() as port:
+        one = asyncio.run(run_trial(bundle, pcm, 1, paced=False, duration=0, mqtt_port=port))
+        rss_one = peak_rss_mb()
+        many = asyncio.run(run_trial(bundle, pcm, args.streams, paced=False, duration=0, mqtt_port=port))
+        rss_many = peak_rss_mb()
+        paced_best, paced_trials = 0, []
+        if args.paced:
+            start = args.paced_start or max(1, int(0.6 * many.streams_per_core))
+
+            def trial(n: int) -> Trial:
+                return asyncio.run(run_trial(bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port))
+
+            paced_best, paced_trials = search_paced(trial, start, console)
+
+    table = Table(title=f"T1 throughput, model {bundle.name} {bundle.version}, conversation {len(pcm) / 16000:.0f} s")
+    for column in ("run", "streams", "audio s", "CPU s", "streams/core", "jobs/batch", "events", "published"):
+        table.add_column(column, justify="right")
+    for name, t in (("unpaced", one), ("unpaced", many)):
+        table.add_row(
+            name,
+            str(t.streams),
+            f"{t.audio_s:.0f}",
+            f"{t.cpu_s:.1f}",
+            f"{t.streams_per_core:.0f}",
+            f"{t.jobs_per_batch:.1f}",
+            str(t.events),
+            str(t.published),
+        )
+    console.print(table)
+    if args.paced:
+        console.print(f"paced: largest N within {MAX_LAG_S} s of real time for {args.duration:.0f} s: {paced_best}")
+    console.print(
+        f"peak RSS of this process: {rss_start:.0f} MB after loading, {rss_one:.0f} MB after 1 stream, "
+        f"{rss_many:.0f} MB after {args.streams} streams"
+    )
+    report: dict[str, Any] = {
+        "benchmark": "T1",
+        "model": str(args.model),
+        "conversation": str(wav),
+        "mqtt": use_mqtt,
+        "unpaced_1": {**one.__dict__, "streams_per_core": one.streams_per_core},
+        "unpaced_n": {**many.__dict__, "streams_per_core": many.streams_per_core},
+        "paced_duration_s": args.duration if args.paced else None,
+        "paced_max_streams": paced_best if args.paced else None,
+        "paced_trials": [{**t.__dict__, "passed": t.passed} for t in paced_trials],
+        "peak_rss_mb": {"loaded": rss_start, "one_stream": rss_one, "n_streams": rss_many},
+    }
+    (args.out / "t1.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {args.out / 't1.json'}")
+
+
+if __name__ == "__main__":
+    main()
