@@ -1,0 +1,170 @@
+"""`spkidd run` end to end, as a child process: a replayed conversation of known speakers through a trained
+model to a real Mosquitto; SIGHUP with a bad and a good model; SIGTERM; the embedded broker, sd_notify, the
+watchdog and the health endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HELD_OUT_SENTENCES
+from tests.support.daemon import DaemonProcess, conversation, random_model, relabelled_model, write_config
+from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
+
+P = "spkidd/testhouse"
+RELAXED = "[decision]\nmin_score = 0.0\n"
+"""The suite's model is small and its cosine threshold strict; these tests are about the daemon, not accuracy."""
+FINAL_TYPES = ("final", "unknown")
+
+
+def _finals(messages: list[Received]) -> list[dict[str, object]]:
+    out = []
+    for m in messages:
+        if m.topic == f"{P}/kitchen/event":
+            event = json.loads(m.payload)
+            if event["event_type"] in FINAL_TYPES:
+                out.append(event)
+    return out
+
+
+def _is_subsequence(wanted: list[str], seen: list[str]) -> bool:
+    remaining = iter(seen)
+    return all(name in remaining for name in wanted)
+
+
+def _sources(path: Path, loop: bool) -> str:
+    return (
+        f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = {str(loop).lower()}\n'
+    )
+
+
+async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained_model: Path) -> None:
+    turns = [("alice", HELD_OUT_SENTENCES[0]), ("bob", HELD_OUT_SENTENCES[1]), ("carol", HELD_OUT_SENTENCES[2])]
+    wav = conversation(tmp_path, turns)
+    model = tmp_path / "model.safetensors"
+    shutil.copy(trained_model, model)
+    with running_mosquitto(tmp_path) as broker:
+        mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), mqtt, RELAXED)
+        async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub:
+            daemon = DaemonProcess(config, tmp_path / "daemon.log")
+            try:
+                # The first pass through the conversation: each turn is named correctly, in order.
+                await sub.wait_for(lambda ms: len(_finals(ms)) >= 3, timeout=120)
+                first = _finals(sub.messages)[:3]
+                assert [e["speaker"] for e in first] == ["alice", "bob", "carol"], first
+                assert [e["utterance_id"] for e in first] == ["kitchen-000001", "kitchen-000002", "kitchen-000003"]
+                states = [json.loads(m.payload) for m in sub.on(f"{P}/kitchen/speaker")]
+                names = [s["speaker"] for s in states]
+                assert names[0] == "none" and _is_subsequence(["alice", "bob", "carol"], names), names
+                assert sub.on(f"{P}/status")[-1].payload == b"online"
+
+                # SIGHUP with a broken model: refused, the old one keeps running.
+                broken = tmp_path / "broken.safetensors"
+                broken.write_bytes(b"\0not a model" * 100)
+                write_config(config, broken, _sources(wav, loop=True), mqtt, RELAXED)
+                seen = len(_finals(sub.messages))
+                daemon.signal(signal.SIGHUP)
+                await asyncio.to_thread(daemon.wait_log, lambda t: "reload refused" in t)
+                assert "broken.safetensors" in daemon.text()
+                await sub.wait_for(lambda ms: len(_finals(ms)) >= seen + 1, timeout=60)
+                assert daemon.process.poll() is None
+
+                # SIGHUP with a good model whose speaker is renamed: discovery and the next utterances follow it.
+                renamed = relabelled_model(trained_model, tmp_path / "renamed.safetensors", {"carol": "caroline"})
+                write_config(config, renamed, _sources(wav, loop=True), mqtt, RELAXED)
+                daemon.signal(signal.SIGHUP)
+                await asyncio.to_thread(daemon.wait_log, lambda t: "reloaded: model" in t)
+                sensor = "homeassistant/sensor/spkidd_testhouse_kitchen_speaker/config"
+                await sub.wait_for(lambda ms: "caroline" in json.loads(sub.on(sensor)[-1].payload)["options"])
+                await sub.wait_for(lambda ms: any(e["speaker"] == "caroline" for e in _finals(ms)), timeout=90)
+
+                # SIGTERM: finals, the queue flushed, `offline`, exit 0.
+                daemon.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(daemon.wait, 60) == 0
+                await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
+                assert sub.on(f"{P}/kitchen/status")[-1].payload == b"offline"
+            finally:
+                daemon.kill()
+    text = daemon.text()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def _notifications(sock: socket.socket, until: str, timeout: float = 90.0) -> list[str]:
+    sock.settimeout(timeout)
+    got: list[str] = []
+    while until not in got:
+        got.extend(sock.recv(4096).decode().split("\n"))
+    return got
+
+
+def _http(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+async def test_embedded_broker_notify_watchdog_and_health(tmp_path: Path) -> None:
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[3])], lead_s=0.5)
+    mqtt_port, health_port = free_port(), free_port()
+    extra = (
+        f'[embedded_broker]\nport = {mqtt_port}\nimplementation = "mosquitto"\n'
+        f"[health]\nenabled = true\nport = {health_port}\n"
+    )
+    config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), 'broker = "embedded"', extra)
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(notify_path))
+        env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
+        daemon = DaemonProcess(config, tmp_path / "daemon.log", env)
+        try:
+            got = await asyncio.to_thread(_notifications, notify_socket, "READY=1")
+            got = await asyncio.to_thread(_notifications, notify_socket, "WATCHDOG=1", 10)
+            async with Collector(mqtt_port, [f"{P}/status", "homeassistant/+/+/config"]) as sub:
+                await sub.wait_for(lambda ms: len(ms) >= 6)
+                # READY=1 does not wait for MQTT, so these may come retained or live.
+                assert sub.on(f"{P}/status")[0].payload == b"online"
+                assert len([m for m in sub.messages if m.topic.endswith("/config")]) == 5
+                status, body = await asyncio.to_thread(_http, f"http://127.0.0.1:{health_port}/healthz")
+                health = json.loads(body)
+                assert status in (200, 503) and health["mqtt"]["connected"] is True
+                assert "kitchen" in health["streams"]
+                _, metrics = await asyncio.to_thread(_http, f"http://127.0.0.1:{health_port}/metrics")
+                assert 'spkidd_stream_realtime_factor{source="kitchen"}' in metrics
+                daemon.signal(signal.SIGTERM)
+                got = await asyncio.to_thread(_notifications, notify_socket, "STOPPING=1", 30)
+                assert await asyncio.to_thread(daemon.wait, 60) == 0
+                await sub.wait_for(lambda ms: sub.on(f"{P}/status")[-1].payload == b"offline")
+        finally:
+            daemon.kill()
+    assert "embedded broker: mosquitto stopped" in daemon.text() and got
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        ('model = "m.safetensors"\n[[sources]]\nname = "k"\nkind = "mic"\n[mqtt]\nprot = 1\n', 2, "unknown key 'prot'"),
+        ('model = "absent.safetensors"\n[[sources]]\nname = "k"\nkind = "mic"\n', 1, "no such model file"),
+    ],
+)
+def test_bad_config_or_model_stop_at_start_with_a_clear_message(
+    tmp_path: Path, body: str, code: int, message: str
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(body)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        assert daemon.wait(60) == code
+    finally:
+        daemon.kill()
+    assert message in daemon.text() and str(tmp_path) in daemon.text()
