@@ -224,3 +224,22 @@ async def test_password_authenticates_and_never_reaches_the_logs(
         finally:
             await wrong.close(timeout=1)
             await right.close(timeout=5)
+
+
+async def test_stats_topic_is_published_periodically(tmp_path: Path) -> None:
+    sources = {"kitchen": {"lag_s": 0.02, "rtf": 0.05, "events": 3, "dropped_chunks": 0, "reconnects": 1}}
+    with running_mosquitto(tmp_path) as broker:
+        publisher = MqttPublisher(
+            mqtt_settings(broker.port, stats_interval_s=0.2), NODE, ["kitchen"], [], stats_provider=lambda: sources
+        )
+        try:
+            async with Collector(broker.port, [f"spkidd/{NODE}/stats"]) as sub:
+                publisher.start()
+                await sub.wait_for(lambda ms: len(ms) >= 2, timeout=10)
+                stats = json.loads(sub.messages[-1].payload)
+                assert list(stats) == ["v", "node", "time", "uptime_s", "sources", "mqtt"]
+                assert stats["v"] == 1 and stats["node"] == NODE and stats["sources"] == sources
+                assert stats["mqtt"]["connected"] is True and stats["mqtt"]["reconnects"] == 0
+                assert not sub.messages[-1].retain and sub.messages[-1].qos == 0
+        finally:
+            await publisher.close(timeout=5)
