@@ -93,13 +93,20 @@ def main() -> None:
     parser.add_argument("--decision", nargs="*", default=[], help="DecisionSettings overrides, key=value")
     parser.add_argument("--step-ms", type=int, default=PipelineSettings().step_ms)
     parser.add_argument("--reference", type=Path, default=DEFAULT_DATA.parent / "tools" / "conversation.py")
+    parser.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="train: a development conversation from P2 TRAINING audio, for tuning without touching the test",
+    )
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console()
 
     out: Path = args.out
-    test_csv = p2(args.data, out / "manifests")[1]
-    wav, truth_csv = build_conversation(test_csv, out)
+    train_csv, test_csv = p2(args.data, out / "manifests")
+    wav, truth_csv = build_conversation(test_csv if args.split == "test" else train_csv, out, seed=args.seed)
     bundle = load_model(args.model)
     settings = settings_from_args(args)
 
@@ -109,7 +116,11 @@ def main() -> None:
     events_jsonl = out / "events.jsonl"
     events_jsonl.write_text("".join(json.dumps(e) + "\n" for e in events))
     result = score(truth_csv, events)
-    check = cross_check(args.reference, test_csv, out, events_jsonl, result) if args.reference.is_file() else "skipped"
+    official = args.split == "test" and args.seed == 0
+    if official and args.reference.is_file():
+        check = cross_check(args.reference, test_csv, out, events_jsonl, result)
+    else:
+        check = "skipped" if official else f"not the S1 protocol: {args.split} audio, seed {args.seed}"
 
     table = Table(title=f"S1 conversation, model {bundle.name} {bundle.version}")
     table.add_column("figure")
@@ -124,7 +135,9 @@ def main() -> None:
     console.print(table)
     console.print(f"cross-check: {check}")
     report = {
-        "benchmark": "S1",
+        "benchmark": "S1" if official else "S1-dev",
+        "split": args.split,
+        "seed": args.seed,
         "model": str(args.model),
         "model_name": bundle.name,
         "model_version": bundle.version,

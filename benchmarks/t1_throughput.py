@@ -126,13 +126,12 @@ async def run_trial(
     cpu0, wall0 = time.process_time(), time.perf_counter()
     tasks = [asyncio.create_task(p.run(emit)) for p in pipelines]
     watcher = asyncio.create_task(watch()) if paced else None
-    if paced:
+    if watcher is not None:
         await asyncio.sleep(duration)
+        watcher.cancel()
         await asyncio.gather(*(p.stop() for p in pipelines))
     await asyncio.gather(*tasks)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    if watcher is not None:
-        watcher.cancel()
     published = 0
     if publisher is not None:
         await publisher.close()
