@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from spkidd.config import TlsConfig
 from spkidd.mqtt import MqttPublisher
-from tests.support.mosquitto import Collector, Mosquitto, free_port, kill_group, publish_once, running_mosquitto
+from tests.support.mosquitto import (
+    Collector,
+    Mosquitto,
+    free_port,
+    kill_group,
+    make_certificates,
+    publish_once,
+    running_mosquitto,
+)
 from tests.support.mqtt_events import activity, identification, mqtt_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,3 +252,23 @@ async def test_stats_topic_is_published_periodically(tmp_path: Path) -> None:
                 assert not sub.messages[-1].retain and sub.messages[-1].qos == 0
         finally:
             await publisher.close(timeout=5)
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    with running_mosquitto(tmp_path, tls=(ca, cert, key)) as broker:
+        good = MqttPublisher(
+            mqtt_settings(broker.port, tls=TlsConfig(enabled=True, ca=ca)), NODE, ["kitchen"], ["alice"]
+        )
+        plain = MqttPublisher(mqtt_settings(broker.port), "plain", ["kitchen"], ["alice"])
+        good.start()
+        plain.start()
+        try:
+            for _ in range(200):
+                if good.stats.connected:
+                    break
+                await asyncio.sleep(0.05)
+            assert good.stats.connected and not plain.stats.connected
+        finally:
+            await plain.close(timeout=1)
+            await good.close(timeout=5)

@@ -16,6 +16,23 @@ from pathlib import Path
 import aiomqtt
 
 
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 / localhost, made with the openssl CLI."""
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = directory / "san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=spkidd test CA",
+        "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(csr))
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
+        "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return ca, cert, key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,13 +76,17 @@ class Mosquitto:
         port: int | None = None,
         persistence: bool = False,
         users: dict[str, str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """`tls`: (CA certificate, server certificate, server key) for a TLS-only listener."""
         self.directory = directory
         self.port = port or free_port()
         self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         self.log = directory / "mosquitto.log"
         conf = [f"listener {self.port} 127.0.0.1", "log_dest stderr"]
+        if tls is not None:
+            conf += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if os.geteuid() == 0:
             conf.append("user root")  # else it switches to user mosquitto, which cannot read the test's 0700 dirs
         if users:
@@ -99,9 +120,12 @@ class Mosquitto:
 
 @contextlib.contextmanager
 def running_mosquitto(
-    directory: Path, persistence: bool = False, users: dict[str, str] | None = None
+    directory: Path,
+    persistence: bool = False,
+    users: dict[str, str] | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> Iterator[Mosquitto]:
-    broker = Mosquitto(directory, persistence=persistence, users=users)
+    broker = Mosquitto(directory, persistence=persistence, users=users, tls=tls)
     broker.start()
     try:
         yield broker
