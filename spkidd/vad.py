@@ -23,7 +23,8 @@ _EMPTY = np.zeros(0, dtype=np.int16)
 
 @dataclass(frozen=True)
 class GateSettings:
-    """When speech counts as an utterance. Times in ms are rounded up to whole 30-ms chunks."""
+    """When speech counts as an utterance. Times in ms are rounded up to whole 30-ms chunks. `floor_dbfs`: chunks
+    quieter than this RMS level (dB full scale) are never speech."""
 
     aggressiveness: int = 2
     start_frames: int = 3
@@ -31,6 +32,7 @@ class GateSettings:
     hangover_ms: int = 300
     max_utterance_s: float = 15.0
     min_utterance_s: float = 0.4
+    floor_dbfs: float = -60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -43,6 +45,8 @@ class GateSettings:
             raise ValueError(f"gate.max_utterance_s must be at least 1 s, not {self.max_utterance_s}")
         if not 0.0 <= self.min_utterance_s < self.max_utterance_s:
             raise ValueError("gate.min_utterance_s must be between 0 and gate.max_utterance_s")
+        if not -120.0 <= self.floor_dbfs <= 0.0:
+            raise ValueError(f"gate.floor_dbfs must be -120 to 0 dBFS, not {self.floor_dbfs}")
 
     @property
     def pre_roll_chunks(self) -> int:
@@ -99,13 +103,21 @@ class SpeechGate:
         self._emitted = 0
         self._last_end = 0.0
         self._max_samples = int(settings.max_utterance_s * SAMPLE_RATE)
+        self._floor_energy = CHUNK_SAMPLES * (32768.0 * 10 ** (settings.floor_dbfs / 20)) ** 2
 
     @property
     def is_open(self) -> bool:
         return self._open
 
     def is_speech(self, samples: np.ndarray) -> bool:
-        return bool(self._vad.is_speech(samples.tobytes(), SAMPLE_RATE))
+        """webrtcvad's decision, except that audio below the level floor is never speech: in modes 0-2 webrtcvad
+        keeps saying "speech" for seconds of digital silence after speech (measured on the S1 gaps), which would
+        glue turns together. The VAD still sees every chunk so its adaptation is not disturbed."""
+        voiced = self._vad.is_speech(samples.tobytes(), SAMPLE_RATE)
+        if not voiced:
+            return False
+        level = samples.astype(np.float32)
+        return float(np.dot(level, level)) >= self._floor_energy
 
     def push(self, samples: np.ndarray, start_s: float) -> list[GateEvent]:
         if samples.shape != (CHUNK_SAMPLES,) or samples.dtype != np.int16:

@@ -136,3 +136,13 @@ def test_bad_input_and_settings_are_refused() -> None:
         GateSettings(aggressiveness=4)
     with pytest.raises(ValueError, match="min_utterance_s"):
         GateSettings(min_utterance_s=20.0)
+
+
+@pytest.mark.parametrize("aggressiveness", [0, 1, 2, 3])
+def test_digital_silence_after_speech_closes_in_every_mode(sentence: np.ndarray, aggressiveness: int) -> None:
+    """webrtcvad alone keeps calling digital silence after speech "speech" in modes 0-2; the level floor fixes it."""
+    audio = np.concatenate([silence(0.5), sentence, sentence, silence(0.45), sentence, silence(1.0)])
+    found = utterances(run_gate(audio, GateSettings(aggressiveness=aggressiveness, hangover_ms=300)))
+    assert len(found) == 2
+    first_end = 0.5 + 2 * len(sentence) / SAMPLE_RATE
+    assert found[0][1] <= first_end + 0.1 < found[1][0] + 0.3
