@@ -274,3 +274,85 @@ def run(
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger().setLevel(settings.logging.level)
     raise typer.Exit(asyncio.run(run_daemon(settings)))
+
+
+@app.command()
+def enroll(
+    model: Path = typer.Argument(..., help="Model file."),
+    audio: list[Path] = typer.Argument(..., help="Clips of the speaker (about 10-30 s of speech in all)."),
+    speaker: str = typer.Option(..., "--speaker", "-s", help="Name of the speaker to add or update."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of updating MODEL in place."),
+) -> None:
+    """Add or update a speaker from a few clips, in seconds, without retraining. A running daemon picks the
+    change up on SIGHUP."""
+    import time
+
+    from rich.console import Console
+
+    from spkidd.audio.decode import AudioDecodeError
+    from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
+    from train.enroll import enroll as enroll_speaker
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    target = out or model
+    try:
+        check_writable(target)
+        bundle, report = enroll_speaker(load_model(model), speaker, audio)
+        save_model(bundle, target)
+    except (ModelFileError, AudioDecodeError, ValueError) as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    for warning in report.warnings:
+        console.print(f"[yellow]warning: {warning}")
+    action = "updated" if report.updated else "enrolled"
+    typer.echo(
+        f"{action} {speaker}: {report.speech_s:.1f} s of speech from {report.clips} clip(s) "
+        f"({report.pieces} piece(s)) in {time.monotonic() - started:.1f} s -> {target}"
+    )
+
+
+@app.command()
+def speakers(model: Path = typer.Argument(..., help="Model file.")) -> None:
+    """List the speakers a model knows, with how much speech each was trained or enrolled on."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from spkidd.modelfile import ModelFileError, load_model
+
+    try:
+        bundle = load_model(model)
+    except ModelFileError as exc:
+        Console(stderr=True).print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{model.name}: {len(bundle.labels)} speakers")
+    for column in ("speaker", "from", "speech (s)", "updated"):
+        table.add_column(column)
+    for label in bundle.labels:
+        info = bundle.enrollment.get(label, {})
+        table.add_row(
+            label, str(info.get("source", "training")), f"{info.get('seconds', 0):.1f}", str(info.get("updated", ""))
+        )
+    Console().print(table)
+
+
+@app.command()
+def forget(
+    model: Path = typer.Argument(..., help="Model file."),
+    speaker: str = typer.Argument(..., help="Speaker to remove."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of updating MODEL in place."),
+) -> None:
+    """Remove a speaker from a model."""
+    from rich.console import Console
+
+    from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
+    from train.enroll import forget as forget_speaker
+
+    target = out or model
+    try:
+        check_writable(target)
+        save_model(forget_speaker(load_model(model), speaker), target)
+    except (ModelFileError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(f"forgot {speaker} -> {target}")

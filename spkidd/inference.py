@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from spkidd.features import FeatureExtractor
+from spkidd.model import SpeakerModel
 from spkidd.modelfile import ModelBundle
 
 
@@ -83,13 +84,32 @@ def score_long(
 
 def aggregate(bundle: ModelBundle, parts: list[Scored]) -> Scored:
     """Scores of several pieces of one speaker's audio, from the mean of their unit embeddings."""
-    units = np.stack([p.embedding / (np.linalg.norm(p.embedding) + 1e-9) for p in parts])
-    mean = torch.from_numpy(units.mean(axis=0))[None]
+    model = bundle.model
     with torch.no_grad():
-        out = bundle.model.output(mean)
+        embeddings = torch.from_numpy(np.stack([p.embedding for p in parts]))
+        units = model.unit(embeddings).mean(dim=0, keepdim=True)
+        out = model.output_of_units(torch.nn.functional.normalize(units, dim=-1), embeddings.mean(dim=0, keepdim=True))
     return Scored(
         probs=out.probs[0].numpy(),
         scores=out.scores[0].numpy(),
-        embedding=mean[0].numpy(),
+        embedding=out.embeddings[0].numpy(),
         speech_s=sum(p.speech_s for p in parts),
     )
+
+
+def embed_pieces(
+    model: SpeakerModel, extractor: FeatureExtractor, pieces: list[np.ndarray], batch: int = 64
+) -> np.ndarray:
+    """Raw embeddings of whole pieces of audio (the last cumulative step of each), batched: (n, E)."""
+    k = model.config.frame_stack
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(pieces), batch):
+            group = pieces[start : start + batch]
+            padded = np.zeros((len(group), max(len(p) for p in group)), dtype=np.float32)
+            for i, piece in enumerate(group):
+                padded[i, : len(piece)] = piece
+            embeddings = model.embed_sequence(extractor.batch(torch.from_numpy(padded)))
+            last = torch.tensor([max(0, extractor.params.n_frames(len(p)) // k - 1) for p in group])
+            out.append(embeddings[torch.arange(len(group)), last].numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.embedding_dim), dtype=np.float32)

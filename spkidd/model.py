@@ -71,6 +71,7 @@ class StepOutput:
 class SpeakerModel(nn.Module):
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    embedding_center: torch.Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -89,6 +90,7 @@ class SpeakerModel(nn.Module):
         self.attention = nn.Sequential(nn.Linear(c.hidden, c.hidden // 2), nn.Tanh(), nn.Linear(c.hidden // 2, 1))
         self.dropout = nn.Dropout(c.dropout)
         self.embedding = nn.Linear(2 * c.hidden, c.embedding_dim)
+        self.register_buffer("embedding_center", torch.zeros(c.embedding_dim))
         self.speakers = nn.Parameter(torch.randn(c.n_speakers, c.embedding_dim) * 0.1)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -130,12 +132,24 @@ class SpeakerModel(nn.Module):
         s2 = torch.cumsum(weight * hidden.square(), dim=1)
         return self._embed(w, s1, s2)
 
+    def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings centred on the training mean and scaled to unit length: what speakers are compared by.
+
+        Without centring, every voice shares one large common direction and all cosines crowd near 1."""
+        return F.normalize(embeddings - self.embedding_center, dim=-1)
+
+    def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
+        return units @ F.normalize(self.speakers, dim=-1).T
+
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.normalize(embeddings, dim=-1) @ F.normalize(self.speakers, dim=-1).T
+        return self.cosine_of_units(self.unit(embeddings))
+
+    def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
+        scores = self.cosine_of_units(units)
+        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
 
     def output(self, embeddings: torch.Tensor) -> StepOutput:
-        scores = self.cosine(embeddings)
-        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
+        return self.output_of_units(self.unit(embeddings), embeddings)
 
     def initial_state(self, batch: int = 1) -> StreamState:
         h = self.config.hidden

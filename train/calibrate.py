@@ -15,18 +15,21 @@ def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[
 
 
 def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: float) -> tuple[float, float, float]:
-    """The lowest threshold whose false-accept rate is at most `target_far`: (threshold, far, frr).
+    """A threshold whose false-accept rate is at most `target_far`: (threshold, far, frr).
 
-    With no impostor scores (a one-speaker model, no validation data) the default threshold is returned.
+    It sits midway between the highest impostor score it must reject and the next genuine score above it, so
+    small validation sets do not put it right on top of a genuine score. With no impostor or genuine scores (a
+    one-speaker model, no validation data) the default threshold is returned.
     """
     if impostor.size == 0 or genuine.size == 0:
         return DEFAULT_THRESHOLD, float("nan"), float("nan")
-    candidates = np.unique(np.concatenate([genuine, impostor, [1.0]]))
-    for threshold in candidates:
-        far, frr = rates(genuine, impostor, float(threshold))
-        if far <= target_far:
-            return float(threshold), far, frr
-    return 1.0, 0.0, 1.0
+    descending = np.sort(impostor)[::-1]
+    allowed = int(np.floor(target_far * descending.size))
+    boundary = float(descending[min(allowed, descending.size - 1)])
+    above = genuine[genuine > boundary]
+    threshold = (boundary + float(above.min())) / 2.0 if above.size else boundary + 1e-6
+    far, frr = rates(genuine, impostor, threshold)
+    return threshold, far, frr
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:

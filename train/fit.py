@@ -28,6 +28,7 @@ from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, check_writable, save_model
 from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_threshold
+from train.references import install_centroids
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class Trainer:
         net.train()
         assert settings.batch_size is not None
         batches = self._epoch_windows(settings.batch_size)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, terms = 0.0, 0, 0, 0
         k = model.config.frame_stack
         for batch in batches:
             audio, labels = [], []
@@ -344,12 +345,13 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             loss_sum += float(loss.detach()) * len(targets)
+            terms += len(targets)
             final = torch.tensor([i == len(rows) - 1 or rows[i + 1] != rows[i] for i in range(len(rows))])
             correct += int((cosine[final].argmax(1) == targets[final]).sum())
             seen += int(final.sum())
             if self.progress:
                 self.progress("batch", 1)
-        return loss_sum / max(1, sum(len(b) for b in batches)), correct / max(1, seen)
+        return loss_sum / max(1, terms), correct / max(1, seen)
 
     def validate(self, model: SpeakerModel) -> tuple[float, np.ndarray, np.ndarray]:
         """Accuracy on the validation windows, with genuine and best-impostor cosine scores for calibration."""
@@ -490,7 +492,12 @@ class Trainer:
         assert best_state is not None
         model.load_state_dict(best_state)
         model.eval()
-        _, genuine, impostor = self.validate(model)
+        weights_acc = self.validate(model)[0] if has_val else float("nan")
+        install_centroids(
+            model, self.extractor, self.split.train_audio, self.split.train_labels, len(self.labels), settings.window_s
+        )
+        centroid_acc, genuine, impostor = self.validate(model)
+        log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         bundle = ModelBundle(
             model=model,
@@ -505,13 +512,23 @@ class Trainer:
                 "data": self.data_summary,
                 "best_epoch": best_epoch,
                 "best_val_acc": best_acc,
+                "val_acc_centroids": centroid_acc,
                 "epochs_run": len(history),
                 "wall_s": round(time.monotonic() - start_time, 1),
                 "calibration": {"target_far": settings.target_far, "val_far": far, "val_frr": frr},
                 "history": [asdict(h) for h in history],
             },
+            enrollment=self._trained_speakers(),
         )
         return TrainResult(bundle=bundle, history=history)
+
+    def _trained_speakers(self) -> dict[str, dict[str, Any]]:
+        seconds = np.zeros(len(self.labels))
+        for audio, label in zip(self.split.train_audio, self.split.train_labels, strict=True):
+            seconds[label] += len(audio) / SAMPLE_RATE
+        return {
+            label: {"source": "training", "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
+        }
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""

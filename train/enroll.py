@@ -1,0 +1,179 @@
+"""Enrollment: add or update a speaker from a few clips without retraining, and forget one.
+
+A speaker is one reference vector in the model's cosine head, for trained and enrolled speakers alike; enrolling
+is embedding the clips' speech (cut by the daemon's own speech gate, so enrollment hears what the daemon hears)
+and storing the mean unit embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spkidd import SAMPLE_RATE
+from spkidd.audio.base import CHUNK_SAMPLES
+from spkidd.audio.decode import load_audio
+from spkidd.features import FeatureExtractor
+from spkidd.modelfile import ModelBundle
+from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
+from train.references import cut, unit_embeddings
+
+MIN_PIECE_S = 0.5
+RECOMMENDED_SPEECH_S = 10.0
+SIMILAR_SPEAKER_SCORE = 0.85
+
+
+@dataclass
+class EnrollmentReport:
+    speaker: str
+    speech_s: float
+    clips: int
+    pieces: int
+    updated: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def speech_pieces(audio: np.ndarray, gate_settings: GateSettings | None = None) -> list[np.ndarray]:
+    """The utterances the daemon's gate would pass on, as float32 arrays."""
+    gate = SpeechGate(gate_settings or GateSettings())
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    pieces: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    events = []
+    for start in range(0, len(pcm) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES):
+        events.extend(gate.push(pcm[start : start + CHUNK_SAMPLES], start / SAMPLE_RATE))
+    events.extend(gate.close())
+    for event in events:
+        if isinstance(event, UtteranceStart):
+            if current:
+                pieces.append(np.concatenate(current))
+            current = [event.audio]
+        elif isinstance(event, SpeechAudio):
+            current.append(event.audio)
+        elif current:
+            pieces.append(np.concatenate(current))
+            current = []
+    if current:
+        pieces.append(np.concatenate(current))
+    return [p.astype(np.float32) / 32768.0 for p in pieces if len(p) >= MIN_PIECE_S * SAMPLE_RATE]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x) + 1e-9)
+
+
+def embed_clips(
+    bundle: ModelBundle, clips: list[Path], chunk_s: float = 3.0
+) -> tuple[list[np.ndarray], dict[str, np.ndarray], float]:
+    """Centred unit embeddings of the clips' speech, each clip's mean unit embedding, and the seconds of speech."""
+    extractor = FeatureExtractor(bundle.features)
+    units: list[np.ndarray] = []
+    per_clip: dict[str, np.ndarray] = {}
+    speech_s = 0.0
+    for clip in clips:
+        pieces = speech_pieces(load_audio(clip))
+        speech_s += sum(len(p) for p in pieces) / SAMPLE_RATE
+        chunks = [c for p in pieces for c in cut(p, chunk_s)]
+        if chunks:
+            clip_units = list(unit_embeddings(bundle.model, extractor, chunks))
+            per_clip[str(clip)] = _unit(np.mean(clip_units, axis=0))
+            units.extend(clip_units)
+    return units, per_clip, speech_s
+
+
+def enroll(
+    bundle: ModelBundle, speaker: str, clips: list[Path], chunk_s: float = 3.0
+) -> tuple[ModelBundle, EnrollmentReport]:
+    """A new bundle where `speaker`'s reference is (re)computed from `clips`; raises ValueError without speech."""
+    if not speaker.strip():
+        raise ValueError("the speaker needs a name")
+    units, per_clip, speech_s = embed_clips(bundle, clips, chunk_s)
+    if not units:
+        raise ValueError(f"no speech found in {len(clips)} clip(s); nothing enrolled")
+    references = bundle.model.speakers.detach().numpy().copy()
+    labels = list(bundle.labels)
+    enrollment = {k: dict(v) for k, v in bundle.enrollment.items()}
+    previous = enrollment.get(speaker, {})
+    total = np.sum(units, axis=0)
+    updated = speaker in labels
+    if updated:
+        row = labels.index(speaker)
+        weight = float(previous.get("pieces", len(units)))
+        references[row] = _unit(_unit(references[row]) * weight + total)
+    else:
+        labels.append(speaker)
+        references = np.vstack([references, _unit(total)[None]])
+    report = EnrollmentReport(speaker, speech_s, len(clips), len(units), updated)
+    report.warnings.extend(_warnings(bundle, labels, references, speaker, units, per_clip, speech_s, clips))
+    enrollment[speaker] = {
+        "source": "training+enrolled" if updated and previous.get("source") != "enrolled" else "enrolled",
+        "seconds": round(float(previous.get("seconds", 0.0)) + speech_s, 2),
+        "pieces": int(previous.get("pieces", 0)) + len(units),
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    new = ModelBundle(
+        model=bundle.model.with_speakers(torch.from_numpy(references.astype(np.float32))),
+        labels=labels,
+        features=bundle.features,
+        name=bundle.name,
+        decision=dict(bundle.decision),
+        training=dict(bundle.training),
+        enrollment=enrollment,
+    )
+    return new, report
+
+
+def _warnings(
+    bundle: ModelBundle,
+    labels: list[str],
+    references: np.ndarray,
+    speaker: str,
+    units: list[np.ndarray],
+    per_clip: dict[str, np.ndarray],
+    speech_s: float,
+    clips: list[Path],
+) -> list[str]:
+    warnings = []
+    silent = [str(c) for c in clips if str(c) not in per_clip]
+    if silent:
+        warnings.append(f"no speech found in {', '.join(silent)}")
+    if speech_s < RECOMMENDED_SPEECH_S:
+        warnings.append(
+            f"only {speech_s:.1f} s of speech; {RECOMMENDED_SPEECH_S:.0f}-30 s makes a reliable voice print"
+        )
+    threshold = bundle.decision.get("min_score", 0.5)
+    centre = _unit(np.mean(units, axis=0))
+    odd_clips = [c for c, u in per_clip.items() if len(per_clip) > 1 and float(u @ centre) < threshold]
+    if odd_clips:
+        warnings.append(f"these clips sound like a different voice than the rest: {', '.join(odd_clips)}")
+    elif len(units) >= 4 and np.mean([float(u @ centre) < threshold for u in units]) > 0.25:
+        warnings.append("the clips seem to hold more than one voice")
+    row = labels.index(speaker)
+    unit_refs = references / (np.linalg.norm(references, axis=1, keepdims=True) + 1e-9)
+    similarity = unit_refs @ unit_refs[row]
+    for i, other in enumerate(labels):
+        if i != row and similarity[i] > SIMILAR_SPEAKER_SCORE:
+            warnings.append(f"{speaker} sounds very much like {other} (similarity {similarity[i]:.2f})")
+    return warnings
+
+
+def forget(bundle: ModelBundle, speaker: str) -> ModelBundle:
+    if speaker not in bundle.labels:
+        raise ValueError(f"no speaker {speaker!r} in the model (it has: {', '.join(bundle.labels)})")
+    if len(bundle.labels) == 1:
+        raise ValueError(f"{speaker} is the model's only speaker; a model needs at least one")
+    keep = [i for i, label in enumerate(bundle.labels) if label != speaker]
+    references = bundle.model.speakers.detach()[keep]
+    return ModelBundle(
+        model=bundle.model.with_speakers(references),
+        labels=[bundle.labels[i] for i in keep],
+        features=bundle.features,
+        name=bundle.name,
+        decision=dict(bundle.decision),
+        training=dict(bundle.training),
+        enrollment={k: v for k, v in bundle.enrollment.items() if k != speaker},
+    )
