@@ -21,6 +21,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,44 @@ from spkidd.mqtt import MqttPublisher
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
 
 MAX_LAG_S = 0.5
+
+
+def daemon_peak_rss_mb(model: Path, wav: Path, sources: int, mqtt_port: int, seconds: float) -> float:
+    """Peak RSS (VmHWM) of `spkidd run` with `sources` real-time looping replays of the conversation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = [f'model = "{model.resolve()}"', 'instance = "t1"']
+        for i in range(sources):
+            lines += [
+                "[[sources]]",
+                f'name = "s{i:02d}"',
+                'kind = "file"',
+                f'path = "{wav.resolve()}"',
+                "realtime = true",
+                "loop = true",
+            ]
+        lines += ["[mqtt]", 'broker = "external"', 'host = "127.0.0.1"', f"port = {mqtt_port}"]
+        config = Path(tmp) / "config.toml"
+        config.write_text("\n".join(lines) + "\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spkidd", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(seconds)
+            if proc.poll() is not None:
+                raise SystemExit(f"spkidd run exited early with {proc.returncode}")
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return peak_kb / 1024
 
 
 def peak_rss_mb() -> float:
@@ -211,6 +250,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "t1")
     parser.add_argument("--no-mqtt", action="store_true")
+    parser.add_argument("--daemon-sources", default="1,16", help="`spkidd run` RSS with these source counts ('' skips)")
+    parser.add_argument("--daemon-seconds", type=float, default=30.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console()
@@ -233,6 +274,10 @@ def main() -> None:
                 return asyncio.run(run_trial(bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port))
 
             paced_best, paced_trials = search_paced(trial, start, console)
+        daemon_rss: dict[str, float] = {}
+        if port is not None:
+            for count in [int(c) for c in args.daemon_sources.split(",") if c.strip()]:
+                daemon_rss[str(count)] = daemon_peak_rss_mb(args.model, wav, count, port, args.daemon_seconds)
 
     table = Table(title=f"T1 throughput, model {bundle.name} {bundle.version}, conversation {len(pcm) / 16000:.0f} s")
     for column in ("run", "streams", "audio s", "CPU s", "streams/core", "jobs/batch", "events", "published"):
@@ -255,6 +300,8 @@ def main() -> None:
         f"peak RSS of this process: {rss_start:.0f} MB after loading, {rss_one:.0f} MB after 1 stream, "
         f"{rss_many:.0f} MB after {args.streams} streams"
     )
+    for count, mb in daemon_rss.items():
+        console.print(f"peak RSS of spkidd run with {count} real-time source(s): {mb:.0f} MB")
     report: dict[str, Any] = {
         "benchmark": "T1",
         "model": str(args.model),
@@ -266,6 +313,7 @@ def main() -> None:
         "paced_max_streams": paced_best if args.paced else None,
         "paced_trials": [{**t.__dict__, "passed": t.passed} for t in paced_trials],
         "peak_rss_mb": {"loaded": rss_start, "one_stream": rss_one, "n_streams": rss_many},
+        "daemon_peak_rss_mb": daemon_rss,
     }
     (args.out / "t1.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.out / 't1.json'}")

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
-from spkidd.audio.decode import AudioDecodeError
+from spkidd.audio.decode import AudioDecodeError, load_audio
 from spkidd.audio.replay import ReplaySource
 from spkidd.audio.sources import SourceSpecError, make_source
 from spkidd.events import SourceStatus
@@ -94,3 +94,16 @@ def test_source_specs(tmp_path: Path) -> None:
         make_source(str(tmp_path / "missing.wav"), "k")
     with pytest.raises(SourceSpecError, match="unsupported URL scheme 'gopher'"):
         make_source("gopher://example/x", "k")
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+async def test_other_rates_are_resampled_while_streaming(tmp_path: Path, rate: int) -> None:
+    t = np.arange(int(1.3 * rate)) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    path = tmp_path / f"tone{rate}.wav"
+    sf.write(str(path), audio, rate, subtype="PCM_16")
+    chunks = await collect(ReplaySource("t", path, realtime=False))
+    streamed = np.concatenate([c.samples for c, _ in chunks]).astype(np.float32) / 32768.0
+    whole = load_audio(path)
+    assert len(whole) <= len(streamed) < len(whole) + CHUNK_SAMPLES
+    assert np.abs(streamed[: len(whole)] - whole).max() < 2e-3

@@ -1,6 +1,7 @@
 """A file played back as a live source: paced in real time for demos and tests, or as fast as possible with
-audio-time stamps for benchmarks. Decoding runs in a thread; the chunks are views of one int16 buffer, so many
-replays of one decoded file (throughput benchmarks) share their memory."""
+audio-time stamps for benchmarks. Files are decoded block by block in a thread, so a replay holds seconds of audio,
+not the whole recording; `from_samples` replays already decoded samples, shared without a copy (many streams of
+one recording in a throughput benchmark)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
@@ -22,11 +26,19 @@ log = logging.getLogger(__name__)
 _CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
 _YIELD_EVERY = 16
 """Unpaced replay lets other tasks run this often (in chunks), so one fast file never starves a whole loop."""
+_REALTIME_BLOCK_S = 1.0
+_FAST_BLOCK_S = 10.0
+_EMPTY = np.zeros(0, dtype=np.int16)
+
+
+def float_to_pcm(audio: np.ndarray) -> np.ndarray:
+    """float32 [-1, 1] -> int16 (exact for audio that came from 16-bit files)."""
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def to_chunkable_pcm(audio: np.ndarray) -> np.ndarray:
     """float32 [-1, 1] -> int16, zero-padded to whole chunks."""
-    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    pcm = float_to_pcm(audio)
     pad = (-len(pcm)) % CHUNK_SAMPLES
     return np.concatenate([pcm, np.zeros(pad, dtype=np.int16)]) if pad else pcm
 
@@ -72,30 +84,129 @@ class ReplaySource:
             self.on_status(SourceStatus(self.name, online, detail))
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
-        pcm = self._pcm
-        if pcm is None:
-            try:
-                pcm = to_chunkable_pcm(await asyncio.to_thread(load_audio, self.path))
-            except Exception as exc:
-                self._status(False, f"cannot decode {self.path}: {exc}")
-                raise
-        count = len(pcm) // CHUNK_SAMPLES
+        try:
+            blocks = await asyncio.to_thread(self._open)
+        except Exception as exc:
+            self._status(False, f"cannot decode {self.path}: {exc}")
+            raise
         self._status(True, f"replaying {self.path}")
         self.started_at = time.monotonic()
         index = 0
         try:
             while True:
-                for i in range(count):
-                    if self.realtime:
-                        due = self.started_at + (index + 1) * _CHUNK_S
-                        delay = due - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    elif index % _YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    yield AudioChunk(pcm[i * CHUNK_SAMPLES : (i + 1) * CHUNK_SAMPLES], index * _CHUNK_S)
+                rest = _EMPTY
+                delivered = index
+                while True:
+                    block = await asyncio.to_thread(blocks.read) if blocks.blocking else blocks.read()
+                    if block.size == 0:
+                        break
+                    buffer = block if rest.size == 0 else np.concatenate([rest, block])
+                    whole = len(buffer) - len(buffer) % CHUNK_SAMPLES
+                    for start in range(0, whole, CHUNK_SAMPLES):
+                        await self._pace(index)
+                        yield AudioChunk(buffer[start : start + CHUNK_SAMPLES], index * _CHUNK_S)
+                        index += 1
+                    rest = buffer[whole:]
+                if rest.size:
+                    await self._pace(index)
+                    yield AudioChunk(
+                        np.concatenate([rest, np.zeros(CHUNK_SAMPLES - len(rest), np.int16)]), index * _CHUNK_S
+                    )
                     index += 1
-                if not self.loop or count == 0:
+                if not self.loop or index == delivered:
                     break
+                await asyncio.to_thread(blocks.rewind) if blocks.blocking else blocks.rewind()
         finally:
+            blocks.close()
             self._status(False, "replay ended")
+
+    async def _pace(self, index: int) -> None:
+        """Real time: chunk `index` is due once its 30 ms have passed since the start (no drift). Unpaced: let
+        other tasks run now and then."""
+        if self.realtime:
+            assert self.started_at is not None
+            delay = self.started_at + (index + 1) * _CHUNK_S - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif index % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    def _open(self) -> _Blocks:
+        if self._pcm is not None:
+            return _ArrayBlocks(self._pcm)
+        try:
+            return _FileBlocks(self.path, _REALTIME_BLOCK_S if self.realtime else _FAST_BLOCK_S)
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            return _ArrayBlocks(to_chunkable_pcm(load_audio(self.path)))
+
+
+class _Blocks(Protocol):
+    """Successive int16 blocks of a replay; an empty block marks the end. `blocking`: read/rewind do file I/O."""
+
+    blocking: bool
+
+    def read(self) -> np.ndarray: ...
+
+    def rewind(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _ArrayBlocks:
+    """Samples already in memory: one block, shared without a copy."""
+
+    blocking = False
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        self._pcm = pcm
+        self._done = False
+
+    def read(self) -> np.ndarray:
+        if self._done:
+            return _EMPTY
+        self._done = True
+        return self._pcm
+
+    def rewind(self) -> None:
+        self._done = False
+
+    def close(self) -> None:
+        self._done = True
+
+
+class _FileBlocks:
+    """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
+    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
+
+    blocking = True
+
+    def __init__(self, path: Path, block_s: float) -> None:
+        self._file = sf.SoundFile(str(path))
+        self._rate = self._file.samplerate
+        self._frames = max(1, int(block_s * self._rate))
+        self._resampler = self._new_resampler()
+        self._ended = False
+
+    def _new_resampler(self) -> soxr.ResampleStream | None:
+        if self._rate == SAMPLE_RATE:
+            return None
+        return soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, dtype="float32")
+
+    def read(self) -> np.ndarray:
+        while not self._ended:
+            data = self._file.read(frames=self._frames, dtype="float32", always_2d=True).mean(axis=1)
+            last = len(data) < self._frames
+            self._ended = last
+            if self._resampler is not None:
+                data = np.asarray(self._resampler.resample_chunk(data, last=last), dtype=np.float32)
+            if len(data):
+                return float_to_pcm(data)
+        return _EMPTY
+
+    def rewind(self) -> None:
+        self._file.seek(0)
+        self._resampler = self._new_resampler()
+        self._ended = False
+
+    def close(self) -> None:
+        self._file.close()
