@@ -69,6 +69,7 @@ class PipelineStats:
 
     audio_s: float = 0.0
     processing_s: float = 0.0
+    """Wall seconds the stream waited for its feature and model work (queueing in a shared runner included)."""
     lag_s: float = 0.0
     events: int = 0
     dropped_chunks: int = 0
@@ -89,7 +90,6 @@ class _Utterance:
         self.extractor = extractor
         self.tail = np.zeros(0, dtype=np.float32)
         self.state: StreamState = model.initial_state()
-        self.samples = 0
 
 
 @dataclass
@@ -366,7 +366,7 @@ class StreamPipeline:
             pass
         except Exception as exc:
             log.error("%s: source failed: %s", self.source.name, exc)
-            emit(SourceStatus(self.source.name, False, f"source failed: {exc}"))
+            self._emit(emit, SourceStatus(self.source.name, False, f"source failed: {exc}"))
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -408,7 +408,9 @@ class StreamPipeline:
                 if self._gate.is_open:
                     log.info("%s: gap in the audio at %.2f s; closing the utterance", self.source.name, chunk.start_s)
                 await self._gate_events(self._gate.close(), emit)
-            await self._gate_events(self._gate.push(chunk.samples, chunk.start_s), emit)
+            events = self._gate.push(chunk.samples, chunk.start_s)
+            if events:
+                await self._gate_events(events, emit)
             self.stats.processed_s = chunk.start_s + len(chunk.samples) / SAMPLE_RATE
             self.stats.lag_s = time.monotonic() - arrived
         await self._gate_events(self._gate.close(), emit)
@@ -452,7 +454,6 @@ class StreamPipeline:
             return
         samples = self._batch[0] if len(self._batch) == 1 else np.concatenate(self._batch)
         self._batch, self._batch_samples = [], 0
-        utterance.samples += len(samples)
         self.stats.speech_s += len(samples) / SAMPLE_RATE
         began = time.perf_counter()
         steps = await self._runner.compute(utterance, samples)
