@@ -45,7 +45,8 @@ _DROP_LOG_INTERVAL_S = 10.0
 class PipelineSettings:
     """`decision` holds overrides on top of the model file's calibrated thresholds. `step_ms`: speech collected
     before one batch of model steps (latency vs. CPU). `queue_chunks`: 30-ms chunks buffered before the oldest
-    is dropped. `overflow`: "auto" drops for live sources and blocks for sources with `realtime = False`."""
+    is dropped. `overflow`: "auto" drops for live sources and blocks for sources with `realtime = False` (replays)
+    or `live = False` (ffmpeg reading a file)."""
 
     gate: GateSettings = field(default_factory=GateSettings)
     decision: dict[str, float] = field(default_factory=dict)
@@ -303,7 +304,7 @@ class StreamPipeline:
         self._last_drop_log = 0.0
         self._step_samples = int(settings.step_ms * SAMPLE_RATE / 1000)
         if settings.overflow == "auto":
-            self._drop = bool(getattr(source, "realtime", True))
+            self._drop = bool(getattr(source, "realtime", getattr(source, "live", True)))
         else:
             self._drop = settings.overflow == "drop_oldest"
 
