@@ -356,3 +356,36 @@ def forget(
         Console(stderr=True).print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
     typer.echo(f"forgot {speaker} -> {target}")
+
+
+@app.command()
+def devices() -> None:
+    """List the audio input devices a `mic:NAME` or `mic:INDEX` source can record from; * marks the default."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from spkidd.audio.microphone import list_input_devices
+
+    try:
+        found = list_input_devices()
+    except OSError as exc:
+        typer.echo(f"spkidd devices: cannot query PortAudio: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not found:
+        typer.echo("no audio input devices found")
+        return
+    table = Table(title="audio input devices")
+    table.add_column("index", justify="right")
+    table.add_column("name")
+    table.add_column("channels", justify="right")
+    table.add_column("rate (Hz)", justify="right")
+    table.add_column("default", justify="center")
+    for device in found:
+        table.add_row(
+            str(device.index),
+            device.name,
+            str(device.channels),
+            f"{device.default_rate:g}",
+            "*" if device.is_default else "",
+        )
+    Console().print(table)

@@ -1,0 +1,194 @@
+"""MicrophoneSource and `spkidd devices` against a real (private) PulseAudio null sink as the microphone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spkidd.audio.backoff import BackoffConfig
+from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
+from spkidd.audio.microphone import DeviceError, InputDevice, MicrophoneSource, list_input_devices, resolve_device
+from spkidd.events import SourceStatus
+from tests.support.pulse import PulseServer, running_pulse
+from tests.support.source_audio import best_alignment, dominant_frequency, synth_speech, tone, write_wav
+
+pytestmark = pytest.mark.timeout(120)
+
+FAST_BACKOFF = BackoffConfig(initial_s=0.2, max_s=1.0, jitter=0.2)
+
+
+@pytest.fixture
+def pulse16k() -> Iterator[PulseServer]:
+    with running_pulse(rate=16000) as pulse:
+        yield pulse
+
+
+class Recorder:
+    """Consumes a source in a task, keeping chunks and statuses, so the test can play and kill meanwhile."""
+
+    def __init__(self) -> None:
+        self.chunks: list[AudioChunk] = []
+        self.statuses: list[SourceStatus] = []
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, source: MicrophoneSource) -> Recorder:
+        self.task = asyncio.create_task(self._consume(source))
+        return self
+
+    def on_status(self, status: SourceStatus) -> None:
+        self.statuses.append(status)
+        self.changed.set()
+
+    async def _consume(self, source: MicrophoneSource) -> None:
+        async with contextlib.aclosing(source.chunks()) as chunks:
+            async for chunk in chunks:
+                self.chunks.append(chunk)
+                self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                assert self.task is not None
+                if self.task.done():
+                    self.task.result()
+                    raise AssertionError("the source ended")
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):  # also re-check counters that set no event
+                    await asyncio.wait_for(self.changed.wait(), 0.1)
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def audio(self, start: int = 0) -> np.ndarray:
+        return np.concatenate([c.samples for c in self.chunks[start:]])
+
+
+def assert_timestamps(chunks: list[AudioChunk]) -> None:
+    for i, chunk in enumerate(chunks):
+        assert chunk.samples.dtype == np.int16 and chunk.samples.shape == (CHUNK_SAMPLES,)
+        assert chunk.start_s == pytest.approx(i * CHUNK_SAMPLES / 16000)
+
+
+async def record_while_playing(pulse: PulseServer, recorder: Recorder, source: MicrophoneSource, wav: Path) -> None:
+    """Start recording, wait until audio flows (PulseAudio's first read can take ~1-2 s), play, keep 0.5 s."""
+    recorder.start(source)
+    try:
+        await recorder.wait_for(lambda: len(recorder.chunks) >= 5)
+        await asyncio.to_thread(pulse.play, wav)
+        played = len(recorder.chunks)
+        await recorder.wait_for(lambda: len(recorder.chunks) >= played + 17)
+    finally:
+        await recorder.stop()
+
+
+async def test_records_what_is_played_into_the_virtual_microphone(pulse16k: PulseServer, tmp_path: Path) -> None:
+    reference = synth_speech(tmp_path / "speech.wav", "Somebody is talking to the kitchen microphone right now.")
+    recorder = Recorder()
+    source = MicrophoneSource("kitchen", None, on_status=recorder.on_status, backoff=FAST_BACKOFF)
+    await record_while_playing(pulse16k, recorder, source, tmp_path / "speech.wav")
+    assert_timestamps(recorder.chunks)
+    assert not any(c.discontinuity for c in recorder.chunks)
+    assert source.opened_rate == 16000 and source.opened_device is not None
+    assert source.opened_device.is_default
+    lag, corr = best_alignment(recorder.audio(), reference)
+    assert corr > 0.98, corr
+    assert lag + len(reference) <= len(recorder.audio())
+    assert recorder.statuses[0] == SourceStatus("kitchen", True, "receiving audio")
+
+
+async def test_native_48k_device_is_resampled_to_16k(tmp_path: Path) -> None:
+    wav = tmp_path / "tone48k.wav"
+    write_wav(wav, tone(440.0, 1.5, rate=48000), rate=48000)
+    with running_pulse(rate=48000) as pulse:
+        recorder = Recorder()
+        source = MicrophoneSource("hall", "pulse", rate=48000, backoff=FAST_BACKOFF)
+        await record_while_playing(pulse, recorder, source, wav)
+    assert source.opened_rate == 48000
+    assert source.opened_device is not None and source.opened_device.name == "pulse"
+    assert_timestamps(recorder.chunks)
+    audio = recorder.audio()
+    assert abs(dominant_frequency(audio) - 440.0) < 3.0
+    # The tone lasts 1.5 s of 16 kHz samples: a wrong rate ratio would stretch or squeeze it.
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 8000)
+    assert (loud[-1] - loud[0]) / 16000 == pytest.approx(1.5, abs=0.05)
+
+
+async def test_vanished_device_is_reopened_with_a_discontinuity() -> None:
+    with running_pulse(rate=16000) as pulse:
+        recorder = Recorder()
+        source = MicrophoneSource("den", "pulse", on_status=recorder.on_status, backoff=FAST_BACKOFF)
+        recorder.start(source)
+        try:
+            await recorder.wait_for(lambda: len(recorder.chunks) >= 10)
+            await asyncio.to_thread(pulse.kill)
+            await recorder.wait_for(lambda: not recorder.statuses[-1].online)
+            before = len(recorder.chunks)
+            await asyncio.sleep(1.0)  # reopening fails while the server is gone: retried with backoff
+            await asyncio.to_thread(pulse.start)
+            await recorder.wait_for(lambda: len(recorder.chunks) >= before + 10)
+        finally:
+            await recorder.stop()
+    assert [s.online for s in recorder.statuses] == [True, False, True]
+    assert source.reconnects >= 2
+    assert recorder.chunks[before].discontinuity
+    assert sum(c.discontinuity for c in recorder.chunks) == 1
+    assert_timestamps(recorder.chunks)
+
+
+async def test_missing_device_is_retried_and_reported_offline(pulse16k: PulseServer) -> None:
+    recorder = Recorder()
+    source = MicrophoneSource("attic", "no-such-microphone", on_status=recorder.on_status, backoff=FAST_BACKOFF)
+    recorder.start(source)
+    try:
+        await recorder.wait_for(lambda: source.reconnects >= 2)
+    finally:
+        await recorder.stop()
+    assert recorder.chunks == []
+    assert len(recorder.statuses) == 1 and not recorder.statuses[0].online
+    assert "no input device matching 'no-such-microphone'" in recorder.statuses[0].detail
+
+
+def test_list_input_devices_and_the_devices_command(pulse16k: PulseServer) -> None:
+    devices = list_input_devices()
+    names = [d.name for d in devices]
+    assert "pulse" in names and "default" in names
+    assert [d.name for d in devices if d.is_default] == ["default"]
+    assert all(d.channels > 0 and d.default_rate > 0 for d in devices)
+    result = subprocess.run(
+        [sys.executable, "-m", "spkidd", "devices"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "│" in line]
+    assert [("*" in row) for row in rows if "pulse" in row] == [False]
+    assert [("*" in row) for row in rows if " default " in row] == [True]
+    assert "ALSA lib" not in result.stderr
+
+
+def test_resolve_device_by_index_name_and_substring() -> None:
+    devices = [
+        InputDevice(0, "HDA Intel PCH: ALC887 Analog (hw:0,0)", 2, 48000.0, False),
+        InputDevice(3, "USB Audio Device: Mic (hw:1,0)", 1, 44100.0, False),
+        InputDevice(7, "default", 32, 44100.0, True),
+    ]
+    assert resolve_device(devices, None).index == 7
+    assert resolve_device(devices, 3).index == 3
+    assert resolve_device(devices, "3").index == 3
+    assert resolve_device(devices, "usb audio").index == 3
+    assert resolve_device(devices, "DEFAULT").index == 7
+    with pytest.raises(DeviceError, match="index 5"):
+        resolve_device(devices, 5)
+    with pytest.raises(DeviceError, match="no input device matching 'webcam'"):
+        resolve_device(devices, "webcam")
+    with pytest.raises(DeviceError, match="no audio input devices"):
+        resolve_device([], None)
