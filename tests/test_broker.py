@@ -45,7 +45,14 @@ async def test_events_arrive_in_order_and_state_is_retained(broker: EmbeddedBrok
                 publisher.handle(activity("kitchen", n, True))
                 publisher.handle(identification("kitchen", n, "final", "alice" if n % 3 else "bob"))
                 publisher.handle(activity("kitchen", n, False))
-            await sub.wait_for(lambda ms: len(sub.on("spkidd/node/kitchen/speaking")) >= 201)
+            speaking = "spkidd/node/kitchen/speaking"
+
+            def done(_: object) -> bool:
+                payloads = [m.payload for m in sub.on(speaking)]
+                return payloads.count(b"ON") == 100 and payloads[-1] == b"OFF"
+
+            # Everything is sent in order, so the last OFF comes after the last state change.
+            await sub.wait_for(done)
             events = [json.loads(m.payload)["utterance_id"] for m in sub.on("spkidd/node/kitchen/event")]
             assert events == [f"kitchen-{n:06d}" for n in range(100)]
         async with Collector(broker.port, ["spkidd/node/kitchen/speaker"]) as late:

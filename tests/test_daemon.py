@@ -45,6 +45,7 @@ def _sources(path: Path, loop: bool) -> str:
     )
 
 
+@pytest.mark.slow
 async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained_model: Path) -> None:
     turns = [("alice", HELD_OUT_SENTENCES[0]), ("bob", HELD_OUT_SENTENCES[1]), ("carol", HELD_OUT_SENTENCES[2])]
     wav = conversation(tmp_path, turns)
