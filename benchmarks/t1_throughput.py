@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import shutil
 import socket
@@ -136,7 +137,14 @@ class Trial:
 
 
 async def run_trial(
-    bundle: ModelBundle, pcm: np.ndarray, streams: int, *, paced: bool, duration: float, mqtt_port: int | None
+    bundle: ModelBundle,
+    pcm: np.ndarray,
+    streams: int,
+    *,
+    paced: bool,
+    duration: float,
+    mqtt_port: int | None,
+    stagger_s: float = 0.0,
 ) -> Trial:
     runner = StepRunner()
     settings = PipelineSettings()
@@ -162,11 +170,17 @@ async def run_trial(
                 if source.started_at is not None:
                     max_lag = max(max_lag, now - source.started_at - pipeline.stats.processed_s)
 
+    async def start(pipeline: StreamPipeline, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await pipeline.run(emit)
+
+    rng = np.random.default_rng(0)
+    delays = rng.uniform(0.0, stagger_s, streams) if stagger_s > 0 else np.zeros(streams)
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    tasks = [asyncio.create_task(p.run(emit)) for p in pipelines]
+    tasks = [asyncio.create_task(start(p, float(d))) for p, d in zip(pipelines, delays, strict=True)]
     watcher = asyncio.create_task(watch()) if paced else None
     if watcher is not None:
-        await asyncio.sleep(duration)
+        await asyncio.sleep(stagger_s + duration)
         watcher.cancel()
         await asyncio.gather(*(p.stop() for p in pipelines))
     await asyncio.gather(*tasks)
@@ -246,6 +260,13 @@ def main() -> None:
     parser.add_argument("--paced", action="store_true", help="also search the largest real-time N")
     parser.add_argument("--paced-start", type=int, default=0, help="first N of the search (default: from unpaced)")
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=5.0,
+        help="paced streams start at random times within this many seconds, so they do not all speak at the same "
+        "instant (0: all start together); the lag is watched from each stream's start to the end",
+    )
     parser.add_argument("--wav", type=Path, default=None, help="an existing S1 conversation.wav")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "t1")
@@ -271,7 +292,11 @@ def main() -> None:
             start = args.paced_start or max(1, int(0.6 * many.streams_per_core))
 
             def trial(n: int) -> Trial:
-                return asyncio.run(run_trial(bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port))
+                return asyncio.run(
+                    run_trial(
+                        bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port, stagger_s=args.stagger
+                    )
+                )
 
             paced_best, paced_trials = search_paced(trial, start, console)
         daemon_rss: dict[str, float] = {}
@@ -295,11 +320,15 @@ def main() -> None:
         )
     console.print(table)
     if args.paced:
-        console.print(f"paced: largest N within {MAX_LAG_S} s of real time for {args.duration:.0f} s: {paced_best}")
+        console.print(
+            f"paced: largest N within {MAX_LAG_S} s of real time for {args.duration:.0f} s "
+            f"(starts staggered over {args.stagger:.0f} s): {paced_best}"
+        )
     console.print(
         f"peak RSS of this process: {rss_start:.0f} MB after loading, {rss_one:.0f} MB after 1 stream, "
         f"{rss_many:.0f} MB after {args.streams} streams"
     )
+    console.print("load average (1/5/15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     for count, mb in daemon_rss.items():
         console.print(f"peak RSS of spkidd run with {count} real-time source(s): {mb:.0f} MB")
     report: dict[str, Any] = {
@@ -307,9 +336,11 @@ def main() -> None:
         "model": str(args.model),
         "conversation": str(wav),
         "mqtt": use_mqtt,
+        "load_average_at_end": os.getloadavg(),
         "unpaced_1": {**one.__dict__, "streams_per_core": one.streams_per_core},
         "unpaced_n": {**many.__dict__, "streams_per_core": many.streams_per_core},
         "paced_duration_s": args.duration if args.paced else None,
+        "paced_stagger_s": args.stagger if args.paced else None,
         "paced_max_streams": paced_best if args.paced else None,
         "paced_trials": [{**t.__dict__, "passed": t.passed} for t in paced_trials],
         "peak_rss_mb": {"loaded": rss_start, "one_stream": rss_one, "n_streams": rss_many},

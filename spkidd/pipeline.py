@@ -99,6 +99,7 @@ class _Job:
     samples: np.ndarray
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[StepScores | None]
+    enqueued: float
 
 
 def _resolve(future: asyncio.Future[StepScores | None], result: StepScores | BaseException | None) -> None:
@@ -115,15 +116,18 @@ class StepRunner:
 
     Jobs that are waiting when the worker comes round are run together: one STFT call per group of equal-length
     buffers and one batched GRU call per group with the same number of steps, each stream keeping its own state.
-    Under light load a batch holds one job (no added latency); under heavy load batches grow by themselves, which
-    is what lets one core serve hundreds of streams. Results equal per-stream processing (and so the offline
-    reference) up to float rounding.
+    While fewer jobs wait than streams are attached, the worker gathers for up to `gather_s` after the oldest
+    job arrived: streams that speak at different moments still share batches, at the price of that much latency.
+    A lone stream never waits. Results equal per-stream processing (and so the offline reference) up to float
+    rounding.
     """
 
-    def __init__(self, max_batch: int = 256) -> None:
+    def __init__(self, max_batch: int = 256, gather_s: float = 0.02) -> None:
         self.max_batch = max_batch
+        self.gather_s = gather_s
         self.batches = 0
         self.jobs = 0
+        self._clients = 0
         self._pending: list[_Job] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -132,7 +136,7 @@ class StepRunner:
     async def compute(self, utterance: _Utterance, samples: np.ndarray) -> StepScores | None:
         """New int16 samples of `utterance` -> scores of every model step they complete (None if no step)."""
         loop = asyncio.get_running_loop()
-        job = _Job(utterance, samples, loop, loop.create_future())
+        job = _Job(utterance, samples, loop, loop.create_future(), time.monotonic())
         with self._wake:
             if self._closed:
                 raise RuntimeError("the step runner is closed")
@@ -142,6 +146,16 @@ class StepRunner:
                 self._thread.start()
             self._wake.notify()
         return await job.future
+
+    def attach(self) -> None:
+        """A stream starts using this runner (so the worker knows how many could join a batch)."""
+        with self._wake:
+            self._clients += 1
+
+    def detach(self) -> None:
+        with self._wake:
+            self._clients -= 1
+            self._wake.notify()
 
     def close(self) -> None:
         """Finishes queued jobs, then stops the worker thread (blocks until it has)."""
@@ -160,6 +174,7 @@ class StepRunner:
                     self._wake.wait()
                 if not self._pending:
                     return
+                self._gather()
                 jobs = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
             self.batches += 1
@@ -172,6 +187,15 @@ class StepRunner:
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+    def _gather(self) -> None:
+        """Called with the lock held and jobs pending: waits briefly for other streams' jobs."""
+        deadline = self._pending[0].enqueued + self.gather_s
+        while not self._closed and len(self._pending) < min(self.max_batch, self._clients):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
 
     def run_batch(self, jobs: list[_Job]) -> list[StepScores | None]:
         frames = self._features(jobs)
@@ -325,6 +349,7 @@ class StreamPipeline:
         self._changed = asyncio.Event()
         self._done = asyncio.Event()
         self._reader = asyncio.create_task(self._read(emit), name=f"read-{self.source.name}")
+        self._runner.attach()
         try:
             if not self._stopping:
                 await self._process(emit)
@@ -332,6 +357,7 @@ class StreamPipeline:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._runner.detach()
             if self._own_runner:
                 await asyncio.to_thread(self._runner.close)
             self._done.set()
