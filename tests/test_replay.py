@@ -90,6 +90,9 @@ def test_source_specs(tmp_path: Path) -> None:
     assert isinstance(make_source(f"file://{path}", "k"), ReplaySource)
     stream = make_source("rtsp://127.0.0.1:8554/cam", "door")
     assert type(stream).__name__ == "FfmpegSource" and stream.name == "door"
+    for spec, device in (("mic", None), ("mic:3", 3), ("mic:USB Audio", "USB Audio")):
+        mic = make_source(spec, "desk")
+        assert type(mic).__name__ == "MicrophoneSource" and getattr(mic, "device", "?") == device
     with pytest.raises(SourceSpecError, match="not an existing file"):
         make_source(str(tmp_path / "missing.wav"), "k")
     with pytest.raises(SourceSpecError, match="unsupported URL scheme 'gopher'"):
