@@ -87,9 +87,19 @@ async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained
                 await sub.wait_for(lambda ms: "caroline" in json.loads(sub.on(sensor)[-1].payload)["options"])
                 await sub.wait_for(lambda ms: any(e["speaker"] == "caroline" for e in _finals(ms)), timeout=90)
 
-                # SIGTERM: finals, the queue flushed, `offline`, exit 0.
+                # SIGTERM in the middle of an utterance: its final event, the queue flushed, `offline`, exit 0.
+                def open_utterance(ms: list[Received]) -> str | None:
+                    events = [json.loads(m.payload) for m in ms if m.topic == f"{P}/kitchen/event"]
+                    closed = {e["utterance_id"] for e in events if e["final"]}
+                    started = [e["utterance_id"] for e in events if not e["final"]]
+                    return started[-1] if started and started[-1] not in closed else None
+
+                await sub.wait_for(lambda ms: open_utterance(ms) is not None, timeout=60)
+                cut = open_utterance(sub.messages)
+                await asyncio.sleep(0.3)
                 daemon.signal(signal.SIGTERM)
                 assert await asyncio.to_thread(daemon.wait, 60) == 0
+                assert any(e["utterance_id"] == cut for e in _finals(sub.messages)), cut
                 await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
                 assert sub.on(f"{P}/kitchen/status")[-1].payload == b"offline"
             finally:
