@@ -78,3 +78,29 @@ def test_listen_refuses_an_unknown_source(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stdout == "" and "not an existing file" in proc.stderr
+
+
+def test_the_terminal_view_shows_speaker_bars_and_finals() -> None:
+    from rich.console import Console
+
+    from spkidd.events import Identification, SourceStatus, SpeechActivity
+    from spkidd.listen import ListenView
+
+    view = ListenView("kitchen", "voices v1")
+    view.on_event(SourceStatus("kitchen", True, "replaying talk.wav"))
+    view.on_event(SpeechActivity("kitchen", "kitchen-000001", True, 0.5))
+    view.on_progress("kitchen-000001", {"alice": 0.8, "bob": 0.15})
+    partial = Identification(
+        "kitchen", "kitchen-000001", "identified", "alice", 0.8, {"alice": 0.8}, False, 0.5, 1.1, 0.6
+    )
+    view.on_event(partial)
+    console = Console(record=True, width=100)
+    console.print(view.render())
+    live = console.export_text()
+    assert "speaking" in live and "now: alice" in live and "80.0%" in live and "replaying talk.wav" in live
+    final = Identification("kitchen", "kitchen-000001", "final", "alice", 0.9, {"alice": 0.9}, True, 0.5, 2.4, 1.9)
+    view.on_event(final)
+    view.on_event(SpeechActivity("kitchen", "kitchen-000001", False, 2.4))
+    console.print(view.render())
+    after = console.export_text()
+    assert "silent" in after and "kitchen-000001" in after and "0.5-2.4" in after
