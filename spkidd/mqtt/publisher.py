@@ -278,10 +278,12 @@ class MqttPublisher:
                     if self.stats.connects > 1:
                         self.stats.reconnects += 1
                     log.info("MQTT: connected to %s:%d", s.host, s.port)
-                    if await self._session(client):
-                        return
+                    await self._session(client)
+                    return
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT: connection to %s:%d lost or refused: %s", s.host, s.port, exc)
+            except Exception:
+                log.exception("MQTT: unexpected failure; reconnecting")
             finally:
                 self.stats.connected = False
                 self._queue_retained = False
@@ -290,8 +292,8 @@ class MqttPublisher:
             log.info("MQTT: reconnecting in %.1f s (%d events queued)", delay, self._events_queued)
             await asyncio.sleep(delay)
 
-    async def _session(self, client: aiomqtt.Client) -> bool:
-        """One connection's life; True when it ended by a clean close."""
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """One connection's life: returns after a requested close, raises when the connection fails."""
         await client.subscribe(self.topics.ha_status, qos=1)
         self._queue_retained = True
         self._queue = deque(item for item in self._queue if not item.retain)
@@ -315,7 +317,6 @@ class MqttPublisher:
             exc = task.exception()
             if exc is not None:
                 raise exc
-        return True
 
     async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes, *, retain: bool) -> None:
         await client.publish(topic, payload, qos=1, retain=retain)
