@@ -144,7 +144,15 @@ class Daemon:
 
     def _request_stop(self, sig: signal.Signals) -> None:
         log.info("%s: shutting down", sig.name)
+        self.stop()
+
+    def stop(self) -> None:
+        """Makes run() shut down cleanly and return 0, as SIGTERM does."""
         self._stop.set()
+
+    @property
+    def streams(self) -> dict[str, StreamPipeline]:
+        return {name: stream.pipeline for name, stream in self._streams.items()}
 
     async def _start(self) -> None:
         config = self.config

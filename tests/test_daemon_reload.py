@@ -1,0 +1,62 @@
+"""Reloading in process (what SIGHUP runs): sources added, changed and removed, Home Assistant discovery
+following them, and a bad config refused while the running one stays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+from spkidd.config import load_config
+from spkidd.daemon import Daemon
+from tests.conftest import HELD_OUT_SENTENCES
+from tests.support.daemon import conversation, random_model, write_config
+from tests.support.mosquitto import Collector, running_mosquitto
+
+
+def _file_source(name: str, path: Path) -> str:
+    return f'[[sources]]\nname = "{name}"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = true\n'
+
+
+async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.3)
+    with running_mosquitto(tmp_path) as broker:
+        mqtt = f'broker = "external"\nport = {broker.port}\n'
+        path = write_config(tmp_path / "config.toml", model, _file_source("kitchen", wav), mqtt)
+        async with Collector(broker.port, ["homeassistant/+/+/config", "spkidd/testhouse/+/status"]) as sub:
+            daemon = Daemon(load_config(path))
+            run = asyncio.create_task(daemon.run())
+            try:
+                await sub.wait_for(lambda ms: any(m.topic.endswith("kitchen/status") for m in ms))
+                kitchen = daemon.streams["kitchen"]
+
+                write_config(path, model, _file_source("kitchen", wav) + _file_source("hall", wav), mqtt)
+                assert await daemon.reload()
+                assert set(daemon.streams) == {"kitchen", "hall"} and daemon.streams["kitchen"] is kitchen
+                hall_sensor = "homeassistant/sensor/spkidd_testhouse_hall_speaker/config"
+                await sub.wait_for(lambda ms: any(m.topic == hall_sensor for m in ms))
+
+                write_config(path, model, _file_source("hall", wav), mqtt, "[vad]\nhangover_ms = 450\n")
+                hall = daemon.streams["hall"]
+                assert await daemon.reload()
+                assert set(daemon.streams) == {"hall"} and daemon.streams["hall"] is not hall
+                assert daemon.streams["hall"].settings.gate.hangover_ms == 450
+                gone = "homeassistant/sensor/spkidd_testhouse_kitchen_speaker/config"
+                await sub.wait_for(lambda ms: any(m.topic == gone and m.payload == b"" for m in ms))
+                offline = [m.payload for m in sub.on("spkidd/testhouse/kitchen/status")]
+                assert offline[-1] == b"offline"
+
+                write_config(path, model, _file_source("hall", wav), mqtt, "[vad]\nhangover = 1\n")
+                assert not await daemon.reload()
+                assert set(daemon.streams) == {"hall"} and daemon.reloads == 2
+
+                daemon.stop()
+                assert await asyncio.wait_for(run, 60) == 0
+                speaker = json.loads(next(m.payload for m in sub.messages if m.topic == hall_sensor))
+                assert speaker["options"] == ["alice", "bob", "unrecognized", "none"]
+            finally:
+                daemon.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(run, 60)
