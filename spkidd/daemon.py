@@ -210,17 +210,26 @@ class Daemon:
     def _emit(self, event: PipelineEvent) -> None:
         if isinstance(event, SourceStatus):
             stream = self._streams.get(event.source)
-            if stream is not None:
-                stream.online = event.online
+            if stream is None:
+                return  # a late word from a source that was removed by a reload
+            stream.online = event.online
             if event.detail:
                 log.info("source %s: %s (%s)", event.source, "online" if event.online else "offline", event.detail)
         if self.publisher is not None:
             self.publisher.handle(event)
 
     def _on_status(self, event: SourceStatus) -> None:
-        """Sources may report from their own threads: hop into the loop."""
+        """Sources may report from their own threads: those hop into the loop; on the loop it is delivered at
+        once, so it stays in order with the pipeline's own events."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._emit, event)
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._emit(event)
+        else:
+            self._loop.call_soon_threadsafe(self._emit, event)
 
     def _start_stream(self, config: SourceConfig, settings: PipelineSettings, bundle: ModelBundle) -> None:
         source = make_source(config, self._on_status)
