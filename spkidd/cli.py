@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -66,6 +67,7 @@ def train(
     augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
+    threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
 ) -> None:
@@ -95,11 +97,12 @@ def train(
             augment=augment,
             features=features,
             seed=seed,
+            threads=threads,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     inputs = TrainInputs(data, out, label_pattern, val, noise_dir, cache_dir, resume)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         code = run_training(inputs, settings, console)
     except (DataError, ModelFileError, ValueError) as exc:
@@ -115,8 +118,14 @@ def evaluate(
     report: Path | None = typer.Option(None, help="Folder for report.json and confusion.png."),
     label_pattern: str | None = typer.Option(None, help="Regex with a named group 'speaker' for a flat folder."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
+    open_set: bool = typer.Option(
+        False,
+        "--open-set",
+        help="Open-set evaluation: speakers the model does not know are strangers (if DATA has none, a fifth of "
+        "the known speakers is held out). Reports EER and false-accept/false-reject rates at the model's threshold.",
+    ),
 ) -> None:
-    """Accuracy, top-k and confusion matrix of a model on held-out audio."""
+    """Accuracy, top-k and confusion matrix of a model on held-out audio (or open-set figures with --open-set)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -126,7 +135,10 @@ def evaluate(
     from train.prepare import AudioCache, default_cache_dir
     from train.run import progress_bar
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
+    if open_set:
+        _evaluate_open_set(model, data, report, label_pattern, cache_dir, console)
+        return
     try:
         bundle = load_model(model)
         rows = discover(data, label_pattern)
@@ -162,6 +174,58 @@ def evaluate(
         out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
 
 
+def _evaluate_open_set(
+    model: Path, data: Path, report: Path | None, label_pattern: str | None, cache_dir: Path | None, console: Any
+) -> None:
+    import json
+
+    from rich.console import Console
+
+    from spkidd.modelfile import ModelFileError, load_model
+    from train.data import DataError, discover
+    from train.evaluate import hold_out, open_set_report, plot_open_set, score_items
+    from train.prepare import AudioCache, default_cache_dir
+    from train.run import progress_bar
+
+    try:
+        bundle = load_model(model)
+        rows = discover(data, label_pattern)
+        speakers = sorted({r.speaker for r in rows})
+        strangers = [s for s in speakers if s not in bundle.labels]
+        if not strangers:
+            known = [s for s in speakers if s in bundle.labels]
+            strangers = known[::5] if len(known) >= 2 else []
+            bundle = hold_out(bundle, strangers)
+            console.print(
+                f"[yellow]no unknown speakers in {data}; holding out {len(strangers)} known speaker(s) as strangers "
+                "(the network has heard them in training, so this is optimistic)"
+            )
+        with progress_bar(console) as bar:
+            task = bar.add_task("scoring", total=len(rows), status="")
+            items = score_items(
+                bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
+            )
+        result = open_set_report(bundle, items, strangers)
+    except (ModelFileError, DataError, ValueError) as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+    out = Console()
+    out.print(
+        f"open set: {result['genuine_items']} items of {result['enrolled_speakers']} enrolled speakers, "
+        f"{result['stranger_items']} items of {len(strangers)} strangers"
+    )
+    out.print(f"  EER {result['eer']:.2%} (threshold {result['eer_threshold']:.3f})")
+    out.print(
+        f"  at the model's threshold {result['operating_threshold']:.3f}: false accepts {result['far']:.2%}, "
+        f"false rejects {result['frr']:.2%}; top-1 among enrolled {result['top1_enrolled']:.2%}"
+    )
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "open_set.json").write_text(json.dumps(result, indent=2))
+        plot_open_set(result, report / "open_set.png")
+        out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
+
+
 @app.command()
 def identify(
     model: Path = typer.Argument(..., help="Model file."),
@@ -181,7 +245,7 @@ def identify(
     from spkidd.identify import FileResult, identify_file
     from spkidd.modelfile import ModelFileError, load_model
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         bundle = load_model(model)
     except ModelFileError as exc:
@@ -239,7 +303,7 @@ def listen(
     from spkidd.modelfile import ModelFileError, load_model
     from spkidd.pipeline import PipelineSettings
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     torch.set_num_threads(1)
     try:
         bundle = load_model(model)
@@ -293,7 +357,7 @@ def enroll(
     from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
     from train.enroll import enroll as enroll_speaker
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
     target = out or model
     try:
@@ -323,7 +387,7 @@ def speakers(model: Path = typer.Argument(..., help="Model file.")) -> None:
     try:
         bundle = load_model(model)
     except ModelFileError as exc:
-        Console(stderr=True).print(f"[red]error: {exc}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
     table = Table(title=f"{model.name}: {len(bundle.labels)} speakers")
     for column in ("speaker", "from", "speech (s)", "updated"):
@@ -353,7 +417,7 @@ def forget(
         check_writable(target)
         save_model(forget_speaker(load_model(model), speaker), target)
     except (ModelFileError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error: {exc}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
     typer.echo(f"forgot {speaker} -> {target}")
 

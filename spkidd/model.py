@@ -72,6 +72,7 @@ class SpeakerModel(nn.Module):
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
     embedding_center: torch.Tensor
+    embedding_scale: torch.Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -91,6 +92,7 @@ class SpeakerModel(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         self.embedding = nn.Linear(2 * c.hidden, c.embedding_dim)
         self.register_buffer("embedding_center", torch.zeros(c.embedding_dim))
+        self.register_buffer("embedding_scale", torch.ones(c.embedding_dim))
         self.speakers = nn.Parameter(torch.randn(c.n_speakers, c.embedding_dim) * 0.1)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -133,10 +135,10 @@ class SpeakerModel(nn.Module):
         return self._embed(w, s1, s2)
 
     def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Embeddings centred on the training mean and scaled to unit length: what speakers are compared by.
-
-        Without centring, every voice shares one large common direction and all cosines crowd near 1."""
-        return F.normalize(embeddings - self.embedding_center, dim=-1)
+        """Embeddings centred on the training mean, scaled per dimension by the training spread, then to unit
+        length: what speakers are compared by. Without this every voice shares a few dominant directions and all
+        cosines crowd near 1, leaving no room for a threshold between enrolled voices and strangers."""
+        return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
 
     def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
         return units @ F.normalize(self.speakers, dim=-1).T

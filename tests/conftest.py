@@ -12,11 +12,14 @@ from train.fit import TrainSettings
 from train.run import TrainInputs, run_training
 
 TRAINED_VOICES = ["alice", "bob", "carol"]
+HOUSEHOLD_VOICES = ["alice", "bob", "carol", "gina", "hank", "ivan", "june", "kate", "liam", "mona", "nick"]
+"""A wider synthetic household: enough voices for an embedding that can tell a stranger (dave, erin, frank)."""
 TRAIN_SENTENCES = SENTENCES[:12]
 HELD_OUT_SENTENCES = SENTENCES[12:]
 
 # Small and quick, but the same code path as `spkidd train`.
 TEST_TRAIN_SETTINGS = TrainSettings(hidden=64, embedding_dim=64, epochs=25, patience=25, seed=0)
+HOUSEHOLD_SETTINGS = TrainSettings(hidden=64, epochs=50, patience=50, seed=0, threads=1)
 
 __all__ = ["synth_speech"]
 
@@ -40,5 +43,18 @@ def trained_model(speech_corpus: Path, tmp_path_factory: pytest.TempPathFactory)
     out = work / "voices.safetensors"
     inputs = TrainInputs(data=speech_corpus, out=out, cache_dir=work / "cache")
     code = run_training(inputs, TEST_TRAIN_SETTINGS, Console(quiet=True))
+    assert code == 0 and out.is_file()
+    return out
+
+
+@pytest.fixture(scope="session")
+def household_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on eleven synthetic voices (eight sentences each); dave, erin and frank are never heard."""
+    work = tmp_path_factory.mktemp("household")
+    corpus = synth_corpus(work / "voices", HOUSEHOLD_VOICES, SENTENCES[:8])
+    out = work / "household.safetensors"
+    code = run_training(
+        TrainInputs(data=corpus, out=out, cache_dir=work / "cache"), HOUSEHOLD_SETTINGS, Console(quiet=True)
+    )
     assert code == 0 and out.is_file()
     return out

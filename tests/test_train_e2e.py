@@ -47,7 +47,7 @@ def test_model_file_records_what_training_chose(trained_model: Path) -> None:
     assert not trained_model.with_name(trained_model.name + ".ckpt").exists()
 
 
-def test_identify_names_speakers_and_draws_a_timeline(trained_model: Path, tmp_path: Path) -> None:
+def test_identify_names_speakers_and_draws_a_timeline(household_model: Path, tmp_path: Path) -> None:
     from tests.conftest import HELD_OUT_SENTENCES
 
     clips = []
@@ -57,7 +57,7 @@ def test_identify_names_speakers_and_draws_a_timeline(trained_model: Path, tmp_p
     sf.write(long_path, np.concatenate(clips), 16000)
     single = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "alice.wav")
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(trained_model), str(single), str(long_path), "--json"],
+        [*SPKIDD, "identify", str(household_model), str(single), str(long_path), "--json"],
         capture_output=True,
         text=True,
         check=True,

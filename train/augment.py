@@ -14,15 +14,15 @@ from spkidd import SAMPLE_RATE
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    noise_prob: float = 0.6
-    snr_db: tuple[float, float] = (5.0, 30.0)
-    reverb_prob: float = 0.3
-    rt60_s: tuple[float, float] = (0.15, 0.7)
+    noise_prob: float = 0.25
+    snr_db: tuple[float, float] = (15.0, 35.0)
+    reverb_prob: float = 0.1
+    rt60_s: tuple[float, float] = (0.15, 0.6)
     gain_db: float = 6.0
-    time_masks: int = 2
-    time_mask_frac: float = 0.08
-    freq_masks: int = 2
-    freq_mask_width: int = 5
+    time_masks: int = 1
+    time_mask_frac: float = 0.05
+    freq_masks: int = 1
+    freq_mask_width: int = 4
 
 
 def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -54,6 +54,8 @@ class Augmenter:
         self.settings = settings
         self.rng = rng
         self.noise_clips = [c for c in (noise_clips or []) if len(c) > 0]
+        self.strength = 1.0
+        """0..1: scales every augmentation's probability; training anneals it to 0 towards the end."""
 
     def _noise(self, n: int) -> np.ndarray:
         if self.noise_clips and self.rng.random() < 0.7:
@@ -67,14 +69,14 @@ class Augmenter:
     def waveform(self, audio: np.ndarray) -> np.ndarray:
         s, rng = self.settings, self.rng
         x = audio.astype(np.float32, copy=True)
-        if rng.random() < s.reverb_prob:
+        if rng.random() < s.reverb_prob * self.strength:
             rir = synthetic_rir(float(rng.uniform(*s.rt60_s)), rng)
             x = _fft_convolve(x, rir)
-        if rng.random() < s.noise_prob:
+        if rng.random() < s.noise_prob * self.strength:
             snr = float(rng.uniform(*s.snr_db))
             power = float(np.mean(x**2)) + 1e-10
             x = x + self._noise(len(x)) * np.sqrt(power / 10 ** (snr / 10.0))
-        x = x * np.float32(10 ** (rng.uniform(-s.gain_db, s.gain_db) / 20.0))
+        x = x * np.float32(10 ** (rng.uniform(-s.gain_db, s.gain_db) * self.strength / 20.0))
         peak = float(np.max(np.abs(x))) if len(x) else 0.0
         return (x / peak * 0.99 if peak > 0.99 else x).astype(np.float32)
 
@@ -84,6 +86,8 @@ class Augmenter:
         out = feats.clone()
         n_features = feats.shape[2]
         for b, length in enumerate(lengths):
+            if rng.random() >= self.strength:
+                continue
             for _ in range(s.time_masks):
                 width = int(rng.integers(0, max(1, int(length * s.time_mask_frac)) + 1))
                 if width and length > width:

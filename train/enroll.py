@@ -20,7 +20,7 @@ from spkidd.audio.decode import load_audio
 from spkidd.features import FeatureExtractor
 from spkidd.modelfile import ModelBundle
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
-from train.references import cut, unit_embeddings
+from train.references import crops, unit_embeddings
 
 MIN_PIECE_S = 0.5
 RECOMMENDED_SPEECH_S = 10.0
@@ -66,9 +66,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x) + 1e-9)
 
 
-def embed_clips(
-    bundle: ModelBundle, clips: list[Path], chunk_s: float = 3.0
-) -> tuple[list[np.ndarray], dict[str, np.ndarray], float]:
+def embed_clips(bundle: ModelBundle, clips: list[Path]) -> tuple[list[np.ndarray], dict[str, np.ndarray], float]:
     """Centred unit embeddings of the clips' speech, each clip's mean unit embedding, and the seconds of speech."""
     extractor = FeatureExtractor(bundle.features)
     units: list[np.ndarray] = []
@@ -77,7 +75,7 @@ def embed_clips(
     for clip in clips:
         pieces = speech_pieces(load_audio(clip))
         speech_s += sum(len(p) for p in pieces) / SAMPLE_RATE
-        chunks = [c for p in pieces for c in cut(p, chunk_s)]
+        chunks = [c for p in pieces for c in crops(p)]
         if chunks:
             clip_units = list(unit_embeddings(bundle.model, extractor, chunks))
             per_clip[str(clip)] = _unit(np.mean(clip_units, axis=0))
@@ -85,13 +83,11 @@ def embed_clips(
     return units, per_clip, speech_s
 
 
-def enroll(
-    bundle: ModelBundle, speaker: str, clips: list[Path], chunk_s: float = 3.0
-) -> tuple[ModelBundle, EnrollmentReport]:
+def enroll(bundle: ModelBundle, speaker: str, clips: list[Path]) -> tuple[ModelBundle, EnrollmentReport]:
     """A new bundle where `speaker`'s reference is (re)computed from `clips`; raises ValueError without speech."""
     if not speaker.strip():
         raise ValueError("the speaker needs a name")
-    units, per_clip, speech_s = embed_clips(bundle, clips, chunk_s)
+    units, per_clip, speech_s = embed_clips(bundle, clips)
     if not units:
         raise ValueError(f"no speech found in {len(clips)} clip(s); nothing enrolled")
     references = bundle.model.speakers.detach().numpy().copy()
@@ -145,13 +141,22 @@ def _warnings(
         warnings.append(
             f"only {speech_s:.1f} s of speech; {RECOMMENDED_SPEECH_S:.0f}-30 s makes a reliable voice print"
         )
-    threshold = bundle.decision.get("min_score", 0.5)
-    centre = _unit(np.mean(units, axis=0))
-    odd_clips = [c for c, u in per_clip.items() if len(per_clip) > 1 and float(u @ centre) < threshold]
+    others = [i for i, label in enumerate(labels) if label != speaker]
+    other_refs = references[others] / (np.linalg.norm(references[others], axis=1, keepdims=True) + 1e-9)
+    odd_clips = []
+    for clip, unit in per_clip.items():
+        rest = [u for c, u in per_clip.items() if c != clip]
+        if rest and other_refs.size:
+            best_other = int(np.argmax(other_refs @ unit))
+            if float(other_refs[best_other] @ unit) > float(_unit(np.mean(rest, axis=0)) @ unit):
+                odd_clips.append(f"{clip} (closer to {labels[others[best_other]]})")
     if odd_clips:
-        warnings.append(f"these clips sound like a different voice than the rest: {', '.join(odd_clips)}")
-    elif len(units) >= 4 and np.mean([float(u @ centre) < threshold for u in units]) > 0.25:
-        warnings.append("the clips seem to hold more than one voice")
+        warnings.append(f"these clips sound more like another speaker than like the rest: {', '.join(odd_clips)}")
+    elif len(per_clip) == 1 and len(units) >= 4 and other_refs.size:
+        centre = _unit(np.mean(units, axis=0))
+        closer = [float(np.max(other_refs @ u)) > float(centre @ u) for u in units]
+        if np.mean(closer) > 0.25:
+            warnings.append("the clip seems to hold more than one voice")
     row = labels.index(speaker)
     unit_refs = references / (np.linalg.norm(references, axis=1, keepdims=True) + 1e-9)
     similarity = unit_refs @ unit_refs[row]

@@ -142,3 +142,100 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def open_set_scores(bundle: ModelBundle, items: list[tuple[str, Scored]]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """Genuine scores (an enrolled speaker's item against its own reference), stranger scores (a stranger's item
+    against its best-matching enrolled speaker), and per genuine item whether the top match was right."""
+    index = {label: i for i, label in enumerate(bundle.labels)}
+    genuine, stranger, correct = [], [], []
+    for speaker, scored in items:
+        if speaker in index:
+            genuine.append(float(scored.scores[index[speaker]]))
+            correct.append(int(scored.scores.argmax()) == index[speaker])
+        else:
+            stranger.append(float(scored.scores.max()))
+    return np.array(genuine), np.array(stranger), correct
+
+
+def open_set_report(bundle: ModelBundle, items: list[tuple[str, Scored]], held_out: list[str]) -> dict[str, Any]:
+    from train.calibrate import equal_error_rate, rates
+
+    genuine, stranger, correct = open_set_scores(bundle, items)
+    if genuine.size == 0 or stranger.size == 0:
+        raise ValueError("open-set evaluation needs items of enrolled speakers and of strangers")
+    eer, eer_threshold = equal_error_rate(genuine, stranger)
+    threshold = bundle.decision.get("min_score", 0.5)
+    far, frr = rates(genuine, stranger, threshold)
+    accepted_right = [c and g >= threshold for c, g in zip(correct, genuine, strict=True)]
+    return {
+        "model": bundle.name,
+        "enrolled_speakers": len(bundle.labels),
+        "strangers": held_out,
+        "genuine_items": int(genuine.size),
+        "stranger_items": int(stranger.size),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "operating_threshold": threshold,
+        "far": far,
+        "frr": frr,
+        "top1_enrolled": float(np.mean(correct)),
+        "identified_and_accepted": float(np.mean(accepted_right)),
+        "genuine_scores": genuine.round(4).tolist(),
+        "stranger_scores": stranger.round(4).tolist(),
+    }
+
+
+def plot_open_set(report: dict[str, Any], path: Path) -> None:
+    """Score distributions with the operating threshold, and the DET curve (false rejects vs false accepts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train.calibrate import rates
+
+    genuine = np.array(report["genuine_scores"])
+    stranger = np.array(report["stranger_scores"])
+    fig, (hist, det) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = np.linspace(min(genuine.min(), stranger.min()), 1.0, 50)
+    hist.hist(genuine, bins=bins, alpha=0.6, density=True, label=f"enrolled speaker ({genuine.size})")
+    hist.hist(stranger, bins=bins, alpha=0.6, density=True, label=f"stranger, best match ({stranger.size})")
+    hist.axvline(report["operating_threshold"], color="black", linestyle="--", label="operating threshold")
+    hist.set(xlabel="cosine score", ylabel="density", title="score distributions")
+    hist.legend()
+    thresholds = np.unique(np.concatenate([genuine, stranger]))
+    curve = np.array([rates(genuine, stranger, float(t)) for t in thresholds])
+    det.loglog(np.maximum(curve[:, 0], 1e-4), np.maximum(curve[:, 1], 1e-4), color="tab:blue")
+    det.plot([report["far"] or 1e-4], [report["frr"] or 1e-4], "ko", label="operating point")
+    det.plot([report["eer"]], [report["eer"]], "rs", label=f"EER {report['eer']:.2%}")
+    det.set(xlabel="false-accept rate", ylabel="false-reject rate", title="DET curve")
+    det.grid(True, which="both", alpha=0.3)
+    det.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def score_items(
+    bundle: ModelBundle, rows: list[Row], cache: AudioCache, on_progress: Callable[[int], None] | None = None
+) -> list[tuple[str, Scored]]:
+    """(speaker, scores) of every usable row, whether or not the model knows the speaker."""
+    prepared = prepare(rows, cache, on_progress=on_progress)
+    extractor = bundle.extractor()
+    chunk_s = chunk_seconds(bundle)
+    items = []
+    for row, audio in zip(prepared.rows, prepared.audio, strict=True):
+        scored, _ = score_long(bundle, audio, chunk_s, extractor)
+        if scored is not None:
+            items.append((row.speaker, scored))
+    return items
+
+
+def hold_out(bundle: ModelBundle, speakers: list[str]) -> ModelBundle:
+    """The model without `speakers`, so their voices become strangers to it."""
+    from train.enroll import forget
+
+    for speaker in speakers:
+        bundle = forget(bundle, speaker)
+    return bundle

@@ -93,7 +93,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     """Returns the process exit code: 0 written, 130 interrupted (checkpoint kept)."""
     from train.fit import TrainingInterrupted
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="gloo")

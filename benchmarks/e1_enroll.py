@@ -1,0 +1,132 @@
+"""E1 of ../shared/BENCHMARKS.md: enrolling new voices without retraining, and rejecting strangers.
+
+    python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out]
+
+P2's time split; the last 51 speakers in numeric order of id are "new". The network is trained (plain
+`spkidd train`) on the other 200 speakers' training audio; the 51 are enrolled from their training audio with the
+enrollment code (one of them through the `spkidd enroll` command, timed); every 2-s test window is identified among
+all 251 (top-1). Open set: only the 200 enrolled; genuine = a window of an enrolled speaker against its own
+reference, stranger = a window of one of the 51 against its best-matching enrolled speaker: EER, and the
+false-accept / false-reject rates at the threshold the model ships with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from manifests import DEFAULT_DATA, p2
+
+from spkidd.modelfile import load_model, save_model
+from train.data import Row, read_manifest
+from train.enroll import enroll
+from train.evaluate import open_set_report, score_items
+from train.prepare import AudioCache, default_cache_dir
+
+N_NEW = 51
+
+
+def _write_rows(path: Path, rows: list[Row]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "speaker", "start", "end"])
+        writer.writerows((r.path, r.speaker, r.start, r.end) for r in rows)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    args = parser.parse_args()
+    out: Path = args.out / "e1"
+    out.mkdir(parents=True, exist_ok=True)
+    train_csv, test_csv = p2(args.data, out)
+    train_rows, test_rows = read_manifest(train_csv), read_manifest(test_csv)
+    speakers = sorted({r.speaker for r in train_rows}, key=int)
+    new = set(speakers[-N_NEW:])
+    base_csv = _write_rows(out / "e1_train200.csv", [r for r in train_rows if r.speaker not in new])
+    model_path = out / "e1_200.safetensors"
+    spkidd = [sys.executable, "-m", "spkidd"]
+    started = time.monotonic()
+    subprocess.run([*spkidd, "train", str(base_csv), "--out", str(model_path)], check=True)
+    train_s = time.monotonic() - started
+    base = load_model(model_path)
+
+    # One enrollment through the command, as a user runs it (process start and model load included).
+    new_rows = [r for r in train_rows if r.speaker in new]
+    clip_dir = out / "enroll_clips"
+    clip_dir.mkdir(exist_ok=True)
+    first = new_rows[0]
+    import soundfile as sf
+
+    from spkidd.audio.decode import load_audio
+
+    clip = clip_dir / f"{first.speaker}.wav"
+    sf.write(clip, load_audio(first.path, first.start, first.end), 16000)
+    started = time.monotonic()
+    subprocess.run(
+        [
+            *spkidd,
+            "enroll",
+            str(model_path),
+            str(clip),
+            "--speaker",
+            first.speaker,
+            "--out",
+            str(out / "one.safetensors"),
+        ],
+        check=True,
+    )
+    one_enroll_s = time.monotonic() - started
+
+    enrolled = base
+    seconds = []
+    for row in new_rows:
+        clip = clip_dir / f"{row.speaker}.wav"
+        if not clip.exists():
+            sf.write(clip, load_audio(row.path, row.start, row.end), 16000)
+        t0 = time.monotonic()
+        enrolled, _ = enroll(enrolled, row.speaker, [clip])
+        seconds.append(time.monotonic() - t0)
+    save_model(enrolled, out / "e1_251.safetensors")
+
+    cache = AudioCache(default_cache_dir())
+    items = score_items(enrolled, test_rows, cache)
+    index = {label: i for i, label in enumerate(enrolled.labels)}
+    hits = {"old": [], "new": []}  # type: dict[str, list[bool]]
+    for speaker, scored in items:
+        hits["new" if speaker in new else "old"].append(int(scored.probs.argmax()) == index[speaker])
+    closed_all = float(np.mean(hits["old"] + hits["new"]))
+
+    open_items = score_items(base, test_rows, cache)
+    report = open_set_report(base, open_items, sorted(new, key=int))
+    figures = {
+        "train_200_wall_s": round(train_s, 1),
+        "enroll_one_command_s": round(one_enroll_s, 2),
+        "enroll_in_process_median_s": round(float(np.median(seconds)), 3),
+        "closed_251_top1": closed_all,
+        "closed_251_top1_old200": float(np.mean(hits["old"])),
+        "closed_251_top1_new51": float(np.mean(hits["new"])),
+        "open_eer": report["eer"],
+        "open_threshold": report["operating_threshold"],
+        "open_far": report["far"],
+        "open_frr": report["frr"],
+        "open_top1_among_200": report["top1_enrolled"],
+        "windows": len(items),
+    }
+    (args.out / "e1.json").write_text(json.dumps(figures, indent=2))
+    print("\nE1 results")
+    for key, value in figures.items():
+        print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
+    print("  goals                        EER <= 5%; new51 within 3 points of P2 top-1; one enrollment < 5 s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The demo behind scripts/demo.sh: synthetic household -> `spkidd train` -> `spkidd run` -> MQTT messages.
+
+Needs espeak-ng and sox (scripts/setup.sh installs them). Everything is written to --work (default: a fresh
+temporary folder, printed at the start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+VOICES = {
+    "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
+    "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
+    "carol": ["-v", "en-gb+f4", "-p", "60", "-s", "175"],
+    "dave": ["-v", "en-gb-scotland+m1", "-p", "45", "-s", "150"],
+}
+TRAINING = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please turn on the kitchen lights and start the coffee machine.",
+    "I think it is going to rain this afternoon, so take an umbrella.",
+    "Could you remind me to call the dentist tomorrow morning?",
+    "The children are playing football in the garden behind the house.",
+    "Set the thermostat to twenty one degrees for the evening.",
+    "My favourite book is about a sailor who travels around the world.",
+    "We should buy some bread, milk and fresh vegetables at the market.",
+    "The train to the city leaves at half past seven every weekday.",
+    "Remember to water the plants on the balcony before you leave.",
+]
+CONVERSATION = [
+    ("alice", "Good morning everyone, did you sleep well?"),
+    ("bob", "Not really, the neighbours were loud until midnight."),
+    ("carol", "I heard them too. Shall we have breakfast on the terrace?"),
+    ("dave", "Only if someone makes the coffee this time."),
+    ("alice", "Fine, I will make it, but you are doing the dishes."),
+    ("bob", "Deal. Then let us leave for the lake at ten."),
+]
+
+
+def speak(voice: str, text: str, path: Path) -> Path:
+    wav = subprocess.run(["espeak-ng", *VOICES[voice], "--stdout", text], capture_output=True, check=True).stdout
+    subprocess.run(
+        ["sox", "-q", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(path), "gain", "-n", "-3"],
+        input=wav,
+        check=True,
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
+    print("== 1. synthetic household: alice, bob, carol and dave (espeak-ng)")
+    for voice in VOICES:
+        (work / "voices" / voice).mkdir(parents=True, exist_ok=True)
+        for i, text in enumerate(TRAINING):
+            speak(voice, text, work / "voices" / voice / f"{voice}_{i:02d}.wav")
+    parts, truth, t = [np.zeros(8000, np.float32)], [], 0.5
+    for i, (voice, text) in enumerate(CONVERSATION):
+        audio, _ = sf.read(speak(voice, text, work / f"turn{i}.wav"), dtype="float32")
+        truth.append((round(t, 2), round(t + len(audio) / 16000, 2), voice))
+        parts += [audio, np.zeros(16000, np.float32)]
+        t += len(audio) / 16000 + 1.0
+    conversation = work / "conversation.wav"
+    sf.write(conversation, np.concatenate(parts), 16000)
+    model = work / "household.safetensors"
+    print("== 2. spkidd train voices/ --out household.safetensors")
+    subprocess.run([sys.executable, "-m", "spkidd", "train", str(work / "voices"), "--out", str(model)], check=True)
+    return model, conversation, truth
+
+
+async def watch(port: int, stop: asyncio.Event, finals: list[str]) -> None:
+    import aiomqtt
+
+    for _ in range(100):
+        try:
+            async with aiomqtt.Client("127.0.0.1", port) as client:
+                await client.subscribe("spkidd/#")
+                await client.subscribe("homeassistant/#")
+                async for message in client.messages:
+                    payload = message.payload.decode() if isinstance(message.payload, bytes) else str(message.payload)
+                    shown = payload if len(payload) < 160 else payload[:157] + "..."
+                    print(f"  {message.topic} {shown}", flush=True)
+                    if str(message.topic).endswith("/event"):
+                        event = json.loads(payload)
+                        if event.get("final"):
+                            finals.append(event["speaker"])
+                    if stop.is_set():
+                        return
+        except aiomqtt.MqttError:
+            if stop.is_set():
+                return
+            await asyncio.sleep(0.2)
+
+
+async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float) -> list[str]:
+    port = free_port()
+    config = work / "config.toml"
+    config.write_text(
+        f'model = "{model}"\ninstance = "demo"\n\n[[sources]]\nname = "kitchen"\nkind = "file"\n'
+        f'path = "{conversation}"\nrealtime = true\n\n[mqtt]\nbroker = "embedded"\n\n'
+        f'[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    print(f"== 3. spkidd run --config {config}  (embedded broker on 127.0.0.1:{port}); MQTT messages:")
+    with open(work / "daemon.log", "wb") as log:
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "spkidd", "run", "--config", str(config), stderr=log
+        )
+        stop, finals = asyncio.Event(), []  # type: asyncio.Event, list[str]
+        watcher = asyncio.create_task(watch(port, stop, finals))
+        try:
+            await asyncio.sleep(seconds + 6.0)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await daemon.wait()
+            stop.set()
+            await asyncio.sleep(0.5)
+            watcher.cancel()
+    print(f"== daemon stopped (exit {daemon.returncode}); its log: {work / 'daemon.log'}")
+    return finals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="spkidd-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"working in {work}")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    model, conversation, truth = build(work)
+    duration = sf.info(str(conversation)).duration
+    finals = asyncio.run(run_daemon(work, model, conversation, duration))
+    said = [speaker for _, _, speaker in truth]
+    print(f"== who spoke: {', '.join(said)}")
+    print(f"== final identifications published: {', '.join(finals) or 'none'}")
+    right = sum(a == b for a, b in zip(said, finals, strict=False))
+    print(f"== {right} of {len(said)} turns named correctly")
+
+
+if __name__ == "__main__":
+    main()

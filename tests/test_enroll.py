@@ -1,0 +1,114 @@
+"""Enrollment without retraining: a voice the network never heard becomes identifiable; forget removes it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spkidd.modelfile import load_model
+from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
+from tests.support.speech import synth_corpus, synth_speech
+
+SPKIDD = [sys.executable, "-m", "spkidd"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SPKIDD, *args], capture_output=True, text=True)
+
+
+def _identify(model: Path, clips: list[Path]) -> list[str]:
+    proc = _run("identify", str(model), *map(str, clips), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line)["speaker"] for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dave_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_corpus(tmp_path_factory.mktemp("dave"), ["dave"], TRAIN_SENTENCES[:6]) / "dave"
+
+
+def test_enrolled_voice_becomes_identifiable_strangers_stay_unknown_and_forget_removes_it(
+    household_model: Path, dave_clips: Path, tmp_path: Path
+) -> None:
+    enrolled = tmp_path / "household.safetensors"
+    clips = sorted(dave_clips.glob("*.wav"))
+    proc = _run("enroll", str(household_model), *map(str, clips), "--speaker", "dave", "--out", str(enrolled))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("enrolled dave: ") and "s of speech from 6 clip(s)" in proc.stdout
+    voices = ("dave", "alice", "bob", "erin", "frank")
+    tests = {
+        v: [synth_speech(v, s, tmp_path / f"{v}{i}.wav") for i, s in enumerate(HELD_OUT_SENTENCES[:2])] for v in voices
+    }
+    named = {v: _identify(enrolled, clips) for v, clips in tests.items()}
+    assert named["dave"] == ["dave", "dave"], "the enrolled voice is recognised in sentences it was not enrolled on"
+    assert named["alice"] == ["alice", "alice"] and named["bob"] == ["bob", "bob"], "trained voices still are"
+    assert named["erin"] == ["unknown", "unknown"] and named["frank"] == ["unknown", "unknown"], "strangers are not"
+
+    bundle = load_model(enrolled)
+    assert bundle.labels[-1] == "dave" and len(bundle.labels) == 12
+    assert bundle.enrollment["dave"]["source"] == "enrolled" and bundle.enrollment["dave"]["seconds"] > 10
+    assert bundle.enrollment["alice"]["source"] == "training"
+    listing = _run("speakers", str(enrolled))
+    assert listing.returncode == 0 and "dave" in listing.stdout and "enrolled" in listing.stdout
+
+    forgotten = tmp_path / "without_dave.safetensors"
+    assert _run("forget", str(enrolled), "dave", "--out", str(forgotten)).returncode == 0
+    assert "dave" not in load_model(forgotten).labels
+    assert "dave" not in _identify(forgotten, tests["dave"])
+    assert "dave" not in load_model(household_model).labels, "--out leaves the original alone"
+
+
+def test_enrolling_again_updates_in_place(trained_model: Path, dave_clips: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(trained_model.read_bytes())
+    clips = sorted(dave_clips.glob("*.wav"))
+    assert _run("enroll", str(model), *map(str, clips[:3]), "-s", "dave").returncode == 0
+    first = load_model(model).enrollment["dave"]
+    again = _run("enroll", str(model), *map(str, clips[3:]), "-s", "dave")
+    assert again.returncode == 0 and again.stdout.startswith("updated dave")
+    second = load_model(model)
+    assert second.labels.count("dave") == 1
+    assert second.enrollment["dave"]["seconds"] > first["seconds"]
+
+
+def test_enroll_warns_about_little_speech_and_refuses_silence(trained_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    short = synth_speech("dave", "Hello.", tmp_path / "short.wav")
+    proc = _run("enroll", str(trained_model), str(short), "-s", "dave", "--out", str(tmp_path / "m.safetensors"))
+    assert proc.returncode == 0 and "only" in proc.stderr and "s of speech" in proc.stderr
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000 * 3), 16000)
+    proc = _run("enroll", str(trained_model), str(silence), "-s", "ghost", "--out", str(tmp_path / "g.safetensors"))
+    assert proc.returncode == 2 and "no speech found" in proc.stderr
+    assert not (tmp_path / "g.safetensors").exists()
+
+
+def test_forget_refuses_unknown_and_last_speaker(trained_model: Path, tmp_path: Path) -> None:
+    proc = _run("forget", str(trained_model), "zoe", "--out", str(tmp_path / "x.safetensors"))
+    assert proc.returncode == 2 and "no speaker 'zoe'" in proc.stderr
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(trained_model.read_bytes())
+    assert _run("forget", str(model), "alice").returncode == 0
+    assert _run("forget", str(model), "bob").returncode == 0
+    proc = _run("forget", str(model), "carol")
+    assert proc.returncode == 2 and "only speaker" in proc.stderr
+
+
+def test_open_set_evaluation_reports_eer_and_operating_point(
+    trained_model: Path, held_out_corpus: Path, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "open"
+    proc = _run("evaluate", str(trained_model), str(held_out_corpus), "--open-set", "--report", str(report_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "holding out 1 known speaker(s)" in proc.stderr
+    report = json.loads((report_dir / "open_set.json").read_text())
+    assert report["strangers"] == ["alice"] and report["enrolled_speakers"] == 2
+    assert report["genuine_items"] == 8 and report["stranger_items"] == 4
+    assert 0.0 <= report["eer"] <= 1.0 and 0.0 <= report["far"] <= 1.0 and 0.0 <= report["frr"] <= 1.0
+    assert report["operating_threshold"] == load_model(trained_model).decision["min_score"]
+    assert (report_dir / "open_set.png").read_bytes()[:4] == b"\x89PNG"
+    assert "EER" in proc.stdout and "false accepts" in proc.stdout
