@@ -18,10 +18,11 @@ from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.ffmpeg import FfmpegSource, SourceError, is_live_url
 from spkidd.events import SourceStatus
 from tests.support.ffmpeg_procs import ffmpeg_children
+from tests.support.http_stream import HttpStream
 from tests.support.rtsp_server import RtspServer
 from tests.support.source_audio import best_alignment, synth_speech
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(60)
 
 FAST_BACKOFF = BackoffConfig(initial_s=0.2, max_s=1.0, jitter=0.2)
 TEXT = "The quick brown fox jumps over the lazy dog, then listens to the streaming source."
@@ -240,3 +241,28 @@ def test_live_url_detection_and_command() -> None:
     assert cmd[cmd.index("-timeout") + 1] == "2000000"
     assert cmd[cmd.index("-rtsp_transport") + 1] == "tcp"
     assert cmd[-8:] == ["-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", "16000", "-"][-8:]
+
+
+async def test_http_stream_is_pulled_and_reconnected(speech_wav: tuple[Path, np.ndarray]) -> None:
+    wav, reference = speech_wav
+    collector = Collector()
+    with HttpStream(wav) as server:
+        source = FfmpegSource("radio", server.url, on_status=collector.on_status, backoff=FAST_BACKOFF)
+        assert source.live and "-rw_timeout" in source.command()
+        task = asyncio.create_task(collector.consume(source))
+        try:
+            await collector.wait_for(lambda: len(collector.chunks) >= 60)
+            server.kill()
+            await collector.wait_for(lambda: not collector.statuses[-1][1].online)
+            before = len(collector.chunks)
+            await asyncio.to_thread(server.start)
+            await collector.wait_for(lambda: len(collector.chunks) >= before + 60)
+        finally:
+            await stop_task(task)
+    assert ffmpeg_children() == {}
+    chunks = collector.chunks
+    assert_timestamps(chunks)
+    assert chunks[before].discontinuity and source.reconnects >= 1
+    for piece in (audio_of(chunks[:60]), audio_of(chunks[before:])):
+        _, corr = best_alignment(piece, reference[: len(piece) // 2])
+        assert corr > 0.9, corr

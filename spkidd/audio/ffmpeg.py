@@ -188,7 +188,10 @@ class FfmpegSource:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(proc.stdout.readexactly(CHUNK_BYTES), self.stall_timeout_s)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                    # arrives together with data, and the source would then never stop.
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        data = await proc.stdout.readexactly(CHUNK_BYTES)
                 except TimeoutError:
                     detail = f"stalled: no audio for {self.stall_timeout_s:g} s"
                     _send_signal(proc, signal.SIGKILL)
@@ -211,7 +214,8 @@ class FfmpegSource:
         finally:
             await self._stop(proc, exiting=eof)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stderr_task, TERMINATE_GRACE_S)
+                async with asyncio.timeout(TERMINATE_GRACE_S):
+                    await stderr_task
         rc = proc.returncode
         if eof:
             last = f": {self.stderr_tail[-1]}" if self.stderr_tail and rc else ""
@@ -229,12 +233,14 @@ class FfmpegSource:
             if sig is not None:
                 _send_signal(proc, sig)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), TERMINATE_GRACE_S)
+                async with asyncio.timeout(TERMINATE_GRACE_S):
+                    await proc.wait()
         await proc.wait()
         if proc.stdout is not None:
             # Read what is left up to EOF: a paused pipe transport would otherwise never be closed.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.stdout.read(), TERMINATE_GRACE_S)
+                async with asyncio.timeout(TERMINATE_GRACE_S):
+                    await proc.stdout.read()
         self._log.debug("ffmpeg pid %d exited with status %s", proc.pid, proc.returncode)
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
