@@ -52,7 +52,10 @@ class InputDevice:
 
 @contextlib.contextmanager
 def quiet_stderr(log: logging.Logger) -> Iterator[None]:
-    """Silence fd 2 while PortAudio probes ALSA/JACK (~80 harmless lines); keep them at debug level instead."""
+    """Silence fd 2 while PortAudio probes ALSA/JACK (~80 harmless lines) and keep them at debug level.
+
+    fd 2 is process-wide, so anything else written to it meanwhile (a fraction of a second) is demoted to
+    that debug record too, never lost."""
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -65,7 +68,7 @@ def quiet_stderr(log: logging.Logger) -> Iterator[None]:
             sink.seek(0)
             noise = sink.read().decode(errors="replace").splitlines()
             if noise:
-                log.debug("PortAudio printed %d lines on stderr, e.g. %s", len(noise), noise[0])
+                log.debug("stderr while PortAudio started (%d lines):\n%s", len(noise), "\n".join(noise))
 
 
 def _input_devices(pa: pyaudio.PyAudio) -> list[InputDevice]:
