@@ -192,3 +192,20 @@ def test_resolve_device_by_index_name_and_substring() -> None:
         resolve_device(devices, "webcam")
     with pytest.raises(DeviceError, match="no audio input devices"):
         resolve_device([], None)
+
+
+async def test_slow_consumer_loses_the_oldest_audio_not_memory(pulse16k: PulseServer) -> None:
+    source = MicrophoneSource("porch", None, backoff=FAST_BACKOFF, queue_chunks=5)
+    received: list[AudioChunk] = []
+    depths: list[int] = []
+    async with asyncio.timeout(60), contextlib.aclosing(source.chunks()) as chunks:
+        async for chunk in chunks:
+            received.append(chunk)
+            depths.append(source.queued_chunks)
+            if len(received) >= 30:
+                break
+            await asyncio.sleep(0.1)  # three times slower than real time
+    assert max(depths) <= 5
+    assert source.dropped_chunks > 0
+    assert any(c.discontinuity for c in received[1:])
+    assert_timestamps(received)
