@@ -15,11 +15,11 @@ import pytest
 
 from spkidd.audio.backoff import BackoffConfig
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
-from spkidd.audio.ffmpeg import FfmpegSource, SourceError, is_live_url
+from spkidd.audio.ffmpeg import FfmpegSource, SourceError, is_live_url, redact_url
 from spkidd.events import SourceStatus
 from tests.support.ffmpeg_procs import ffmpeg_children
 from tests.support.http_stream import HttpStream
-from tests.support.rtsp_server import RtspServer
+from tests.support.rtsp_server import RtspServer, free_port
 from tests.support.source_audio import best_alignment, synth_speech
 
 pytestmark = pytest.mark.timeout(60)
@@ -266,3 +266,24 @@ async def test_http_stream_is_pulled_and_reconnected(speech_wav: tuple[Path, np.
     for piece in (audio_of(chunks[:60]), audio_of(chunks[before:])):
         _, corr = best_alignment(piece, reference[: len(piece) // 2])
         assert corr > 0.9, corr
+
+
+async def test_credentials_never_reach_logs_or_status(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="spkidd.audio.ffmpeg")
+    statuses: list[SourceStatus] = []
+    url = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/stream"
+    source = FfmpegSource("gate", url, on_status=statuses.append, backoff=FAST_BACKOFF)
+    assert source.shown_url.startswith("rtsp://admin:***@127.0.0.1:")
+    async with asyncio.timeout(30), contextlib.aclosing(source.chunks()) as chunks:
+        iterator = aiter(chunks)
+        waiting = asyncio.ensure_future(anext(iterator))
+        while source.reconnects < 2:
+            await asyncio.sleep(0.05)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    assert "Connection refused" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert statuses and all("hunter2" not in s.detail for s in statuses)
+    assert ffmpeg_children() == {}
+    assert redact_url("http://cam.local/audio") == "http://cam.local/audio"

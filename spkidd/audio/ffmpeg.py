@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -44,6 +44,15 @@ def is_live_url(url: str) -> bool:
     """
     scheme = urlsplit(url).scheme.lower()
     return len(scheme) > 1 and scheme != "file"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***: camera URLs carry credentials, logs and MQTT must not."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _send_signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
@@ -91,6 +100,8 @@ class FfmpegSource:
             raise ValueError(f"queue_chunks must be >= 1, got {queue_chunks}")
         self.name = name
         self.url = url
+        self.shown_url = redact_url(url)
+        self._password = urlsplit(url).password
         self.live = is_live_url(url) if live is None else live
         self.stall_timeout_s = stall_timeout_s
         self.backoff_config = backoff or BackoffConfig()
@@ -152,12 +163,12 @@ class FfmpegSource:
                 delivered_before = delivered_before or end.delivered
                 if not self.live:
                     self._set_status(False, end.detail)
-                    queue.close(None if end.eof else SourceError(f"{self.url}: {end.detail}"))
+                    queue.close(None if end.eof else SourceError(f"{self.shown_url}: {end.detail}"))
                     return
                 backoff.record_healthy(end.audio_s)
                 delay = backoff.next_delay()
                 self._set_status(False, end.detail)
-                self._log.warning("%s: %s; reconnecting in %.1f s", self.url, end.detail, delay)
+                self._log.warning("%s: %s; reconnecting in %.1f s", self.shown_url, end.detail, delay)
                 await asyncio.sleep(delay)
         except SourceError as exc:
             self._set_status(False, str(exc))
@@ -180,7 +191,7 @@ class FfmpegSource:
         except FileNotFoundError as exc:
             raise SourceError(f"cannot run {self.ffmpeg!r}: {exc.strerror}") from exc
         assert proc.stdout is not None and proc.stderr is not None
-        self._log.debug("started ffmpeg pid %d for %s", proc.pid, self.url)
+        self._log.debug("started ffmpeg pid %d for %s", proc.pid, self.shown_url)
         stderr_task = asyncio.create_task(self._pump_stderr(proc.stderr))
         first_audio: float | None = None
         detail = ""
@@ -253,7 +264,9 @@ class FfmpegSource:
                 continue
             if not raw:
                 return
-            line = raw.decode(errors="replace").rstrip()
+            line = raw.decode(errors="replace").rstrip().replace(self.url, self.shown_url)
+            if self._password:
+                line = line.replace(self._password, "***")
             if line:
                 self.stderr_tail.append(line)
                 self._log.warning("ffmpeg: %s", line)
