@@ -25,7 +25,9 @@ def p1(data: Path, out: Path) -> tuple[Path, Path]:
         _digit, speaker, index = f.stem.split("_")
         (test if int(index) < 5 else train).append((f.resolve(), speaker))
     out.mkdir(parents=True, exist_ok=True)
-    return _write(out / "p1_train.csv", ["path", "speaker"], train), _write(out / "p1_test.csv", ["path", "speaker"], test)
+    return _write(out / "p1_train.csv", ["path", "speaker"], train), _write(
+        out / "p1_test.csv", ["path", "speaker"], test
+    )
 
 
 def time_split(files: list[Path], out: Path, prefix: str) -> tuple[Path, Path]:

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "== ruff check"; .venv/bin/ruff check spkidd train tests benchmarks
-echo "== ruff format --check"; .venv/bin/ruff format --check spkidd train tests benchmarks
+echo "== ruff check"; .venv/bin/ruff check spkidd train tests benchmarks scripts
+echo "== ruff format --check"; .venv/bin/ruff format --check spkidd train tests benchmarks scripts
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/pytest -q -p no:cacheprovider "$@"

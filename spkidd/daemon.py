@@ -265,7 +265,8 @@ class Daemon:
         if stream is None:
             return
         try:
-            await asyncio.wait_for(stream.pipeline.stop(), _STOP_TIMEOUT_S)
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await stream.pipeline.stop()
         except TimeoutError:
             log.error("source %s: did not stop within %.0f s", name, _STOP_TIMEOUT_S)
         stream.task.cancel()

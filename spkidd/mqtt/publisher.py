@@ -237,7 +237,8 @@ class MqttPublisher:
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._task)
         except TimeoutError:
             log.error("MQTT: could not deliver %d queued events before shutdown", self._events_queued)
             self._task.cancel()

@@ -20,6 +20,7 @@ VOICES: dict[str, list[str]] = {
     "liam": ["-v", "en+m6", "-p", "60", "-s", "155"],
     "mona": ["-v", "en-029+f4", "-p", "65", "-s", "135"],
     "nick": ["-v", "en-us+m4", "-p", "20", "-s", "175"],
+    "wendy": ["-v", "en+whisper", "-p", "50", "-s", "150"],
 }
 
 SENTENCES = [
