@@ -84,7 +84,7 @@ def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
     return model, conversation, truth
 
 
-async def watch(port: int, stop: asyncio.Event, finals: list[str]) -> None:
+async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]]) -> None:
     import aiomqtt
 
     for _ in range(100):
@@ -99,7 +99,7 @@ async def watch(port: int, stop: asyncio.Event, finals: list[str]) -> None:
                     if str(message.topic).endswith("/event"):
                         event = json.loads(payload)
                         if event.get("final"):
-                            finals.append(event["speaker"])
+                            finals.append((float(event["start"]), event["speaker"]))
                     if stop.is_set():
                         return
         except aiomqtt.MqttError:
@@ -108,7 +108,7 @@ async def watch(port: int, stop: asyncio.Event, finals: list[str]) -> None:
             await asyncio.sleep(0.2)
 
 
-async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float) -> list[str]:
+async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float) -> list[tuple[float, str]]:
     port = free_port()
     config = work / "config.toml"
     config.write_text(
@@ -121,7 +121,7 @@ async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "spkidd", "run", "--config", str(config), stderr=log
         )
-        stop, finals = asyncio.Event(), []  # type: asyncio.Event, list[str]
+        stop, finals = asyncio.Event(), []  # type: asyncio.Event, list[tuple[float, str]]
         watcher = asyncio.create_task(watch(port, stop, finals))
         try:
             await asyncio.sleep(seconds + 6.0)
@@ -146,11 +146,13 @@ def main() -> None:
     model, conversation, truth = build(work)
     duration = sf.info(str(conversation)).duration
     finals = asyncio.run(run_daemon(work, model, conversation, duration))
-    said = [speaker for _, _, speaker in truth]
-    print(f"== who spoke: {', '.join(said)}")
-    print(f"== final identifications published: {', '.join(finals) or 'none'}")
-    right = sum(a == b for a, b in zip(said, finals, strict=False))
-    print(f"== {right} of {len(said)} turns named correctly")
+    print(f"== who spoke: {', '.join(speaker for _, _, speaker in truth)}")
+    print(f"== final identifications published: {', '.join(speaker for _, speaker in finals) or 'none'}")
+    right = 0
+    for start, end, speaker in truth:
+        in_turn = [named for at, named in finals if start - 0.3 <= at <= end]
+        right += bool(in_turn) and in_turn[-1] == speaker
+    print(f"== {right} of {len(truth)} turns named correctly (the last final word within each turn)")
 
 
 if __name__ == "__main__":
