@@ -68,6 +68,9 @@ def train(
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
+    target_far: float = typer.Option(
+        0.05, help="False-accept rate the unknown-speaker threshold is calibrated to on validation audio."
+    ),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
 ) -> None:
@@ -98,6 +101,7 @@ def train(
             features=features,
             seed=seed,
             threads=threads,
+            target_far=target_far,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

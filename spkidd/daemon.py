@@ -200,7 +200,7 @@ class Daemon:
         if self._health is not None:
             await self._health.stop()
         if self._runner is not None:
-            self._runner.close()
+            await asyncio.to_thread(self._runner.close)
         if self._broker is not None:
             await self._broker.stop()
         log.info("stopped")

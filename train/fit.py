@@ -75,9 +75,13 @@ class TrainSettings:
     features: str = "logmel"
     n_mels: int = 40
     threads: int | None = None
-    target_far: float = 0.01
+    target_far: float = 0.05
+    """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
+    251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.target_far < 1.0:
+            raise ValueError(f"target_far must be between 0 and 1, not {self.target_far}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
