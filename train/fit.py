@@ -114,7 +114,6 @@ class EpochRecord:
 class TrainResult:
     bundle: ModelBundle
     history: list[EpochRecord] = field(default_factory=list)
-    interrupted: bool = False
 
 
 class TrainingInterrupted(Exception):
