@@ -20,24 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-VOICES = {
-    "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
-    "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
-    "carol": ["-v", "en-gb+f4", "-p", "60", "-s", "175"],
-    "dave": ["-v", "en-gb-scotland+m1", "-p", "45", "-s", "150"],
-}
-TRAINING = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Please turn on the kitchen lights and start the coffee machine.",
-    "I think it is going to rain this afternoon, so take an umbrella.",
-    "Could you remind me to call the dentist tomorrow morning?",
-    "The children are playing football in the garden behind the house.",
-    "Set the thermostat to twenty one degrees for the evening.",
-    "My favourite book is about a sailor who travels around the world.",
-    "We should buy some bread, milk and fresh vegetables at the market.",
-    "The train to the city leaves at half past seven every weekday.",
-    "Remember to water the plants on the balcony before you leave.",
-]
+from spkidd.synthetic import SENTENCES, synth_corpus, synth_speech
+
+HOUSEHOLD = ["alice", "bob", "carol", "dave"]
 CONVERSATION = [
     ("alice", "Good morning everyone, did you sleep well?"),
     ("bob", "Not really, the neighbours were loud until midnight."),
@@ -48,16 +33,6 @@ CONVERSATION = [
 ]
 
 
-def speak(voice: str, text: str, path: Path) -> Path:
-    wav = subprocess.run(["espeak-ng", *VOICES[voice], "--stdout", text], capture_output=True, check=True).stdout
-    subprocess.run(
-        ["sox", "-q", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(path), "gain", "-n", "-3"],
-        input=wav,
-        check=True,
-    )
-    return path
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,13 +41,10 @@ def free_port() -> int:
 
 def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
     print("== 1. synthetic household: alice, bob, carol and dave (espeak-ng)")
-    for voice in VOICES:
-        (work / "voices" / voice).mkdir(parents=True, exist_ok=True)
-        for i, text in enumerate(TRAINING):
-            speak(voice, text, work / "voices" / voice / f"{voice}_{i:02d}.wav")
+    synth_corpus(work / "voices", HOUSEHOLD, SENTENCES[:10])
     parts, truth, t = [np.zeros(8000, np.float32)], [], 0.5
     for i, (voice, text) in enumerate(CONVERSATION):
-        audio, _ = sf.read(speak(voice, text, work / f"turn{i}.wav"), dtype="float32")
+        audio, _ = sf.read(synth_speech(voice, text, work / f"turn{i}.wav"), dtype="float32")
         truth.append((round(t, 2), round(t + len(audio) / 16000, 2), voice))
         parts += [audio, np.zeros(16000, np.float32)]
         t += len(audio) / 16000 + 1.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.support.speech import SENTENCES, synth_corpus, synth_speech
+from spkidd.synthetic import SENTENCES, synth_corpus, synth_speech
 from train.fit import TrainSettings
 from train.run import TrainInputs, run_training
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from spkidd.modelfile import load_model
+from spkidd.synthetic import synth_corpus, synth_speech
 from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
-from tests.support.speech import synth_corpus, synth_speech
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 

@@ -13,8 +13,8 @@ from spkidd.audio.replay import ReplaySource
 from spkidd.events import Identification
 from spkidd.modelfile import load_model
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.synthetic import synth_speech
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.speech import synth_speech
 from tests.support.streaming import silence, write_wav
 
 TURNS = ["alice", "bob", "carol", "bob", "alice", "carol"]

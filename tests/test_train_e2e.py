@@ -9,8 +9,8 @@ import numpy as np
 import soundfile as sf
 
 from spkidd.modelfile import load_model
+from spkidd.synthetic import synth_speech
 from tests.conftest import TRAINED_VOICES
-from tests.support.speech import synth_speech
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 

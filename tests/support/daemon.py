@@ -17,8 +17,8 @@ import torch
 from spkidd.features import FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, load_model, save_model
+from spkidd.synthetic import synth_speech
 from tests.support.mosquitto import kill_group
-from tests.support.speech import synth_speech
 
 SPKIDD = str(Path(sys.executable).parent / "spkidd")
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,6 @@
-"""Synthetic speakers for tests: espeak-ng voices far apart in variant and pitch, resampled to 16 kHz by sox."""
+"""Synthetic speakers: espeak-ng voices far apart in variant and pitch, resampled to 16 kHz by sox.
+
+The demo and the test suite use them so that spkidd can be shown and tested on a machine with no recordings."""
 
 from __future__ import annotations
 
