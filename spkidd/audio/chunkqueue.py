@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from spkidd import SAMPLE_RATE
-from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
+from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
+from spkidd.events import SourceStatus
 
 
 @dataclass(frozen=True)
@@ -178,3 +179,40 @@ async def stream_chunks(queue: ChunkQueue, producer: Coroutine[Any, Any, None]) 
     finally:
         runner.cancel()
         await asyncio.wait([runner])
+
+
+class QueuedSource:
+    """What every live source shares: its health, reported to `on_status` on transitions only, and the counters
+    of the drop-oldest queue between its producer and the pipeline."""
+
+    def __init__(self, name: str, on_status: StatusCallback | None, log: logging.Logger) -> None:
+        self.name = name
+        self._on_status = on_status
+        self._online: bool | None = None
+        self._queue: ChunkQueue | None = None
+        self._log = log
+
+    @property
+    def dropped_chunks(self) -> int:
+        return self._queue.dropped if self._queue is not None else 0
+
+    @property
+    def queued_chunks(self) -> int:
+        """Chunks waiting for the consumer right now (never more than the queue's bound)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
+    def online(self) -> bool:
+        return bool(self._online)
+
+    def _set_status(self, online: bool, detail: str) -> None:
+        """Report transitions only; a failing callback is logged, never allowed to stop the audio."""
+        if self._online == online:
+            return
+        self._online = online
+        if self._on_status is None:
+            return
+        try:
+            self._on_status(SourceStatus(self.name, online, detail))
+        except Exception:
+            self._log.exception("status callback failed")

@@ -25,8 +25,7 @@ import numpy as np
 from spkidd import SAMPLE_RATE
 from spkidd.audio.backoff import Backoff, BackoffConfig
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
-from spkidd.audio.chunkqueue import ChunkQueue, stream_chunks
-from spkidd.events import SourceStatus
+from spkidd.audio.chunkqueue import ChunkQueue, QueuedSource, stream_chunks
 
 CHUNK_BYTES = CHUNK_SAMPLES * 2
 TERMINATE_GRACE_S = 2.0
@@ -72,7 +71,7 @@ class _SessionEnd:
     delivered: bool
 
 
-class FfmpegSource:
+class FfmpegSource(QueuedSource):
     """Pulls `url` through ffmpeg. Attributes `reconnects` and `dropped_chunks` count respawns and lost audio.
 
     `stall_timeout_s`: no bytes for this long means the stream hung (also passed to ffmpeg as the RTSP/HTTP
@@ -98,7 +97,7 @@ class FfmpegSource:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
         if queue_chunks < 1:
             raise ValueError(f"queue_chunks must be >= 1, got {queue_chunks}")
-        self.name = name
+        super().__init__(name, on_status, logging.getLogger(f"spkidd.audio.ffmpeg.{name}"))
         self.url = url
         self.shown_url = redact_url(url)
         self._password = urlsplit(url).password
@@ -111,23 +110,6 @@ class FfmpegSource:
         self.ffmpeg = ffmpeg
         self.reconnects = 0
         self.stderr_tail: deque[str] = deque(maxlen=20)
-        self._on_status = on_status
-        self._online: bool | None = None
-        self._queue: ChunkQueue | None = None
-        self._log = logging.getLogger(f"spkidd.audio.ffmpeg.{name}")
-
-    @property
-    def dropped_chunks(self) -> int:
-        return self._queue.dropped if self._queue is not None else 0
-
-    @property
-    def queued_chunks(self) -> int:
-        """Chunks waiting for the consumer right now (never more than `queue_chunks`)."""
-        return len(self._queue) if self._queue is not None else 0
-
-    @property
-    def online(self) -> bool:
-        return bool(self._online)
 
     def command(self) -> list[str]:
         """The ffmpeg command line; timeouts matter: without one a hung RTSP server hangs ffmpeg forever."""
@@ -270,15 +252,3 @@ class FfmpegSource:
             if line:
                 self.stderr_tail.append(line)
                 self._log.warning("ffmpeg: %s", line)
-
-    def _set_status(self, online: bool, detail: str) -> None:
-        """Report transitions only; a failing callback is logged, never allowed to stop the audio."""
-        if self._online == online:
-            return
-        self._online = online
-        if self._on_status is None:
-            return
-        try:
-            self._on_status(SourceStatus(self.name, online, detail))
-        except Exception:
-            self._log.exception("status callback failed")

@@ -27,8 +27,7 @@ import soxr
 from spkidd import SAMPLE_RATE
 from spkidd.audio.backoff import Backoff, BackoffConfig
 from spkidd.audio.base import AudioChunk, StatusCallback
-from spkidd.audio.chunkqueue import ChunkQueue, Rechunker, stream_chunks
-from spkidd.events import SourceStatus
+from spkidd.audio.chunkqueue import ChunkQueue, QueuedSource, Rechunker, stream_chunks
 
 WATCH_INTERVAL_S = 0.5
 T = TypeVar("T")
@@ -238,7 +237,7 @@ async def _finish_in_thread(func: Callable[..., T], *args: Any) -> T:
         raise
 
 
-class MicrophoneSource:
+class MicrophoneSource(QueuedSource):
     """Records `device` (index, name (sub)string, or None for the default) forever, reopening it with backoff.
 
     `rate`: open the device at this rate (None: 16 kHz if the device takes it, else its default rate); anything
@@ -263,7 +262,7 @@ class MicrophoneSource:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
         if queue_chunks < 1:
             raise ValueError(f"queue_chunks must be >= 1, got {queue_chunks}")
-        self.name = name
+        super().__init__(name, on_status, logging.getLogger(f"spkidd.audio.microphone.{name}"))
         self.device = device
         self.rate = rate
         self.stall_timeout_s = stall_timeout_s
@@ -274,22 +273,6 @@ class MicrophoneSource:
         self.overflows = 0
         self.opened_device: InputDevice | None = None
         self.opened_rate: int | None = None
-        self._on_status = on_status
-        self._online: bool | None = None
-        self._queue: ChunkQueue | None = None
-        self._log = logging.getLogger(f"spkidd.audio.microphone.{name}")
-
-    @property
-    def dropped_chunks(self) -> int:
-        return self._queue.dropped if self._queue is not None else 0
-
-    @property
-    def queued_chunks(self) -> int:
-        return len(self._queue) if self._queue is not None else 0
-
-    @property
-    def online(self) -> bool:
-        return bool(self._online)
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         loop = asyncio.get_running_loop()
@@ -354,15 +337,3 @@ class MicrophoneSource:
             silent_s = time.monotonic() - (capture.last_audio or capture.opened_at)
             if silent_s > self.stall_timeout_s:
                 return f"stalled: no audio for {self.stall_timeout_s:g} s"
-
-    def _set_status(self, online: bool, detail: str) -> None:
-        """Report transitions only; a failing callback is logged, never allowed to stop the audio."""
-        if self._online == online:
-            return
-        self._online = online
-        if self._on_status is None:
-            return
-        try:
-            self._on_status(SourceStatus(self.name, online, detail))
-        except Exception:
-            self._log.exception("status callback failed")
