@@ -7,6 +7,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+
 VOICES: dict[str, list[str]] = {
     "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
     "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
@@ -45,14 +48,22 @@ SENTENCES = [
 ]
 
 
-def synth_speech(voice: str, text: str, path: Path) -> Path:
-    """Speaks `text` with one of VOICES into a 16 kHz mono 16-bit WAV at `path`."""
+def synth_audio(voice: str, text: str) -> np.ndarray:
+    """`text` spoken with one of VOICES: 16 kHz mono float32 samples (espeak-ng, resampled and normalized by sox)."""
     espeak = subprocess.run(["espeak-ng", *VOICES[voice], "--stdout", text], capture_output=True, check=True)
-    subprocess.run(
-        ["sox", "-q", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(path), "gain", "-n", "-3"],
+    to_raw = ["-r", "16000", "-c", "1", "-b", "16", "-e", "signed", "-t", "raw", "-", "gain", "-n", "-3"]
+    raw = subprocess.run(
+        ["sox", "-q", "-t", "wav", "-", *to_raw],
         input=espeak.stdout,
+        capture_output=True,
         check=True,
     )
+    return np.frombuffer(raw.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def synth_speech(voice: str, text: str, path: Path) -> Path:
+    """Speaks `text` with one of VOICES into a 16 kHz mono 16-bit WAV at `path`."""
+    sf.write(path, synth_audio(voice, text), 16000, subtype="PCM_16")
     return path
 
 

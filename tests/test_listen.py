@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.streaming import espeak, save_random_model, silence, trim, write_wav
+from spkidd.synthetic import synth_audio
+from tests.support.streaming import save_random_model, silence, trim, write_wav
 
 
 def test_listen_json_fast_prints_one_event_per_line(tmp_path: Path) -> None:
     model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob", "carol"])
-    speech = trim(espeak("carol", "Set the thermostat to twenty one degrees for the evening."))
+    speech = trim(synth_audio("carol", "Set the thermostat to twenty one degrees for the evening."))
     wav = write_wav(tmp_path / "talk.wav", np.concatenate([silence(0.5), speech, silence(1.0), speech, silence(0.6)]))
     proc = subprocess.run(
         [

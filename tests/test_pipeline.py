@@ -19,8 +19,9 @@ from spkidd.events import Identification, SourceStatus, SpeechActivity
 from spkidd.inference import score_audio
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
+from spkidd.synthetic import synth_audio
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
-from tests.support.streaming import espeak, random_bundle, silence, trim, write_wav
+from tests.support.streaming import random_bundle, silence, trim, write_wav
 
 LABELS = ["alice", "bob", "carol", "dave", "erin"]
 EVERYTHING = {"min_score": -1.0, "min_confidence": 0.0, "min_margin": 0.0, "top_k": float(len(LABELS))}
@@ -28,7 +29,7 @@ EVERYTHING = {"min_score": -1.0, "min_confidence": 0.0, "min_margin": 0.0, "top_
 
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
-    return trim(espeak("bob", "Please turn on the kitchen lights and start the coffee machine."))
+    return trim(synth_audio("bob", "Please turn on the kitchen lights and start the coffee machine."))
 
 
 @pytest.fixture(scope="module")

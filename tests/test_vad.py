@@ -10,15 +10,16 @@ import pytest
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.replay import to_chunkable_pcm
+from spkidd.synthetic import synth_audio
 from spkidd.vad import GateEvent, GateSettings, SpeechAudio, SpeechGate, UtteranceEnd, UtteranceStart
-from tests.support.streaming import espeak, silence, trim
+from tests.support.streaming import silence, trim
 
 CHUNK_S = CHUNK_SAMPLES / SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
 def sentence() -> np.ndarray:
-    return trim(espeak("alice", "The quick brown fox jumps over the lazy dog."))
+    return trim(synth_audio("alice", "The quick brown fox jumps over the lazy dog."))
 
 
 def run_gate(audio: np.ndarray, settings: GateSettings) -> list[GateEvent]:

@@ -1,8 +1,7 @@
-"""Helpers for the streaming tests: espeak-ng speech at 16 kHz, WAV writing, and small model files."""
+"""Helpers for the streaming tests: silence, WAV writing, trimming, and small model files."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +12,6 @@ from spkidd import SAMPLE_RATE
 from spkidd.features import FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, save_model
-
-VOICES: dict[str, list[str]] = {
-    "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
-    "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
-    "carol": ["-v", "en-gb+f4", "-p", "60", "-s", "175"],
-}
-
-
-def espeak(voice: str, text: str) -> np.ndarray:
-    """espeak-ng speech of one of VOICES, resampled by sox to 16 kHz mono float32."""
-    synth = subprocess.run(["espeak-ng", *VOICES[voice], "--stdout", text], check=True, capture_output=True, timeout=60)
-    raw = subprocess.run(
-        [
-            "sox",
-            "-t",
-            "wav",
-            "-",
-            "-r",
-            str(SAMPLE_RATE),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed",
-            "-t",
-            "raw",
-            "-",
-            "gain",
-            "-n",
-            "-3",
-        ],
-        input=synth.stdout,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return np.frombuffer(raw.stdout, dtype=np.int16).astype(np.float32) / 32768.0
 
 
 def silence(seconds: float) -> np.ndarray:
