@@ -295,6 +295,9 @@ def listen(
     name: str = typer.Option("listen", help="Source name in events and utterance ids."),
     min_score: float | None = typer.Option(None, help="Override the model's cosine threshold for a name."),
     top: int = typer.Option(3, help="How many candidates events carry."),
+    keep_unknown: Path | None = typer.Option(
+        None, help="Keep the audio of utterances answered unknown in this folder (to enroll from later)."
+    ),
 ) -> None:
     """Who is speaking, live: a terminal view (or JSON lines) from the daemon's own streaming pipeline."""
     import asyncio
@@ -306,6 +309,7 @@ def listen(
     from spkidd.listen import listen as run_listen
     from spkidd.modelfile import ModelFileError, load_model
     from spkidd.pipeline import PipelineSettings
+    from spkidd.unknown_clips import UnknownClipSettings
 
     console = Console(stderr=True, soft_wrap=True)
     torch.set_num_threads(1)
@@ -314,7 +318,7 @@ def listen(
         overrides: dict[str, float] = {"top_k": float(top)}
         if min_score is not None:
             overrides["min_score"] = min_score
-        settings = PipelineSettings(decision=overrides)
+        settings = PipelineSettings(decision=overrides, unknown_clips=UnknownClipSettings(folder=keep_unknown))
         asyncio.run(run_listen(bundle, source, settings, name=name, realtime=not fast, json_lines=json_output))
     except (ModelFileError, SourceSpecError, ValueError) as exc:
         console.print(f"[red]error: {exc}")

@@ -258,6 +258,7 @@ class _TopLevel:
     vad: dict[str, Any] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
+    unknown_clips: dict[str, Any] = field(default_factory=dict)
     mqtt: dict[str, Any] = field(default_factory=dict)
     embedded_broker: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
@@ -303,19 +304,23 @@ def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
 
 def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:
     """[vad] -> the gate's settings; [decision] is checked against the decider's settings, but only the keys
-    given are kept, as overrides of the thresholds calibrated into the model file; [pipeline] the rest."""
+    given are kept, as overrides of the thresholds calibrated into the model file; [unknown_clips] where the
+    audio of unknown voices is kept; [pipeline] the rest."""
     from spkidd.decide import DecisionSettings
     from spkidd.pipeline import PipelineSettings
+    from spkidd.unknown_clips import UnknownClipSettings
     from spkidd.vad import GateSettings
 
-    for key in ("gate", "decision"):
+    for key, table in (("gate", "vad"), ("decision", "decision"), ("unknown_clips", "unknown_clips")):
         if key in top.pipeline:
-            raise ConfigError(f"{file}: [pipeline] unknown key {key!r} (use the [vad] and [decision] tables)")
+            raise ConfigError(f"{file}: [pipeline] unknown key {key!r} (use the [{table}] table)")
     gate = from_table(GateSettings, top.vad, file=file, where="vad")
     checked = from_table(DecisionSettings, top.decision, file=file, where="decision")
     overrides = {key: float(getattr(checked, key)) for key in top.decision}
+    clips = from_table(UnknownClipSettings, top.unknown_clips, file=file, where="unknown_clips")
+    clips = dataclasses.replace(clips, folder=_resolve(file.resolve().parent, clips.folder))
     rest = from_table(PipelineSettings, top.pipeline, file=file, where="pipeline")
-    return dataclasses.replace(rest, gate=gate, decision=overrides)
+    return dataclasses.replace(rest, gate=gate, decision=overrides, unknown_clips=clips)
 
 
 def load_config(path: Path) -> DaemonConfig:

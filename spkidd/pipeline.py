@@ -26,10 +26,11 @@ import torch
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import AudioChunk, AudioSource
 from spkidd.decide import Decider, DecisionSettings, StepScores
-from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.features import FeatureExtractor, int16_to_float
 from spkidd.model import SpeakerModel, StreamState
 from spkidd.modelfile import ModelBundle
+from spkidd.unknown_clips import UnknownClipSettings, save_unknown_clip
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceEnd, UtteranceStart
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,15 @@ class PipelineSettings:
     """`decision` holds overrides on top of the model file's calibrated thresholds. `step_ms`: speech collected
     before one batch of model steps (latency vs. CPU). `queue_chunks`: 30-ms chunks buffered before the oldest
     is dropped. `overflow`: "auto" drops for live sources and blocks for sources with `realtime = False` (replays)
-    or `live = False` (ffmpeg reading a file)."""
+    or `live = False` (ffmpeg reading a file). `unknown_clips`: where the audio of `unknown` utterances is kept
+    (off unless a folder is set)."""
 
     gate: GateSettings = field(default_factory=GateSettings)
     decision: dict[str, float] = field(default_factory=dict)
     step_ms: int = 150
     queue_chunks: int = 200
     overflow: OverflowPolicy = "auto"
+    unknown_clips: UnknownClipSettings = field(default_factory=UnknownClipSettings)
 
     def __post_init__(self) -> None:
         if not 10 <= self.step_ms <= 2000:
@@ -324,6 +327,8 @@ class StreamPipeline:
         self._batch: list[np.ndarray] = []
         self._batch_samples = 0
         self._batch_end = 0.0
+        self._heard: list[np.ndarray] = []
+        """The utterance's audio so far, kept only when `unknown` clips are saved (at most max_utterance_s)."""
         self._count = 0
         self._last_drop_log = 0.0
         self._step_samples = int(settings.step_ms * SAMPLE_RATE / 1000)
@@ -466,12 +471,15 @@ class StreamPipeline:
         self._decider.begin(utterance_id, event.start_s)
         self._emit(emit, SpeechActivity(self.source.name, utterance_id, True, round(event.start_s, 3)))
         self._batch, self._batch_samples = [], 0
+        self._heard = []
         self._add(event.audio, event.start_s)
 
     def _add(self, audio: np.ndarray, start_s: float) -> None:
         if len(audio) == 0:
             return
         self._batch.append(audio)
+        if self.settings.unknown_clips.enabled:
+            self._heard.append(audio)
         self._batch_samples += len(audio)
         self._batch_end = start_s + len(audio) / SAMPLE_RATE
 
@@ -502,8 +510,21 @@ class StreamPipeline:
         long_enough = event.speech_s >= self.settings.gate.min_utterance_s
         for ident in self._decider.finish(event.end_s, event.speech_s, long_enough=long_enough):
             self._emit(emit, ident)
+            if ident.speaker == UNKNOWN and self._heard:
+                await self._keep_unknown(ident)
+        self._heard = []
         self._emit(emit, SpeechActivity(self.source.name, utterance.utterance_id, False, round(event.end_s, 3)))
         self._utterance = None
+
+    async def _keep_unknown(self, ident: Identification) -> None:
+        heard, self._heard = np.concatenate(self._heard), []
+        try:
+            path = await asyncio.to_thread(save_unknown_clip, self.settings.unknown_clips, heard, ident)
+        except OSError as exc:
+            log.warning("%s: could not keep the unknown utterance %s: %s", self.source.name, ident.utterance_id, exc)
+            return
+        if path is not None:
+            log.info("%s: kept the unknown utterance as %s", self.source.name, path)
 
     def _emit(self, emit: Emit, event: PipelineEvent) -> None:
         if isinstance(event, Identification):

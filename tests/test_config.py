@@ -80,6 +80,7 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     assert (config.embedded_broker.host, config.embedded_broker.port) == ("127.0.0.1", 1883)
     assert config.health.enabled is False and config.health.host == "127.0.0.1"
     assert config.pipeline.decision == {} and config.pipeline.gate.aggressiveness == 2
+    assert not config.pipeline.unknown_clips.enabled, "keeping unknown voices' audio is off by default"
 
 
 def test_repository_config_toml_is_valid(tmp_path: Path) -> None:
@@ -95,6 +96,7 @@ def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
             "[vad]\naggressiveness = 3\nhangover_ms = 450\n"
             "[decision]\nmin_confidence = 0.7\nstable_steps = 4\n"
             "[pipeline]\nstep_ms = 300\n"
+            '[unknown_clips]\nfolder = "unknown"\nmax_clips = 50\n'
         )
     )
     config = load_config(write(tmp_path, text))
@@ -102,6 +104,8 @@ def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
     assert (config.pipeline.gate.aggressiveness, config.pipeline.gate.hangover_ms) == (3, 450)
     assert config.pipeline.decision == {"min_confidence": 0.7, "stable_steps": 4.0}
     assert config.pipeline.step_ms == 300
+    clips = config.pipeline.unknown_clips
+    assert clips.folder == tmp_path / "unknown" and clips.max_clips == 50 and clips.max_mb == 100.0
 
 
 @pytest.mark.parametrize(
@@ -118,6 +122,9 @@ def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
         ("[health]\nenabled = 1\n", "health.enabled: expected bool, got int 1"),
         ('[logging]\nlevel = "LOUD"\n', "logging.level: expected"),
         ("[pipeline]\ngate = {}\n", "[pipeline] unknown key 'gate'"),
+        ("[pipeline]\nunknown_clips = {}\n", "use the [unknown_clips] table"),
+        ("[unknown_clips]\nmax_clips = 0\n", "unknown_clips.max_clips must be at least 1"),
+        ("[unknown_clips]\nfolder = 3\n", "unknown_clips.folder: expected"),
         ('[[sources]]\nname = "hall"\nkind = "url"\n', "[sources[1]] kind = 'url' needs url"),
         ('[[sources]]\nname = "kitchen"\nkind = "mic"\n', "name 'kitchen' is used more than once"),
         ('[[sources]]\nname = "a/b"\nkind = "mic"\n', "may only contain letters"),

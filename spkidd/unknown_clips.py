@@ -1,0 +1,109 @@
+"""Keeping the audio of utterances answered `unknown`, in a bounded folder (off by default).
+
+A new household member is first heard as `unknown`; these clips, from the user's own microphone, are what
+`spkidd enroll` can later learn them from. Each clip is a 16-kHz WAV with a JSON sidecar holding the decision
+(top candidates, scores, times). The folder is bounded by clip count and size: the oldest clips go first, and
+only files this module wrote (by their name pattern) are ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from spkidd import SAMPLE_RATE
+from spkidd.events import Identification
+
+log = logging.getLogger(__name__)
+
+CLIP_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+\.wav$")
+"""The names this module writes: a UTC time stamp (so names sort by age) and the utterance id."""
+
+
+@dataclass(frozen=True)
+class UnknownClipSettings:
+    """`folder`: where clips go; unset = off. `max_clips` / `max_mb`: bounds of the folder, oldest out first.
+    `min_speech_s`: shorter utterances are not worth enrolling from and are not kept."""
+
+    folder: Path | None = None
+    max_clips: int = 200
+    max_mb: float = 100.0
+    min_speech_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_clips < 1:
+            raise ValueError(f"unknown_clips.max_clips must be at least 1, not {self.max_clips}")
+        if self.max_mb <= 0:
+            raise ValueError(f"unknown_clips.max_mb must be positive, not {self.max_mb}")
+        if self.min_speech_s < 0:
+            raise ValueError(f"unknown_clips.min_speech_s must not be negative, not {self.min_speech_s}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+
+def clip_stem(event: Identification, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+    return f"{stamp}_{event.utterance_id}"
+
+
+def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: Identification) -> Path | None:
+    """Writes the clip (16-kHz int16 samples; atomically, so a reader never sees half a file) and its sidecar, then
+    trims the folder. Returns the WAV's path, or None when the utterance is too short to keep. Blocking: call it off
+    the event loop."""
+    if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
+        return None
+    settings.folder.mkdir(parents=True, exist_ok=True)
+    stem = clip_stem(event)
+    wav = settings.folder / f"{stem}.wav"
+    partial = settings.folder / f".{stem}.wav.partial"
+    try:
+        sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(partial, wav)
+    finally:
+        partial.unlink(missing_ok=True)
+    sidecar = {**event.to_dict(), "audio_s": round(len(audio) / SAMPLE_RATE, 3)}
+    wav.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    trim_folder(settings)
+    return wav
+
+
+def kept_clips(folder: Path) -> list[Path]:
+    """The clips this module wrote, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if CLIP_NAME.match(p.name))
+
+
+def trim_folder(settings: UnknownClipSettings) -> list[Path]:
+    """Deletes the oldest clips (with their sidecars) until both bounds hold; returns what was deleted."""
+    assert settings.folder is not None
+    clips = kept_clips(settings.folder)
+    sizes = {clip: _size(clip) + _size(clip.with_suffix(".json")) for clip in clips}
+    total, limit = sum(sizes.values()), settings.max_mb * 1e6
+    removed = []
+    while clips and (len(clips) > settings.max_clips or total > limit):
+        oldest = clips.pop(0)
+        oldest.unlink(missing_ok=True)
+        oldest.with_suffix(".json").unlink(missing_ok=True)
+        total -= sizes[oldest]
+        removed.append(oldest)
+    if removed:
+        log.info("unknown clips: removed the %d oldest to stay within the folder's bounds", len(removed))
+    return removed
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
