@@ -33,6 +33,10 @@ class FeatureParams:
     fmax: float = 7600.0
     log_floor: float = 1e-6
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("logmel", "mfcc"):
+            raise ValueError(f"unknown feature kind {self.kind!r}")
+
     @property
     def n_features(self) -> int:
         return self.n_mfcc if self.kind == "mfcc" else self.n_mels
@@ -45,17 +49,6 @@ class FeatureParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureParams:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown feature parameters: {sorted(unknown)}")
-        params = cls(**data)
-        if params.kind not in ("logmel", "mfcc"):
-            raise ValueError(f"unknown feature kind {params.kind!r}")
-        return params
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:

@@ -33,18 +33,12 @@ class ModelConfig:
     dropout: float = 0.2
     scale: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.cell not in ("gru", "lstm"):
+            raise ValueError(f"unknown recurrent cell {self.cell!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown model parameters: {sorted(unknown)}")
-        config = cls(**data)
-        if config.cell not in ("gru", "lstm"):
-            raise ValueError(f"unknown recurrent cell {config.cell!r}")
-        return config
 
 
 @dataclass

@@ -6,12 +6,13 @@ and JSON only (never pickle), and refuses corrupt, foreign or newer files with a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -22,9 +23,22 @@ from spkidd.model import ModelConfig, SpeakerModel
 FORMAT_NAME = "spkidd-model"
 FORMAT_VERSION = 1
 
+T = TypeVar("T")
+
 
 class ModelFileError(Exception):
     """A model file that cannot be used; the message names the file and the reason."""
+
+
+def parameters_from(cls: type[T], data: dict[str, Any], what: str) -> T:
+    """A parameter dataclass from the file's JSON. A key this spkidd does not know is refused rather than
+    ignored: the file was made by another version, and silently dropping a setting would change the features or
+    the network."""
+    assert dataclasses.is_dataclass(cls)
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} parameters: {sorted(unknown)}")
+    return cls(**data)
 
 
 @dataclass
@@ -108,8 +122,8 @@ def load_model(path: Path) -> ModelBundle:
             "upgrade spkidd"
         )
     try:
-        config = ModelConfig.from_dict(meta["architecture"])
-        features = FeatureParams.from_dict(meta["features"])
+        config = parameters_from(ModelConfig, meta["architecture"], "model")
+        features = parameters_from(FeatureParams, meta["features"], "feature")
         labels = [str(label) for label in meta["labels"]]
         model = SpeakerModel(config)
         model.load_state_dict(tensors, strict=True)

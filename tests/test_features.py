@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from spkidd.features import FeatureExtractor, FeatureParams, StreamingFeatures, mel_filterbank
+from spkidd.modelfile import parameters_from
 
 
 def _signal(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
@@ -61,6 +62,8 @@ def test_batch_equals_single() -> None:
 
 def test_params_round_trip_and_refuse_unknown_keys() -> None:
     params = FeatureParams(kind="mfcc", n_mels=32)
-    assert FeatureParams.from_dict(params.to_dict()) == params
-    with pytest.raises(ValueError, match="unknown"):
-        FeatureParams.from_dict({**params.to_dict(), "dither": 1.0})
+    assert parameters_from(FeatureParams, params.to_dict(), "feature") == params
+    with pytest.raises(ValueError, match="unknown feature parameters: \\['dither'\\]"):
+        parameters_from(FeatureParams, {**params.to_dict(), "dither": 1.0}, "feature")
+    with pytest.raises(ValueError, match="unknown feature kind 'plp'"):
+        FeatureParams(kind="plp")  # type: ignore[arg-type]
