@@ -42,7 +42,8 @@ from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.config import MqttConfig
 from spkidd.modelfile import ModelBundle, load_model
 from spkidd.mqtt import MqttPublisher
-from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.steprunner import StepRunner
 
 MAX_LAG_S = 0.5
 

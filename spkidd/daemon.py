@@ -30,8 +30,9 @@ from spkidd.events import SourceStatus
 from spkidd.health import DaemonHealth, HealthServer, MqttHealth, StreamHealth
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model
 from spkidd.mqtt import MqttPublisher
-from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.sdnotify import notify, watchdog_interval
+from spkidd.steprunner import StepRunner
 
 log = logging.getLogger(__name__)
 

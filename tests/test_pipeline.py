@@ -18,7 +18,8 @@ from spkidd.decide import StepScores
 from spkidd.events import Identification, SourceStatus, SpeechActivity
 from spkidd.inference import score_audio
 from spkidd.modelfile import ModelBundle
-from spkidd.pipeline import PipelineEvent, PipelineSettings, StepRunner, StreamPipeline
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.steprunner import StepRunner
 from spkidd.synthetic import synth_audio
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
 from tests.support.streaming import random_bundle, silence, trim, write_wav

@@ -1,0 +1,235 @@
+"""Feature extraction and model steps for every stream of a process, batched in one worker thread.
+
+The event loop never runs torch: a stream hands its speech to `StepRunner.compute()` and awaits the result, so
+model work hops threads explicitly, and streams that speak at once share one STFT and one GRU call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spkidd.decide import StepScores
+from spkidd.features import FeatureExtractor, int16_to_float
+from spkidd.model import SpeakerModel, StreamState
+
+log = logging.getLogger(__name__)
+
+
+class Utterance:
+    """Per-utterance streaming state: unconsumed samples, frames short of a whole stack, the model state.
+    Only the runner's worker thread touches it, one job at a time."""
+
+    def __init__(self, utterance_id: str, model: SpeakerModel, extractor: FeatureExtractor) -> None:
+        self.utterance_id = utterance_id
+        self.model = model
+        self.extractor = extractor
+        self.tail = np.zeros(0, dtype=np.float32)
+        self.state: StreamState = model.initial_state()
+
+
+@dataclass
+class _Job:
+    utterance: Utterance
+    samples: np.ndarray
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[StepScores | None]
+    enqueued: float
+
+
+def _resolve(future: asyncio.Future[StepScores | None], result: StepScores | BaseException | None) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class StepRunner:
+    """Feature extraction and model steps for any number of streams, in one worker thread.
+
+    Jobs that are waiting when the worker comes round are run together: one STFT call per group of equal-length
+    buffers and one batched GRU call per group with the same number of steps, each stream keeping its own state.
+    While fewer jobs wait than streams are attached, the worker gathers for up to `gather_s` after the oldest
+    job arrived: streams that speak at different moments still share batches, at the price of that much latency.
+    A lone stream never waits. Results equal per-stream processing (and so the offline reference) up to float
+    rounding.
+    """
+
+    def __init__(self, max_batch: int = 256, gather_s: float = 0.02) -> None:
+        self.max_batch = max_batch
+        self.gather_s = gather_s
+        self.batches = 0
+        self.jobs = 0
+        self._clients = 0
+        self._pending: list[_Job] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    async def compute(self, utterance: Utterance, samples: np.ndarray) -> StepScores | None:
+        """New int16 samples of `utterance` -> scores of every model step they complete (None if no step)."""
+        loop = asyncio.get_running_loop()
+        job = _Job(utterance, samples, loop, loop.create_future(), time.monotonic())
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the step runner is closed")
+            self._pending.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="spkidd-steps", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return await job.future
+
+    def attach(self) -> None:
+        """A stream starts using this runner (so the worker knows how many could join a batch)."""
+        with self._wake:
+            self._clients += 1
+
+    def detach(self) -> None:
+        with self._wake:
+            self._clients -= 1
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Finishes queued jobs, then stops the worker thread (blocks until it has)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _work(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                self._gather()
+                jobs = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+            self.batches += 1
+            self.jobs += len(jobs)
+            try:
+                with torch.inference_mode():
+                    results: list[StepScores | BaseException | None] = list(self.run_batch(jobs))
+            except Exception as exc:
+                log.exception("model step failed for a batch of %d jobs", len(jobs))
+                results = [exc] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+    def _gather(self) -> None:
+        """Called with the lock held and jobs pending: waits briefly for other streams' jobs."""
+        deadline = self._pending[0].enqueued + self.gather_s
+        while not self._closed and len(self._pending) < min(self.max_batch, self._clients):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
+
+    def run_batch(self, jobs: list[_Job]) -> list[StepScores | None]:
+        frames = self._features(jobs)
+        results: list[StepScores | None] = [None] * len(jobs)
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
+        for i, (job, new) in enumerate(zip(jobs, frames, strict=True)):
+            if new is None:
+                continue
+            utt = job.utterance
+            k = utt.model.config.frame_stack
+            every = torch.cat([utt.state.pending, new[None]], dim=1)
+            usable = (every.shape[1] // k) * k
+            utt.state.pending = every[:, usable:]
+            if usable:
+                groups.setdefault((id(utt.model), usable), []).append((i, every[:, :usable]))
+        for members in groups.values():
+            self._step_group(jobs, members, results)
+        return results
+
+    @staticmethod
+    def _features(jobs: list[_Job]) -> list[torch.Tensor | None]:
+        """Complete feature frames of each job's new samples; one STFT per group of equal-length buffers."""
+        out: list[torch.Tensor | None] = [None] * len(jobs)
+        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        for i, job in enumerate(jobs):
+            utt = job.utterance
+            p = utt.extractor.params
+            buffer = np.concatenate([utt.tail, int16_to_float(job.samples)])
+            n = p.n_frames(len(buffer))
+            if n == 0:
+                utt.tail = buffer
+                continue
+            utt.tail = buffer[n * p.hop_length :]
+            segment = buffer[: (n - 1) * p.hop_length + p.win_length]
+            groups.setdefault((id(utt.extractor), len(segment)), []).append((i, segment))
+        for members in groups.values():
+            extractor = jobs[members[0][0]].utterance.extractor
+            batch = extractor.batch(torch.from_numpy(np.stack([seg for _, seg in members])))
+            for row, (i, _) in enumerate(members):
+                out[i] = batch[row]
+        return out
+
+    @staticmethod
+    def _step_group(
+        jobs: list[_Job], members: list[tuple[int, torch.Tensor]], results: list[StepScores | None]
+    ) -> None:
+        """One batched model step for streams with the same model and the same number of new frames."""
+        utts = [jobs[i].utterance for i, _ in members]
+        model = utts[0].model
+        layers, hidden = model.config.layers, model.config.hidden
+        states = [u.state for u in utts]
+
+        def rnn_part(state: StreamState, part: int) -> torch.Tensor:
+            if state.rnn is None:
+                return torch.zeros(layers, 1, hidden)
+            return state.rnn[part] if isinstance(state.rnn, tuple) else state.rnn
+
+        rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+        if all(s.rnn is None for s in states):
+            rnn = None
+        elif model.config.cell == "lstm":
+            rnn = (torch.cat([rnn_part(s, 0) for s in states], 1), torch.cat([rnn_part(s, 1) for s in states], 1))
+        else:
+            rnn = torch.cat([rnn_part(s, 0) for s in states], 1)
+        batched = StreamState(
+            rnn=rnn,
+            pending=torch.zeros(len(utts), 0, model.config.n_features),
+            weight=torch.cat([s.weight for s in states]),
+            sum1=torch.cat([s.sum1 for s in states]),
+            sum2=torch.cat([s.sum2 for s in states]),
+        )
+        out, after = model.step(torch.cat([f for _, f in members]), batched)
+        assert out is not None
+        scores, probs = out.scores.numpy(), out.probs.numpy()
+        hop_s = utts[0].extractor.params.hop_length / utts[0].extractor.params.sample_rate
+        n = probs.shape[1]
+        for row, ((i, _), utt) in enumerate(zip(members, utts, strict=True)):
+            before = utt.state.steps
+            new_rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+            if isinstance(after.rnn, tuple):
+                new_rnn = (after.rnn[0][:, row : row + 1], after.rnn[1][:, row : row + 1])
+            else:
+                assert after.rnn is not None
+                new_rnn = after.rnn[:, row : row + 1]
+            utt.state = StreamState(
+                rnn=new_rnn,
+                pending=utt.state.pending,
+                weight=after.weight[row : row + 1],
+                sum1=after.sum1[row : row + 1],
+                sum2=after.sum2[row : row + 1],
+                steps=before + n,
+            )
+            steps = np.arange(before + 1, before + n + 1, dtype=np.float64)
+            results[i] = StepScores(
+                scores=scores[row], probs=probs[row], speech_s=steps * model.config.frame_stack * hop_s
+            )
