@@ -65,11 +65,19 @@ def train(
     margin: float = typer.Option(0.2, help="Additive angular margin (radians) for similar voices; 0 = plain softmax."),
     balance: str = typer.Option("weights", help="Imbalance handling: weights, sampling or none."),
     augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
+    speed_classes: bool = typer.Option(
+        False, help="Also train on each speaker at 0.9x and 1.1x speed as extra speakers (better on strangers)."
+    ),
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
     target_far: float = typer.Option(
         0.05, help="False-accept rate the unknown-speaker threshold is calibrated to on validation audio."
+    ),
+    stranger_fraction: float = typer.Option(
+        0.1,
+        help="Share of speakers (from 20 up) kept out of network training to calibrate the threshold on as strangers;"
+        " they are enrolled from their audio afterwards.",
     ),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
@@ -98,10 +106,12 @@ def train(
             margin=margin,
             balance=balance,
             augment=augment,
+            speed_classes=speed_classes,
             features=features,
             seed=seed,
             threads=threads,
             target_far=target_far,
+            stranger_fraction=stranger_fraction,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

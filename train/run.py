@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from spkidd.modelfile import check_writable
+from spkidd.modelfile import ModelBundle, check_writable
 from train.data import Row, discover, speaker_counts
 from train.fit import EpochRecord, Split, Trainer, TrainSettings, stratified_split
 from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
@@ -164,18 +164,24 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
             return 130
     trainer.finish(result)
     if not quiet:
-        _print_summary(console, result.bundle.training, inputs.out)
+        _print_summary(console, result.bundle, inputs.out)
     if distributed:
         dist.destroy_process_group()
     return 0
 
 
-def _print_summary(console: Console, training: dict[str, Any], out: Path) -> None:
+def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
+    training = bundle.training
     table = Table(title=f"model written: {out}", show_header=False)
     table.add_row("best validation accuracy", f"{training['best_val_acc']:.4f} (epoch {training['best_epoch']})")
     table.add_row("epochs run", str(training["epochs_run"]))
     table.add_row("training time", f"{training['wall_s']:.0f} s")
     cal = training["calibration"]
-    table.add_row("unknown-speaker threshold", f"val FAR {cal['val_far']:.3f}, FRR {cal['val_frr']:.3f}")
+    impostors = f"{len(cal['strangers'])} speakers kept out of training" if cal["strangers"] else "trained speakers"
+    table.add_row(
+        "unknown-speaker threshold",
+        f"{bundle.decision['min_score']:.3f}: FAR {cal['val_far']:.3f} ({impostors} as impostors), "
+        f"FRR {cal['val_frr']:.3f}",
+    )
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
