@@ -1,14 +1,14 @@
 """E1 of ../shared/BENCHMARKS.md: enrolling new voices without retraining, and rejecting strangers.
 
-    python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out]
+    python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out] [--train "OPTIONS" --tag NAME]
 
 P2's time split; the last 51 speakers in numeric order of id are "new". The network is trained (plain
 `spkidd train`) on the other 200 speakers' training audio (of which `spkidd train` keeps 20 out of the network, to
-calibrate the unknown threshold on as strangers, and enrolls them from their training audio); the 51 are enrolled from their training audio with the
-enrollment code (one of them through the `spkidd enroll` command, timed); every 2-s test window is identified among
-all 251 (top-1). Open set: only the 200 enrolled; genuine = a window of an enrolled speaker against its own
-reference, stranger = a window of one of the 51 against its best-matching enrolled speaker: EER, and the
-false-accept / false-reject rates at the threshold the model ships with.
+calibrate the unknown threshold on as strangers, and enrolls them from their training audio); the 51 are enrolled
+from their training audio with the enrollment code (one of them through the `spkidd enroll` command, timed); every
+2-s test window is identified among all 251 (top-1). Open set: only the 200 enrolled; genuine = a window of an
+enrolled speaker against its own reference, stranger = a window of one of the 51 against its best-matching
+enrolled speaker: EER, and the false-accept / false-reject rates at the threshold the model ships with.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -45,8 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    parser.add_argument("--train", default="", help="extra `spkidd train` options, e.g. '--speed-classes'")
+    parser.add_argument("--tag", default="", help="suffix of the output names, to keep a variant's results apart")
     args = parser.parse_args()
-    out: Path = args.out / "e1"
+    tag = f"_{args.tag}" if args.tag else ""
+    out: Path = args.out / f"e1{tag}"
     out.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv = p2(args.data, out)
     train_rows, test_rows = read_manifest(train_csv), read_manifest(test_csv)
@@ -56,7 +60,8 @@ def main() -> None:
     model_path = out / "e1_200.safetensors"
     spkidd = [sys.executable, "-m", "spkidd"]
     started = time.monotonic()
-    subprocess.run([*spkidd, "train", str(base_csv), "--out", str(model_path)], check=True)
+    train_options = shlex.split(args.train)
+    subprocess.run([*spkidd, "train", str(base_csv), "--out", str(model_path), *train_options], check=True)
     train_s = time.monotonic() - started
     base = load_model(model_path)
 
@@ -109,6 +114,7 @@ def main() -> None:
     open_items = score_items(base, test_rows, cache)
     report = open_set_report(base, open_items, sorted(new, key=int))
     figures = {
+        "train_options": args.train,
         "train_200_wall_s": round(train_s, 1),
         "enroll_one_command_s": round(one_enroll_s, 2),
         "enroll_in_process_median_s": round(float(np.median(seconds)), 3),
@@ -122,7 +128,7 @@ def main() -> None:
         "open_top1_among_200": report["top1_enrolled"],
         "windows": len(items),
     }
-    (args.out / "e1.json").write_text(json.dumps(figures, indent=2))
+    (args.out / f"e1{tag}.json").write_text(json.dumps(figures, indent=2))
     print("\nE1 results")
     for key, value in figures.items():
         print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
