@@ -3,12 +3,11 @@
     python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out] [--train "OPTIONS" --tag NAME]
 
 P2's time split; the last 51 speakers in numeric order of id are "new". The network is trained (plain
-`spkidd train`) on the other 200 speakers' training audio (of which `spkidd train` keeps 20 out of the network, to
-calibrate the unknown threshold on as strangers, and enrolls them from their training audio); the 51 are enrolled
-from their training audio with the enrollment code (one of them through the `spkidd enroll` command, timed); every
-2-s test window is identified among all 251 (top-1). Open set: only the 200 enrolled; genuine = a window of an
-enrolled speaker against its own reference, stranger = a window of one of the 51 against its best-matching
-enrolled speaker: EER, and the false-accept / false-reject rates at the threshold the model ships with.
+`spkidd train`) on the other 200 speakers' training audio; the 51 are enrolled from their training audio with the
+enrollment code (one of them through the `spkidd enroll` command, timed); every 2-s test window is identified among
+all 251 (top-1). Open set: only the 200 enrolled; genuine = a window of an enrolled speaker against its own
+reference, stranger = a window of one of the 51 against its best-matching enrolled speaker: EER, and the
+false-accept / false-reject rates at the threshold the model ships with.
 """
 
 from __future__ import annotations

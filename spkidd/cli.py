@@ -74,11 +74,6 @@ def train(
     target_far: float = typer.Option(
         0.05, help="False-accept rate the unknown-speaker threshold is calibrated to on validation audio."
     ),
-    stranger_fraction: float = typer.Option(
-        0.1,
-        help="Share of speakers (from 20 up) kept out of network training to calibrate the threshold on as strangers;"
-        " they are enrolled from their audio afterwards.",
-    ),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
 ) -> None:
@@ -111,7 +106,6 @@ def train(
             seed=seed,
             threads=threads,
             target_far=target_far,
-            stranger_fraction=stranger_fraction,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

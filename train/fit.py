@@ -26,7 +26,14 @@ from spkidd import SAMPLE_RATE, __version__
 from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, check_writable, save_model
-from train.augment import SPEED_FACTORS, Augmenter, AugmentSettings, speed_classes
+from train.augment import (
+    SPEED_FACTORS,
+    STRANGER_SPEEDS,
+    Augmenter,
+    AugmentSettings,
+    change_speed,
+    speed_classes,
+)
 from train.calibrate import calibrate_threshold
 from train.references import install_centroids
 
@@ -79,19 +86,12 @@ class TrainSettings:
     n_mels: int = 40
     threads: int | None = None
     target_far: float = 0.05
-    stranger_fraction: float = 0.1
-    """Share of the speakers (with at least MIN_SPEAKERS_FOR_STRANGERS) kept out of network training: the unknown
-    threshold is calibrated on them as strangers, the way the network will meet real ones, and they are then
-    enrolled from their audio like any enrolled voice. Calibrating on trained voices instead under-estimates how
-    close a stranger scores (LibriSpeech E1: 12% false accepts at a 5% target)."""
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
     251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_far < 1.0:
             raise ValueError(f"target_far must be between 0 and 1, not {self.target_far}")
-        if not 0.0 <= self.stranger_fraction <= 0.5:
-            raise ValueError(f"stranger_fraction must be between 0 and 0.5, not {self.stranger_fraction}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -162,19 +162,6 @@ def stratified_split(
                 split.train_audio.append(audio[i])
             split.train_labels.append(label)
     return split
-
-
-MIN_SPEAKERS_FOR_STRANGERS = 20
-"""Below this, every voice is needed to train the network (a household), and the threshold is calibrated on
-trained voices."""
-
-
-def pick_strangers(n_speakers: int, fraction: float, rng: np.random.Generator) -> list[int]:
-    """The speakers kept out of network training to calibrate the unknown threshold on (see TrainSettings)."""
-    if fraction <= 0.0 or n_speakers < MIN_SPEAKERS_FOR_STRANGERS:
-        return []
-    count = max(2, round(fraction * n_speakers))
-    return sorted(int(i) for i in rng.choice(n_speakers, size=count, replace=False))
 
 
 def cut_windows(
@@ -262,17 +249,10 @@ class Trainer:
         self.step_s = settings.frame_stack * self.params.hop_length / SAMPLE_RATE
         self.checkpoint_path = out.with_name(out.name + ".ckpt")
         self.progress = progress
-        self.strangers = pick_strangers(len(labels), settings.stranger_fraction, self.rng)
-        network = [i for i in range(len(labels)) if i not in set(self.strangers)]
-        self.network_speakers = len(network)
-        to_network = {label: i for i, label in enumerate(network)}
-        train_audio, train_labels = _relabel(split.train_audio, split.train_labels, to_network)
-        self.fit_val = _relabel(split.val_audio, split.val_labels, to_network)
         factors = SPEED_FACTORS if settings.speed_classes else ()
-        self.fit_audio, self.fit_labels = speed_classes(train_audio, train_labels, len(network), factors)
-        """What the network is trained on: the training split without the strangers, plus its speed-changed
-        copies as extra classes; labels are the network's class indices (`fit_val` likewise)."""
-        self.n_classes = len(network) * (1 + len(factors))
+        self.fit_audio, self.fit_labels = speed_classes(split.train_audio, split.train_labels, len(labels), factors)
+        """What the network is trained on: the training split, plus its speed-changed copies as extra classes."""
+        self.n_classes = len(labels) * (1 + len(factors))
 
     # ----- planning from the data -----
     def _windows_per_epoch(self) -> int:
@@ -503,7 +483,7 @@ class Trainer:
                 first_epoch = state["epoch"] + 1
                 self.rng = np.random.default_rng([settings.seed, first_epoch])
                 log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best_acc)
-        has_val = len(self.fit_val[0]) > 0
+        has_val = len(self.split.val_audio) > 0
         start_time = time.monotonic()
         if self.progress:
             self.progress("start", per_epoch * settings.epochs)
@@ -517,7 +497,7 @@ class Trainer:
                 loss, train_acc = self._train_epoch(
                     net, model, optimizer, scheduler, augmenter, class_weights, margin, settings
                 )
-                val_acc = self.validate(model, *self.fit_val)[0] if has_val else train_acc
+                val_acc = self.validate(model, self.split.val_audio, self.split.val_labels)[0] if has_val else train_acc
                 record = EpochRecord(
                     epoch, loss, train_acc, val_acc, time.monotonic() - t0, float(scheduler.get_last_lr()[0])
                 )
@@ -547,15 +527,13 @@ class Trainer:
                     break
         assert best_state is not None
         model.load_state_dict(best_state)
-        trained = model.with_speakers(model.speakers[: self.network_speakers])
-        weights_acc = self.validate(trained, *self.fit_val)[0] if has_val else float("nan")
-        model = trained.with_speakers(torch.zeros(len(self.labels), settings.embedding_dim))
+        model = model.with_speakers(model.speakers[: len(self.labels)])
+        val = (self.split.val_audio, self.split.val_labels)
+        weights_acc = self.validate(model, *val)[0] if has_val else float("nan")
         install_centroids(model, self.extractor, self.split.train_audio, self.split.train_labels, len(self.labels))
-        centroid_acc, genuine, impostor = self.validate(model, self.split.val_audio, self.split.val_labels)
+        centroid_acc, genuine, _ = self.validate(model, *val)
         log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
-        if self.strangers:
-            impostor = self.validate(model, *self._stranger_audio())[2]
-            log.info("unknown threshold calibrated on %d speakers the network never heard", len(self.strangers))
+        impostor = self.validate(model, *self._pseudo_strangers())[2]
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         if has_val:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
@@ -586,7 +564,7 @@ class Trainer:
                     "target_far": settings.target_far,
                     "val_far": far,
                     "val_frr": frr,
-                    "strangers": [self.labels[i] for i in self.strangers],
+                    "impostors": f"every voice at {' and '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed",
                 },
                 "history": [asdict(h) for h in history],
             },
@@ -598,19 +576,17 @@ class Trainer:
         seconds = np.zeros(len(self.labels))
         for audio, label in zip(self.split.train_audio, self.split.train_labels, strict=True):
             seconds[label] += len(audio) / SAMPLE_RATE
-        source = ["calibration" if i in self.strangers else "training" for i in range(len(self.labels))]
         return {
-            label: {"source": source[i], "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
+            label: {"source": "training", "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
         }
 
-    def _stranger_audio(self) -> tuple[list[np.ndarray], list[int]]:
-        """All audio of the strangers: each is scored against everybody else's reference, as a stranger would be."""
+    def _pseudo_strangers(self) -> tuple[list[np.ndarray], list[int]]:
+        """Every speaker's audio at STRANGER_SPEEDS, labelled as that speaker: scored against everybody else's
+        reference, these are voices the network never heard, as real strangers are."""
         s = self.split
-        items = [
-            (a, label) for a, label in zip(s.train_audio + s.val_audio, s.train_labels + s.val_labels, strict=True)
-        ]
-        chosen = [(a, label) for a, label in items if label in self.strangers]
-        return [a for a, _ in chosen], [label for _, label in chosen]
+        audio, labels = s.train_audio + s.val_audio, s.train_labels + s.val_labels
+        changed = [change_speed(item, factor) for factor in STRANGER_SPEEDS for item in audio]
+        return changed, labels * len(STRANGER_SPEEDS)
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""
@@ -620,12 +596,6 @@ class Trainer:
         save_model(result.bundle, self.out)
         plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
         self.checkpoint_path.unlink(missing_ok=True)
-
-
-def _relabel(audio: list[np.ndarray], labels: list[int], mapping: dict[int, int]) -> tuple[list[np.ndarray], list[int]]:
-    """The items whose label is in `mapping`, relabelled by it."""
-    kept = [(a, mapping[label]) for a, label in zip(audio, labels, strict=True) if label in mapping]
-    return [a for a, _ in kept], [label for _, label in kept]
 
 
 class _interrupts_as_exception:

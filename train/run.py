@@ -177,11 +177,9 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
     table.add_row("epochs run", str(training["epochs_run"]))
     table.add_row("training time", f"{training['wall_s']:.0f} s")
     cal = training["calibration"]
-    impostors = f"{len(cal['strangers'])} speakers kept out of training" if cal["strangers"] else "trained speakers"
     table.add_row(
         "unknown-speaker threshold",
-        f"{bundle.decision['min_score']:.3f}: FAR {cal['val_far']:.3f} ({impostors} as impostors), "
-        f"FRR {cal['val_frr']:.3f}",
+        f"{bundle.decision['min_score']:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}",
     )
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
