@@ -1,6 +1,6 @@
 """E1 of ../shared/BENCHMARKS.md: enrolling new voices without retraining, and rejecting strangers.
 
-    python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out] [--train "OPTIONS" --tag NAME]
+    python benchmarks/e1_enroll.py [--data ../shared/data] [--out benchmarks/out] [--train="OPTIONS" --tag NAME]
 
 P2's time split; the last 51 speakers in numeric order of id are "new". The network is trained (plain
 `spkidd train`) on the other 200 speakers' training audio; the 51 are enrolled from their training audio with the
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
-    parser.add_argument("--train", default="", help="extra `spkidd train` options, e.g. '--speed-classes'")
+    parser.add_argument("--train", default="", help="extra `spkidd train` options, e.g. --train=--speed-classes")
     parser.add_argument("--tag", default="", help="suffix of the output names, to keep a variant's results apart")
     args = parser.parse_args()
     tag = f"_{args.tag}" if args.tag else ""
