@@ -25,60 +25,60 @@ def _identify(model: Path, clips: list[Path]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def dave_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_corpus(tmp_path_factory.mktemp("dave"), ["dave"], TRAIN_SENTENCES[:6]) / "dave"
+def new_voice_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_corpus(tmp_path_factory.mktemp("erin"), ["erin"], TRAIN_SENTENCES[:6]) / "erin"
 
 
 def test_enrolled_voice_becomes_identifiable_strangers_stay_unknown_and_forget_removes_it(
-    household_model: Path, dave_clips: Path, tmp_path: Path
+    household_model: Path, new_voice_clips: Path, tmp_path: Path
 ) -> None:
     enrolled = tmp_path / "household.safetensors"
-    clips = sorted(dave_clips.glob("*.wav"))
-    proc = _run("enroll", str(household_model), *map(str, clips), "--speaker", "dave", "--out", str(enrolled))
+    clips = sorted(new_voice_clips.glob("*.wav"))
+    proc = _run("enroll", str(household_model), *map(str, clips), "--speaker", "erin", "--out", str(enrolled))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("enrolled dave: ") and "s of speech from 6 clip(s)" in proc.stdout
-    voices = ("dave", "alice", "bob", "wendy")
+    assert proc.stdout.startswith("enrolled erin: ") and "s of speech from 6 clip(s)" in proc.stdout
+    voices = ("erin", "alice", "bob", "wendy")
     tests = {
         v: [synth_speech(v, s, tmp_path / f"{v}{i}.wav") for i, s in enumerate(HELD_OUT_SENTENCES[:2])] for v in voices
     }
     named = {v: _identify(enrolled, clips) for v, clips in tests.items()}
-    assert named["dave"] == ["dave", "dave"], "the enrolled voice is recognised in sentences it was not enrolled on"
+    assert named["erin"] == ["erin", "erin"], "the enrolled voice is recognised in sentences it was not enrolled on"
     assert named["alice"] == ["alice", "alice"] and named["bob"] == ["bob", "bob"], "trained voices still are"
     assert named["wendy"] == ["unknown", "unknown"], "a voice never heard nor enrolled is answered unknown"
 
     bundle = load_model(enrolled)
-    assert bundle.labels[-1] == "dave" and len(bundle.labels) == 12
-    assert bundle.enrollment["dave"]["source"] == "enrolled" and bundle.enrollment["dave"]["seconds"] > 10
+    assert bundle.labels[-1] == "erin" and len(bundle.labels) == 12
+    assert bundle.enrollment["erin"]["source"] == "enrolled" and bundle.enrollment["erin"]["seconds"] > 10
     assert bundle.enrollment["alice"]["source"] == "training"
     listing = _run("speakers", str(enrolled))
-    assert listing.returncode == 0 and "dave" in listing.stdout and "enrolled" in listing.stdout
+    assert listing.returncode == 0 and "erin" in listing.stdout and "enrolled" in listing.stdout
 
-    forgotten = tmp_path / "without_dave.safetensors"
-    assert _run("forget", str(enrolled), "dave", "--out", str(forgotten)).returncode == 0
-    assert "dave" not in load_model(forgotten).labels
-    assert "dave" not in _identify(forgotten, tests["dave"])
-    assert "dave" not in load_model(household_model).labels, "--out leaves the original alone"
+    forgotten = tmp_path / "without_erin.safetensors"
+    assert _run("forget", str(enrolled), "erin", "--out", str(forgotten)).returncode == 0
+    assert "erin" not in load_model(forgotten).labels
+    assert "erin" not in _identify(forgotten, tests["erin"])
+    assert "erin" not in load_model(household_model).labels, "--out leaves the original alone"
 
 
-def test_enrolling_again_updates_in_place(trained_model: Path, dave_clips: Path, tmp_path: Path) -> None:
+def test_enrolling_again_updates_in_place(trained_model: Path, new_voice_clips: Path, tmp_path: Path) -> None:
     model = tmp_path / "m.safetensors"
     model.write_bytes(trained_model.read_bytes())
-    clips = sorted(dave_clips.glob("*.wav"))
-    assert _run("enroll", str(model), *map(str, clips[:3]), "-s", "dave").returncode == 0
-    first = load_model(model).enrollment["dave"]
-    again = _run("enroll", str(model), *map(str, clips[3:]), "-s", "dave")
-    assert again.returncode == 0 and again.stdout.startswith("updated dave")
+    clips = sorted(new_voice_clips.glob("*.wav"))
+    assert _run("enroll", str(model), *map(str, clips[:3]), "-s", "erin").returncode == 0
+    first = load_model(model).enrollment["erin"]
+    again = _run("enroll", str(model), *map(str, clips[3:]), "-s", "erin")
+    assert again.returncode == 0 and again.stdout.startswith("updated erin")
     second = load_model(model)
-    assert second.labels.count("dave") == 1
-    assert second.enrollment["dave"]["seconds"] > first["seconds"]
+    assert second.labels.count("erin") == 1
+    assert second.enrollment["erin"]["seconds"] > first["seconds"]
 
 
 def test_enroll_warns_about_little_speech_and_refuses_silence(trained_model: Path, tmp_path: Path) -> None:
     import numpy as np
     import soundfile as sf
 
-    short = synth_speech("dave", "Hello.", tmp_path / "short.wav")
-    proc = _run("enroll", str(trained_model), str(short), "-s", "dave", "--out", str(tmp_path / "m.safetensors"))
+    short = synth_speech("erin", "Hello.", tmp_path / "short.wav")
+    proc = _run("enroll", str(trained_model), str(short), "-s", "erin", "--out", str(tmp_path / "m.safetensors"))
     assert proc.returncode == 0 and "only" in proc.stderr and "s of speech" in proc.stderr
     silence = tmp_path / "silence.wav"
     sf.write(silence, np.zeros(16000 * 3), 16000)
