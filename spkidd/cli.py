@@ -65,9 +65,6 @@ def train(
     margin: float = typer.Option(0.2, help="Additive angular margin (radians) for similar voices; 0 = plain softmax."),
     balance: str = typer.Option("weights", help="Imbalance handling: weights, sampling or none."),
     augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
-    speed_classes: bool = typer.Option(
-        False, help="Also train on each speaker at 0.9x and 1.1x speed as extra speakers (better on strangers)."
-    ),
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
@@ -101,7 +98,6 @@ def train(
             margin=margin,
             balance=balance,
             augment=augment,
-            speed_classes=speed_classes,
             features=features,
             seed=seed,
             threads=threads,

@@ -26,14 +26,7 @@ from spkidd import SAMPLE_RATE, __version__
 from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, check_writable, save_model
-from train.augment import (
-    SPEED_FACTORS,
-    STRANGER_SPEEDS,
-    Augmenter,
-    AugmentSettings,
-    change_speed,
-    speed_classes,
-)
+from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
 from train.references import install_centroids
 
@@ -77,9 +70,6 @@ class TrainSettings:
     scale: float = 30.0
     balance: str = "weights"
     augment: bool = True
-    speed_classes: bool = False
-    """Also train on every speaker at 0.9x and 1.1x speed as extra speakers (their references are dropped after
-    training), for an embedding that separates voices it never heard."""
     val_fraction: float = 0.1
     seed: int = 0
     features: str = "logmel"
@@ -249,15 +239,11 @@ class Trainer:
         self.step_s = settings.frame_stack * self.params.hop_length / SAMPLE_RATE
         self.checkpoint_path = out.with_name(out.name + ".ckpt")
         self.progress = progress
-        factors = SPEED_FACTORS if settings.speed_classes else ()
-        self.fit_audio, self.fit_labels = speed_classes(split.train_audio, split.train_labels, len(labels), factors)
-        """What the network is trained on: the training split, plus its speed-changed copies as extra classes."""
-        self.n_classes = len(labels) * (1 + len(factors))
 
     # ----- planning from the data -----
     def _windows_per_epoch(self) -> int:
         size = self.settings.window_s * SAMPLE_RATE
-        return sum(max(1, round(len(x) / size)) for x in self.fit_audio)
+        return sum(max(1, round(len(x) / size)) for x in self.split.train_audio)
 
     def resolved(self) -> TrainSettings:
         """Fills the `None` settings from the amount of data, so plain `spkidd train DATA` is what users run."""
@@ -265,7 +251,7 @@ class Trainer:
         windows = self._windows_per_epoch()
         batch = s.batch_size or (32 if windows < 1000 else 64)
         per_epoch = max(1, windows // batch)
-        updates = float(np.clip(UPDATES_PER_SQRT_SPEAKER * math.sqrt(self.n_classes), 400, 4000))
+        updates = float(np.clip(UPDATES_PER_SQRT_SPEAKER * math.sqrt(len(self.labels)), 400, 4000))
         epochs = s.epochs or int(np.clip(math.ceil(updates / per_epoch), 20, 250))
         patience = s.patience or max(8, epochs // 5)
         return replace(s, batch_size=batch, epochs=epochs, patience=patience)
@@ -276,15 +262,15 @@ class Trainer:
         s, rng = self.settings, self.rng
         size = int(s.window_s * SAMPLE_RATE)
         windows: list[tuple[int, int, int]] = []
-        for i, x in enumerate(self.fit_audio):
+        for i, x in enumerate(self.split.train_audio):
             if len(x) <= size:
                 windows.append((i, 0, len(x)))
                 continue
             for _ in range(max(1, round(len(x) / size))):
                 windows.append((i, int(rng.integers(0, len(x) - size + 1)), size))
         if s.balance == "sampling":
-            counts = np.bincount(self.fit_labels, minlength=self.n_classes).astype(float)
-            weight = np.array([1.0 / counts[self.fit_labels[w[0]]] for w in windows])
+            counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(float)
+            weight = np.array([1.0 / counts[self.split.train_labels[w[0]]] for w in windows])
             picks = rng.choice(len(windows), size=len(windows), p=weight / weight.sum())
             windows = [windows[int(p)] for p in picks]
         order = rng.permutation(len(windows))
@@ -355,9 +341,9 @@ class Trainer:
         for batch in batches:
             audio, labels = [], []
             for item, start, length in batch:
-                piece = self.fit_audio[item][start : start + length]
+                piece = self.split.train_audio[item][start : start + length]
                 audio.append(augmenter.waveform(piece) if augmenter else piece)
-                labels.append(self.fit_labels[item])
+                labels.append(self.split.train_labels[item])
             feats, lengths = self._features(audio)
             usable = [n for n in lengths if n >= k]
             if len(usable) < len(lengths):
@@ -430,7 +416,7 @@ class Trainer:
         torch.set_num_threads(threads)
         config = ModelConfig(
             n_features=self.params.n_features,
-            n_speakers=self.n_classes,
+            n_speakers=len(self.labels),
             cell=cast(CellKind, settings.cell),
             hidden=settings.hidden,
             layers=settings.layers,
@@ -461,7 +447,7 @@ class Trainer:
             return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total_steps - warmup))))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-        counts = np.bincount(self.fit_labels, minlength=self.n_classes).astype(np.float64)
+        counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(np.float64)
         class_weights = None
         if settings.balance == "weights" and counts.max() > 1.2 * max(counts.min(), 1):
             w = 1.0 / np.maximum(counts, 1)
@@ -527,7 +513,7 @@ class Trainer:
                     break
         assert best_state is not None
         model.load_state_dict(best_state)
-        model = model.with_speakers(model.speakers[: len(self.labels)])
+        model.eval()
         val = (self.split.val_audio, self.split.val_labels)
         weights_acc = self.validate(model, *val)[0] if has_val else float("nan")
         install_centroids(model, self.extractor, self.split.train_audio, self.split.train_labels, len(self.labels))
