@@ -83,10 +83,13 @@ async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]])
 async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float) -> list[tuple[float, str]]:
     port = free_port()
     config = work / "config.toml"
+    # espeak's voices differ mostly in pitch, so one played faster or slower is nearly another of them: the
+    # threshold calibrated on such speed-changed voices comes out very strict for this synthetic household (0.97;
+    # six real FSDD speakers get 0.89 with 5% of their own speech rejected). The demo sets its own.
     config.write_text(
         f'model = "{model}"\ninstance = "demo"\n\n[[sources]]\nname = "kitchen"\nkind = "file"\n'
-        f'path = "{conversation}"\nrealtime = true\n\n[mqtt]\nbroker = "embedded"\n\n'
-        f'[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'path = "{conversation}"\nrealtime = true\n\n[decision]\nmin_score = 0.75\n\n'
+        f'[mqtt]\nbroker = "embedded"\n\n[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n'
     )
     print(f"== 3. spkidd run --config {config}  (embedded broker on 127.0.0.1:{port}); MQTT messages:")
     with open(work / "daemon.log", "wb") as log:
