@@ -69,7 +69,7 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
     target_far: float = typer.Option(
-        0.05, help="False-accept rate the unknown-speaker threshold is calibrated to on validation audio."
+        0.05, help="False-accept rate the unknown-speaker threshold is calibrated to (on speed-changed voices)."
     ),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from spkidd import SAMPLE_RATE
+from spkidd.features import int16_to_float
+
 VOICES: dict[str, list[str]] = {
     "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
     "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
@@ -58,12 +61,12 @@ def synth_audio(voice: str, text: str) -> np.ndarray:
         capture_output=True,
         check=True,
     )
-    return np.frombuffer(raw.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+    return int16_to_float(np.frombuffer(raw.stdout, dtype=np.int16))
 
 
 def synth_speech(voice: str, text: str, path: Path) -> Path:
     """Speaks `text` with one of VOICES into a 16 kHz mono 16-bit WAV at `path`."""
-    sf.write(path, synth_audio(voice, text), 16000, subtype="PCM_16")
+    sf.write(path, synth_audio(voice, text), SAMPLE_RATE, subtype="PCM_16")
     return path
 
 

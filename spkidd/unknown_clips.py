@@ -51,8 +51,8 @@ class UnknownClipSettings:
         return self.folder is not None
 
 
-def clip_stem(event: Identification, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+def clip_stem(event: Identification) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
     return f"{stamp}_{event.utterance_id}"
 
 

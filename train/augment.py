@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
 import torch
 
 from spkidd import SAMPLE_RATE
+from spkidd.audio.decode import resample
 
 STRANGER_SPEEDS = (0.85, 1.18)
 """Speeds at which a voice sounds like somebody else enough to stand in for a stranger when the unknown threshold
@@ -110,8 +110,9 @@ class Augmenter:
 
 
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
-    """`audio` played `factor` times faster: shorter, and higher in pitch and formants."""
-    return np.asarray(soxr.resample(audio, SAMPLE_RATE, round(SAMPLE_RATE / factor)), dtype=np.float32)
+    """`audio` played `factor` times faster (shorter, higher in pitch and formants): read as if recorded at
+    `factor` times the sample rate, then resampled to it."""
+    return resample(audio, round(SAMPLE_RATE * factor))
 
 
 def _fft_convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
