@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from manifests import DEFAULT_DATA, p2
 
+from spkidd.enrollment import enroll
 from spkidd.modelfile import load_model, save_model
 from train.data import Row, read_manifest
-from train.enroll import enroll
 from train.evaluate import open_set_report, score_items
 from train.prepare import AudioCache, default_cache_dir
 

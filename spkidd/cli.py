@@ -362,8 +362,8 @@ def enroll(
     from rich.console import Console
 
     from spkidd.audio.decode import AudioDecodeError
+    from spkidd.enrollment import enroll as enroll_speaker
     from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
-    from train.enroll import enroll as enroll_speaker
 
     console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
@@ -417,8 +417,8 @@ def forget(
     """Remove a speaker from a model."""
     from rich.console import Console
 
+    from spkidd.enrollment import forget as forget_speaker
     from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
-    from train.enroll import forget as forget_speaker
 
     target = out or model
     try:

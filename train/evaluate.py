@@ -234,7 +234,7 @@ def score_items(
 
 def hold_out(bundle: ModelBundle, speakers: list[str]) -> ModelBundle:
     """The model without `speakers`, so their voices become strangers to it."""
-    from train.enroll import forget
+    from spkidd.enrollment import forget
 
     for speaker in speakers:
         bundle = forget(bundle, speaker)

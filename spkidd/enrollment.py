@@ -1,4 +1,4 @@
-"""Enrollment: add or update a speaker from a few clips without retraining, and forget one.
+"""Enrollment: add, update, rename or forget a speaker from a few clips without retraining.
 
 A speaker is one reference vector in the model's cosine head, for trained and enrolled speakers alike; enrolling
 is embedding the clips' speech (cut by the daemon's own speech gate, so enrollment hears what the daemon hears)
@@ -18,9 +18,9 @@ from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.decode import load_audio
 from spkidd.features import FeatureExtractor
+from spkidd.inference import crops, unit_embeddings
 from spkidd.modelfile import ModelBundle
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
-from train.references import crops, unit_embeddings
 
 MIN_PIECE_S = 0.5
 RECOMMENDED_SPEECH_S = 10.0
@@ -66,25 +66,41 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x) + 1e-9)
 
 
-def embed_clips(bundle: ModelBundle, clips: list[Path]) -> tuple[list[np.ndarray], dict[str, np.ndarray], float]:
-    """Centred unit embeddings of the clips' speech, each clip's mean unit embedding, and the seconds of speech."""
+def embed_clips(
+    bundle: ModelBundle, clips: dict[str, np.ndarray]
+) -> tuple[list[np.ndarray], dict[str, np.ndarray], float]:
+    """Centred unit embeddings of the clips' speech (named 16-kHz float arrays), each clip's mean unit embedding,
+    and the seconds of speech."""
     extractor = FeatureExtractor(bundle.features)
     units: list[np.ndarray] = []
     per_clip: dict[str, np.ndarray] = {}
     speech_s = 0.0
-    for clip in clips:
-        pieces = speech_pieces(load_audio(clip))
+    for name, audio in clips.items():
+        pieces = speech_pieces(audio)
         speech_s += sum(len(p) for p in pieces) / SAMPLE_RATE
         chunks = [c for p in pieces for c in crops(p)]
         if chunks:
             clip_units = list(unit_embeddings(bundle.model, extractor, chunks))
-            per_clip[str(clip)] = _unit(np.mean(clip_units, axis=0))
+            per_clip[name] = _unit(np.mean(clip_units, axis=0))
             units.extend(clip_units)
     return units, per_clip, speech_s
 
 
+def voice_print(bundle: ModelBundle, audio: np.ndarray) -> np.ndarray | None:
+    """One clip's unit voice print (for grouping clips by how alike they sound), or None without speech."""
+    return embed_clips(bundle, {"clip": audio})[1].get("clip")
+
+
 def enroll(bundle: ModelBundle, speaker: str, clips: list[Path]) -> tuple[ModelBundle, EnrollmentReport]:
-    """A new bundle where `speaker`'s reference is (re)computed from `clips`; raises ValueError without speech."""
+    """A new bundle where `speaker`'s reference is (re)computed from audio files; raises ValueError without
+    speech."""
+    return enroll_audio(bundle, speaker, {str(clip): load_audio(clip) for clip in clips})
+
+
+def enroll_audio(
+    bundle: ModelBundle, speaker: str, clips: dict[str, np.ndarray]
+) -> tuple[ModelBundle, EnrollmentReport]:
+    """The same from named 16-kHz float arrays (the web page's uploads and kept clips)."""
     if not speaker.strip():
         raise ValueError("the speaker needs a name")
     units, per_clip, speech_s = embed_clips(bundle, clips)
@@ -104,7 +120,7 @@ def enroll(bundle: ModelBundle, speaker: str, clips: list[Path]) -> tuple[ModelB
         labels.append(speaker)
         references = np.vstack([references, _unit(total)[None]])
     report = EnrollmentReport(speaker, speech_s, len(clips), len(units), updated)
-    report.warnings.extend(_warnings(bundle, labels, references, speaker, units, per_clip, speech_s, clips))
+    report.warnings.extend(_warnings(labels, references, speaker, units, per_clip, speech_s, list(clips)))
     enrollment[speaker] = {
         "source": "training+enrolled" if updated and previous.get("source") != "enrolled" else "enrolled",
         "seconds": round(float(previous.get("seconds", 0.0)) + speech_s, 2),
@@ -124,17 +140,16 @@ def enroll(bundle: ModelBundle, speaker: str, clips: list[Path]) -> tuple[ModelB
 
 
 def _warnings(
-    bundle: ModelBundle,
     labels: list[str],
     references: np.ndarray,
     speaker: str,
     units: list[np.ndarray],
     per_clip: dict[str, np.ndarray],
     speech_s: float,
-    clips: list[Path],
+    clips: list[str],
 ) -> list[str]:
     warnings = []
-    silent = [str(c) for c in clips if str(c) not in per_clip]
+    silent = [c for c in clips if c not in per_clip]
     if silent:
         warnings.append(f"no speech found in {', '.join(silent)}")
     if speech_s < RECOMMENDED_SPEECH_S:
@@ -181,4 +196,24 @@ def forget(bundle: ModelBundle, speaker: str) -> ModelBundle:
         decision=dict(bundle.decision),
         training=dict(bundle.training),
         enrollment={k: v for k, v in bundle.enrollment.items() if k != speaker},
+    )
+
+
+def rename(bundle: ModelBundle, speaker: str, new_name: str) -> ModelBundle:
+    """The same voices with one speaker renamed (its reference and enrollment record move with it)."""
+    if speaker not in bundle.labels:
+        raise ValueError(f"no speaker {speaker!r} in the model (it has: {', '.join(bundle.labels)})")
+    if not new_name.strip():
+        raise ValueError("the speaker needs a name")
+    if new_name in bundle.labels:
+        raise ValueError(f"there is already a speaker called {new_name!r}")
+    enrollment = {(new_name if k == speaker else k): dict(v) for k, v in bundle.enrollment.items()}
+    return ModelBundle(
+        model=bundle.model,
+        labels=[new_name if label == speaker else label for label in bundle.labels],
+        features=bundle.features,
+        name=bundle.name,
+        decision=dict(bundle.decision),
+        training=dict(bundle.training),
+        enrollment=enrollment,
     )
