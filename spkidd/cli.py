@@ -46,6 +46,14 @@ def train(
         ..., help="Manifest CSV (path,speaker[,start,end]), a folder per speaker, or a flat folder."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (safetensors)."),
+    encoder: str = typer.Option(
+        "ge2e",
+        help="ge2e: a GRU on the pretrained speaker encoder (best with minutes of speech); "
+        "none: the network trained from scratch (the options from --cell to --features apply to it).",
+    ),
+    windows: int = typer.Option(2, help="ge2e: staggered encoder windows (each restarts from zero in turn)."),
+    window_frames: int = typer.Option(160, help="ge2e: length of an encoder window in 10-ms frames."),
+    head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
     label_pattern: str | None = typer.Option(
         None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>[a-z]+)_'."
     ),
@@ -79,11 +87,16 @@ def train(
 
     from spkidd.modelfile import ModelFileError
     from train.data import DataError
+    from train.encoder_weights import EncoderWeightsError
     from train.fit import TrainSettings
     from train.run import TrainInputs, run_training
 
     try:
         settings = TrainSettings(
+            encoder=encoder,
+            windows=windows,
+            window_frames=window_frames,
+            head_hidden=head_hidden,
             window_s=window,
             epochs=epochs,
             patience=patience,
@@ -109,7 +122,7 @@ def train(
     console = Console(stderr=True, soft_wrap=True)
     try:
         code = run_training(inputs, settings, console)
-    except (DataError, ModelFileError, ValueError) as exc:
+    except (DataError, ModelFileError, EncoderWeightsError, ValueError) as exc:
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)

@@ -1,4 +1,7 @@
-"""Log-mel and MFCC features on `torch.stft`, one implementation for training, `identify` and the daemon.
+"""Log-mel, MFCC and mel-power features on `torch.stft`, one implementation for training, `identify` and the daemon.
+
+`melpower` is what the pretrained GE2E encoder was trained on (librosa's Slaney mel power, no log), with the frame's
+mean square appended as a last column so the encoder can normalize loudness causally.
 
 Frames are taken without centring (frame i covers samples [i*hop, i*hop + win)), so a frame depends only on
 the samples it covers and a streaming extractor that carries the unconsumed tail gives exactly the offline
@@ -16,7 +19,8 @@ import torch
 
 from spkidd import SAMPLE_RATE
 
-FeatureKind = Literal["logmel", "mfcc"]
+FeatureKind = Literal["logmel", "mfcc", "melpower"]
+MelScale = Literal["htk", "slaney"]
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,19 @@ class FeatureParams:
     fmin: float = 20.0
     fmax: float = 7600.0
     log_floor: float = 1e-6
+    mel_scale: MelScale = "htk"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("logmel", "mfcc"):
+        if self.kind not in ("logmel", "mfcc", "melpower"):
             raise ValueError(f"unknown feature kind {self.kind!r}")
+        if self.mel_scale not in ("htk", "slaney"):
+            raise ValueError(f"unknown mel scale {self.mel_scale!r}")
 
     @property
     def n_features(self) -> int:
-        return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+        if self.kind == "mfcc":
+            return self.n_mfcc
+        return self.n_mels + 1 if self.kind == "melpower" else self.n_mels
 
     def n_frames(self, n_samples: int) -> int:
         """How many whole frames `n_samples` samples hold."""
@@ -59,8 +68,39 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
+def _hz_to_slaney(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney's auditory-toolbox scale: linear below 1 kHz, logarithmic above (librosa's default)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def _slaney_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log, linear)
+
+
+def slaney_filterbank(params: FeatureParams) -> np.ndarray:
+    """Slaney-scale, Slaney-normalized triangles as librosa builds them (the GE2E encoder was trained on these),
+    shape (n_fft // 2 + 1, n_mels)."""
+    n_bins = params.win_length // 2 + 1
+    bin_hz = np.linspace(0.0, params.sample_rate / 2.0, n_bins)
+    edges = _slaney_to_hz(np.linspace(_hz_to_slaney(params.fmin), _hz_to_slaney(params.fmax), params.n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - bin_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    bank = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return bank.T.astype(np.float32)
+
+
 def mel_filterbank(params: FeatureParams) -> np.ndarray:
-    """Triangular HTK-scale filters, shape (n_fft // 2 + 1, n_mels), each normalized to unit area."""
+    """Triangular filters, shape (n_fft // 2 + 1, n_mels): HTK scale, each normalized to unit area, or Slaney's."""
+    if params.mel_scale == "slaney":
+        return slaney_filterbank(params)
     n_bins = params.win_length // 2 + 1
     bin_hz = np.linspace(0.0, params.sample_rate / 2.0, n_bins)
     edges = _mel_to_hz(
@@ -114,6 +154,9 @@ class FeatureExtractor:
         )
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(power.transpose(1, 2), self._mel)
+        if p.kind == "melpower":
+            frames = waveforms.unfold(-1, p.win_length, p.hop_length)
+            return torch.cat([mel, frames.square().mean(dim=-1, keepdim=True)], dim=-1)
         feats = torch.log(torch.clamp(mel, min=p.log_floor))
         if self._dct is not None:
             feats = torch.matmul(feats, self._dct)

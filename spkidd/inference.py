@@ -9,8 +9,7 @@ import torch
 
 from spkidd import SAMPLE_RATE
 from spkidd.features import FeatureExtractor
-from spkidd.model import SpeakerModel
-from spkidd.modelfile import ModelBundle
+from spkidd.modelfile import ModelBundle, SpeakerNet
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def aggregate(bundle: ModelBundle, parts: list[Scored]) -> Scored:
 
 
 def embed_pieces(
-    model: SpeakerModel, extractor: FeatureExtractor, pieces: list[np.ndarray], batch: int = 64
+    model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray], batch: int = 64
 ) -> np.ndarray:
     """Raw embeddings of whole pieces of audio (the last cumulative step of each), batched: (n, E)."""
     k = model.config.frame_stack
@@ -116,7 +115,7 @@ def embed_pieces(
     return np.concatenate(out) if out else np.zeros((0, model.config.embedding_dim), dtype=np.float32)
 
 
-def unit_embeddings(model: SpeakerModel, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> np.ndarray:
+def unit_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> np.ndarray:
     raw = embed_pieces(model, extractor, pieces)
     with torch.no_grad():
         return model.unit(torch.from_numpy(raw)).numpy()

@@ -183,3 +183,48 @@ class SpeakerModel(nn.Module):
             steps=state.steps + usable // k,
         )
         return out, new_state
+
+    def batch_states(self, states: list[StreamState]) -> StreamState:
+        """Several streams' states as one batch (every stream with no pending frames)."""
+        c = self.config
+
+        def rnn_part(state: StreamState, part: int) -> torch.Tensor:
+            if state.rnn is None:
+                return torch.zeros(c.layers, 1, c.hidden)
+            return state.rnn[part] if isinstance(state.rnn, tuple) else state.rnn
+
+        rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+        if all(s.rnn is None for s in states):
+            rnn = None
+        elif c.cell == "lstm":
+            rnn = (torch.cat([rnn_part(s, 0) for s in states], 1), torch.cat([rnn_part(s, 1) for s in states], 1))
+        else:
+            rnn = torch.cat([rnn_part(s, 0) for s in states], 1)
+        return StreamState(
+            rnn=rnn,
+            pending=torch.zeros(len(states), 0, c.n_features),
+            weight=torch.cat([s.weight for s in states]),
+            sum1=torch.cat([s.sum1 for s in states]),
+            sum2=torch.cat([s.sum2 for s in states]),
+        )
+
+    def unbatch_state(self, state: StreamState, steps_before: list[int]) -> list[StreamState]:
+        out = []
+        for row, before in enumerate(steps_before):
+            rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+            if isinstance(state.rnn, tuple):
+                rnn = (state.rnn[0][:, row : row + 1], state.rnn[1][:, row : row + 1])
+            else:
+                assert state.rnn is not None
+                rnn = state.rnn[:, row : row + 1]
+            out.append(
+                StreamState(
+                    rnn=rnn,
+                    pending=state.pending[row : row + 1],
+                    weight=state.weight[row : row + 1],
+                    sum1=state.sum1[row : row + 1],
+                    sum2=state.sum2[row : row + 1],
+                    steps=before + state.steps,
+                )
+            )
+        return out

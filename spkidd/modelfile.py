@@ -17,8 +17,13 @@ from typing import Any, TypeVar
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor, FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
+
+SpeakerNet = SpeakerModel | EncoderSpeakerModel
+"""The two networks a model file can hold: the pretrained encoder with a household GRU (the default), or the
+network trained from scratch (`spkidd train --encoder none`, and every model file written before the encoder)."""
 
 FORMAT_NAME = "spkidd-model"
 FORMAT_VERSION = 1
@@ -45,7 +50,7 @@ def parameters_from(cls: type[T], data: dict[str, Any], what: str) -> T:
 class ModelBundle:
     """A loaded model with what it needs around it."""
 
-    model: SpeakerModel
+    model: SpeakerNet
     labels: list[str]
     features: FeatureParams
     name: str = "spkidd"
@@ -122,14 +127,13 @@ def load_model(path: Path) -> ModelBundle:
             "upgrade spkidd"
         )
     try:
-        config = parameters_from(ModelConfig, meta["architecture"], "model")
         features = parameters_from(FeatureParams, meta["features"], "feature")
         labels = [str(label) for label in meta["labels"]]
-        model = SpeakerModel(config)
+        model = _build_network(meta["architecture"])
         model.load_state_dict(tensors, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: inconsistent model file: {exc}") from exc
-    if len(labels) != config.n_speakers or features.n_features != config.n_features:
+    if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
         raise ModelFileError(f"{path}: labels or features do not match the network")
     model.eval()
     return ModelBundle(
@@ -141,3 +145,9 @@ def load_model(path: Path) -> ModelBundle:
         training=dict(meta.get("training", {})),
         enrollment=dict(meta.get("enrollment", {})),
     )
+
+
+def _build_network(architecture: dict[str, Any]) -> SpeakerNet:
+    if architecture.get("kind") == "ge2e":
+        return EncoderSpeakerModel(parameters_from(EncoderModelConfig, architecture, "model"))
+    return SpeakerModel(parameters_from(ModelConfig, architecture, "model"))

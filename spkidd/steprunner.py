@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from spkidd.decide import StepScores
 from spkidd.features import FeatureExtractor, int16_to_float
-from spkidd.model import SpeakerModel, StreamState
+from spkidd.modelfile import SpeakerNet
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,12 @@ class Utterance:
     """Per-utterance streaming state: unconsumed samples, frames short of a whole stack, the model state.
     Only the runner's worker thread touches it, one job at a time."""
 
-    def __init__(self, utterance_id: str, model: SpeakerModel, extractor: FeatureExtractor) -> None:
+    def __init__(self, utterance_id: str, model: SpeakerNet, extractor: FeatureExtractor) -> None:
         self.utterance_id = utterance_id
         self.model = model
         self.extractor = extractor
         self.tail = np.zeros(0, dtype=np.float32)
-        self.state: StreamState = model.initial_state()
+        self.state: Any = model.initial_state()
 
 
 @dataclass
@@ -185,51 +186,18 @@ class StepRunner:
     ) -> None:
         """One batched model step for streams with the same model and the same number of new frames."""
         utts = [jobs[i].utterance for i, _ in members]
-        model = utts[0].model
-        layers, hidden = model.config.layers, model.config.hidden
-        states = [u.state for u in utts]
-
-        def rnn_part(state: StreamState, part: int) -> torch.Tensor:
-            if state.rnn is None:
-                return torch.zeros(layers, 1, hidden)
-            return state.rnn[part] if isinstance(state.rnn, tuple) else state.rnn
-
-        rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
-        if all(s.rnn is None for s in states):
-            rnn = None
-        elif model.config.cell == "lstm":
-            rnn = (torch.cat([rnn_part(s, 0) for s in states], 1), torch.cat([rnn_part(s, 1) for s in states], 1))
-        else:
-            rnn = torch.cat([rnn_part(s, 0) for s in states], 1)
-        batched = StreamState(
-            rnn=rnn,
-            pending=torch.zeros(len(utts), 0, model.config.n_features),
-            weight=torch.cat([s.weight for s in states]),
-            sum1=torch.cat([s.sum1 for s in states]),
-            sum2=torch.cat([s.sum2 for s in states]),
-        )
-        out, after = model.step(torch.cat([f for _, f in members]), batched)
+        model: Any = utts[0].model  # either network; both batch their own kind of state
+        before = [u.state.steps for u in utts]
+        out, after = model.step(torch.cat([f for _, f in members]), model.batch_states([u.state for u in utts]))
         assert out is not None
         scores, probs = out.scores.numpy(), out.probs.numpy()
         hop_s = utts[0].extractor.params.hop_length / utts[0].extractor.params.sample_rate
         n = probs.shape[1]
-        for row, ((i, _), utt) in enumerate(zip(members, utts, strict=True)):
-            before = utt.state.steps
-            new_rnn: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
-            if isinstance(after.rnn, tuple):
-                new_rnn = (after.rnn[0][:, row : row + 1], after.rnn[1][:, row : row + 1])
-            else:
-                assert after.rnn is not None
-                new_rnn = after.rnn[:, row : row + 1]
-            utt.state = StreamState(
-                rnn=new_rnn,
-                pending=utt.state.pending,
-                weight=after.weight[row : row + 1],
-                sum1=after.sum1[row : row + 1],
-                sum2=after.sum2[row : row + 1],
-                steps=before + n,
-            )
-            steps = np.arange(before + 1, before + n + 1, dtype=np.float64)
-            results[i] = StepScores(
+        for row, (utt, state) in enumerate(zip(utts, model.unbatch_state(after, before), strict=True)):
+            pending = utt.state.pending
+            utt.state = state
+            utt.state.pending = pending
+            steps = np.arange(state.steps - n + 1, state.steps + 1, dtype=np.float64)
+            results[members[row][0]] = StepScores(
                 scores=scores[row], probs=probs[row], speech_s=steps * model.config.frame_stack * hop_s
             )

@@ -24,8 +24,9 @@ from torch import nn
 
 from spkidd import SAMPLE_RATE, __version__
 from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
+from spkidd.inference import embed_pieces
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
-from spkidd.modelfile import ModelBundle, check_writable, save_model
+from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
 from train.references import install_centroids
@@ -46,6 +47,7 @@ CHOICES = {
     "cell": ("gru", "lstm"),
     "balance": ("weights", "sampling", "none"),
     "features": ("logmel", "mfcc"),
+    "encoder": ("ge2e", "none"),
 }
 
 
@@ -53,6 +55,8 @@ CHOICES = {
 class TrainSettings:
     """Every knob of a run. `None` means: chosen from the data (and recorded in the model file)."""
 
+    encoder: str = "ge2e"
+    """"ge2e": the pretrained encoder with a household GRU on top; "none": the network trained from scratch."""
     window_s: float = 3.0
     epochs: int | None = None
     patience: int | None = None
@@ -75,6 +79,10 @@ class TrainSettings:
     features: str = "logmel"
     n_mels: int = 40
     threads: int | None = None
+    windows: int = 2
+    window_frames: int = 160
+    step_frames: int = 5
+    head_hidden: int = 128
     target_far: float = 0.05
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
     251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""
@@ -173,6 +181,31 @@ def cut_windows(
     return out_audio, out_labels
 
 
+def window_scores(
+    model: SpeakerNet, extractor: FeatureExtractor, items: list[np.ndarray], item_labels: list[int], window_s: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Accuracy on windows of `items`, with genuine and best-impostor cosine scores for calibration."""
+    model.eval()
+    audio, labels = cut_windows(items, item_labels, window_s)
+    if not audio:
+        return float("nan"), np.zeros(0), np.zeros(0)
+    with torch.no_grad():
+        scores = model.cosine(torch.from_numpy(embed_pieces(model, extractor, audio)))
+    target = torch.tensor(labels)
+    correct = int((scores.argmax(1) == target).sum())
+    genuine = scores.gather(1, target[:, None])[:, 0].numpy()
+    impostor = scores.scatter(1, target[:, None], -2.0).max(1).values.numpy()
+    return correct / len(audio), genuine, impostor
+
+
+def pseudo_strangers(split: Split) -> tuple[list[np.ndarray], list[int]]:
+    """Every speaker's audio at STRANGER_SPEEDS, labelled as that speaker: scored against everybody else's
+    reference, these are voices the network never heard, as real strangers are."""
+    audio, labels = split.train_audio + split.val_audio, split.train_labels + split.val_labels
+    changed = [change_speed(item, factor) for factor in STRANGER_SPEEDS for item in audio]
+    return changed, labels * len(STRANGER_SPEEDS)
+
+
 class TrainingNet(nn.Module):
     """The model plus the margin head, as one module so DistributedDataParallel sees a single forward()."""
 
@@ -239,6 +272,15 @@ class Trainer:
         self.step_s = settings.frame_stack * self.params.hop_length / SAMPLE_RATE
         self.checkpoint_path = out.with_name(out.name + ".ckpt")
         self.progress = progress
+
+    progress_label = "training"
+
+    def plan_text(self, plan: TrainSettings) -> str:
+        return (
+            f"plan: up to {plan.epochs} epochs (patience {plan.patience}), batch {plan.batch_size}, "
+            f"{plan.window_s:g}-s windows, {plan.cell.upper()} {plan.layers}x{plan.hidden} from scratch, "
+            f"augmentation {'on' if plan.augment else 'off'}, margin {plan.margin:g}"
+        )
 
     # ----- planning from the data -----
     def _windows_per_epoch(self) -> int:
@@ -373,25 +415,7 @@ class Trainer:
     def validate(
         self, model: SpeakerModel, items: list[np.ndarray], item_labels: list[int]
     ) -> tuple[float, np.ndarray, np.ndarray]:
-        """Accuracy on windows of `items`, with genuine and best-impostor cosine scores for calibration."""
-        model.eval()
-        audio, labels = cut_windows(items, item_labels, self.settings.window_s)
-        if not audio:
-            return float("nan"), np.zeros(0), np.zeros(0)
-        correct, genuine, impostor = 0, [], []
-        with torch.no_grad():
-            for start in range(0, len(audio), 64):
-                feats, lengths = self._features(audio[start : start + 64])
-                emb = model.embed_sequence(feats)
-                k = model.config.frame_stack
-                last = torch.tensor([max(0, n // k - 1) for n in lengths])
-                scores = model.cosine(emb[torch.arange(len(lengths)), last])
-                target = torch.tensor(labels[start : start + 64])
-                correct += int((scores.argmax(1) == target).sum())
-                genuine.extend(scores.gather(1, target[:, None])[:, 0].tolist())
-                masked = scores.scatter(1, target[:, None], -2.0)
-                impostor.extend(masked.max(1).values.tolist())
-        return correct / len(audio), np.array(genuine), np.array(impostor)
+        return window_scores(model, self.extractor, items, item_labels, self.settings.window_s)
 
     # ----- the run -----
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -519,7 +543,7 @@ class Trainer:
         install_centroids(model, self.extractor, self.split.train_audio, self.split.train_labels, len(self.labels))
         centroid_acc, genuine, _ = self.validate(model, *val)
         log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
-        impostor = self.validate(model, *self._pseudo_strangers())[2]
+        impostor = self.validate(model, *pseudo_strangers(self.split))[2]
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         if has_val:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
@@ -565,14 +589,6 @@ class Trainer:
         return {
             label: {"source": "training", "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
         }
-
-    def _pseudo_strangers(self) -> tuple[list[np.ndarray], list[int]]:
-        """Every speaker's audio at STRANGER_SPEEDS, labelled as that speaker: scored against everybody else's
-        reference, these are voices the network never heard, as real strangers are."""
-        s = self.split
-        audio, labels = s.train_audio + s.val_audio, s.train_labels + s.val_labels
-        changed = [change_speed(item, factor) for factor in STRANGER_SPEEDS for item in audio]
-        return changed, labels * len(STRANGER_SPEEDS)
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""

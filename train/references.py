@@ -11,11 +11,11 @@ import torch
 
 from spkidd.features import FeatureExtractor
 from spkidd.inference import crops, embed_pieces
-from spkidd.model import SpeakerModel
+from spkidd.modelfile import SpeakerNet
 
 
 def install_centroids(
-    model: SpeakerModel, extractor: FeatureExtractor, audio: list[np.ndarray], labels: list[int], n_speakers: int
+    model: SpeakerNet, extractor: FeatureExtractor, audio: list[np.ndarray], labels: list[int], n_speakers: int
 ) -> None:
     """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
     pieces, piece_labels = [], []

@@ -24,6 +24,7 @@ from rich.table import Table
 from spkidd.modelfile import ModelBundle, check_writable
 from train.data import Row, discover, speaker_counts
 from train.fit import EpochRecord, Split, Trainer, TrainSettings, stratified_split
+from train.fit_head import HeadTrainer
 from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,16 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
         f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
         f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
     )
-    trainer = Trainer(settings, labels, split, inputs.out, summary, _noise_clips(inputs.noise_dir, cache, console))
-    plan = trainer.resolved()
-    console.print(
-        f"plan: up to {plan.epochs} epochs (patience {plan.patience}), batch {plan.batch_size}, "
-        f"{plan.window_s:g}-s windows, {plan.cell.upper()} {plan.layers}x{plan.hidden}, "
-        f"augmentation {'on' if plan.augment else 'off'}, margin {plan.margin:g}"
-    )
+    trainer_class = HeadTrainer if settings.encoder == "ge2e" else Trainer
+    noise = _noise_clips(inputs.noise_dir, cache, console)
+    trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
+    console.print(trainer.plan_text(trainer.resolved()))
     with progress_bar(console) as progress:
-        task = progress.add_task("training", total=None, status="")
+        task = progress.add_task(trainer.progress_label, total=None, status="")
 
         def on_progress(kind: str, n: int) -> None:
             if kind == "start":
-                progress.update(task, total=n)
+                progress.reset(task, total=n)
             else:
                 progress.advance(task, n)
 

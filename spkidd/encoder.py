@@ -1,0 +1,143 @@
+"""The pretrained GE2E speaker encoder (resemblyzer 0.1.4's weights), run as a stream in staggered windows.
+
+The network (40 mel-power bands -> LSTM 3 x 256 -> Linear -> ReLU -> unit length) was trained on 1.6-s pieces that
+start from a zero state; carried across a change of speaker or over long audio its state describes nobody
+(PRETRAINED.md: 98% top-1 from a zero state, 45% after 2 s of another voice). So it runs in `windows` staggered
+windows of `window_frames` frames, each restarted from zero in turn, and every frame's embedding comes from the
+oldest open window: it always describes the last second or so of speech, and a new voice takes over within one
+window even inside one utterance.
+
+Loudness is normalized causally, as resemblyzer normalizes a file to -30 dBFS before embedding it (only ever
+raising the level): each frame's mel power is scaled by the gain that brings the utterance's mean square so far to
+the target. The same `step()` serves streaming chunk by chunk and offline whole sequences, so both give the same
+numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEL_BANDS = 40
+HIDDEN = 256
+LAYERS = 3
+TARGET_MEAN_SQUARE = 10.0 ** (-30.0 / 10.0)
+MAX_POWER_GAIN = 10.0 ** (40.0 / 10.0)
+"""At most +40 dB: silence that slipped through the gate is not blown up into noise."""
+
+WEIGHT_NAMES = tuple(
+    [f"lstm.{kind}_l{layer}" for layer in range(LAYERS) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    + ["linear.weight", "linear.bias"]
+)
+
+
+@dataclass
+class EncoderState:
+    """Per stream (batch rows b): every window's LSTM state, rows b * windows + j; frames seen; the running sum
+    of frame mean squares (for the loudness gain)."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    frames: torch.Tensor
+    mean_square_sum: torch.Tensor
+
+
+class GE2E(nn.Module):
+    """The network with resemblyzer's parameter names, so its tensors load as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(MEL_BANDS, HIDDEN, num_layers=LAYERS, batch_first=True)
+        self.linear = nn.Linear(HIDDEN, HIDDEN)
+
+    def embed(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.normalize(torch.relu(self.linear(hidden)), dim=-1)
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        """(B, T, 40) mel power from a zero state -> (B, 256) embedding of the last frame (resemblyzer's forward)."""
+        hidden, _ = self.lstm(mels)
+        return self.embed(hidden[:, -1])
+
+
+class RollingEncoder(nn.Module):
+    """GE2E in `windows` staggered windows of `window_frames` frames; per-frame embeddings of the oldest window."""
+
+    def __init__(self, window_frames: int = 160, windows: int = 2) -> None:
+        super().__init__()
+        if windows < 1 or window_frames % windows:
+            raise ValueError("window_frames must be a multiple of the number of windows")
+        self.net = GE2E()
+        self.window_frames = window_frames
+        self.windows = windows
+        self.restart_every = window_frames // windows
+
+    def initial_state(self, batch: int = 1) -> EncoderState:
+        rows = batch * self.windows
+        return EncoderState(
+            h=torch.zeros(LAYERS, rows, HIDDEN),
+            c=torch.zeros(LAYERS, rows, HIDDEN),
+            frames=torch.zeros(batch, dtype=torch.long),
+            mean_square_sum=torch.zeros(batch, dtype=torch.float64),
+        )
+
+    def _normalized_mels(self, frames: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mel power with the causal loudness gain applied, and the new running sum of mean squares."""
+        n = frames.shape[1]
+        mean_square = frames[..., MEL_BANDS].double()
+        running = state.mean_square_sum[:, None] + torch.cumsum(mean_square, dim=1)
+        seen = state.frames[:, None] + torch.arange(1, n + 1)
+        gain = torch.clamp(TARGET_MEAN_SQUARE / torch.clamp(running / seen, min=1e-12), 1.0, MAX_POWER_GAIN)
+        return frames[..., :MEL_BANDS] * gain.float()[..., None], running[:, -1]
+
+    def _window_ages(self, frames_before: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, windows, n): frames each window has seen after each new frame (0 = not started yet)."""
+        index = frames_before[:, None, None] + torch.arange(n)[None, None, :]
+        offset = (torch.arange(self.windows) * self.restart_every)[None, :, None]
+        since = index - offset
+        return torch.where(since >= 0, since % self.window_frames + 1, torch.zeros_like(since))
+
+    def step(self, frames: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        """(B, n, 41) new feature frames -> (B, n, 256) frame embeddings and the new state."""
+        b, n, _ = frames.shape
+        w = self.windows
+        mels, mean_square_sum = self._normalized_mels(frames, state)
+        ages = self._window_ages(state.frames, n)
+        restarts = (ages == 1).reshape(b * w, n)
+        x = mels.repeat_interleave(w, dim=0)
+        cuts = sorted({0, n, *torch.nonzero(restarts.any(dim=0)).flatten().tolist()})
+        h, c = state.h, state.c
+        outputs = []
+        for start, end in itertools.pairwise(cuts):
+            keep = (~restarts[:, start]).to(h.dtype)[None, :, None]
+            h, c = h * keep, c * keep
+            out, (h, c) = self.net.lstm(x[:, start:end], (h, c))
+            outputs.append(out)
+        hidden = torch.cat(outputs, dim=1).reshape(b, w, n, HIDDEN)
+        oldest = ages.argmax(dim=1)
+        chosen = hidden.gather(1, oldest[:, None, :, None].expand(b, 1, n, HIDDEN))[:, 0]
+        new_state = EncoderState(h=h, c=c, frames=state.frames + n, mean_square_sum=mean_square_sum)
+        return self.net.embed(chosen), new_state
+
+    def batch_states(self, states: list[EncoderState]) -> EncoderState:
+        return EncoderState(
+            h=torch.cat([s.h for s in states], dim=1),
+            c=torch.cat([s.c for s in states], dim=1),
+            frames=torch.cat([s.frames for s in states]),
+            mean_square_sum=torch.cat([s.mean_square_sum for s in states]),
+        )
+
+    def unbatch_state(self, state: EncoderState) -> list[EncoderState]:
+        w = self.windows
+        return [
+            EncoderState(
+                h=state.h[:, i * w : (i + 1) * w],
+                c=state.c[:, i * w : (i + 1) * w],
+                frames=state.frames[i : i + 1],
+                mean_square_sum=state.mean_square_sum[i : i + 1],
+            )
+            for i in range(state.frames.shape[0])
+        ]

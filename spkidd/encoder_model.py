@@ -1,0 +1,175 @@
+"""EncoderSpeakerModel: the pretrained rolling-window encoder, a stateful household GRU on top, cosine scoring.
+
+Every `step_frames` frames the GRU takes the encoder's embedding of the last second or so of speech and carries
+evidence from step to step: it can hold a voice that continues and let go when another takes over. Its output is
+added to a learnt projection of the encoder's embedding (starting as the identity, with the GRU's share at zero),
+so before training the model scores exactly the pretrained embeddings and training can only add to them. Speakers,
+trained or enrolled, are reference vectors in the same cosine head as SpeakerModel's, so enrollment, the unknown
+threshold and the decider work alike for both models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spkidd.encoder import HIDDEN, MEL_BANDS, WEIGHT_NAMES, EncoderState, RollingEncoder
+from spkidd.model import StepOutput
+
+
+@dataclass(frozen=True)
+class EncoderModelConfig:
+    n_speakers: int
+    kind: Literal["ge2e"] = "ge2e"
+    n_features: int = MEL_BANDS + 1
+    window_frames: int = 160
+    windows: int = 2
+    step_frames: int = 5
+    head_hidden: int = 128
+    dropout: float = 0.1
+    scale: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind != "ge2e":
+            raise ValueError(f"unknown encoder {self.kind!r}")
+        if self.n_features != MEL_BANDS + 1:
+            raise ValueError(f"the GE2E encoder takes {MEL_BANDS} mel bands and the frame energy")
+        if not 1 <= self.windows <= 8 or not 20 <= self.window_frames <= 400 or self.window_frames % self.windows:
+            raise ValueError("window_frames must be 20-400 and a multiple of windows (1-8)")
+        if not 1 <= self.step_frames <= 50 or not 1 <= self.head_hidden <= 1024 or not 1 <= self.n_speakers <= 100000:
+            raise ValueError("step_frames, head_hidden or n_speakers out of range")
+
+    @property
+    def frame_stack(self) -> int:
+        """Feature frames per model step (the name SpeakerModel uses)."""
+        return self.step_frames
+
+    @property
+    def embedding_dim(self) -> int:
+        return HIDDEN
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HeadState:
+    encoder: EncoderState
+    gru: torch.Tensor
+    pending: torch.Tensor
+    steps: int = 0
+
+
+class EncoderSpeakerModel(nn.Module):
+    embedding_center: torch.Tensor
+    embedding_scale: torch.Tensor
+
+    def __init__(self, config: EncoderModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = RollingEncoder(c.window_frames, c.windows)
+        self.gru = nn.GRU(HIDDEN, c.head_hidden, batch_first=True)
+        self.dropout = nn.Dropout(c.dropout)
+        self.adapt = nn.Linear(HIDDEN, HIDDEN)
+        self.from_gru = nn.Linear(c.head_hidden, HIDDEN, bias=False)
+        with torch.no_grad():
+            self.adapt.weight.zero_()
+            self.adapt.bias.zero_()
+            self.from_gru.weight.zero_()
+        self.register_buffer("embedding_center", torch.zeros(HIDDEN))
+        self.register_buffer("embedding_scale", torch.ones(HIDDEN))
+        self.speakers = nn.Parameter(torch.randn(c.n_speakers, HIDDEN) * 0.1)
+
+    def encoder_tensors(self) -> dict[str, torch.Tensor]:
+        return {name: tensor for name, tensor in self.encoder.net.state_dict().items() if name in WEIGHT_NAMES}
+
+    def load_encoder(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = set(WEIGHT_NAMES) - set(tensors)
+        if missing:
+            raise ValueError(f"encoder weights lack {sorted(missing)[:3]}")
+        self.encoder.net.load_state_dict({name: tensors[name] for name in WEIGHT_NAMES}, strict=True)
+
+    def with_speakers(self, references: torch.Tensor) -> EncoderSpeakerModel:
+        """A copy of this model scoring against other speaker references (enrollment, forgetting)."""
+        clone = EncoderSpeakerModel(replace(self.config, n_speakers=references.shape[0]))
+        state = {k: v for k, v in self.state_dict().items() if k != "speakers"}
+        clone.load_state_dict({**state, "speakers": references.detach().clone()})
+        return clone.eval()
+
+    # ----- scoring (the same geometry as SpeakerModel) ----------------------------------------------------------
+    def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
+
+    def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
+        return units @ F.normalize(self.speakers, dim=-1).T
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.cosine_of_units(self.unit(embeddings))
+
+    def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
+        scores = self.cosine_of_units(units)
+        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
+
+    def output(self, embeddings: torch.Tensor) -> StepOutput:
+        return self.output_of_units(self.unit(embeddings), embeddings)
+
+    # ----- streaming and offline ---------------------------------------------------------------------------------
+    def initial_state(self, batch: int = 1) -> HeadState:
+        return HeadState(
+            encoder=self.encoder.initial_state(batch),
+            gru=torch.zeros(1, batch, self.config.head_hidden),
+            pending=torch.zeros(batch, 0, self.config.n_features),
+        )
+
+    def head(self, frame_embeddings: torch.Tensor, gru_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n, 256) encoder embeddings at step frames -> (B, n, 256) speaker embeddings, new GRU state."""
+        carried, gru_state = self.gru(self.dropout(frame_embeddings), gru_state)
+        return frame_embeddings + self.adapt(frame_embeddings) + self.from_gru(self.dropout(carried)), gru_state
+
+    def encode_steps(self, frames: torch.Tensor, state: HeadState) -> tuple[torch.Tensor, EncoderState]:
+        """Whole steps of frames -> the encoder's embeddings at each step's last frame (what the head consumes)."""
+        k = self.config.step_frames
+        embeddings, encoder_state = self.encoder.step(frames, state.encoder)
+        return embeddings[:, k - 1 :: k], encoder_state
+
+    def step(self, frames: torch.Tensor, state: HeadState) -> tuple[StepOutput | None, HeadState]:
+        """New (B, n, F) frames and the carried state -> outputs for each completed step (None if none)."""
+        k = self.config.step_frames
+        frames = torch.cat([state.pending, frames], dim=1)
+        usable = (frames.shape[1] // k) * k
+        pending = frames[:, usable:]
+        if usable == 0:
+            return None, replace(state, pending=pending)
+        at_steps, encoder_state = self.encode_steps(frames[:, :usable], state)
+        embeddings, gru = self.head(at_steps, state.gru)
+        new_state = HeadState(encoder=encoder_state, gru=gru, pending=pending, steps=state.steps + usable // k)
+        return self.output(embeddings), new_state
+
+    def embed_sequence(self, frames: torch.Tensor) -> torch.Tensor:
+        """Offline: (B, T, F) frames from a zero state -> embeddings at every step, (B, T // step_frames, 256)."""
+        k = self.config.step_frames
+        usable = (frames.shape[1] // k) * k
+        state = self.initial_state(frames.shape[0])
+        at_steps, _ = self.encode_steps(frames[:, :usable], state)
+        return self.head(at_steps, state.gru)[0]
+
+    def batch_states(self, states: list[HeadState]) -> HeadState:
+        """Several streams' states as one batch (every stream with no pending frames)."""
+        return HeadState(
+            encoder=self.encoder.batch_states([s.encoder for s in states]),
+            gru=torch.cat([s.gru for s in states], dim=1),
+            pending=torch.zeros(len(states), 0, self.config.n_features),
+        )
+
+    def unbatch_state(self, state: HeadState, steps_before: list[int]) -> list[HeadState]:
+        encoders = self.encoder.unbatch_state(state.encoder)
+        added = state.steps
+        return [
+            HeadState(encoder=e, gru=state.gru[:, i : i + 1], pending=state.pending[i : i + 1], steps=before + added)
+            for i, (e, before) in enumerate(zip(encoders, steps_before, strict=True))
+        ]

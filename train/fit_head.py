@@ -1,0 +1,430 @@
+"""Training the household GRU on the pretrained encoder (`spkidd train`, the default `--encoder ge2e`).
+
+The encoder stays frozen, so its output for a training sequence is computed once: pools of sequences are built
+from pieces of different training speakers joined back to back (so the GRU learns to hold a voice and to let go
+when another takes over, as in a conversation the gate merges into one utterance), half of them with noise or a
+room added, run through the rolling-window encoder once, and the head is trained on the stored per-step
+embeddings with the loss at every step. Epochs cost seconds; training stops when the validation accuracy per step
+(on sequences of held-out audio, clean and noisy) stops improving. Afterwards every speaker's reference becomes the
+centroid of its 1.5-s crops and the unknown threshold is calibrated, exactly as for the network trained from
+scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from spkidd import SAMPLE_RATE, __version__
+from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
+from spkidd.features import FeatureExtractor, FeatureParams
+from spkidd.modelfile import ModelBundle, check_writable, save_model
+from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings
+from train.calibrate import calibrate_threshold
+from train.encoder_weights import load_weights
+from train.fit import (
+    EpochRecord,
+    Split,
+    TrainResult,
+    TrainSettings,
+    _interrupts_as_exception,
+    margin_logits,
+    plot_history,
+    pseudo_strangers,
+    window_scores,
+)
+from train.references import install_centroids
+
+log = logging.getLogger(__name__)
+
+GE2E_FEATURES = FeatureParams(kind="melpower", mel_scale="slaney", fmin=0.0, fmax=8000.0)
+"""What the GE2E encoder was trained on: librosa's Slaney mel power, 40 bands, 0-8 kHz, 25-ms window, 10-ms hop."""
+
+HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0.25, gain_db=10.0)
+"""Stronger than for the scratch network: the frozen encoder cannot be hurt by it, and homes are noisy."""
+
+POOLS = 4
+"""Encoded passes over the training audio (each joined and augmented anew); epochs cycle through them."""
+
+PIECES_PER_SEQUENCE = (1, 4)
+PIECE_S = (0.8, 3.5)
+BATCH_SEQUENCES = 32
+
+
+@dataclass
+class Best:
+    """The best validation so far: accuracy, epoch and the model's tensors then."""
+
+    acc: float
+    epoch: int
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class EncodedPool:
+    """Per sequence: the encoder's embedding at every step (n, 256) and the speaker speaking then (n,)."""
+
+    embeddings: list[torch.Tensor]
+    targets: list[torch.Tensor]
+
+    @property
+    def steps(self) -> int:
+        return sum(len(t) for t in self.targets)
+
+
+def join_pieces(
+    audio: list[np.ndarray], labels: list[int], rng: np.random.Generator, total_s: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sequences of 1-4 pieces of different speakers back to back, about `total_s` seconds of audio in all;
+    each with the speaker of every sample."""
+    by_speaker: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_speaker.setdefault(label, []).append(i)
+    speakers = sorted(by_speaker)
+    sequences: list[tuple[np.ndarray, np.ndarray]] = []
+    made = 0.0
+    while made < total_s:
+        parts, owners, previous = [], [], -1
+        for _ in range(int(rng.integers(PIECES_PER_SEQUENCE[0], PIECES_PER_SEQUENCE[1] + 1))):
+            choices = [s for s in speakers if s != previous] or speakers
+            speaker = choices[int(rng.integers(len(choices)))]
+            item = audio[by_speaker[speaker][int(rng.integers(len(by_speaker[speaker])))]]
+            length = min(len(item), int(rng.uniform(*PIECE_S) * SAMPLE_RATE))
+            start = int(rng.integers(0, len(item) - length + 1))
+            parts.append(item[start : start + length])
+            owners.append(np.full(length, speaker, dtype=np.int64))
+            previous = speaker
+        sequence = np.concatenate(parts)
+        sequences.append((sequence, np.concatenate(owners)))
+        made += len(sequence) / SAMPLE_RATE
+    return sequences
+
+
+class HeadTrainer:
+    """The same interface as train.fit.Trainer, for the encoder model."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        labels: list[str],
+        split: Split,
+        out: Path,
+        data_summary: dict[str, Any],
+        noise_clips: list[np.ndarray] | None = None,
+        progress: Callable[[str, int], Any] | None = None,
+    ) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise ValueError("the head on the pretrained encoder trains in one process; use --encoder none for DDP")
+        self.settings = settings
+        self.labels = labels
+        self.split = split
+        self.out = out
+        self.data_summary = data_summary
+        self.noise_clips = noise_clips
+        self.progress = progress
+        self.rank = 0
+        self.params = GE2E_FEATURES
+        self.extractor = FeatureExtractor(self.params)
+        self.rng = np.random.default_rng(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.checkpoint_path = out.with_name(out.name + ".ckpt")
+        self.encoder_weights = load_weights()
+
+    progress_label = "encoding, then training"
+
+    def resolved(self) -> TrainSettings:
+        """Fills the `None` settings: the head is small, so epochs are cheap and early stopping decides."""
+        s = self.settings
+        return replace(s, batch_size=s.batch_size or BATCH_SEQUENCES, epochs=s.epochs or 60, patience=s.patience or 8)
+
+    def plan_text(self, plan: TrainSettings) -> str:
+        return (
+            f"plan: up to {plan.epochs} epochs (patience {plan.patience}), GE2E encoder (frozen) in {plan.windows} "
+            f"windows of {plan.window_frames / 100:g} s, GRU head {plan.head_hidden}, {POOLS} encoded pools, "
+            f"augmentation {'on' if plan.augment else 'off'}"
+        )
+
+    # ----- data -----
+    def _new_model(self, settings: TrainSettings) -> EncoderSpeakerModel:
+        config = EncoderModelConfig(
+            n_speakers=len(self.labels),
+            window_frames=settings.window_frames,
+            windows=settings.windows,
+            step_frames=settings.step_frames,
+            head_hidden=settings.head_hidden,
+            scale=settings.scale,
+        )
+        model = EncoderSpeakerModel(config)
+        model.load_encoder(self.encoder_weights)
+        for parameter in model.encoder.parameters():
+            parameter.requires_grad_(False)
+        return model
+
+    def _encode(
+        self, model: EncoderSpeakerModel, sequences: list[tuple[np.ndarray, np.ndarray]], augmenter: Augmenter | None
+    ) -> EncodedPool:
+        """Runs the frozen encoder over every sequence (length-sorted batches, padded at the end: it is causal)."""
+        k, hop, win = model.config.step_frames, self.params.hop_length, self.params.win_length
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+        pool = EncodedPool([], [])
+        model.eval()
+        for start in range(0, len(order), 64):
+            group = [sequences[i] for i in order[start : start + 64]]
+            waves = [augmenter.waveform(w) if augmenter else w for w, _ in group]
+            padded = np.zeros((len(waves), max(len(w) for w in waves)), dtype=np.float32)
+            for row, wave in enumerate(waves):
+                padded[row, : len(wave)] = wave
+            with torch.no_grad():
+                frames = self.extractor.batch(torch.from_numpy(padded))
+                usable = (frames.shape[1] // k) * k
+                at_steps, _ = model.encode_steps(frames[:, :usable], model.initial_state(len(waves)))
+            for row, (wave, owners) in enumerate(group):
+                n = self.params.n_frames(len(wave)) // k
+                centre = (np.arange(1, n + 1) * k - 1) * hop + win // 2
+                pool.embeddings.append(at_steps[row, :n].clone())
+                pool.targets.append(torch.from_numpy(owners[np.minimum(centre, len(owners) - 1)]))
+            if self.progress:
+                self.progress("advance", len(group))
+        return pool
+
+    def _pools(self, model: EncoderSpeakerModel, settings: TrainSettings) -> tuple[list[EncodedPool], EncodedPool]:
+        """Training pools (joined and augmented anew each) and the validation pool (held-out audio, half noisy)."""
+        s = self.split
+        train_s = sum(len(a) for a in s.train_audio) / SAMPLE_RATE
+        augmenter = Augmenter(HEAD_AUGMENT, self.rng, self.noise_clips) if settings.augment else None
+        plans = [join_pieces(s.train_audio, s.train_labels, self.rng, train_s) for _ in range(POOLS)]
+        val_audio, val_labels = (s.val_audio, s.val_labels) if s.val_audio else (s.train_audio, s.train_labels)
+        val_s = max(60.0, sum(len(a) for a in val_audio) / SAMPLE_RATE)
+        val_plan = join_pieces(val_audio, val_labels, np.random.default_rng(settings.seed + 1), val_s)
+        if self.progress:
+            self.progress("start", sum(len(p) for p in plans) + 2 * len(val_plan))
+        pools = [self._encode(model, plan, augmenter) for plan in plans]
+        clean = self._encode(model, val_plan, None)
+        noisy_augmenter = Augmenter(HEAD_AUGMENT, np.random.default_rng(settings.seed + 2), self.noise_clips)
+        noisy = self._encode(model, val_plan, noisy_augmenter)
+        return pools, EncodedPool(clean.embeddings + noisy.embeddings, clean.targets + noisy.targets)
+
+    # ----- epochs -----
+    def _batches(self, pool: EncodedPool, batch: int) -> list[list[int]]:
+        order = self.rng.permutation(len(pool.targets))
+        return [order[i : i + batch].tolist() for i in range(0, len(order), batch)]
+
+    @staticmethod
+    def _padded(pool: EncodedPool, members: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        longest = max(len(pool.targets[i]) for i in members)
+        x = torch.zeros(len(members), longest, pool.embeddings[members[0]].shape[1])
+        y = torch.zeros(len(members), longest, dtype=torch.long)
+        mask = torch.zeros(len(members), longest, dtype=torch.bool)
+        for row, i in enumerate(members):
+            n = len(pool.targets[i])
+            x[row, :n], y[row, :n], mask[row, :n] = pool.embeddings[i], pool.targets[i], True
+        return x, y, mask
+
+    def _step_cosines(self, model: EncoderSpeakerModel, x: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(1, x.shape[0], model.config.head_hidden)
+        return model.cosine(model.head(x, zeros)[0])
+
+    def _train_epoch(
+        self,
+        model: EncoderSpeakerModel,
+        pool: EncodedPool,
+        optimizer: torch.optim.Optimizer,
+        class_weights: torch.Tensor | None,
+        settings: TrainSettings,
+        margin: float,
+    ) -> tuple[float, float]:
+        model.train()
+        assert settings.batch_size is not None
+        loss_sum, correct, seen = 0.0, 0, 0
+        for members in self._batches(pool, settings.batch_size):
+            x, y, mask = self._padded(pool, members)
+            cosine = self._step_cosines(model, x)[mask]
+            targets = y[mask]
+            loss = F.cross_entropy(margin_logits(cosine, targets, margin, settings.scale), targets, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(targets)
+            correct += int((cosine.argmax(1) == targets).sum())
+            seen += len(targets)
+        return loss_sum / max(1, seen), correct / max(1, seen)
+
+    def _validate_steps(self, model: EncoderSpeakerModel, pool: EncodedPool) -> float:
+        """Accuracy over every step of the validation sequences, speaker changes included."""
+        model.eval()
+        correct, seen = 0, 0
+        with torch.no_grad():
+            for start in range(0, len(pool.targets), 128):
+                x, y, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
+                correct += int((self._step_cosines(model, x).argmax(-1) == y)[mask].sum())
+                seen += int(mask.sum())
+        return correct / max(1, seen)
+
+    # ----- checkpoints -----
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
+        if state.get("labels") != self.labels or state.get("encoder") != "ge2e":
+            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for another model; cannot resume")
+        return state
+
+    # ----- the run -----
+    def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+        settings = self.resolved()
+        assert settings.epochs is not None and settings.patience is not None
+        torch.set_num_threads(settings.threads or max(1, os.cpu_count() or 1))
+        model = self._new_model(settings)
+        started = time.monotonic()
+        pools, val_pool = self._pools(model, settings)
+        self._start_from_centroids(model, pools[0])
+        head = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=settings.weight_decay * 100)
+        class_weights = self._class_weights(settings)
+        history: list[EpochRecord] = []
+        best = Best(self._validate_steps(model, val_pool), 0, self._head_state(model))
+        first_epoch, wall_before = 1, 0.0
+        if resume and (state := self._load_checkpoint()) is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = [EpochRecord(**h) for h in json.loads(state["history"])]
+            best = Best(state["best_acc"], state["best_epoch"], state["best_model"])
+            first_epoch, wall_before = state["epoch"] + 1, float(state["wall_s"])
+            log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
+        if not history:
+            log.info("pretrained encoder alone: validation accuracy per step %.4f", best.acc)
+        with _interrupts_as_exception():
+            for epoch in range(first_epoch, settings.epochs + 1):
+                t0 = time.monotonic()
+                margin = settings.margin * min(1.0, epoch / 5.0)
+                pool = pools[(epoch - 1) % len(pools)]
+                loss, train_acc = self._train_epoch(model, pool, optimizer, class_weights, settings, margin)
+                val_acc = self._validate_steps(model, val_pool)
+                record = EpochRecord(epoch, loss, train_acc, val_acc, time.monotonic() - t0, settings.learning_rate)
+                history.append(record)
+                if val_acc > best.acc:
+                    best = Best(val_acc, epoch, self._head_state(model))
+                self._save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "best_acc": best.acc,
+                        "best_epoch": best.epoch,
+                        "best_model": best.state,
+                        "labels": self.labels,
+                        "encoder": "ge2e",
+                        "wall_s": wall_before + time.monotonic() - started,
+                        "history": json.dumps([asdict(h) for h in history]),
+                    }
+                )
+                if on_epoch:
+                    on_epoch(record)
+                if epoch - best.epoch >= settings.patience:
+                    log.info("early stop at epoch %d (best %.4f at epoch %d)", epoch, best.acc, best.epoch)
+                    break
+        model.load_state_dict(best.state)
+        model.eval()
+        bundle = self._finish_bundle(model, settings, history, best, wall_before + time.monotonic() - started)
+        return TrainResult(bundle=bundle, history=history)
+
+    @staticmethod
+    def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool) -> None:
+        """Every speaker's weights start as the centroid of its encoder embeddings: before any update the model is
+        the pretrained encoder with centroid scoring, the baseline training has to beat."""
+        embeddings = F.normalize(torch.cat(pool.embeddings), dim=-1)
+        targets = torch.cat(pool.targets)
+        sums = torch.zeros_like(model.speakers).index_add_(0, targets, embeddings)
+        with torch.no_grad():
+            model.speakers.copy_(F.normalize(sums, dim=-1))
+
+    @staticmethod
+    def _head_state(model: EncoderSpeakerModel) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _class_weights(self, settings: TrainSettings) -> torch.Tensor | None:
+        counts = np.zeros(len(self.labels))
+        for audio, label in zip(self.split.train_audio, self.split.train_labels, strict=True):
+            counts[label] += len(audio)
+        if settings.balance != "weights" or counts.max() <= 1.2 * max(counts.min(), 1):
+            return None
+        w = 1.0 / np.maximum(counts, 1)
+        return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+    def _finish_bundle(
+        self,
+        model: EncoderSpeakerModel,
+        settings: TrainSettings,
+        history: list[EpochRecord],
+        best: Best,
+        wall_s: float,
+    ) -> ModelBundle:
+        """Centroids, the calibrated unknown threshold and the training record."""
+        s = self.split
+        install_centroids(model, self.extractor, s.train_audio, s.train_labels, len(self.labels))
+        has_val = bool(s.val_audio)
+        centroid_acc, genuine, _ = window_scores(model, self.extractor, s.val_audio, s.val_labels, settings.window_s)
+        impostor = window_scores(model, self.extractor, *pseudo_strangers(s), settings.window_s)[2]
+        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
+        if has_val:
+            install_centroids(
+                model, self.extractor, s.train_audio + s.val_audio, s.train_labels + s.val_labels, len(self.labels)
+            )
+        seconds = np.zeros(len(self.labels))
+        for audio, label in zip(s.train_audio + s.val_audio, s.train_labels + s.val_labels, strict=True):
+            seconds[label] += len(audio) / SAMPLE_RATE
+        return ModelBundle(
+            model=model,
+            labels=self.labels,
+            features=self.params,
+            name=self.out.stem,
+            decision={"min_score": threshold},
+            training={
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "spkidd_version": __version__,
+                "encoder": "ge2e (resemblyzer 0.1.4 weights, Apache-2.0)",
+                "settings": settings.to_dict(),
+                "data": self.data_summary,
+                "best_epoch": best.epoch,
+                "best_val_acc": best.acc,
+                "val_acc_centroids": centroid_acc,
+                "epochs_run": len(history),
+                "wall_s": round(wall_s, 1),
+                "calibration": {
+                    "target_far": settings.target_far,
+                    "val_far": far,
+                    "val_frr": frr,
+                    "impostors": f"every voice at {' and '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed",
+                },
+                "history": [asdict(h) for h in history],
+            },
+            enrollment={
+                label: {"source": "training", "seconds": round(float(seconds[i]), 2)}
+                for i, label in enumerate(self.labels)
+            },
+        )
+
+    def finish(self, result: TrainResult) -> None:
+        """Writes the model (atomically) and the training curve; removes the checkpoint."""
+        check_writable(self.out)
+        save_model(result.bundle, self.out)
+        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
+        self.checkpoint_path.unlink(missing_ok=True)
