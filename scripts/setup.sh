@@ -34,3 +34,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing spkidd and its Python dependencies"
 .venv/bin/pip install -q -e '.[dev]'
+echo "setup: the pretrained speaker encoder (resemblyzer 0.1.4's GE2E weights, Apache-2.0)"
+if ! .venv/bin/python -m train.encoder_weights; then
+  echo "setup: could not fetch or convert the encoder weights (see above); spkidd train needs them" \
+    "(or train from scratch with --encoder none)" >&2
+  exit 1
+fi

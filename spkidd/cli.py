@@ -172,8 +172,14 @@ def evaluate(
     table = Table(title=f"{model.name} on {data.name}: {result['n']} items")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    shipped = result["at_threshold"]
+    table.add_row(f"named right at the shipped threshold ({result['min_score']:.3f})", f"{shipped['named_right']:.2%}")
+    table.add_row("answered unknown", f"{shipped['unknown']:.2%}")
+    table.add_row("named wrong", f"{shipped['named_wrong']:.2%}")
     for k, value in result["top_k"].items():
         table.add_row(f"top-{k} accuracy", f"{value:.2%}")
+    for seconds, value in result["top1_after_s"].items():
+        table.add_row(f"top-1 after {seconds} s of speech", f"{value:.2%}")
     table.add_row("skipped items", str(result["skipped"]))
     for speaker, n in result["unknown_speakers"].items():
         table.add_row(f"items of unknown speaker {speaker}", str(n))

@@ -2,18 +2,22 @@
 
 A partial name is given only after consistent evidence: the same speaker must be the top candidate, with a cosine
 score above the absolute threshold, enough probability and margin, for `stable_steps` consecutive steps after
-`min_speech_s` of speech. The absolute cosine threshold holds for every event, partial or final, because the
-softmax alone cannot say "none of the enrolled speakers".
+`min_speech_s` of speech. Every threshold but the evidence run holds for finals too (the softmax alone cannot say
+"none of the enrolled speakers"), and a tie names nobody.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from spkidd.events import UNKNOWN, EventType, Identification
+
+DEFAULT_SCALE = 30.0
+UNKNOWN_CONFIDENCE_CAP = 0.999
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class DecisionSettings:
     top_k: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("min_score", "min_confidence", "min_margin", "min_speech_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"decision.{name} must be a number, not {getattr(self, name)}")
         if not -1.0 <= self.min_score <= 1.0:
             raise ValueError(f"decision.min_score is a cosine in [-1, 1], not {self.min_score}")
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -73,11 +80,53 @@ class StepScores:
     speech_s: np.ndarray
 
 
+def accepted(
+    settings: DecisionSettings, scores: np.ndarray, probs: np.ndarray, min_confidence: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per step (rows): the top speaker, and whether every threshold holds for it (the margin over the runner-up
+    can only make this stricter, and a tie names nobody). Vectorized: this runs for every step of every stream."""
+    rows = np.arange(probs.shape[0])
+    top = probs.argmax(axis=1)
+    best = probs[rows, top]
+    if probs.shape[1] > 1:
+        others = probs.copy()
+        others[rows, top] = -np.inf
+        runner_up = others.max(axis=1)
+    else:
+        runner_up = np.zeros_like(best)
+    margin = best - runner_up
+    passed = (scores[rows, top] >= settings.min_score) & (best >= min_confidence) & (margin >= settings.min_margin)
+    return top, passed & (margin > 0)
+
+
+def answer(settings: DecisionSettings, scale: float, scores: np.ndarray, probs: np.ndarray) -> tuple[int, bool, float]:
+    """One step's final answer: the top candidate, whether every threshold holds for it (the same as for a
+    partial), and the confidence of what is said. For `unknown` that is how sure the model is that the voice is
+    not its top candidate, never 1.0: the larger of the candidate's shortfall against the score threshold (a
+    two-way softmax at the model's scale) and the probability left to the other speakers. `identify`, `evaluate`
+    and the daemon's finals all answer through here."""
+    top, passed = accepted(settings, scores[None], probs[None], settings.min_confidence)
+    index = int(top[0])
+    if passed[0]:
+        return index, True, float(probs[index])
+    shortfall = max(-50.0, min(50.0, scale * (float(scores[index]) - settings.min_score)))
+    below = 1.0 / (1.0 + math.exp(shortfall))
+    return index, False, min(UNKNOWN_CONFIDENCE_CAP, max(below, 1.0 - float(probs[index])))
+
+
 class Decider:
     """Decisions for the utterances of one source, one utterance at a time."""
 
-    def __init__(self, settings: DecisionSettings, labels: list[str], source: str, model: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        settings: DecisionSettings,
+        labels: list[str],
+        source: str,
+        model: Mapping[str, str],
+        scale: float = DEFAULT_SCALE,
+    ) -> None:
         self.settings = settings
+        self.scale = scale
         self.labels = labels
         self.source = source
         self.model = dict(model)
@@ -109,7 +158,7 @@ class Decider:
             return []
         s = self.settings
         self._last = (steps.scores[-1], steps.probs[-1])
-        top, passed = self._accepted(steps.scores, steps.probs, s.min_confidence)
+        top, passed = accepted(s, steps.scores, steps.probs, s.min_confidence)
         passed &= steps.speech_s >= s.min_speech_s
         events: list[Identification] = []
         for i in range(n):
@@ -128,32 +177,16 @@ class Decider:
         return events
 
     def finish(self, end_s: float, speech_s: float, *, long_enough: bool) -> list[Identification]:
-        """The final word on the utterance: its top speaker if the last step passes the thresholds, else unknown.
-        Nothing is said when the utterance was too short or the model never produced a step."""
+        """The final word on the utterance: its top speaker if the last step passes every threshold (the same as a
+        partial's), else unknown. Nothing is said when the utterance was too short or the model never produced a
+        step."""
         if not long_enough or self._last is None:
             return []
         scores, probs = self._last
-        top, passed = self._accepted(scores[None], probs[None], 0.0)
-        index = int(top[0])
-        if not passed[0]:
-            return [self._event("unknown", UNKNOWN, probs, index, True, end_s, speech_s)]
-        return [self._event("final", self.labels[index], probs, index, True, end_s, speech_s)]
-
-    def _accepted(self, scores: np.ndarray, probs: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per step (rows): the top speaker, and whether every threshold holds for it (the margin over the
-        runner-up can only make this stricter). Vectorized: this runs for every step of every stream."""
-        rows = np.arange(probs.shape[0])
-        top = probs.argmax(axis=1)
-        best = probs[rows, top]
-        if probs.shape[1] > 1:
-            others = probs.copy()
-            others[rows, top] = -np.inf
-            runner_up = others.max(axis=1)
-        else:
-            runner_up = np.zeros_like(best)
-        s = self.settings
-        passed = (scores[rows, top] >= s.min_score) & (best >= min_confidence) & (best - runner_up >= s.min_margin)
-        return top, passed
+        index, named, confidence = answer(self.settings, self.scale, scores, probs)
+        if not named:
+            return [self._event("unknown", UNKNOWN, probs, index, True, end_s, speech_s, confidence)]
+        return [self._event("final", self.labels[index], probs, index, True, end_s, speech_s, confidence)]
 
     def _event(
         self,
@@ -164,6 +197,7 @@ class Decider:
         final: bool,
         end_s: float,
         speech_s: float,
+        confidence: float | None = None,
     ) -> Identification:
         order = np.argsort(-probs)[: self.settings.top_k]
         return Identification(
@@ -171,7 +205,7 @@ class Decider:
             utterance_id=self._utterance_id,
             event_type=kind,
             speaker=speaker,
-            confidence=float(probs[index]),
+            confidence=float(probs[index]) if confidence is None else confidence,
             top_k={self.labels[i]: float(probs[i]) for i in order},
             final=final,
             start=round(self._start_s, 3),

@@ -17,11 +17,14 @@ import torch
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.decode import load_audio
+from spkidd.events import UNKNOWN
 from spkidd.features import FeatureExtractor
 from spkidd.inference import crops, unit_embeddings
 from spkidd.modelfile import ModelBundle
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
 
+RESERVED_NAMES = frozenset({UNKNOWN, "none", "unrecognized"})
+"""What events and Home Assistant say for nobody (`unknown`, `none`) or an unrecognized voice."""
 MIN_PIECE_S = 0.5
 RECOMMENDED_SPEECH_S = 10.0
 SIMILAR_SPEAKER_SCORE = 0.85
@@ -35,6 +38,14 @@ class EnrollmentReport:
     pieces: int
     updated: bool
     warnings: list[str] = field(default_factory=list)
+
+
+def check_name(speaker: str) -> None:
+    """A speaker name must say who it is: not empty, and not one of the words events use for nobody."""
+    if not speaker.strip():
+        raise ValueError("the speaker needs a name")
+    if speaker.strip().lower() in RESERVED_NAMES:
+        raise ValueError(f"{speaker!r} is reserved (events say {' and '.join(sorted(RESERVED_NAMES))} for nobody)")
 
 
 def speech_pieces(audio: np.ndarray, gate_settings: GateSettings | None = None) -> list[np.ndarray]:
@@ -101,8 +112,7 @@ def enroll_audio(
     bundle: ModelBundle, speaker: str, clips: dict[str, np.ndarray]
 ) -> tuple[ModelBundle, EnrollmentReport]:
     """The same from named 16-kHz float arrays (the web page's uploads and kept clips)."""
-    if not speaker.strip():
-        raise ValueError("the speaker needs a name")
+    check_name(speaker)
     units, per_clip, speech_s = embed_clips(bundle, clips)
     if not units:
         raise ValueError(f"no speech found in {len(clips)} clip(s); nothing enrolled")
@@ -127,16 +137,8 @@ def enroll_audio(
         "pieces": int(previous.get("pieces", 0)) + len(units),
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    new = ModelBundle(
-        model=bundle.model.with_speakers(torch.from_numpy(references.astype(np.float32))),
-        labels=labels,
-        features=bundle.features,
-        name=bundle.name,
-        decision=dict(bundle.decision),
-        training=dict(bundle.training),
-        enrollment=enrollment,
-    )
-    return new, report
+    model = bundle.model.with_speakers(torch.from_numpy(references.astype(np.float32)))
+    return bundle.edited(model, labels, enrollment), report
 
 
 def _warnings(
@@ -187,15 +189,10 @@ def forget(bundle: ModelBundle, speaker: str) -> ModelBundle:
     if len(bundle.labels) == 1:
         raise ValueError(f"{speaker} is the model's only speaker; a model needs at least one")
     keep = [i for i, label in enumerate(bundle.labels) if label != speaker]
-    references = bundle.model.speakers.detach()[keep]
-    return ModelBundle(
-        model=bundle.model.with_speakers(references),
-        labels=[bundle.labels[i] for i in keep],
-        features=bundle.features,
-        name=bundle.name,
-        decision=dict(bundle.decision),
-        training=dict(bundle.training),
-        enrollment={k: v for k, v in bundle.enrollment.items() if k != speaker},
+    return bundle.edited(
+        bundle.model.with_speakers(bundle.model.speakers.detach()[keep]),
+        [bundle.labels[i] for i in keep],
+        {k: v for k, v in bundle.enrollment.items() if k != speaker},
     )
 
 
@@ -203,17 +200,9 @@ def rename(bundle: ModelBundle, speaker: str, new_name: str) -> ModelBundle:
     """The same voices with one speaker renamed (its reference and enrollment record move with it)."""
     if speaker not in bundle.labels:
         raise ValueError(f"no speaker {speaker!r} in the model (it has: {', '.join(bundle.labels)})")
-    if not new_name.strip():
-        raise ValueError("the speaker needs a name")
+    check_name(new_name)
     if new_name in bundle.labels:
         raise ValueError(f"there is already a speaker called {new_name!r}")
     enrollment = {(new_name if k == speaker else k): dict(v) for k, v in bundle.enrollment.items()}
-    return ModelBundle(
-        model=bundle.model,
-        labels=[new_name if label == speaker else label for label in bundle.labels],
-        features=bundle.features,
-        name=bundle.name,
-        decision=dict(bundle.decision),
-        training=dict(bundle.training),
-        enrollment=enrollment,
-    )
+    labels = [new_name if label == speaker else label for label in bundle.labels]
+    return bundle.edited(bundle.model, labels, enrollment)

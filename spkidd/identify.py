@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from spkidd.audio.decode import load_audio
+from spkidd.decide import DecisionSettings, answer
 from spkidd.events import UNKNOWN
 from spkidd.inference import Scored, Segment, score_long
 from spkidd.modelfile import ModelBundle
@@ -25,11 +26,19 @@ class FileResult:
 
 
 def _name(bundle: ModelBundle, scored: Scored) -> tuple[str, float, float]:
-    """The best speaker, unless its cosine score is under the model's threshold: then `unknown`."""
-    best = int(scored.probs.argmax())
-    score = float(scored.scores[best])
-    threshold = bundle.decision.get("min_score", -1.0)
-    return (bundle.labels[best] if score >= threshold else UNKNOWN), float(scored.probs[best]), score
+    """What the daemon's final event would say: the best speaker if it passes the model's thresholds, else
+    `unknown`; with the confidence of that answer and the best cosine score."""
+    settings = DecisionSettings.from_model(bundle.decision)
+    index, named, confidence = answer(settings, bundle.model.config.scale, scored.scores, scored.probs)
+    return (bundle.labels[index] if named else UNKNOWN), confidence, float(scored.scores[index])
+
+
+def _majority(turns: list[dict[str, Any]]) -> str:
+    """The speaker of most of the timeline's time."""
+    time: dict[str, float] = {}
+    for turn in turns:
+        time[turn["speaker"]] = time.get(turn["speaker"], 0.0) + turn["end"] - turn["start"]
+    return max(time, key=lambda speaker: time[speaker])
 
 
 def timeline(bundle: ModelBundle, segments: list[Segment]) -> list[dict[str, Any]]:
@@ -58,4 +67,6 @@ def identify_file(bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5) -
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
     if len(segments) > 1:
         result.timeline = timeline(bundle, segments)
+        if speaker not in {turn["speaker"] for turn in result.timeline}:
+            result.speaker = _majority(result.timeline)
     return result

@@ -36,6 +36,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.cell not in ("gru", "lstm"):
             raise ValueError(f"unknown recurrent cell {self.cell!r}")
+        bounds = {"n_features": 256, "n_speakers": 100000, "hidden": 2048, "layers": 8, "frame_stack": 50}
+        for name, most in (*bounds.items(), ("embedding_dim", 2048)):
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"{name} must be 1-{most}, not {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,10 +10,13 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -57,13 +60,22 @@ class ModelBundle:
     decision: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     enrollment: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revision: int = 0
+    """How many times enrollment has changed the speakers since training (enroll, forget, rename)."""
 
     def extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.features)
 
     @property
     def version(self) -> str:
-        return str(self.training.get("created", ""))
+        """Training time, plus the revision after enrollment changed the speakers: events and logs name the exact
+        model that answered."""
+        created = str(self.training.get("created", ""))
+        return f"{created}+r{self.revision}" if self.revision else created
+
+    def edited(self, model: SpeakerNet, labels: list[str], enrollment: dict[str, dict[str, Any]]) -> ModelBundle:
+        """The same model with other speakers: a new revision."""
+        return dataclasses.replace(self, model=model, labels=labels, enrollment=enrollment, revision=self.revision + 1)
 
 
 def _metadata(bundle: ModelBundle) -> dict[str, Any]:
@@ -76,6 +88,7 @@ def _metadata(bundle: ModelBundle) -> dict[str, Any]:
         "decision": bundle.decision,
         "training": bundle.training,
         "enrollment": bundle.enrollment,
+        "revision": bundle.revision,
     }
 
 
@@ -98,16 +111,34 @@ def save_model(bundle: ModelBundle, path: Path) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        _keep_owner_and_mode(path, Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _keep_owner_and_mode(old: Path, new: Path) -> None:
+    """A rewritten model keeps the old file's owner and mode (`sudo spkidd enroll` on the daemon's model must not
+    lock the daemon's user out of it); a new file gets 0644 less the umask, like any file."""
+    try:
+        stat = old.stat()
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(new, 0o644 & ~umask)
+        return
+    os.chmod(new, stat.st_mode & 0o7777)
+    if os.geteuid() == 0:
+        os.chown(new, stat.st_uid, stat.st_gid)
+
+
 def load_model(path: Path) -> ModelBundle:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    if not os.access(path, os.R_OK):
+        raise ModelFileError(f"{path}: permission denied (the file is not readable by this user)")
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
@@ -127,27 +158,51 @@ def load_model(path: Path) -> ModelBundle:
             "upgrade spkidd"
         )
     try:
-        features = parameters_from(FeatureParams, meta["features"], "feature")
-        labels = [str(label) for label in meta["labels"]]
-        model = _build_network(meta["architecture"])
-        model.load_state_dict(tensors, strict=True)
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        features = parameters_from(FeatureParams, _table(meta, "features"), "feature")
+        labels = meta["labels"]
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise TypeError("labels must be a list of names")
+        model = _build_network(_table(meta, "architecture"), tensors)
+        if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
+            raise ValueError("labels or features do not match the network")
+        bundle = ModelBundle(
+            model=model.eval(),
+            labels=labels,
+            features=features,
+            name=str(meta.get("name", "spkidd")),
+            decision={str(k): float(v) for k, v in _table(meta, "decision").items()},
+            training=_table(meta, "training"),
+            enrollment={str(k): dict(v) for k, v in _table(meta, "enrollment").items()},
+            revision=int(meta.get("revision", 0)),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: inconsistent model file: {exc}") from exc
-    if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
-        raise ModelFileError(f"{path}: labels or features do not match the network")
-    model.eval()
-    return ModelBundle(
-        model=model,
-        labels=labels,
-        features=features,
-        name=str(meta.get("name", "spkidd")),
-        decision={k: float(v) for k, v in meta.get("decision", {}).items()},
-        training=dict(meta.get("training", {})),
-        enrollment=dict(meta.get("enrollment", {})),
-    )
+    return bundle
 
 
-def _build_network(architecture: dict[str, Any]) -> SpeakerNet:
+def _table(meta: dict[str, Any], key: str) -> dict[str, Any]:
+    value = meta.get(key, {})
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be a table, not {type(value).__name__}")
+    return value
+
+
+def _build_network(architecture: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SpeakerNet:
+    """The network the file declares, checked against its tensors on the meta device first: a crafted file that
+    declares a huge network is refused before anything is allocated."""
+    make: Callable[[], SpeakerNet]
     if architecture.get("kind") == "ge2e":
-        return EncoderSpeakerModel(parameters_from(EncoderModelConfig, architecture, "model"))
-    return SpeakerModel(parameters_from(ModelConfig, architecture, "model"))
+        encoder_config = parameters_from(EncoderModelConfig, architecture, "model")
+        make = partial(EncoderSpeakerModel, encoder_config)
+    else:
+        scratch_config = parameters_from(ModelConfig, architecture, "model")
+        make = partial(SpeakerModel, scratch_config)
+    with torch.device("meta"):
+        declared = {name: tuple(t.shape) for name, t in make().state_dict().items()}
+    stored = {name: tuple(t.shape) for name, t in tensors.items()}
+    if declared != stored:
+        differing = sorted(set(declared) ^ set(stored)) or [n for n in declared if declared[n] != stored[n]]
+        raise ValueError(f"the declared architecture does not match the stored tensors ({differing[:3]})")
+    model = make()
+    model.load_state_dict(tensors, strict=True)
+    return model

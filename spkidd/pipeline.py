@@ -156,7 +156,11 @@ class StreamPipeline:
         self._extractor = bundle.extractor()
         decision = DecisionSettings.from_model(bundle.decision, self.settings.decision)
         self._decider = Decider(
-            decision, list(bundle.labels), self.source.name, {"name": bundle.name, "version": bundle.version}
+            decision,
+            list(bundle.labels),
+            self.source.name,
+            {"name": bundle.name, "version": bundle.version},
+            bundle.model.config.scale,
         )
 
     async def _read(self, emit: Emit) -> None:

@@ -10,12 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.inference import Scored, score_long
+from spkidd.decide import DecisionSettings, answer
+from spkidd.inference import Scored, score_audio, score_long
 from spkidd.modelfile import ModelBundle
 from train.data import Row
 from train.prepare import AudioCache, prepare
 
 TOP_KS = (1, 3, 5)
+EARLY_S = (0.5, 1.0, 2.0)
+"""A live stream has to answer before an utterance is over: top-1 from only the first this many seconds."""
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Scoring:
     scored: list[Scored] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     unknown_speakers: dict[str, int] = field(default_factory=dict)
+    early: dict[float, list[int]] = field(default_factory=dict)
+    """Per prefix length: the top-1 speaker index from the first seconds of each item (whole if shorter)."""
 
 
 def chunk_seconds(bundle: ModelBundle) -> float:
@@ -55,7 +60,27 @@ def score_rows(
             continue
         result.truth.append(index[row.speaker])
         result.scored.append(scored)
+        for seconds in EARLY_S:
+            prefix = score_audio(bundle, audio[: int(seconds * bundle.features.sample_rate)], extractor) or scored
+            result.early.setdefault(seconds, []).append(int(prefix.probs.argmax()))
     return result
+
+
+def answers_at_threshold(bundle: ModelBundle, scoring: Scoring) -> dict[str, float]:
+    """What users get from the shipped thresholds (the daemon's final answer): shares of items named right,
+    answered `unknown`, and named wrong."""
+    settings = DecisionSettings.from_model(bundle.decision)
+    right = unknown = wrong = 0
+    for truth, scored in zip(scoring.truth, scoring.scored, strict=True):
+        index, named, _ = answer(settings, bundle.model.config.scale, scored.scores, scored.probs)
+        if not named:
+            unknown += 1
+        elif index == truth:
+            right += 1
+        else:
+            wrong += 1
+    n = max(1, len(scoring.truth))
+    return {"named_right": right / n, "unknown": unknown / n, "named_wrong": wrong / n}
 
 
 def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
@@ -85,10 +110,14 @@ def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
         if i != j
     ]
     off_diagonal.sort(key=lambda c: -int(c["count"]))
+    early = {f"{k:g}": float(np.mean(np.array(v) == truth)) for k, v in sorted(scoring.early.items())}
     return {
         "model": bundle.name,
         "accuracy": top_k["1"],
         "top_k": top_k,
+        "at_threshold": answers_at_threshold(bundle, scoring),
+        "min_score": float(bundle.decision.get("min_score", float("nan"))),
+        "top1_after_s": early,
         "n": int(truth.size),
         "labels": labels,
         "confusion_matrix": confusion.tolist(),

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from train.data import Row, discover, speaker_counts
 from train.fit import EpochRecord, Split, Trainer, TrainSettings, stratified_split
@@ -109,6 +110,8 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
         raise ValueError(f"{inputs.data}: no usable audio ({len(prepared.skipped)} files skipped)")
     _warn_small_speakers(prepared, console)
     labels = sorted(speaker_counts(prepared.rows))
+    for label in labels:
+        check_name(label)
     index = {label: i for i, label in enumerate(labels)}
     train_labels = [index[r.speaker] for r in prepared.rows]
     rng = np.random.default_rng(settings.seed)
