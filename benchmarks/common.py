@@ -31,7 +31,14 @@ def _load(path: str, start: float, end: float) -> np.ndarray:
     return resample(x, sr) if sr != SAMPLE_RATE else x
 
 
-def build_conversation(test_csv: Path, out: Path, turns: int = 60, seed: int = 0) -> tuple[Path, Path]:
+S1_GAPS = (0.4, 1.2)
+S2_GAPS = (0.0, 0.25)
+"""Silence between turns: S1 leaves room for the gate; S2's back-to-back turns are often merged by it."""
+
+
+def build_conversation(
+    test_csv: Path, out: Path, turns: int = 60, seed: int = 0, gaps: tuple[float, float] = S1_GAPS
+) -> tuple[Path, Path]:
     """Writes out/conversation.wav and out/truth.csv (start,end,speaker) from P2's test rows."""
     rng = np.random.default_rng(seed)
     pieces: dict[str, list[tuple[str, float, float]]] = {}
@@ -63,7 +70,7 @@ def build_conversation(test_csv: Path, out: Path, turns: int = 60, seed: int = 0
         truth.append((round(t, 3), round(t + len(x) / SAMPLE_RATE, 3), spk))
         audio.append(x)
         t += len(x) / SAMPLE_RATE
-        gap = np.zeros(int(rng.uniform(0.4, 1.2) * SAMPLE_RATE), np.float32)
+        gap = np.zeros(int(rng.uniform(*gaps) * SAMPLE_RATE), np.float32)
         audio.append(gap)
         t += len(gap) / SAMPLE_RATE
         prev = spk
@@ -131,3 +138,38 @@ def score(truth_csv: Path, events: list[dict[str, Any]]) -> S1Score:
         wrong_before_right=wrong_first / n,
         finals=finals,
     )
+
+
+def timeline_score(truth_csv: Path, events: list[dict[str, Any]], slack: float = 0.3) -> dict[str, float]:
+    """The reference's `timeline` rules: what a subscriber of the current-speaker state sees at every 10 ms of true
+    speech (the latest event naming anyone; `unknown` counts wrong), and per turn the last event between its start
+    and `slack` after its end."""
+    with truth_csv.open() as handle:
+        truth = [(float(r["start"]), float(r["end"]), r["speaker"]) for r in csv.DictReader(handle)]
+    named = sorted((float(ev["end"]), ev["speaker"]) for ev in events if ev.get("speaker"))
+    times = np.array([t for t, _ in named])
+    who = [w for _, w in named]
+    hit = total = 0
+    for s, e, spk in truth:
+        for t in np.arange(s, e, 0.01):
+            i = int(np.searchsorted(times, t, side="right")) - 1
+            total += 1
+            hit += int(i >= 0 and who[i] == spk)
+    correct, latencies = 0, []
+    for s, e, spk in truth:
+        span = [(t, w) for t, w in named if s <= t <= e + slack]
+        if span and span[-1][1] == spk:
+            correct += 1
+        first = next((t for t, w in span if w == spk), None)
+        if first is not None:
+            latencies.append(max(0.0, first - s))
+    n = len(truth)
+    lat = np.array(latencies) if latencies else np.array([np.inf])
+    return {
+        "turns": n,
+        "speech_time_accuracy": hit / max(total, 1),
+        "turn_accuracy": correct / n,
+        "first_correct_median_s": float(np.median(lat)),
+        "first_correct_p90_s": float(np.percentile(lat, 90)),
+        "turns_never_correct": n - int(np.isfinite(lat).sum()),
+    }

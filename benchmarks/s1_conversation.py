@@ -1,7 +1,11 @@
-"""S1 (BENCHMARKS.md): a 60-turn conversation built from P2 test audio, streamed through spkidd's own pipeline.
+"""S1 and S2 (BENCHMARKS.md): a 60-turn conversation built from P2 test audio, streamed through spkidd's pipeline.
 
-usage: python benchmarks/s1_conversation.py MODEL [--data ../shared/data] [--out benchmarks/out/s1]
+usage: python benchmarks/s1_conversation.py MODEL [--protocol s1|s2] [--data ../shared/data] [--out DIR]
        [--gate key=value ...] [--decision key=value ...] [--step-ms 150]
+
+S1 leaves 0.4-1.2 s between turns; S2 0-0.25 s (back to back: the gate often merges turns, and the model has to
+notice the change of voice inside one utterance). Both are scored per turn (S1's rules) and by audio time (the
+reference's `timeline`: what a subscriber of the current-speaker state sees).
 
 File replay as fast as possible with audio-time stamps -> gate -> features -> model -> decider; the events go to
 events.jsonl and are scored like ../shared/tools/conversation.py. When that reference is present, the script also
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DEFAULT_DATA, DEFAULT_OUT, S1Score, build_conversation, score
+from common import DEFAULT_DATA, DEFAULT_OUT, S1_GAPS, S2_GAPS, build_conversation, score, timeline_score
 from manifests import p2
 from rich.console import Console
 from rich.table import Table
@@ -65,30 +69,41 @@ async def stream(bundle: ModelBundle, wav: Path, settings: PipelineSettings) -> 
     return events, pipeline.stats
 
 
-def cross_check(reference: Path, test_csv: Path, out: Path, events_jsonl: Path, ours: S1Score) -> str:
+def _reference_scores(reference: Path, verb: str, truth: Path, events_jsonl: Path) -> dict[str, Any]:
+    command = [sys.executable, str(reference), verb, str(truth), str(events_jsonl)]
+    proc = subprocess.run(command, check=True, capture_output=True, text=True)
+    scores: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return scores
+
+
+def cross_check(
+    reference: Path,
+    test_csv: Path,
+    out: Path,
+    events_jsonl: Path,
+    gaps: tuple[float, float],
+    ours: dict[str, dict[str, Any]],
+) -> str:
     """Builds and scores with the reference tool; raises if anything differs."""
     ref_dir = out / "reference"
-    subprocess.run([sys.executable, str(reference), "build", str(test_csv), str(ref_dir)], check=True)
+    gap_args = ["--gap-min", str(gaps[0]), "--gap-max", str(gaps[1])]
+    subprocess.run([sys.executable, str(reference), "build", str(test_csv), str(ref_dir), *gap_args], check=True)
     for name in ("truth.csv", "conversation.wav"):
         if (ref_dir / name).read_bytes() != (out / name).read_bytes():
-            raise SystemExit(f"S1 cross-check failed: {name} differs from the reference build")
-    proc = subprocess.run(
-        [sys.executable, str(reference), "score", str(out / "truth.csv"), str(events_jsonl)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    if json.dumps(theirs, sort_keys=True) != json.dumps(ours.to_dict(), sort_keys=True):
-        raise SystemExit(f"S1 cross-check failed: reference scores {theirs} != ours {ours.to_dict()}")
-    return "conversation.wav, truth.csv and scores equal the reference"
+            raise SystemExit(f"cross-check failed: {name} differs from the reference build")
+    for verb, figures in ours.items():
+        theirs = _reference_scores(reference, verb, out / "truth.csv", events_jsonl)
+        if json.dumps(theirs, sort_keys=True) != json.dumps(figures, sort_keys=True):
+            raise SystemExit(f"cross-check failed: reference {verb} {theirs} != ours {figures}")
+    return "conversation.wav, truth.csv, turn and timeline scores equal the reference"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
+    parser.add_argument("--protocol", choices=("s1", "s2"), default="s1")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "s1")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/out/PROTOCOL")
     parser.add_argument("--gate", nargs="*", default=[], help="GateSettings overrides, key=value")
     parser.add_argument("--decision", nargs="*", default=[], help="DecisionSettings overrides, key=value")
     parser.add_argument("--step-ms", type=int, default=PipelineSettings().step_ms)
@@ -104,9 +119,11 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
 
-    out: Path = args.out
+    out: Path = args.out or DEFAULT_OUT / args.protocol
+    gaps = S1_GAPS if args.protocol == "s1" else S2_GAPS
     train_csv, test_csv = p2(args.data, out / "manifests")
-    wav, truth_csv = build_conversation(test_csv if args.split == "test" else train_csv, out, seed=args.seed)
+    source_csv = test_csv if args.split == "test" else train_csv
+    wav, truth_csv = build_conversation(source_csv, out, seed=args.seed, gaps=gaps)
     bundle = load_model(args.model)
     settings = settings_from_args(args)
 
@@ -116,13 +133,16 @@ def main() -> None:
     events_jsonl = out / "events.jsonl"
     events_jsonl.write_text("".join(json.dumps(e) + "\n" for e in events))
     result = score(truth_csv, events)
+    timeline = timeline_score(truth_csv, events)
     official = args.split == "test" and args.seed == 0
+    name = args.protocol.upper()
     if official and args.reference.is_file():
-        check = cross_check(args.reference, test_csv, out, events_jsonl, result)
+        ours = {"score": result.to_dict(), "timeline": timeline}
+        check = cross_check(args.reference, test_csv, out, events_jsonl, gaps, ours)
     else:
-        check = "skipped" if official else f"not the S1 protocol: {args.split} audio, seed {args.seed}"
+        check = "skipped" if official else f"not the {name} protocol: {args.split} audio, seed {args.seed}"
 
-    table = Table(title=f"S1 conversation, model {bundle.name} {bundle.version}")
+    table = Table(title=f"{name} conversation, model {bundle.name} {bundle.version}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("turn accuracy", f"{result.turn_accuracy:.1%} ({result.turns} turns)")
@@ -131,17 +151,22 @@ def main() -> None:
     table.add_row("turns never named right", str(result.turns_never_correct))
     table.add_row("wrong before right", f"{result.wrong_before_right:.1%}")
     table.add_row("final events", f"{result.finals} (turns {result.turns})")
+    table.add_row("timeline: speech-time accuracy", f"{timeline['speech_time_accuracy']:.1%}")
+    table.add_row("timeline: turn accuracy", f"{timeline['turn_accuracy']:.1%}")
+    median, p90 = timeline["first_correct_median_s"], timeline["first_correct_p90_s"]
+    table.add_row("timeline: first correct median / p90", f"{median:.2f} s / {p90:.2f} s")
     table.add_row("audio / CPU", f"{stats.audio_s:.0f} s / {cpu:.1f} s (RTF {cpu / stats.audio_s:.4f})")
     console.print(table)
     console.print(f"cross-check: {check}")
     report = {
-        "benchmark": "S1" if official else "S1-dev",
+        "benchmark": name if official else f"{name}-dev",
         "split": args.split,
         "seed": args.seed,
         "model": str(args.model),
         "model_name": bundle.name,
         "model_version": bundle.version,
         **result.to_dict(),
+        "timeline": timeline,
         "gate": asdict(settings.gate),
         "decision": settings.decision,
         "model_decision": bundle.decision,
@@ -151,8 +176,8 @@ def main() -> None:
         "wall_s": wall,
         "cross_check": check,
     }
-    (out / "s1.json").write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"wrote {out / 's1.json'} and {events_jsonl}")
+    (out / f"{args.protocol}.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {out / f'{args.protocol}.json'} and {events_jsonl}")
 
 
 if __name__ == "__main__":
