@@ -29,7 +29,7 @@ from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
-from train.references import install_centroids
+from train.references import CropEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -540,20 +540,15 @@ class Trainer:
         model.eval()
         val = (self.split.val_audio, self.split.val_labels)
         weights_acc = self.validate(model, *val)[0] if has_val else float("nan")
-        install_centroids(model, self.extractor, self.split.train_audio, self.split.train_labels, len(self.labels))
+        references = CropEmbeddings.of(model, self.extractor, self.split)
+        references.install(model, len(self.labels), with_held_out=False)
         centroid_acc, genuine, _ = self.validate(model, *val)
         log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
         impostor = self.validate(model, *pseudo_strangers(self.split))[2]
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         if has_val:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
-            install_centroids(
-                model,
-                self.extractor,
-                self.split.train_audio + self.split.val_audio,
-                self.split.train_labels + self.split.val_labels,
-                len(self.labels),
-            )
+            references.install(model, len(self.labels), with_held_out=True)
         bundle = ModelBundle(
             model=model,
             labels=self.labels,

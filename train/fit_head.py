@@ -45,7 +45,7 @@ from train.fit import (
     pseudo_strangers,
     window_scores,
 )
-from train.references import install_centroids
+from train.references import CropEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ POOLS = 4
 PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
+CENTROID_HOP_S = 0.5
+"""Crops for the references overlap less than the scratch network's: the encoder costs more per crop, and its
+rolling windows already see each second of speech from several starts."""
 
 
 @dataclass
@@ -379,15 +382,14 @@ class HeadTrainer:
     ) -> ModelBundle:
         """Centroids, the calibrated unknown threshold and the training record."""
         s = self.split
-        install_centroids(model, self.extractor, s.train_audio, s.train_labels, len(self.labels))
+        references = CropEmbeddings.of(model, self.extractor, s, hop_s=CENTROID_HOP_S)
+        references.install(model, len(self.labels), with_held_out=False)
         has_val = bool(s.val_audio)
         centroid_acc, genuine, _ = window_scores(model, self.extractor, s.val_audio, s.val_labels, settings.window_s)
         impostor = window_scores(model, self.extractor, *pseudo_strangers(s), settings.window_s)[2]
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         if has_val:
-            install_centroids(
-                model, self.extractor, s.train_audio + s.val_audio, s.train_labels + s.val_labels, len(self.labels)
-            )
+            references.install(model, len(self.labels), with_held_out=True)
         seconds = np.zeros(len(self.labels))
         for audio, label in zip(s.train_audio + s.val_audio, s.train_labels + s.val_labels, strict=True):
             seconds[label] += len(audio) / SAMPLE_RATE

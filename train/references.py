@@ -6,28 +6,53 @@ enrollment and open-set scoring are one mechanism in one geometry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from spkidd.features import FeatureExtractor
-from spkidd.inference import crops, embed_pieces
+from spkidd.inference import CENTROID_HOP_S, crops, embed_pieces
 from spkidd.modelfile import SpeakerNet
 
+if TYPE_CHECKING:
+    from train.fit import Split
 
-def install_centroids(
-    model: SpeakerNet, extractor: FeatureExtractor, audio: list[np.ndarray], labels: list[int], n_speakers: int
-) -> None:
-    """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
-    pieces, piece_labels = [], []
-    for item, label in zip(audio, labels, strict=True):
-        for crop in crops(item):
-            pieces.append(crop)
-            piece_labels.append(label)
-    raw = embed_pieces(model, extractor, pieces)
-    with torch.no_grad():
-        model.embedding_center.copy_(torch.from_numpy(raw.mean(axis=0)))
-        model.embedding_scale.copy_(torch.from_numpy(np.maximum(raw.std(axis=0), 1e-3)))
-        units = model.unit(torch.from_numpy(raw))
-        index = torch.tensor(piece_labels)
-        sums = torch.zeros(n_speakers, units.shape[1]).index_add_(0, index, units)
-        model.speakers.copy_(torch.nn.functional.normalize(sums, dim=-1))
+
+@dataclass
+class CropEmbeddings:
+    """Raw embeddings of overlapping crops of every training and held-out item, computed once: the references
+    are first installed from the training crops (to calibrate the threshold on audio they have not seen), then
+    from all of them (what the model ships with)."""
+
+    raw: np.ndarray
+    labels: np.ndarray
+    held_out: np.ndarray
+
+    @classmethod
+    def of(
+        cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split, hop_s: float = CENTROID_HOP_S
+    ) -> CropEmbeddings:
+        pieces, labels, held_out = [], [], []
+        items = [(a, lab, False) for a, lab in zip(split.train_audio, split.train_labels, strict=True)]
+        items += [(a, lab, True) for a, lab in zip(split.val_audio, split.val_labels, strict=True)]
+        for item, label, is_held_out in items:
+            for crop in crops(item, hop_s=hop_s):
+                pieces.append(crop)
+                labels.append(label)
+                held_out.append(is_held_out)
+        raw = embed_pieces(model, extractor, pieces)
+        return cls(raw, np.array(labels, dtype=np.int64), np.array(held_out, dtype=bool))
+
+    def install(self, model: SpeakerNet, n_speakers: int, *, with_held_out: bool) -> None:
+        """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
+        train = self.raw[~self.held_out]
+        chosen = np.ones(len(self.raw), dtype=bool) if with_held_out else ~self.held_out
+        with torch.no_grad():
+            model.embedding_center.copy_(torch.from_numpy(train.mean(axis=0)))
+            model.embedding_scale.copy_(torch.from_numpy(np.maximum(train.std(axis=0), 1e-3)))
+            units = model.unit(torch.from_numpy(self.raw[chosen]))
+            index = torch.from_numpy(self.labels[chosen])
+            sums = torch.zeros(n_speakers, units.shape[1]).index_add_(0, index, units)
+            model.speakers.copy_(torch.nn.functional.normalize(sums, dim=-1))
