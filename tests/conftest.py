@@ -17,9 +17,9 @@ HOUSEHOLD_VOICES = ["alice", "bob", "carol", "gina", "hank", "ivan", "june", "ka
 TRAIN_SENTENCES = SENTENCES[:12]
 HELD_OUT_SENTENCES = SENTENCES[12:]
 
-# Small and quick, but the same code path as `spkidd train`.
-TEST_TRAIN_SETTINGS = TrainSettings(hidden=64, embedding_dim=64, epochs=25, patience=25, seed=0)
-HOUSEHOLD_SETTINGS = TrainSettings(hidden=64, epochs=50, patience=50, seed=0, threads=1)
+# Small and quick, but the same code path as `spkidd train` (the pretrained encoder with a household GRU).
+TEST_TRAIN_SETTINGS = TrainSettings(epochs=10, patience=10, pools=2, seed=0)
+HOUSEHOLD_SETTINGS = TrainSettings(epochs=15, patience=15, pools=2, seed=0, threads=1)
 
 __all__ = ["synth_speech"]
 

@@ -18,7 +18,8 @@ from train.data import Row
 from train.prepare import AudioCache
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
-SMALL = ["--hidden", "32", "--layers", "1", "--seed", "1"]
+SMALL = ["--pools", "1", "--seed", "1"]
+SMALL_SCRATCH = ["--encoder", "none", "--hidden", "32", "--layers", "1", "--seed", "1"]
 
 
 def _copy_corpus(src: Path, dst: Path) -> Path:
@@ -111,7 +112,7 @@ def test_two_process_distributed_training_under_torchrun(speech_corpus: Path, tm
             str(out),
             "--epochs",
             "1",
-            *SMALL,
+            *SMALL_SCRATCH,
             "--cache-dir",
             str(tmp_path / "c"),
         ],

@@ -83,6 +83,8 @@ class TrainSettings:
     window_frames: int = 160
     step_frames: int = 5
     head_hidden: int = 128
+    pools: int = 4
+    """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
     target_far: float = 0.05
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
     251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""

@@ -55,9 +55,6 @@ GE2E_FEATURES = FeatureParams(kind="melpower", mel_scale="slaney", fmin=0.0, fma
 HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0.25, gain_db=10.0)
 """Stronger than for the scratch network: the frozen encoder cannot be hurt by it, and homes are noisy."""
 
-POOLS = 4
-"""Encoded passes over the training audio (each joined and augmented anew); epochs cycle through them."""
-
 PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
@@ -155,7 +152,7 @@ class HeadTrainer:
     def plan_text(self, plan: TrainSettings) -> str:
         return (
             f"plan: up to {plan.epochs} epochs (patience {plan.patience}), GE2E encoder (frozen) in {plan.windows} "
-            f"windows of {plan.window_frames / 100:g} s, GRU head {plan.head_hidden}, {POOLS} encoded pools, "
+            f"windows of {plan.window_frames / 100:g} s, GRU head {plan.head_hidden}, {plan.pools} encoded pools, "
             f"augmentation {'on' if plan.augment else 'off'}"
         )
 
@@ -207,7 +204,7 @@ class HeadTrainer:
         s = self.split
         train_s = sum(len(a) for a in s.train_audio) / SAMPLE_RATE
         augmenter = Augmenter(HEAD_AUGMENT, self.rng, self.noise_clips) if settings.augment else None
-        plans = [join_pieces(s.train_audio, s.train_labels, self.rng, train_s) for _ in range(POOLS)]
+        plans = [join_pieces(s.train_audio, s.train_labels, self.rng, train_s) for _ in range(settings.pools)]
         val_audio, val_labels = (s.val_audio, s.val_labels) if s.val_audio else (s.train_audio, s.train_labels)
         val_s = max(60.0, sum(len(a) for a in val_audio) / SAMPLE_RATE)
         val_plan = join_pieces(val_audio, val_labels, np.random.default_rng(settings.seed + 1), val_s)
