@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,7 +177,10 @@ class _ArrayBlocks:
 
 class _FileBlocks:
     """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
-    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
+    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz.
+
+    A consumer cancelled while a worker thread decodes calls close() at once; closing the libsndfile handle under
+    that thread crashed the process, so close() then only marks the file, and the thread closes it when done."""
 
     blocking = True
 
@@ -186,6 +190,9 @@ class _FileBlocks:
         self._frames = max(1, int(block_s * self._rate))
         self._resampler = self._new_resampler()
         self._ended = False
+        self._lock = threading.Lock()
+        self._busy = False
+        self._close_requested = False
 
     def _new_resampler(self) -> soxr.ResampleStream | None:
         if self._rate == SAMPLE_RATE:
@@ -193,6 +200,45 @@ class _FileBlocks:
         return soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, dtype="float32")
 
     def read(self) -> np.ndarray:
+        if not self._claim():
+            return _EMPTY
+        try:
+            return self._decode_block()
+        finally:
+            self._release()
+
+    def rewind(self) -> None:
+        if not self._claim():
+            return
+        try:
+            self._file.seek(0)
+            self._resampler = self._new_resampler()
+            self._ended = False
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._busy:
+                self._close_requested = True
+            elif not self._file.closed:
+                self._file.close()
+
+    def _claim(self) -> bool:
+        """Marks the file in use by this thread; False once it is closed or closing."""
+        with self._lock:
+            if self._close_requested or self._file.closed:
+                return False
+            self._busy = True
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy = False
+            if self._close_requested:
+                self._file.close()
+
+    def _decode_block(self) -> np.ndarray:
         while not self._ended:
             data = self._file.read(frames=self._frames, dtype="float32", always_2d=True).mean(axis=1)
             last = len(data) < self._frames
@@ -202,11 +248,3 @@ class _FileBlocks:
             if len(data):
                 return float_to_pcm(data)
         return _EMPTY
-
-    def rewind(self) -> None:
-        self._file.seek(0)
-        self._resampler = self._new_resampler()
-        self._ended = False
-
-    def close(self) -> None:
-        self._file.close()
