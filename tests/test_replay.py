@@ -129,3 +129,19 @@ def test_stopping_a_file_replay_mid_read_never_crashes_the_decoder(tmp_path: Pat
         timeout=300,
     )
     assert child.returncode == 0 and "survived" in child.stdout, (child.returncode, child.stderr[-2000:])
+
+
+@pytest.mark.parametrize("loop", [False, True])
+async def test_iterating_a_replay_again_resumes_where_it_stopped(tmp_path: Path, loop: bool) -> None:
+    """A pipeline rebuilt after a failure iterates its source again: it must neither replay what was heard nor
+    restart the time line (it replayed from 0 and reused utterance ids)."""
+    audio = tone(1.0)
+    path = write_wav(tmp_path / "tone.wav", audio)
+    whole = [c for c, _ in await collect(ReplaySource("desk", path, realtime=False))]
+    source = ReplaySource("desk", path, realtime=False, loop=loop)
+    first = [c for c, _ in await collect(source, limit=10)]
+    again = [c for c, _ in await collect(source, limit=len(whole) + 5 if loop else None)]
+    assert [c.start_s for c in first + again] == pytest.approx([i * CHUNK_S for i in range(len(first + again))])
+    expected = (whole * 3)[: len(first + again)]
+    assert all(np.array_equal(c.samples, e.samples) for c, e in zip(first + again, expected, strict=True))
+    assert len(first + again) == (len(whole) + 15 if loop else len(whole))

@@ -45,7 +45,10 @@ def to_chunkable_pcm(audio: np.ndarray) -> np.ndarray:
 
 
 class ReplaySource:
-    """Plays `path` (any format load_audio decodes) once, or forever with `loop`; `start_s` keeps counting."""
+    """Plays `path` (any format load_audio decodes) once, or forever with `loop`; `start_s` keeps counting.
+
+    Iterating again (a pipeline rebuilt after a failure) resumes where the last iteration stopped, on the same
+    time line, so a restart neither replays audio already heard nor restarts its time stamps."""
 
     def __init__(
         self,
@@ -63,6 +66,9 @@ class ReplaySource:
         self.on_status = on_status
         self.started_at: float | None = None
         self._pcm: np.ndarray | None = None
+        self._delivered = 0
+        self._pass_chunks = 0
+        """Chunks in one pass through the file, once a pass has been completed (0 before)."""
 
     @classmethod
     def from_samples(
@@ -91,12 +97,13 @@ class ReplaySource:
             self._status(False, f"cannot decode {self.path}: {exc}")
             raise
         self._status(True, f"replaying {self.path}")
-        self.started_at = time.monotonic()
-        index = 0
+        index = self._delivered
+        skip = self._delivered % self._pass_chunks if self._pass_chunks else self._delivered
+        self.started_at = time.monotonic() - index * _CHUNK_S
         try:
             while True:
                 rest = _EMPTY
-                delivered = index
+                in_pass = 0
                 while True:
                     block = await asyncio.to_thread(blocks.read) if blocks.blocking else blocks.read()
                     if block.size == 0:
@@ -104,17 +111,27 @@ class ReplaySource:
                     buffer = block if rest.size == 0 else np.concatenate([rest, block])
                     whole = len(buffer) - len(buffer) % CHUNK_SAMPLES
                     for start in range(0, whole, CHUNK_SAMPLES):
+                        in_pass += 1
+                        if skip:
+                            skip -= 1
+                            continue
                         await self._pace(index)
+                        self._delivered = index + 1
                         yield AudioChunk(buffer[start : start + CHUNK_SAMPLES], index * _CHUNK_S)
                         index += 1
                     rest = buffer[whole:]
                 if rest.size:
-                    await self._pace(index)
-                    yield AudioChunk(
-                        np.concatenate([rest, np.zeros(CHUNK_SAMPLES - len(rest), np.int16)]), index * _CHUNK_S
-                    )
-                    index += 1
-                if not self.loop or index == delivered:
+                    in_pass += 1
+                    if not skip:
+                        await self._pace(index)
+                        self._delivered = index + 1
+                        yield AudioChunk(
+                            np.concatenate([rest, np.zeros(CHUNK_SAMPLES - len(rest), np.int16)]), index * _CHUNK_S
+                        )
+                        index += 1
+                skip = 0
+                self._pass_chunks = in_pass
+                if not self.loop or in_pass == 0:
                     break
                 await asyncio.to_thread(blocks.rewind) if blocks.blocking else blocks.rewind()
         finally:
