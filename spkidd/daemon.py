@@ -177,6 +177,8 @@ class Daemon:
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # Its default action would kill the process between here and its exit code.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def _became_ready(self) -> None:
         self._ready = True

@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
+from tests.support.procs import alive, command, descendants
 
 P = "spkidd/testhouse"
 KITCHEN = f"{P}/kitchen"
@@ -56,7 +59,8 @@ def _final_index(messages: list[Received], utterance: str) -> int:
     return next(
         i
         for i, m in enumerate(messages)
-        if m.topic == f"{KITCHEN}/event" and json.loads(m.payload)["utterance_id"] == utterance
+        if m.topic == f"{KITCHEN}/event"
+        and json.loads(m.payload)["utterance_id"] == utterance
         and json.loads(m.payload)["final"]
     )
 
@@ -122,3 +126,151 @@ async def test_threshold_reload_keeps_the_stream_and_a_stop_says_the_last_words_
                 again.kill()
             assert not first_run & {str(e["utterance_id"]) for e in _events(sub.messages[seen:])}
     assert "Traceback" not in daemon.text()
+
+
+def _with_metadata(source: Path, path: Path, **changes: object) -> Path:
+    """A copy of a valid model file whose JSON metadata has the given keys replaced (types the loader may not
+    expect: a string or a list for `decision`, an int for `training`)."""
+    tensors = load_file(str(source))
+    with safe_open(str(source), framework="pt") as handle:
+        header = dict(handle.metadata())
+    meta = json.loads(header["spkidd"])
+    meta.update(changes)
+    header["spkidd"] = json.dumps(meta)
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+def _embedded(port: int) -> tuple[str, str]:
+    return 'broker = "embedded"', f'[embedded_broker]\nport = {port}\nimplementation = "mosquitto"\n'
+
+
+@pytest.mark.parametrize("changes", [{"decision": "strict"}, {"decision": [0.5]}, {"training": 3}])
+def test_an_unusable_model_at_start_up_is_refused_in_one_line(tmp_path: Path, changes: dict[str, object]) -> None:
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    bad = _with_metadata(model, tmp_path / "bad.safetensors", **changes)
+    wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.5)
+    mqtt, extra = _embedded(free_port())
+    daemon = DaemonProcess(write_config(tmp_path / "c.toml", bad, _source(wav), mqtt, extra), tmp_path / "d.log")
+    try:
+        assert daemon.wait(60) == 1
+    finally:
+        daemon.kill()
+    text = daemon.text()
+    assert "cannot start:" in text and "bad.safetensors" in text and "Traceback" not in text, text[-2000:]
+
+
+async def test_an_unusable_model_at_reload_is_refused_and_shutdown_still_runs_to_the_end(tmp_path: Path) -> None:
+    """Issue 11 item 2: the reload is refused with a log line (it died silently), and SIGTERM still stops the
+    stream, publishes `offline` through the embedded broker and stops that broker: exit 0, no child left."""
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.5)
+    port = free_port()
+    mqtt, extra = _embedded(port)
+    config = write_config(tmp_path / "config.toml", model, _source(wav), mqtt, extra)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        await asyncio.to_thread(daemon.wait_log, lambda t: "ready:" in t)
+        children = descendants(daemon.process.pid)
+        assert any("mosquitto" in command(pid) for pid in children), [command(p) for p in children]
+        async with Collector(port, [f"{P}/status", f"{KITCHEN}/status"]) as sub:
+            await sub.wait_for(
+                lambda ms: bool(sub.on(f"{P}/status")) and sub.on(f"{P}/status")[-1].payload == b"online"
+            )
+            bad = _with_metadata(model, tmp_path / "bad.safetensors", decision="strict")
+            write_config(config, bad, _source(wav), mqtt, extra)
+            daemon.signal(signal.SIGHUP)
+            text = await asyncio.to_thread(daemon.wait_log, lambda t: "reload refused" in t, 30)
+            assert "bad.safetensors" in text
+            daemon.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(daemon.wait, 40) == 0
+            await sub.wait_for(lambda ms: sub.on(f"{P}/status")[-1].payload == b"offline")
+    finally:
+        daemon.kill()
+    assert not alive(children), [command(p) for p in alive(children)]
+    assert "embedded broker: mosquitto stopped" in daemon.text()
+
+
+async def test_sighup_during_start_up_neither_kills_the_daemon_nor_starts_a_second_pipeline(
+    tmp_path: Path, household_wav: Path
+) -> None:
+    """Issue 11 item 4: SIGHUPs while the daemon imports and starts (it died with status 129, or ran two
+    capture sessions of one source with the same utterance ids)."""
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    with running_mosquitto(tmp_path) as broker:
+        mqtt = f'broker = "external"\nport = {broker.port}\n'
+        config = write_config(tmp_path / "config.toml", model, _source(household_wav), mqtt, RELAXED)
+        async with Collector(broker.port, [f"{KITCHEN}/#"]) as sub:
+            daemon = DaemonProcess(config, tmp_path / "daemon.log")
+            try:
+                await asyncio.sleep(1.0)  # past the interpreter's own start, inside the daemon's imports
+                deadline = time.monotonic() + 60
+                while "ready:" not in daemon.text() and time.monotonic() < deadline:
+                    daemon.signal(signal.SIGHUP)
+                    await asyncio.sleep(0.1)
+                    assert daemon.process.poll() is None, f"SIGHUP killed it: {daemon.process.returncode}"
+                await sub.wait_for(lambda ms: sum(1 for e in _events(ms) if e["final"]) >= 2, timeout=60)
+                daemon.signal(signal.SIGTERM)
+                assert await asyncio.to_thread(daemon.wait, 30) == 0
+            finally:
+                daemon.kill()
+    text = daemon.text()
+    assert "SIGHUP during start-up" in text and text.count("source kitchen: online") == 1, text[-3000:]
+    started = [e["utterance_id"] for e in _events(sub.messages) if e["event_type"] != "changed" and not e["final"]]
+    finals = [e["utterance_id"] for e in _events(sub.messages) if e["final"]]
+    assert len(finals) == len(set(finals)) and len(started) == len(set(started)), (started, finals)
+
+
+async def test_sighup_during_shutdown_restarts_nothing(tmp_path: Path, household_wav: Path) -> None:
+    """Issue 11 item 5: the SIGHUP handler stayed installed during shutdown and restarted the streams."""
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    with running_mosquitto(tmp_path) as broker:
+        mqtt = f'broker = "external"\nport = {broker.port}\n'
+        config = write_config(tmp_path / "config.toml", model, _source(household_wav), mqtt, RELAXED)
+        async with Collector(broker.port, [f"{KITCHEN}/status"]) as sub:
+            daemon = DaemonProcess(config, tmp_path / "daemon.log")
+            try:
+                await sub.wait_for(lambda ms: _statuses(ms)[-1:] == [b"online"], timeout=60)
+                seen = len(sub.messages)
+                daemon.signal(signal.SIGTERM)
+                for _ in range(20):
+                    await asyncio.sleep(0.02)
+                    if daemon.process.poll() is None:
+                        daemon.signal(signal.SIGHUP)
+                assert await asyncio.to_thread(daemon.wait, 30) == 0
+                await sub.wait_for(lambda ms: _statuses(ms[seen:]) == [b"offline"])
+                await asyncio.sleep(0.5)
+                assert _statuses(sub.messages[seen:]) == [b"offline"]
+            finally:
+                daemon.kill()
+    stopping = daemon.text().split("SIGTERM: shutting down", 1)[1]
+    assert "SIGHUP: reloading" not in stopping and "source kitchen: online" not in stopping, stopping
+
+
+@pytest.mark.parametrize("speech", [False, True])
+async def test_an_unreachable_broker_does_not_hold_up_a_stop(tmp_path: Path, household_wav: Path, speech: bool) -> None:
+    """Issue 10 item 9: with nothing queued Ctrl-C stops at once (it waited 15 s); with events queued it waits
+    a bounded time and says how many were lost."""
+    model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
+    wav = household_wav if speech else conversation(tmp_path, [], lead_s=3.0)
+    mqtt = f'broker = "external"\nport = {free_port()}\n'
+    config = write_config(tmp_path / "config.toml", model, _source(wav), mqtt, RELAXED)
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        await asyncio.to_thread(daemon.wait_log, lambda t: "ready:" in t)
+        if speech:
+            await asyncio.to_thread(daemon.wait_log, lambda t: re.search(r"\(([1-9]\d*) events queued\)", t), 60)
+        else:
+            await asyncio.sleep(1.0)
+        began = time.monotonic()
+        daemon.signal(signal.SIGINT)
+        assert await asyncio.to_thread(daemon.wait, 30) == 0
+        took = time.monotonic() - began
+    finally:
+        daemon.kill()
+    text = daemon.text()
+    if speech:
+        lost = re.search(r"(\d+) queued events lost", text)
+        assert lost is not None and int(lost.group(1)) > 0 and took < 15.0, (took, text[-2000:])
+    else:
+        assert "no events lost" in text and took < 3.0, (took, text[-2000:])
