@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_a_closed_event_loop_does_not_stop_the_runner_for_other_loops() -> None:
     runner = StepRunner()
     compute = runner.run_batch
 
-    def slowly(jobs: list) -> list:  # type: ignore[type-arg]
+    def slowly(jobs: list[Any]) -> list[Any]:
         time.sleep(0.3)
         return compute(jobs)
 
