@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.http_stream import HttpStream
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 from tests.support.procs import alive, command, descendants
 
@@ -162,23 +163,28 @@ def test_an_unusable_model_at_start_up_is_refused_in_one_line(tmp_path: Path, ch
 
 async def test_an_unusable_model_at_reload_is_refused_and_shutdown_still_runs_to_the_end(tmp_path: Path) -> None:
     """Issue 11 item 2: the reload is refused with a log line (it died silently), and SIGTERM still stops the
-    stream, publishes `offline` through the embedded broker and stops that broker: exit 0, no child left."""
+    streams, publishes `offline` through the embedded broker and stops that broker: exit 0, no child left (the
+    broker, and the ffmpeg of a stream source)."""
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.5)
     port = free_port()
     mqtt, extra = _embedded(port)
-    config = write_config(tmp_path / "config.toml", model, _source(wav), mqtt, extra)
+    stream = HttpStream(wav)
+    stream.start()
+    sources = _source(wav) + f'[[sources]]\nname = "hall"\nkind = "url"\nurl = "{stream.url}"\n'
+    config = write_config(tmp_path / "config.toml", model, sources, mqtt, extra)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
-        await asyncio.to_thread(daemon.wait_log, lambda t: "ready:" in t)
+        await asyncio.to_thread(daemon.wait_log, lambda t: "source hall: online" in t)
         children = descendants(daemon.process.pid)
-        assert any("mosquitto" in command(pid) for pid in children), [command(p) for p in children]
+        commands = [command(pid) for pid in children]
+        assert any("mosquitto" in c for c in commands) and any("ffmpeg" in c for c in commands), commands
         async with Collector(port, [f"{P}/status", f"{KITCHEN}/status"]) as sub:
             await sub.wait_for(
                 lambda ms: bool(sub.on(f"{P}/status")) and sub.on(f"{P}/status")[-1].payload == b"online"
             )
             bad = _with_metadata(model, tmp_path / "bad.safetensors", decision="strict")
-            write_config(config, bad, _source(wav), mqtt, extra)
+            write_config(config, bad, sources, mqtt, extra)
             daemon.signal(signal.SIGHUP)
             text = await asyncio.to_thread(daemon.wait_log, lambda t: "reload refused" in t, 30)
             assert "bad.safetensors" in text
@@ -187,6 +193,7 @@ async def test_an_unusable_model_at_reload_is_refused_and_shutdown_still_runs_to
             await sub.wait_for(lambda ms: sub.on(f"{P}/status")[-1].payload == b"offline")
     finally:
         daemon.kill()
+        stream.kill()
     assert not alive(children), [command(p) for p in alive(children)]
     assert "embedded broker: mosquitto stopped" in daemon.text()
 
