@@ -228,7 +228,7 @@ class StreamPipeline:
     async def _process(self, emit: Emit) -> None:
         try:
             await self._process_queue(emit)
-        except Exception:
+        except BaseException:  # a failure, or a stop that timed out and cancelled the stream
             self._abandon_utterance(emit)
             raise
         emit(SourceStatus(self.source.name, False, "stopped" if self._stopping else "audio ended"))
@@ -249,8 +249,8 @@ class StreamPipeline:
         await self._gate_events(self._gate.close(), emit)
 
     def _abandon_utterance(self, emit: Emit) -> None:
-        """The pipeline failed: the open utterance gets the final its steps so far support and its `speaking` OFF,
-        so the retained state never stays ON for a stream that is being restarted."""
+        """The pipeline failed or was cancelled: the open utterance gets the final its steps so far support and its
+        `speaking` OFF, so the retained state never stays ON for a stream that is restarted or gone."""
         utterance, self._utterance = self._utterance, None
         if utterance is None:
             return
