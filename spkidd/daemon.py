@@ -324,12 +324,13 @@ class Daemon:
         Nothing escapes this task: a failure is logged where it happens, not at shutdown."""
         failures = 0
         while pipeline is not None:
+            began = time.monotonic()
             try:
                 await pipeline.run(self._emit)
                 log.info("source %s: audio ended", name)
                 return
             except Exception:
-                failures += 1
+                failures = 1 if time.monotonic() - began > _RESTART_MAX_S else failures + 1
                 log.exception("source %s: pipeline failed (%d in a row); restarting it", name, failures)
             self._emit(SourceStatus(name, False, "pipeline failed"))
             pipeline = await self._rebuild(name, failures)
