@@ -387,6 +387,9 @@ class Daemon:
         notify("RELOADING=1")
         try:
             return await self._reload()
+        except Exception:
+            log.exception("reload failed while applying the new configuration; it may be partly applied")
+            return False
         finally:
             notify("READY=1")
 
