@@ -355,6 +355,13 @@ def run(
     """The daemon: every configured source -> speaker identification -> MQTT (Home Assistant discovery).
     SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the config and the model."""
     import asyncio
+    import signal
+    import threading
+
+    # A SIGHUP while the daemon is still importing would kill it (the default action): remember it instead, and
+    # the daemon reloads once it is ready.
+    early_hangup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: early_hangup.set())
 
     from spkidd.config import ConfigError, find_config, load_config
     from spkidd.daemon import run_daemon
@@ -366,7 +373,7 @@ def run(
         raise typer.Exit(2) from None
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger().setLevel(settings.logging.level)
-    raise typer.Exit(asyncio.run(run_daemon(settings)))
+    raise typer.Exit(asyncio.run(run_daemon(settings, early_hangup)))
 
 
 @app.command()

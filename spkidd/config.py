@@ -8,6 +8,7 @@ GateSettings, the decider's DecisionSettings) is configurable at once, with the 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -31,6 +32,8 @@ DEFAULT_SEARCH = (Path("config.toml"), Path("/etc/spkidd/config.toml"))
 """Where `spkidd run` looks when no --config is given: the working directory, then the system location."""
 
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+_SECRET_KEYS = frozenset({"password"})
+"""Keys whose values never appear in a message, even when they have the wrong type."""
 
 
 class ConfigError(Exception):
@@ -167,7 +170,8 @@ def _convert(value: Any, tp: Any, key: str, file: Path) -> Any:
     """Checks one TOML value against a field type and converts it (path strings to Path, lists to tuples)."""
 
     def refuse() -> ConfigError:
-        return ConfigError(f"{file}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        shown = "(value not shown)" if key.rsplit(".", 1)[-1] in _SECRET_KEYS else repr(value)
+        return ConfigError(f"{file}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {shown}")
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -302,6 +306,25 @@ def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
     return mqtt
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_plaintext_password(mqtt: MqttConfig, file: Path) -> None:
+    """A password sent to another host without TLS can be read by anyone on the network path."""
+    if mqtt.broker == "external" and mqtt.password and not mqtt.tls.enabled and not _is_loopback(mqtt.host):
+        log.warning(
+            "%s: [mqtt] the password goes to %s in plain text; enable [mqtt.tls] (and the broker's TLS listener)",
+            file,
+            mqtt.host,
+        )
+
+
 def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:
     """[vad] -> the gate's settings; [decision] is checked against the decider's settings, but only the keys
     given are kept, as overrides of the thresholds calibrated into the model file; [unknown_clips] where the
@@ -357,6 +380,7 @@ def load_config(path: Path) -> DaemonConfig:
         ),
     )
     mqtt = _resolve_password(mqtt, path, mode)
+    _warn_plaintext_password(mqtt, path)
     instance = sanitize_id(top.instance) if top.instance else default_instance()
     model = _resolve(base, top.model)
     assert model is not None

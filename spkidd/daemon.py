@@ -1,12 +1,15 @@
 """The daemon: N stream pipelines, one MQTT publisher, the embedded broker when configured, the health endpoint,
 signals and systemd notify/watchdog.
 
-- SIGTERM/SIGINT: STOPPING=1, stop every source (open utterances get their final events), flush the MQTT queue,
-  publish `offline`, stop the broker, exit 0.
+- SIGTERM/SIGINT: STOPPING=1, stop every source (open utterances get their final events, then the source's one
+  `offline`), flush the MQTT queue, publish `offline`, stop the broker, exit 0. Every shutdown step runs whatever
+  failed before it, within the unit's TimeoutStopSec.
 - SIGHUP: re-read the config file and the model in a thread. Anything invalid is refused with an error log and
-  the running configuration stays. Otherwise unchanged streams take the new model at their next utterance,
-  changed/added/removed sources are restarted/started/stopped, and Home Assistant discovery follows the
-  speakers and sources. [mqtt], [embedded_broker], [health] and the instance name need a restart (logged).
+  the running configuration stays. Otherwise streams whose source and gate did not change keep running and take
+  the new model and thresholds at their next utterance, changed/added/removed sources are
+  restarted/started/stopped, and Home Assistant discovery follows the speakers and sources. [mqtt],
+  [embedded_broker], [health] and the instance name need a restart (logged). A SIGHUP during start-up is applied
+  once the daemon is ready; one during shutdown is ignored.
 - The watchdog pings come from the event loop itself, so a blocked loop is noticed by systemd.
 """
 
@@ -18,7 +21,9 @@ import dataclasses
 import logging
 import random
 import signal
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +38,13 @@ from spkidd.mqtt import MqttPublisher
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.sdnotify import notify, watchdog_interval
 from spkidd.steprunner import StepRunner
+from spkidd.utterance_ids import UtteranceIds, run_stamp
 
 log = logging.getLogger(__name__)
 
-_STOP_TIMEOUT_S = 15.0
+_STREAM_STOP_S = 10.0
+_MQTT_CLOSE_S = 10.0
+"""With the broker's 5 s, a stop stays within the unit's TimeoutStopSec=30 whatever hangs."""
 _RESTART_MAX_S = 60.0
 
 
@@ -75,6 +83,7 @@ class _Stream:
     pipeline: StreamPipeline
     task: asyncio.Task[None]
     online: bool = False
+    stopping: bool = False
 
 
 def _publisher_settings(config: DaemonConfig) -> MqttConfig:
@@ -88,8 +97,14 @@ def _publisher_settings(config: DaemonConfig) -> MqttConfig:
 
 
 def _load_bundle(config: DaemonConfig) -> ModelBundle:
-    """The model, checked against the config's decision overrides before anything uses it."""
-    bundle = load_model(config.model)
+    """The model, checked against the config's decision overrides before anything uses it. Whatever else the
+    loader raises on a file it cannot use is refused the same way, never a traceback or a dead reload."""
+    try:
+        bundle = load_model(config.model)
+    except ModelFileError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"{config.model}: unusable model file: {type(exc).__name__}: {exc}") from exc
     try:
         DecisionSettings.from_model(bundle.decision, config.pipeline.decision)
     except ValueError as exc:
@@ -97,9 +112,17 @@ def _load_bundle(config: DaemonConfig) -> ModelBundle:
     return bundle
 
 
+def _restart_delay(failures: int) -> float:
+    return min(_RESTART_MAX_S, 2.0 ** (min(failures, 10) - 1)) * random.uniform(0.5, 1.0)
+
+
 class Daemon:
-    def __init__(self, config: DaemonConfig) -> None:
+    """`early_hangup`: set by a SIGHUP handler installed before the daemon existed (the CLI's), so a reload asked
+    for while the daemon was still importing is applied once it is ready."""
+
+    def __init__(self, config: DaemonConfig, early_hangup: threading.Event | None = None) -> None:
         self.config = config
+        self._early_hangup = early_hangup
         self.bundle: ModelBundle | None = None
         self.publisher: MqttPublisher | None = None
         self._broker: EmbeddedBroker | None = None
@@ -108,6 +131,11 @@ class Daemon:
         self._streams: dict[str, _Stream] = {}
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
+        self._ready = False
+        self._stopping = False
+        self._reload_pending = False
+        self._ids: dict[str, UtteranceIds] = {}
+        self._run_stamp = run_stamp()
         self._started = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reloads = 0
@@ -120,6 +148,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        if self._early_hangup is not None and self._early_hangup.is_set():
+            self._request_reload()
         watchdog: asyncio.Task[None] | None = None
         try:
             await self._start()
@@ -127,6 +157,7 @@ class Daemon:
             log.info(
                 "spkidd %s ready: %d source(s), model %s", self.config.instance, len(self._streams), self._model_name()
             )
+            self._became_ready()
             interval = watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.create_task(self._watchdog(interval / 2), name="watchdog")
@@ -135,13 +166,25 @@ class Daemon:
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             return 1
+        except Exception:
+            log.exception("cannot start: unexpected error")
+            return 1
         finally:
+            self._stopping = True
             notify("STOPPING=1")
             if watchdog is not None:
                 watchdog.cancel()
             await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # Its default action would kill the process between here and its exit code.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _became_ready(self) -> None:
+        self._ready = True
+        if self._reload_pending and not self._stop.is_set():
+            self._reload_pending = False
+            self._request_reload()
 
     def _request_stop(self, sig: signal.Signals) -> None:
         log.info("%s: shutting down", sig.name)
@@ -191,33 +234,65 @@ class Daemon:
             self._start_stream(source, config.pipeline, self.bundle)
 
     async def _shutdown(self) -> None:
+        """Each step runs whatever the ones before it raised: streams, MQTT (`offline`), health, runner, broker."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("reload", self._cancel_reload),
+            ("streams", self._stop_streams),
+            ("MQTT", self._close_publisher),
+            ("health endpoint", self._stop_health),
+            ("step runner", self._close_runner),
+            ("embedded broker", self._stop_broker),
+        ]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown: stopping the %s failed", what)
+        log.info("stopped")
+
+    async def _cancel_reload(self) -> None:
         if self._reloading is not None:
             self._reloading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reloading
+
+    async def _stop_streams(self) -> None:
         await asyncio.gather(*(self._stop_stream(name) for name in list(self._streams)))
+
+    async def _close_publisher(self) -> None:
         if self.publisher is not None:
-            await self.publisher.close(timeout=_STOP_TIMEOUT_S)
+            await self.publisher.close(timeout=_MQTT_CLOSE_S)
+
+    async def _stop_health(self) -> None:
         if self._health is not None:
             await self._health.stop()
+
+    async def _close_runner(self) -> None:
         if self._runner is not None:
             await asyncio.to_thread(self._runner.close)
+
+    async def _stop_broker(self) -> None:
         if self._broker is not None:
             await self._broker.stop()
-        log.info("stopped")
 
     # ----- streams --------------------------------------------------------------------------------------------
 
     def _emit(self, event: PipelineEvent) -> None:
-        if isinstance(event, SourceStatus):
-            stream = self._streams.get(event.source)
-            if stream is None:
-                return  # a late word from a source that was removed by a reload
-            stream.online = event.online
-            if event.detail:
-                log.info("source %s: %s (%s)", event.source, "online" if event.online else "offline", event.detail)
+        if isinstance(event, SourceStatus) and not self._source_status_changed(event):
+            return
         if self.publisher is not None:
             self.publisher.handle(event)
+
+    def _source_status_changed(self, event: SourceStatus) -> bool:
+        """Only changes of a source's status are published. While a stream stops its source's word is held back:
+        _stop_stream publishes one `offline` after the last utterance's final event."""
+        stream = self._streams.get(event.source)
+        if stream is None or stream.stopping or stream.online == event.online:
+            return False  # a late word from a removed source, a stopping stream, or no change
+        stream.online = event.online
+        if event.detail:
+            log.info("source %s: %s (%s)", event.source, "online" if event.online else "offline", event.detail)
+        return True
 
     def _on_status(self, event: SourceStatus) -> None:
         """Sources may report from their own threads: those hop into the loop; on the loop it is delivered at
@@ -234,50 +309,73 @@ class Daemon:
 
     def _start_stream(self, config: SourceConfig, settings: PipelineSettings, bundle: ModelBundle) -> None:
         source = make_source(config, self._on_status)
-        pipeline = StreamPipeline(source, bundle, settings, runner=self._runner)
+        pipeline = self._pipeline(source, bundle, settings)
         task = asyncio.create_task(self._supervise(config.name, pipeline), name=f"stream-{config.name}")
         self._streams[config.name] = _Stream(config, settings, pipeline, task)
 
-    async def _supervise(self, name: str, pipeline: StreamPipeline) -> None:
+    def _pipeline(self, source: AudioSource, bundle: ModelBundle, settings: PipelineSettings) -> StreamPipeline:
+        """A source's pipeline; its utterance ids go on across restarts and reloads."""
+        ids = self._ids.setdefault(source.name, UtteranceIds(source.name, self._run_stamp))
+        return StreamPipeline(source, bundle, settings, runner=self._runner, utterance_ids=ids)
+
+    async def _supervise(self, name: str, pipeline: StreamPipeline | None) -> None:
         """A pipeline that crashes (a bug, not a source outage: sources reconnect themselves) is rebuilt with
-        backoff; one that ends because its audio ended stays ended."""
-        attempt = 0
-        while True:
+        backoff on the same source, which resumes where it was; one that ends because its audio ended stays ended.
+        Nothing escapes this task: a failure is logged where it happens, not at shutdown."""
+        failures = 0
+        while pipeline is not None:
+            began = time.monotonic()
             try:
                 await pipeline.run(self._emit)
                 log.info("source %s: audio ended", name)
                 return
             except Exception:
-                log.exception("source %s: pipeline failed", name)
+                failures = 1 if time.monotonic() - began > _RESTART_MAX_S else failures + 1
+                log.exception("source %s: pipeline failed (%d in a row); restarting it", name, failures)
             self._emit(SourceStatus(name, False, "pipeline failed"))
-            delay = min(_RESTART_MAX_S, 1.0 * 2**attempt) * random.uniform(0.5, 1.0)
-            attempt = min(attempt + 1, 10)
-            await asyncio.sleep(delay)
+            pipeline = await self._rebuild(name, failures)
+
+    async def _rebuild(self, name: str, failures: int) -> StreamPipeline | None:
+        """After a backoff, a new pipeline on the stream's source; None if the stream was stopped meanwhile."""
+        while True:
+            await asyncio.sleep(_restart_delay(failures))
             stream = self._streams.get(name)
-            if stream is None or self.bundle is None:
-                return
-            pipeline = StreamPipeline(
-                make_source(stream.config, self._on_status), self.bundle, stream.settings, runner=self._runner
-            )
-            stream.pipeline = pipeline
+            if stream is None or stream.stopping or self.bundle is None:
+                return None
+            try:
+                stream.pipeline = self._pipeline(stream.pipeline.source, self.bundle, stream.settings)
+                return stream.pipeline
+            except Exception:
+                failures += 1
+                log.exception("source %s: cannot rebuild the pipeline; retrying", name)
 
     async def _stop_stream(self, name: str) -> None:
         stream = self._streams.get(name)
         if stream is None:
             return
+        stream.stopping = True
         try:
-            async with asyncio.timeout(_STOP_TIMEOUT_S):
+            async with asyncio.timeout(_STREAM_STOP_S):
                 await stream.pipeline.stop()
         except TimeoutError:
-            log.error("source %s: did not stop within %.0f s", name, _STOP_TIMEOUT_S)
+            log.error("source %s: did not stop within %.0f s", name, _STREAM_STOP_S)
         stream.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stream.task
         del self._streams[name]
+        if stream.online and self.publisher is not None:
+            self.publisher.handle(SourceStatus(name, False, "stopped"))
 
     # ----- reload ---------------------------------------------------------------------------------------------
 
     def _request_reload(self) -> None:
+        if self._stopping or self._stop.is_set():
+            log.info("SIGHUP during shutdown: ignored")
+            return
+        if not self._ready:
+            log.info("SIGHUP during start-up: reloading once started")
+            self._reload_pending = True
+            return
         if self._reloading is not None and not self._reloading.done():
             log.warning("SIGHUP: a reload is already running")
             return
@@ -289,6 +387,9 @@ class Daemon:
         notify("RELOADING=1")
         try:
             return await self._reload()
+        except Exception:
+            log.exception("reload failed while applying the new configuration; it may be partly applied")
+            return False
         finally:
             notify("READY=1")
 
@@ -305,16 +406,24 @@ class Daemon:
         except (ConfigError, ModelFileError, StartupError) as exc:
             log.error("reload refused, still running the previous configuration: %s", exc)
             return False
+        except Exception as exc:
+            log.exception("reload refused, still running the previous configuration: unexpected %r", exc)
+            return False
         for key in ("instance", "mqtt", "embedded_broker", "health"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %r take effect only after a restart", key)
         logging.getLogger().setLevel(config.logging.level)
         wanted = {s.name: s for s in config.sources}
-        changed = [n for n, s in self._streams.items() if wanted.get(n) != s.config or s.settings != config.pipeline]
+        changed = [
+            n
+            for n, s in self._streams.items()
+            if wanted.get(n) != s.config or s.settings.needs_restart(config.pipeline)
+        ]
         for name in changed:
             await self._stop_stream(name)
         for stream in self._streams.values():
-            stream.pipeline.replace_model(bundle)
+            stream.settings = config.pipeline
+            stream.pipeline.replace_model(bundle, config.pipeline)
         for source in config.sources:
             if source.name not in self._streams:
                 self._start_stream(source, config.pipeline, bundle)
@@ -363,5 +472,5 @@ class Daemon:
             await asyncio.sleep(every_s)
 
 
-async def run_daemon(config: DaemonConfig) -> int:
-    return await Daemon(config).run()
+async def run_daemon(config: DaemonConfig, early_hangup: threading.Event | None = None) -> int:
+    return await Daemon(config, early_hangup).run()

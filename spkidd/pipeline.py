@@ -28,6 +28,7 @@ from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.modelfile import ModelBundle
 from spkidd.steprunner import StepRunner, Utterance
 from spkidd.unknown_clips import UnknownClipSettings, save_unknown_clip
+from spkidd.utterance_ids import UtteranceIds
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceEnd, UtteranceStart
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ class PipelineSettings:
             raise ValueError(f"pipeline.queue_chunks must be at least 2, not {self.queue_chunks}")
         DecisionSettings.from_model({}, self.decision)
 
+    def needs_restart(self, new: PipelineSettings) -> bool:
+        """Whether a stream must be restarted to use `new`: decision thresholds and unknown clips switch at the
+        next utterance instead (replace_model)."""
+        return replace(self, decision=new.decision, unknown_clips=new.unknown_clips) != new
+
 
 @dataclass
 class PipelineStats:
@@ -92,6 +98,7 @@ class StreamPipeline:
         *,
         runner: StepRunner | None = None,
         on_progress: Progress | None = None,
+        utterance_ids: UtteranceIds | None = None,
     ) -> None:
         self.source = source
         self.settings = settings
@@ -99,7 +106,7 @@ class StreamPipeline:
         self._own_runner = runner is None
         self._runner = runner if runner is not None else StepRunner()
         self._on_progress = on_progress
-        self._pending_bundle: ModelBundle | None = None
+        self._pending: tuple[ModelBundle, PipelineSettings] | None = None
         self._use_bundle(bundle)
         self._gate = SpeechGate(settings.gate)
         self._queue: deque[tuple[AudioChunk, float] | None] = deque()
@@ -113,7 +120,8 @@ class StreamPipeline:
         self._batch_end = 0.0
         self._heard: list[np.ndarray] = []
         """The utterance's audio so far, kept only when `unknown` clips are saved (at most max_utterance_s)."""
-        self._count = 0
+        self._ids = utterance_ids if utterance_ids is not None else UtteranceIds(source.name)
+        self._utterance_start_s = 0.0
         self._last_drop_log = 0.0
         self._step_samples = int(settings.step_ms * SAMPLE_RATE / 1000)
         if settings.overflow == "auto":
@@ -121,9 +129,10 @@ class StreamPipeline:
         else:
             self._drop = settings.overflow == "drop_oldest"
 
-    def replace_model(self, bundle: ModelBundle) -> None:
-        """Takes effect at the next utterance, so an utterance is never scored by two models."""
-        self._pending_bundle = bundle
+    def replace_model(self, bundle: ModelBundle, settings: PipelineSettings | None = None) -> None:
+        """Takes effect at the next utterance, so an utterance is never scored by two models or two sets of
+        thresholds. `settings` may change only what needs no restart (see PipelineSettings.needs_restart)."""
+        self._pending = (bundle, settings if settings is not None else self.settings)
 
     async def stop(self) -> None:
         """Stops reading the source; what was queued is processed, open utterances get their final events, and
@@ -221,6 +230,14 @@ class StreamPipeline:
         return item
 
     async def _process(self, emit: Emit) -> None:
+        try:
+            await self._process_queue(emit)
+        except BaseException:  # a failure, or a stop that timed out and cancelled the stream
+            self._abandon_utterance(emit)
+            raise
+        emit(SourceStatus(self.source.name, False, "stopped" if self._stopping else "audio ended"))
+
+    async def _process_queue(self, emit: Emit) -> None:
         while (item := await self._next()) is not None:
             chunk, arrived = item
             self.stats.audio_s += len(chunk.samples) / SAMPLE_RATE
@@ -234,7 +251,20 @@ class StreamPipeline:
             self.stats.processed_s = chunk.start_s + len(chunk.samples) / SAMPLE_RATE
             self.stats.lag_s = time.monotonic() - arrived
         await self._gate_events(self._gate.close(), emit)
-        emit(SourceStatus(self.source.name, False, "stopped" if self._stopping else "audio ended"))
+
+    def _abandon_utterance(self, emit: Emit) -> None:
+        """The pipeline failed or was cancelled: the open utterance gets the final its steps so far support and its
+        `speaking` OFF, so the retained state never stays ON for a stream that is restarted or gone."""
+        utterance, self._utterance = self._utterance, None
+        if utterance is None:
+            return
+        end_s = max(self._batch_end, self._utterance_start_s)
+        try:
+            for ident in self._decider.finish(end_s, end_s - self._utterance_start_s, long_enough=True):
+                self._emit(emit, ident)
+        except Exception:
+            log.exception("%s: no final for %s", self.source.name, utterance.utterance_id)
+        self._emit(emit, SpeechActivity(self.source.name, utterance.utterance_id, False, round(end_s, 3)))
 
     async def _gate_events(self, events: list[UtteranceStart | SpeechAudio | UtteranceEnd], emit: Emit) -> None:
         for event in events:
@@ -248,13 +278,14 @@ class StreamPipeline:
                 await self._end(event, emit)
 
     def _begin(self, event: UtteranceStart, emit: Emit) -> None:
-        if self._pending_bundle is not None:
-            self._use_bundle(self._pending_bundle)
-            self._pending_bundle = None
+        if self._pending is not None:
+            bundle, self.settings = self._pending
+            self._pending = None
+            self._use_bundle(bundle)
             log.info("%s: now using model %s %s", self.source.name, self._bundle.name, self._bundle.version)
-        self._count += 1
         self.stats.utterances += 1
-        utterance_id = f"{self.source.name}-{self._count:06d}"
+        utterance_id = self._ids.next()
+        self._utterance_start_s = event.start_s
         self._utterance = Utterance(utterance_id, self._bundle.model, self._extractor)
         self._decider.begin(utterance_id, event.start_s)
         self._emit(emit, SpeechActivity(self.source.name, utterance_id, True, round(event.start_s, 3)))

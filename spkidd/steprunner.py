@@ -7,11 +7,13 @@ model work hops threads explicitly, and streams that speak at once share one STF
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +23,8 @@ from spkidd.features import FeatureExtractor, int16_to_float
 from spkidd.modelfile import SpeakerNet
 
 log = logging.getLogger(__name__)
+
+Member = TypeVar("Member", bound=tuple[int, object])
 
 
 class Utterance:
@@ -123,12 +127,14 @@ class StepRunner:
             self.jobs += len(jobs)
             try:
                 with torch.inference_mode():
-                    results: list[StepScores | BaseException | None] = list(self.run_batch(jobs))
+                    results = self.run_batch(jobs)
             except Exception as exc:
                 log.exception("model step failed for a batch of %d jobs", len(jobs))
                 results = [exc] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
-                job.loop.call_soon_threadsafe(_resolve, job.future, result)
+                # A job whose event loop is closed has nobody awaiting it; the other loops' jobs go on.
+                with contextlib.suppress(RuntimeError):
+                    job.loop.call_soon_threadsafe(_resolve, job.future, result)
 
     def _gather(self) -> None:
         """Called with the lock held and jobs pending: waits briefly for other streams' jobs."""
@@ -139,9 +145,10 @@ class StepRunner:
                 return
             self._wake.wait(remaining)
 
-    def run_batch(self, jobs: list[_Job]) -> list[StepScores | None]:
-        frames = self._features(jobs)
-        results: list[StepScores | None] = [None] * len(jobs)
+    def run_batch(self, jobs: list[_Job]) -> list[StepScores | BaseException | None]:
+        """Each job's scores, or the exception of the work that failed for that job alone."""
+        results: list[StepScores | BaseException | None] = [None] * len(jobs)
+        frames = self._features(jobs, results)
         groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
         for i, (job, new) in enumerate(zip(jobs, frames, strict=True)):
             if new is None:
@@ -154,11 +161,11 @@ class StepRunner:
             if usable:
                 groups.setdefault((id(utt.model), usable), []).append((i, every[:, :usable]))
         for members in groups.values():
-            self._step_group(jobs, members, results)
+            _isolated(members, results, lambda some: self._step_group(jobs, some, results))
         return results
 
     @staticmethod
-    def _features(jobs: list[_Job]) -> list[torch.Tensor | None]:
+    def _features(jobs: list[_Job], results: list[StepScores | BaseException | None]) -> list[torch.Tensor | None]:
         """Complete feature frames of each job's new samples; one STFT per group of equal-length buffers."""
         out: list[torch.Tensor | None] = [None] * len(jobs)
         groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
@@ -173,16 +180,20 @@ class StepRunner:
             utt.tail = buffer[n * p.hop_length :]
             segment = buffer[: (n - 1) * p.hop_length + p.win_length]
             groups.setdefault((id(utt.extractor), len(segment)), []).append((i, segment))
-        for members in groups.values():
+
+        def extract(members: list[tuple[int, np.ndarray]]) -> None:
             extractor = jobs[members[0][0]].utterance.extractor
             batch = extractor.batch(torch.from_numpy(np.stack([seg for _, seg in members])))
             for row, (i, _) in enumerate(members):
                 out[i] = batch[row]
+
+        for members in groups.values():
+            _isolated(members, results, extract)
         return out
 
     @staticmethod
     def _step_group(
-        jobs: list[_Job], members: list[tuple[int, torch.Tensor]], results: list[StepScores | None]
+        jobs: list[_Job], members: list[tuple[int, torch.Tensor]], results: list[StepScores | BaseException | None]
     ) -> None:
         """One batched model step for streams with the same model and the same number of new frames."""
         utts = [jobs[i].utterance for i, _ in members]
@@ -201,3 +212,25 @@ class StepRunner:
             results[members[row][0]] = StepScores(
                 scores=scores[row], probs=probs[row], speech_s=steps * model.config.frame_stack * hop_s
             )
+
+
+def _isolated(
+    members: list[Member], results: list[StepScores | BaseException | None], work: Callable[[list[Member]], None]
+) -> None:
+    """Runs `work` on a batch group; if it fails, on each member alone, so one stream's failure stays its own
+    (its result becomes the exception) and the others are still computed."""
+    try:
+        work(members)
+        return
+    except Exception as exc:
+        if len(members) == 1:
+            log.exception("model step failed for one stream")
+            results[members[0][0]] = exc
+            return
+        log.warning("a batch of %d streams failed (%r); running them one by one", len(members), exc)
+    for member in members:
+        try:
+            work([member])
+        except Exception as exc:
+            log.exception("model step failed for one stream of a batch")
+            results[member[0]] = exc

@@ -3,7 +3,8 @@
 A new household member is first heard as `unknown`; these clips, from the user's own microphone, are what
 `spkidd enroll` can later learn them from. Each clip is a 16-kHz WAV with a JSON sidecar holding the decision
 (top candidates, scores, times). The folder is bounded by clip count and size: the oldest clips go first, and
-only files this module wrote (by their name pattern) are ever deleted.
+only files this module wrote (by their name pattern) are ever deleted. Voices are personal data: the folder spkidd
+creates is 0700 and every file 0600, whatever the umask.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -62,19 +64,40 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
     the event loop."""
     if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
         return None
-    settings.folder.mkdir(parents=True, exist_ok=True)
+    _private_folder(settings.folder)
     stem = clip_stem(event)
     wav = settings.folder / f"{stem}.wav"
     partial = settings.folder / f".{stem}.wav.partial"
     try:
-        sf.write(partial, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        with _private_file(partial) as out:
+            sf.write(out, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         os.replace(partial, wav)
     finally:
         partial.unlink(missing_ok=True)
     sidecar = {**event.to_dict(), "audio_s": round(len(audio) / SAMPLE_RATE, 3)}
-    wav.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-    trim_folder(settings)
+    with _private_file(wav.with_suffix(".json")) as out:
+        out.write((json.dumps(sidecar, indent=2) + "\n").encode())
+    if wav in trim_folder(settings):
+        log.warning(
+            "unknown clips: the clip of %s is larger than max_mb = %g on its own; not kept",
+            event.utterance_id,
+            settings.max_mb,
+        )
+        return None
     return wav
+
+
+def _private_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """A new file readable by its owner only: created 0600, never briefly wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def kept_clips(folder: Path) -> list[Path]:

@@ -186,3 +186,29 @@ def test_password_sources_and_secrecy(
     assert config.mqtt.password == secret
     assert f"{private} holds an MQTT password and is readable by everyone" in caplog.text
     assert secret not in caplog.text
+
+
+def test_a_password_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    """Issue 11 item 14: `password = 31415926535` was refused with its value in the message (and the journal)."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, MINIMAL + "[mqtt]\npassword = 31415926535\n"))
+    assert "mqtt.password: expected str, got int" in str(refused.value)
+    assert "31415926535" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "warned"),
+    [
+        ('broker = "external"\nhost = "192.0.2.7"\n', True),
+        ('broker = "external"\nhost = "192.0.2.7"\n[mqtt.tls]\nenabled = true\n', False),
+        ('broker = "external"\nhost = "127.0.0.1"\n', False),
+        ('broker = "embedded"\n', False),
+    ],
+)
+def test_a_plaintext_password_to_another_host_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mqtt: str, warned: bool
+) -> None:
+    secret = "hunter2-very-secret"
+    body = MINIMAL + f'[mqtt]\nusername = "u"\npassword = "{secret}"\n' + mqtt
+    load_config(write(tmp_path, body))
+    assert ("in plain text" in caplog.text) == warned and secret not in caplog.text

@@ -219,3 +219,26 @@ async def test_a_failing_source_is_reported_and_run_returns(bundle: ModelBundle)
     statuses = [e for e in events if isinstance(e, SourceStatus)]
     assert statuses[0].online is False and "device unplugged" in statuses[0].detail
     assert pipeline.stats.audio_s == pytest.approx(0.15)
+
+
+async def test_new_thresholds_apply_at_the_next_utterance_without_a_restart(
+    speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    """Issue 10 item 5: a reload that changes only thresholds hands them to the running pipeline, which uses them
+    from its next utterance on (the open one keeps the thresholds it started with)."""
+    audio = np.concatenate([silence(0.5), speech, silence(0.8), speech, silence(0.8)])
+    settings = PipelineSettings(decision=EVERYTHING)
+    strict = PipelineSettings(decision={**EVERYTHING, "min_score": 1.0})
+    assert not settings.needs_restart(strict)
+    assert settings.needs_restart(PipelineSettings(decision=EVERYTHING, gate=GateSettings(hangover_ms=450)))
+    pipeline = StreamPipeline(replay_of("desk", audio), bundle, settings)
+    events: list[PipelineEvent] = []
+
+    def emit(event: PipelineEvent) -> None:
+        events.append(event)
+        if isinstance(event, SpeechActivity) and event.speaking and len(events) == 1:
+            pipeline.replace_model(bundle, strict)
+
+    await asyncio.wait_for(pipeline.run(emit), timeout=60)
+    finals = [e for e in events if isinstance(e, Identification) and e.final]
+    assert [f.event_type for f in finals] == ["final", "unknown"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -110,3 +112,36 @@ async def test_other_rates_are_resampled_while_streaming(tmp_path: Path, rate: i
     whole = load_audio(path)
     assert len(whole) <= len(streamed) < len(whole) + CHUNK_SAMPLES
     assert np.abs(streamed[: len(whole)] - whole).max() < 2e-3
+
+
+def test_stopping_a_file_replay_mid_read_never_crashes_the_decoder(tmp_path: Path) -> None:
+    """Cancelling the consumer while a worker thread decodes a block must not close the file under it (it was a
+    libsndfile segfault). In a child process, so a crash is a failure rather than a dead test run."""
+    rate = 44100
+    t = np.arange(rate * 60) / rate
+    path = tmp_path / "long.flac"
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="FLAC")
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.support.replay_cancel", str(path), "60"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0 and "survived" in child.stdout, (child.returncode, child.stderr[-2000:])
+
+
+@pytest.mark.parametrize("loop", [False, True])
+async def test_iterating_a_replay_again_resumes_where_it_stopped(tmp_path: Path, loop: bool) -> None:
+    """A pipeline rebuilt after a failure iterates its source again: it must neither replay what was heard nor
+    restart the time line (it replayed from 0 and reused utterance ids)."""
+    audio = tone(1.0)
+    path = write_wav(tmp_path / "tone.wav", audio)
+    whole = [c for c, _ in await collect(ReplaySource("desk", path, realtime=False))]
+    source = ReplaySource("desk", path, realtime=False, loop=loop)
+    first = [c for c, _ in await collect(source, limit=10)]
+    again = [c for c, _ in await collect(source, limit=len(whole) + 5 if loop else None)]
+    assert [c.start_s for c in first + again] == pytest.approx([i * CHUNK_S for i in range(len(first + again))])
+    expected = (whole * 3)[: len(first + again)]
+    assert all(np.array_equal(c.samples, e.samples) for c, e in zip(first + again, expected, strict=True))
+    assert len(first + again) == (len(whole) + 15 if loop else len(whole))

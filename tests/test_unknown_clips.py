@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +137,25 @@ async def test_a_new_member_heard_as_unknown_is_enrolled_from_the_kept_clips(
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["speaker"] for line in proc.stdout.splitlines()] == ["erin", "erin"]
+
+
+def test_clips_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue 11 item 15: outside systemd clips were written 0644 in a 0755 folder."""
+    folder = tmp_path / "voices" / "unknown"
+    settings = UnknownClipSettings(folder=folder)
+    old = os.umask(0o022)
+    try:
+        path = save_unknown_clip(settings, _pcm(2.0), _unknown("room-000001"))
+    finally:
+        os.umask(old)
+    assert path is not None
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (path, path.with_suffix(".json"))} == {0o600}
+
+
+def test_a_clip_larger_than_the_folder_bound_is_not_reported_as_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = UnknownClipSettings(folder=tmp_path, max_mb=0.01)
+    assert save_unknown_clip(settings, _pcm(2.0), _unknown("room-000001")) is None
+    assert kept_clips(tmp_path) == [] and "larger than max_mb" in caplog.text

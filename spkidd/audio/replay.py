@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,7 +45,10 @@ def to_chunkable_pcm(audio: np.ndarray) -> np.ndarray:
 
 
 class ReplaySource:
-    """Plays `path` (any format load_audio decodes) once, or forever with `loop`; `start_s` keeps counting."""
+    """Plays `path` (any format load_audio decodes) once, or forever with `loop`; `start_s` keeps counting.
+
+    Iterating again (a pipeline rebuilt after a failure) resumes where the last iteration stopped, on the same
+    time line, so a restart neither replays audio already heard nor restarts its time stamps."""
 
     def __init__(
         self,
@@ -62,6 +66,9 @@ class ReplaySource:
         self.on_status = on_status
         self.started_at: float | None = None
         self._pcm: np.ndarray | None = None
+        self._delivered = 0
+        self._pass_chunks = 0
+        """Chunks in one pass through the file, once a pass has been completed (0 before)."""
 
     @classmethod
     def from_samples(
@@ -90,12 +97,13 @@ class ReplaySource:
             self._status(False, f"cannot decode {self.path}: {exc}")
             raise
         self._status(True, f"replaying {self.path}")
-        self.started_at = time.monotonic()
-        index = 0
+        index = self._delivered
+        skip = self._delivered % self._pass_chunks if self._pass_chunks else self._delivered
+        self.started_at = time.monotonic() - index * _CHUNK_S
         try:
             while True:
                 rest = _EMPTY
-                delivered = index
+                in_pass = 0
                 while True:
                     block = await asyncio.to_thread(blocks.read) if blocks.blocking else blocks.read()
                     if block.size == 0:
@@ -103,17 +111,27 @@ class ReplaySource:
                     buffer = block if rest.size == 0 else np.concatenate([rest, block])
                     whole = len(buffer) - len(buffer) % CHUNK_SAMPLES
                     for start in range(0, whole, CHUNK_SAMPLES):
+                        in_pass += 1
+                        if skip:
+                            skip -= 1
+                            continue
                         await self._pace(index)
+                        self._delivered = index + 1
                         yield AudioChunk(buffer[start : start + CHUNK_SAMPLES], index * _CHUNK_S)
                         index += 1
                     rest = buffer[whole:]
                 if rest.size:
-                    await self._pace(index)
-                    yield AudioChunk(
-                        np.concatenate([rest, np.zeros(CHUNK_SAMPLES - len(rest), np.int16)]), index * _CHUNK_S
-                    )
-                    index += 1
-                if not self.loop or index == delivered:
+                    in_pass += 1
+                    if not skip:
+                        await self._pace(index)
+                        self._delivered = index + 1
+                        yield AudioChunk(
+                            np.concatenate([rest, np.zeros(CHUNK_SAMPLES - len(rest), np.int16)]), index * _CHUNK_S
+                        )
+                        index += 1
+                skip = 0
+                self._pass_chunks = in_pass
+                if not self.loop or in_pass == 0:
                     break
                 await asyncio.to_thread(blocks.rewind) if blocks.blocking else blocks.rewind()
         finally:
@@ -176,7 +194,10 @@ class _ArrayBlocks:
 
 class _FileBlocks:
     """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
-    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
+    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz.
+
+    A consumer cancelled while a worker thread decodes calls close() at once; closing the libsndfile handle under
+    that thread crashed the process, so close() then only marks the file, and the thread closes it when done."""
 
     blocking = True
 
@@ -186,6 +207,9 @@ class _FileBlocks:
         self._frames = max(1, int(block_s * self._rate))
         self._resampler = self._new_resampler()
         self._ended = False
+        self._lock = threading.Lock()
+        self._busy = False
+        self._close_requested = False
 
     def _new_resampler(self) -> soxr.ResampleStream | None:
         if self._rate == SAMPLE_RATE:
@@ -193,6 +217,45 @@ class _FileBlocks:
         return soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, dtype="float32")
 
     def read(self) -> np.ndarray:
+        if not self._claim():
+            return _EMPTY
+        try:
+            return self._decode_block()
+        finally:
+            self._release()
+
+    def rewind(self) -> None:
+        if not self._claim():
+            return
+        try:
+            self._file.seek(0)
+            self._resampler = self._new_resampler()
+            self._ended = False
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._busy:
+                self._close_requested = True
+            elif not self._file.closed:
+                self._file.close()
+
+    def _claim(self) -> bool:
+        """Marks the file in use by this thread; False once it is closed or closing."""
+        with self._lock:
+            if self._close_requested or self._file.closed:
+                return False
+            self._busy = True
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy = False
+            if self._close_requested:
+                self._file.close()
+
+    def _decode_block(self) -> np.ndarray:
         while not self._ended:
             data = self._file.read(frames=self._frames, dtype="float32", always_2d=True).mean(axis=1)
             last = len(data) < self._frames
@@ -202,11 +265,3 @@ class _FileBlocks:
             if len(data):
                 return float_to_pcm(data)
         return _EMPTY
-
-    def rewind(self) -> None:
-        self._file.seek(0)
-        self._resampler = self._new_resampler()
-        self._ended = False
-
-    def close(self) -> None:
-        self._file.close()

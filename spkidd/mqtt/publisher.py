@@ -3,7 +3,9 @@
 Why it looks like this:
 - The audio path never waits for the network: `handle()` only updates in-memory state and appends to a queue;
   one sender task publishes, one message at a time, so the broker sees events in the order they happened.
-- aiomqtt does not reconnect, so `_run` loops with capped exponential backoff and jitter. After every connect:
+- aiomqtt does not reconnect, so `_run` loops with capped exponential backoff and jitter; the backoff starts
+  again only after a connection has stayed up for a while, so a broker that accepts and then drops us (another
+  client with our client id) is not hammered. After every connect:
   discovery, the retained state of every topic (the broker may have lost it), `online`, then the events held
   during the outage, in order. An event leaves the queue only once its QoS 1 publish was acknowledged.
 - While connected every state change is sent in order. Across an outage retained topics are coalesced (the
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 Event = Identification | SpeechActivity | SourceStatus
 StatsProvider = Callable[[], dict[str, dict[str, Any]]]
 _DROP_LOG_INTERVAL_S = 10.0
+_STABLE_S = 30.0
+"""A connection that stayed up this long was healthy: the next loss starts the backoff from the beginning."""
 
 
 @dataclass
@@ -96,6 +100,9 @@ class MqttPublisher:
         self._stats_provider = stats_provider
         self._started = time.monotonic()
         self._retained: dict[str, bytes] = {}
+        self._cleared: set[str] = set()
+        """Retained topics of removed sources, deleted on the broker at the next connect if not yet."""
+        self._session_open = False
         self._queue_retained = False
         self._queue: deque[_Item] = deque()
         self._events_queued = 0
@@ -141,7 +148,9 @@ class MqttPublisher:
                 if timer is not None:
                     timer.cancel()
                 self._states.pop(source, None)
-                self._set_retained(self.topics.source_status(source), OFFLINE)
+                topics = self.topics
+                for topic in (topics.source_status(source), topics.speaking(source), topics.speaker(source)):
+                    self._clear_retained(topic)
         self._sources = list(sources)
         self.request_discovery()
 
@@ -193,9 +202,17 @@ class MqttPublisher:
         """Remembers the latest value for the next (re)connect, and queues the change itself while connected
         (while disconnected the remembered value is enough)."""
         self._retained[topic] = payload
+        self._cleared.discard(topic)
         if self._queue_retained:
             self._queue.append(_Item(topic, payload, retain=True))
             self._wake.set()
+
+    def _clear_retained(self, topic: str) -> None:
+        """Deletes a retained topic on the broker (an empty payload) and forgets it, so no reconnect resends it."""
+        self._retained.pop(topic, None)
+        self._queue = deque(item for item in self._queue if item.topic != topic)
+        self._cleared.add(topic)
+        self._wake.set()
 
     def _enqueue_event(self, topic: str, payload: bytes) -> None:
         if self._events_queued >= self.settings.queue_size:
@@ -226,7 +243,8 @@ class MqttPublisher:
         self._task = asyncio.create_task(self._run(), name="mqtt-publisher")
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Sends what is queued, then `offline`, then disconnects; gives up after `timeout` seconds."""
+        """Sends what is queued, then `offline`, then disconnects; gives up after `timeout` seconds and says how
+        many events were lost. Without a connection and with no event queued there is nothing to wait for."""
         self._closing = True
         self._wake.set()
         for timer in self._clear_timers.values():
@@ -237,13 +255,20 @@ class MqttPublisher:
         if self._task is None:
             return
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self._task)
+            if self._session_open or self._events_queued:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._task)
         except TimeoutError:
-            log.error("MQTT: could not deliver %d queued events before shutdown", self._events_queued)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            pass
+        if self._task.done():
+            return
+        if self._events_queued:
+            log.error("MQTT: broker unreachable; %d queued events lost at shutdown", self._events_queued)
+        else:
+            log.warning("MQTT: broker unreachable at shutdown; no events lost")
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
@@ -272,9 +297,11 @@ class MqttPublisher:
         attempt = 0
         s = self.settings
         while True:
+            connected_at: float | None = None
             try:
                 async with self._client() as client:
-                    attempt = 0
+                    self._session_open = True
+                    connected_at = time.monotonic()
                     self.stats.connects += 1
                     if self.stats.connects > 1:
                         self.stats.reconnects += 1
@@ -286,18 +313,36 @@ class MqttPublisher:
             except Exception:
                 log.exception("MQTT: unexpected failure; reconnecting")
             finally:
+                self._session_open = False
                 self.stats.connected = False
                 self._queue_retained = False
-            delay = min(s.backoff_max_s, s.backoff_initial_s * 2**attempt) * random.uniform(0.5, 1.0)
-            attempt = min(attempt + 1, 30)
+            attempt = self._next_attempt(attempt, connected_at)
+            delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.info("MQTT: reconnecting in %.1f s (%d events queued)", delay, self._events_queued)
             await asyncio.sleep(delay)
+
+    def _next_attempt(self, attempt: int, connected_at: float | None) -> int:
+        """The backoff step after a failure: back to the first only after a connection that stayed up."""
+        if connected_at is not None:
+            up_s = time.monotonic() - connected_at
+            if up_s >= _STABLE_S:
+                return 1
+            log.warning(
+                "MQTT: the broker dropped the connection %.1f s after it was made; another client using the "
+                "client id %r takes it over? Give each daemon its own [mqtt] client_id",
+                up_s,
+                self.settings.client_id or f"spkidd-{self.topics.node}",
+            )
+        return min(attempt + 1, 30)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: returns after a requested close, raises when the connection fails."""
         await client.subscribe(self.topics.ha_status, qos=1)
         self._queue_retained = True
         self._queue = deque(item for item in self._queue if not item.retain)
+        for topic in sorted(self._cleared):
+            await self._publish(client, topic, b"", retain=True)
+            self._cleared.discard(topic)
         await self._publish_discovery(client)
         for topic, payload in list(self._retained.items()):
             await self._publish(client, topic, payload, retain=True)
@@ -338,6 +383,11 @@ class MqttPublisher:
         while True:
             if self._discovery_pending:
                 await self._publish_discovery(client)
+                continue
+            if self._cleared:
+                topic = min(self._cleared)
+                await self._publish(client, topic, b"", retain=True)
+                self._cleared.discard(topic)
                 continue
             if self._queue:
                 item = self._queue.popleft()

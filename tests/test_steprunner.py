@@ -1,0 +1,76 @@
+"""The step runner's error isolation: one stream's failing work never fails the streams batched with it, and an
+event loop that closed with a job in flight never stops the worker for the others (issue 11 item 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from spkidd.decide import StepScores
+from spkidd.features import FeatureExtractor, FeatureParams
+from spkidd.model import ModelConfig, SpeakerModel
+from spkidd.steprunner import StepRunner, Utterance
+
+
+def _model() -> tuple[SpeakerModel, FeatureExtractor]:
+    torch.manual_seed(0)
+    features = FeatureParams()
+    model = SpeakerModel(ModelConfig(n_features=features.n_features, n_speakers=2, hidden=32, layers=1)).eval()
+    return model, FeatureExtractor(features)
+
+
+def _speech(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-8000, 8000, 8000).astype(np.int16)
+
+
+async def test_a_stream_whose_step_fails_does_not_fail_the_streams_batched_with_it() -> None:
+    model, extractor = _model()
+    alone = StepRunner()
+    reference = await alone.compute(Utterance("good", model, extractor), _speech(1))
+    await asyncio.to_thread(alone.close)
+
+    runner = StepRunner(gather_s=1.0)
+    runner.attach()
+    runner.attach()
+    good, bad = Utterance("good", model, extractor), Utterance("bad", model, extractor)
+    bad.state.sum1 = torch.zeros(1, 7)  # a corrupted state: this stream's own step cannot run
+    try:
+        results = await asyncio.gather(
+            runner.compute(good, _speech(1)), runner.compute(bad, _speech(2)), return_exceptions=True
+        )
+    finally:
+        await asyncio.to_thread(runner.close)
+    assert runner.batches == 1
+    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[0], StepScores) and isinstance(reference, StepScores), results
+    np.testing.assert_allclose(results[0].probs, reference.probs, atol=1e-6)
+
+
+def test_a_closed_event_loop_does_not_stop_the_runner_for_other_loops() -> None:
+    model, extractor = _model()
+    runner = StepRunner()
+    compute = runner.run_batch
+
+    def slowly(jobs: list[Any]) -> list[Any]:
+        time.sleep(0.3)
+        return compute(jobs)
+
+    runner.run_batch = slowly  # type: ignore[method-assign]
+    gone = asyncio.new_event_loop()
+    with pytest.raises(TimeoutError):
+        gone.run_until_complete(asyncio.wait_for(runner.compute(Utterance("a", model, extractor), _speech(1)), 0.05))
+    gone.close()
+    time.sleep(0.5)  # the worker now delivers to the closed loop
+
+    async def later() -> StepScores | None:
+        return await asyncio.wait_for(runner.compute(Utterance("b", model, extractor), _speech(2)), 10)
+
+    try:
+        assert isinstance(asyncio.run(later()), StepScores)
+    finally:
+        runner.close()
