@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkidd.features import FeatureParams
+
+GE2E_FEATURES = FeatureParams(kind="melpower", mel_scale="slaney", fmin=0.0, fmax=8000.0)
+"""What the GE2E encoder was trained on: librosa's Slaney mel power, 40 bands, 0-8 kHz, 25-ms window, 10-ms hop."""
 MEL_BANDS = 40
 HIDDEN = 256
 LAYERS = 3

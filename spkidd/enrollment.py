@@ -19,7 +19,7 @@ from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.decode import load_audio
 from spkidd.events import UNKNOWN
 from spkidd.features import FeatureExtractor
-from spkidd.inference import crops, unit_embeddings
+from spkidd.inference import unit_embeddings
 from spkidd.modelfile import ModelBundle
 from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
 
@@ -89,9 +89,8 @@ def embed_clips(
     for name, audio in clips.items():
         pieces = speech_pieces(audio)
         speech_s += sum(len(p) for p in pieces) / SAMPLE_RATE
-        chunks = [c for p in pieces for c in crops(p)]
-        if chunks:
-            clip_units = list(unit_embeddings(bundle.model, extractor, chunks))
+        clip_units = list(unit_embeddings(bundle.model, extractor, pieces)) if pieces else []
+        if clip_units:
             per_clip[name] = _unit(np.mean(clip_units, axis=0))
             units.extend(clip_units)
     return units, per_clip, speech_s

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from spkidd.decide import StepScores
-from spkidd.features import FeatureExtractor, int16_to_float
+from spkidd.features import FeatureExtractor, FeatureParams, int16_to_float
 from spkidd.modelfile import SpeakerNet
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,10 @@ class StepRunner:
 
     @staticmethod
     def _features(jobs: list[_Job], results: list[StepScores | BaseException | None]) -> list[torch.Tensor | None]:
-        """Complete feature frames of each job's new samples; one STFT per group of equal-length buffers."""
+        """Complete feature frames of each job's new samples; one STFT per group of equal-length buffers with the
+        same feature parameters (each pipeline has its own extractor; equal parameters compute equal frames)."""
         out: list[torch.Tensor | None] = [None] * len(jobs)
-        groups: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        groups: dict[tuple[FeatureParams, int], list[tuple[int, np.ndarray]]] = {}
         for i, job in enumerate(jobs):
             utt = job.utterance
             p = utt.extractor.params
@@ -179,7 +180,7 @@ class StepRunner:
                 continue
             utt.tail = buffer[n * p.hop_length :]
             segment = buffer[: (n - 1) * p.hop_length + p.win_length]
-            groups.setdefault((id(utt.extractor), len(segment)), []).append((i, segment))
+            groups.setdefault((p, len(segment)), []).append((i, segment))
 
         def extract(members: list[tuple[int, np.ndarray]]) -> None:
             extractor = jobs[members[0][0]].utterance.extractor

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from spkidd.encoder import GE2E, MEL_BANDS, RollingEncoder
+from spkidd.encoder import GE2E, GE2E_FEATURES, MEL_BANDS, RollingEncoder
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor, mel_filterbank
 from train.encoder_weights import EncoderWeightsError, convert_wheel, load_weights
-from train.fit_head import GE2E_FEATURES
 
 SUPPORT = Path(__file__).parent / "support"
 

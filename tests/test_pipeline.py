@@ -33,9 +33,10 @@ def speech() -> np.ndarray:
     return trim(synth_audio("bob", "Please turn on the kitchen lights and start the coffee machine."))
 
 
-@pytest.fixture(scope="module")
-def bundle() -> ModelBundle:
-    return random_bundle(LABELS, seed=3)
+@pytest.fixture(scope="module", params=["scratch", "ge2e"])
+def bundle(request: pytest.FixtureRequest) -> ModelBundle:
+    """Both networks a model file can hold: streaming must equal offline for each."""
+    return random_bundle(LABELS, seed=3, encoder=request.param == "ge2e")
 
 
 async def run_pipeline(pipeline: StreamPipeline) -> list[PipelineEvent]:

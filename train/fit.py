@@ -29,7 +29,7 @@ from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
-from train.references import CropEmbeddings
+from train.references import ReferenceEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TrainSettings:
     window_frames: int = 160
     step_frames: int = 5
     head_hidden: int = 128
-    pools: int = 4
+    pools: int = 2
     """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
     target_far: float = 0.05
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
@@ -200,12 +200,15 @@ def window_scores(
     return correct / len(audio), genuine, impostor
 
 
+STRANGERS = f"every voice at {' or '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed"
+
+
 def pseudo_strangers(split: Split) -> tuple[list[np.ndarray], list[int]]:
-    """Every speaker's audio at STRANGER_SPEEDS, labelled as that speaker: scored against everybody else's
-    reference, these are voices the network never heard, as real strangers are."""
+    """Every speaker's audio at one of STRANGER_SPEEDS in turn, labelled as that speaker: scored against
+    everybody else's reference, these are voices the network never heard, as real strangers are."""
     audio, labels = split.train_audio + split.val_audio, split.train_labels + split.val_labels
-    changed = [change_speed(item, factor) for factor in STRANGER_SPEEDS for item in audio]
-    return changed, labels * len(STRANGER_SPEEDS)
+    changed = [change_speed(item, STRANGER_SPEEDS[i % len(STRANGER_SPEEDS)]) for i, item in enumerate(audio)]
+    return changed, labels
 
 
 class TrainingNet(nn.Module):
@@ -542,7 +545,7 @@ class Trainer:
         model.eval()
         val = (self.split.val_audio, self.split.val_labels)
         weights_acc = self.validate(model, *val)[0] if has_val else float("nan")
-        references = CropEmbeddings.of(model, self.extractor, self.split)
+        references = ReferenceEmbeddings.of(model, self.extractor, self.split)
         references.install(model, len(self.labels), with_held_out=False)
         centroid_acc, genuine, _ = self.validate(model, *val)
         log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
@@ -571,7 +574,7 @@ class Trainer:
                     "target_far": settings.target_far,
                     "val_far": far,
                     "val_frr": frr,
-                    "impostors": f"every voice at {' and '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed",
+                    "impostors": STRANGERS,
                 },
                 "history": [asdict(h) for h in history],
             },

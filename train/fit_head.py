@@ -28,13 +28,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from spkidd import SAMPLE_RATE, __version__
+from spkidd.encoder import GE2E_FEATURES
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
-from spkidd.features import FeatureExtractor, FeatureParams
+from spkidd.features import FeatureExtractor
 from spkidd.modelfile import ModelBundle, check_writable, save_model
-from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings
+from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_threshold
 from train.encoder_weights import load_weights
 from train.fit import (
+    STRANGERS,
     EpochRecord,
     Split,
     TrainResult,
@@ -45,12 +47,9 @@ from train.fit import (
     pseudo_strangers,
     window_scores,
 )
-from train.references import CropEmbeddings
+from train.references import ReferenceEmbeddings
 
 log = logging.getLogger(__name__)
-
-GE2E_FEATURES = FeatureParams(kind="melpower", mel_scale="slaney", fmin=0.0, fmax=8000.0)
-"""What the GE2E encoder was trained on: librosa's Slaney mel power, 40 bands, 0-8 kHz, 25-ms window, 10-ms hop."""
 
 HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0.25, gain_db=10.0)
 """Stronger than for the scratch network: the frozen encoder cannot be hurt by it, and homes are noisy."""
@@ -58,9 +57,6 @@ HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0
 PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
-CENTROID_HOP_S = 0.5
-"""Crops for the references overlap less than the scratch network's: the encoder costs more per crop, and its
-rolling windows already see each second of speech from several starts."""
 
 
 @dataclass
@@ -379,7 +375,7 @@ class HeadTrainer:
     ) -> ModelBundle:
         """Centroids, the calibrated unknown threshold and the training record."""
         s = self.split
-        references = CropEmbeddings.of(model, self.extractor, s, hop_s=CENTROID_HOP_S)
+        references = ReferenceEmbeddings.of(model, self.extractor, s)
         references.install(model, len(self.labels), with_held_out=False)
         has_val = bool(s.val_audio)
         centroid_acc, genuine, _ = window_scores(model, self.extractor, s.val_audio, s.val_labels, settings.window_s)
@@ -411,7 +407,7 @@ class HeadTrainer:
                     "target_far": settings.target_far,
                     "val_far": far,
                     "val_frr": frr,
-                    "impostors": f"every voice at {' and '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed",
+                    "impostors": STRANGERS,
                 },
                 "history": [asdict(h) for h in history],
             },

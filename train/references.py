@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from spkidd.features import FeatureExtractor
-from spkidd.inference import CENTROID_HOP_S, crops, embed_pieces
+from spkidd.inference import reference_embeddings
 from spkidd.modelfile import SpeakerNet
 
 if TYPE_CHECKING:
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class CropEmbeddings:
-    """Raw embeddings of overlapping crops of every training and held-out item, computed once: the references
+class ReferenceEmbeddings:
+    """Raw reference embeddings (spkidd.inference.reference_embeddings) of every training and held-out item,
+    computed once: the references
     are first installed from the training crops (to calibrate the threshold on audio they have not seen), then
     from all of them (what the model ships with)."""
 
@@ -31,19 +32,16 @@ class CropEmbeddings:
     held_out: np.ndarray
 
     @classmethod
-    def of(
-        cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split, hop_s: float = CENTROID_HOP_S
-    ) -> CropEmbeddings:
-        pieces, labels, held_out = [], [], []
+    def of(cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split) -> ReferenceEmbeddings:
+        raws, labels, held_out = [], [], []
         items = [(a, lab, False) for a, lab in zip(split.train_audio, split.train_labels, strict=True)]
         items += [(a, lab, True) for a, lab in zip(split.val_audio, split.val_labels, strict=True)]
         for item, label, is_held_out in items:
-            for crop in crops(item, hop_s=hop_s):
-                pieces.append(crop)
-                labels.append(label)
-                held_out.append(is_held_out)
-        raw = embed_pieces(model, extractor, pieces)
-        return cls(raw, np.array(labels, dtype=np.int64), np.array(held_out, dtype=bool))
+            raw = reference_embeddings(model, extractor, [item])
+            raws.append(raw)
+            labels += [label] * len(raw)
+            held_out += [is_held_out] * len(raw)
+        return cls(np.concatenate(raws), np.array(labels, dtype=np.int64), np.array(held_out, dtype=bool))
 
     def install(self, model: SpeakerNet, n_speakers: int, *, with_held_out: bool) -> None:
         """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
