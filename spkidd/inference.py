@@ -120,36 +120,38 @@ REFERENCE_SETTLE_S = 1.0
 REFERENCE_EVERY_S = 0.25
 
 
-def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> np.ndarray:
-    """Raw embeddings that stand for a voice, for trained speakers' references and enrollment alike.
+def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> list[np.ndarray]:
+    """Per piece, raw embeddings that stand for its voice, for trained speakers' references and enrollment alike.
 
     The scratch network embeds overlapping 1.5-s crops (its pooling grows with the utterance). The encoder model
     runs over each piece as the daemon streams an utterance (its encoder windows restart every 0.8 s, so no LSTM
     state lives longer than 1.6 s) and contributes its embedding every 0.25 s once a second of speech has been
-    heard: the views a live stream scores, at a third of the cost of re-embedding crops."""
+    heard: the views a live stream scores, at a third of the cost of re-embedding crops. Batched over pieces."""
     if not isinstance(model, EncoderSpeakerModel):
-        return embed_pieces(model, extractor, [c for piece in pieces for c in crops(piece)])
+        per_piece = [crops(piece) for piece in pieces]
+        flat = embed_pieces(model, extractor, [c for group in per_piece for c in group])
+        return np.split(flat, np.cumsum([len(group) for group in per_piece])[:-1]) if pieces else []
     step_s = model.config.step_frames * extractor.params.hop_length / extractor.params.sample_rate
     settle, every = round(REFERENCE_SETTLE_S / step_s), max(1, round(REFERENCE_EVERY_S / step_s))
-    out = []
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+    out: list[np.ndarray] = [np.zeros((0, model.config.embedding_dim), dtype=np.float32)] * len(pieces)
     with torch.no_grad():
-        for start in range(0, len(pieces), 32):
-            group = pieces[start : start + 32]
-            padded = np.zeros((len(group), max(len(p) for p in group)), dtype=np.float32)
-            for i, piece in enumerate(group):
-                padded[i, : len(piece)] = piece
+        for start in range(0, len(order), 32):
+            group = order[start : start + 32]
+            padded = np.zeros((len(group), max(len(pieces[i]) for i in group)), dtype=np.float32)
+            for row, i in enumerate(group):
+                padded[row, : len(pieces[i])] = pieces[i]
             embeddings = model.embed_sequence(extractor.batch(torch.from_numpy(padded))).numpy()
-            for i, piece in enumerate(group):
-                n = extractor.params.n_frames(len(piece)) // model.config.step_frames
+            for row, i in enumerate(group):
+                n = extractor.params.n_frames(len(pieces[i])) // model.config.step_frames
                 if n > 0:
-                    chosen = list(range(min(settle, n - 1), n, every))
-                    out.append(embeddings[i, chosen])
-    return np.concatenate(out) if out else np.zeros((0, model.config.embedding_dim), dtype=np.float32)
+                    out[i] = embeddings[row, list(range(min(settle, n - 1), n, every))]
+    return out
 
 
 def unit_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> np.ndarray:
     """Centred unit embeddings that stand for the voice of `pieces` (see reference_embeddings)."""
-    raw = reference_embeddings(model, extractor, pieces)
+    raw = np.concatenate(reference_embeddings(model, extractor, pieces))
     with torch.no_grad():
         return model.unit(torch.from_numpy(raw)).numpy()
 

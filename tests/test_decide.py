@@ -134,3 +134,27 @@ def test_settings_from_model_with_overrides() -> None:
         DecisionSettings.from_model({"min_scor": 0.4})
     with pytest.raises(ValueError, match="min_confidence"):
         DecisionSettings(min_confidence=1.5)
+
+
+def test_a_final_obeys_min_confidence_like_a_partial() -> None:
+    strict = DecisionSettings(min_score=0.5, min_confidence=0.9, min_margin=0.0, stable_steps=3, min_speech_s=0.0)
+    events = run(strict, [speaker(0, prob=0.7)] * 6)
+    assert [(e.event_type, e.speaker) for e in events] == [("unknown", "unknown")]
+
+
+def test_a_tie_names_nobody_even_without_a_margin() -> None:
+    tie = ([0.8, 0.8, 0.1], [0.45, 0.45, 0.1])
+    events = run(LOOSE, [tie] * 6)
+    assert [(e.event_type, e.speaker) for e in events] == [("unknown", "unknown")]
+
+
+@pytest.mark.parametrize("key", ["min_score", "min_confidence", "min_margin", "min_speech_s"])
+def test_not_a_number_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        DecisionSettings.from_model({key: float("nan")})
+
+
+def test_unknown_never_carries_full_confidence() -> None:
+    far_below = ([-0.9, -0.95, -0.99], [0.999999, 0.0000005, 0.0000005])
+    (final,) = run(LOOSE, [far_below] * 4)
+    assert final.event_type == "unknown" and 0.5 < final.confidence < 1.0

@@ -1,6 +1,10 @@
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -63,18 +67,30 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
         load_model(path)
 
 
-def test_newer_format_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
-    path = tmp_path / "m.safetensors"
-    save_model(_bundle(), path)
+def _header(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header: dict[str, Any] = json.loads(raw[8 : 8 + length])
+    return header
+
+
+def _rewrite_metadata(path: Path, spkidd_json: str) -> None:
+    """The same tensors under other spkidd metadata, as a hand-edited or crafted file would have."""
     raw = path.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + length])
-    meta = json.loads(header["__metadata__"]["spkidd"])
-    meta["format_version"] = FORMAT_VERSION + 1
-    header["__metadata__"]["spkidd"] = json.dumps(meta)
+    header["__metadata__"]["spkidd"] = spkidd_json
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
+
+
+def test_newer_format_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(_bundle(), path)
+    meta = json.loads(_header(path)["__metadata__"]["spkidd"])
+    meta["format_version"] = FORMAT_VERSION + 1
+    _rewrite_metadata(path, json.dumps(meta))
     with pytest.raises(ModelFileError, match="newer"):
         load_model(path)
 
@@ -94,3 +110,75 @@ def test_failed_write_leaves_previous_model_intact(tmp_path: Path) -> None:
         save_model(broken, path)
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_file_declaring_a_huge_network_is_refused_before_building_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(_bundle(), path)
+    header = _header(path)
+    meta = json.loads(header["__metadata__"]["spkidd"])
+    meta["architecture"]["hidden"] = 2000
+    _rewrite_metadata(path, json.dumps(meta))
+    probe = (
+        "import resource, sys\nfrom spkidd.modelfile import ModelFileError, load_model\n"
+        f"try:\n    load_model({str(path)!r})\nexcept ModelFileError as exc:\n    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    message, peak_mb = done.stdout.strip().splitlines()
+    assert "does not match the stored tensors" in message
+    assert int(peak_mb) < 450, "nothing of the declared size was allocated"
+
+
+@pytest.mark.parametrize("key, value", [("decision", "strict"), ("decision", [1, 2]), ("training", 3)])
+def test_metadata_of_the_wrong_shape_is_refused_in_one_line(tmp_path: Path, key: str, value: object) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(_bundle(), path)
+    meta = json.loads(_header(path)["__metadata__"]["spkidd"])
+    meta[key] = value
+    _rewrite_metadata(path, json.dumps(meta))
+    with pytest.raises(ModelFileError, match="inconsistent model file"):
+        load_model(path)
+
+
+def test_rewriting_a_model_keeps_its_owner_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_model(_bundle(), path)
+    os.chmod(path, 0o640)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+    save_model(_bundle(), path)
+    stat = path.stat()
+    assert stat.st_mode & 0o777 == 0o640
+    if os.geteuid() == 0:
+        assert (stat.st_uid, stat.st_gid) == (65534, 65534)
+
+
+def test_a_new_model_file_is_readable_by_others_as_umask_allows(tmp_path: Path) -> None:
+    path = tmp_path / "new.safetensors"
+    old = os.umask(0o022)
+    try:
+        save_model(_bundle(), path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_every_change_of_speakers_is_a_new_visible_version(tmp_path: Path) -> None:
+    from spkidd.enrollment import forget, rename
+
+    bundle = _bundle()
+    path = tmp_path / "m.safetensors"
+    renamed = rename(bundle, "bob", "robert")
+    save_model(renamed, path)
+    loaded = load_model(path)
+    assert loaded.version == "2026-11-25T00:00:00+00:00+r1" and loaded.labels == ["alice", "robert"]
+    assert forget(loaded, "alice").version.endswith("+r2")
+
+
+@pytest.mark.parametrize("name", ["unknown", "none", "Unknown ", ""])
+def test_reserved_or_empty_names_are_refused(name: str) -> None:
+    from spkidd.enrollment import rename
+
+    with pytest.raises(ValueError, match=r"reserved|needs a name"):
+        rename(_bundle(), "bob", name)

@@ -196,7 +196,8 @@ class HeadTrainer:
         return pool
 
     def _pools(self, model: EncoderSpeakerModel, settings: TrainSettings) -> tuple[list[EncodedPool], EncodedPool]:
-        """Training pools (joined and augmented anew each) and the validation pool (held-out audio, half noisy)."""
+        """Training pools (joined and augmented anew each) and the validation pool: held-out audio joined and each
+        item alone (a household's held-out clips can be shorter than the encoder's window), clean and noisy."""
         s = self.split
         train_s = sum(len(a) for a in s.train_audio) / SAMPLE_RATE
         augmenter = Augmenter(HEAD_AUGMENT, self.rng, self.noise_clips) if settings.augment else None
@@ -204,6 +205,9 @@ class HeadTrainer:
         val_audio, val_labels = (s.val_audio, s.val_labels) if s.val_audio else (s.train_audio, s.train_labels)
         val_s = max(60.0, sum(len(a) for a in val_audio) / SAMPLE_RATE)
         val_plan = join_pieces(val_audio, val_labels, np.random.default_rng(settings.seed + 1), val_s)
+        val_plan += [
+            (a, np.full(len(a), label, dtype=np.int64)) for a, label in zip(val_audio, val_labels, strict=True)
+        ]
         if self.progress:
             self.progress("start", sum(len(p) for p in plans) + 2 * len(val_plan))
         pools = [self._encode(model, plan, augmenter) for plan in plans]

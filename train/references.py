@@ -33,15 +33,13 @@ class ReferenceEmbeddings:
 
     @classmethod
     def of(cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split) -> ReferenceEmbeddings:
-        raws, labels, held_out = [], [], []
-        items = [(a, lab, False) for a, lab in zip(split.train_audio, split.train_labels, strict=True)]
-        items += [(a, lab, True) for a, lab in zip(split.val_audio, split.val_labels, strict=True)]
-        for item, label, is_held_out in items:
-            raw = reference_embeddings(model, extractor, [item])
-            raws.append(raw)
-            labels += [label] * len(raw)
-            held_out += [is_held_out] * len(raw)
-        return cls(np.concatenate(raws), np.array(labels, dtype=np.int64), np.array(held_out, dtype=bool))
+        audio = split.train_audio + split.val_audio
+        item_labels = split.train_labels + split.val_labels
+        raws = reference_embeddings(model, extractor, audio)
+        counts = [len(raw) for raw in raws]
+        labels = np.repeat(np.array(item_labels, dtype=np.int64), counts)
+        held_out = np.repeat(np.arange(len(audio)) >= len(split.train_audio), counts)
+        return cls(np.concatenate(raws), labels, held_out)
 
     def install(self, model: SpeakerNet, n_speakers: int, *, with_held_out: bool) -> None:
         """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
