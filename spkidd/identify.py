@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spkidd.audio.decode import load_audio
+from spkidd.audio.decode import DamagedAudioError, load_audio
 from spkidd.events import UNKNOWN
 from spkidd.inference import Scored, Segment, score_long
 from spkidd.modelfile import ModelBundle
@@ -22,6 +22,7 @@ class FileResult:
     duration_s: float
     timeline: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    warning: str = ""
 
 
 def _name(bundle: ModelBundle, scored: Scored) -> tuple[str, float, float]:
@@ -48,14 +49,21 @@ def timeline(bundle: ModelBundle, segments: list[Segment]) -> list[dict[str, Any
 
 
 def identify_file(bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5) -> FileResult:
-    audio = load_audio(path)
+    """A damaged file is identified from the audio before the damage, with a warning that says so."""
+    warning = ""
+    try:
+        audio = load_audio(path)
+    except DamagedAudioError as exc:
+        audio, warning = exc.audio, str(exc)
     duration = len(audio) / bundle.features.sample_rate
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
-        return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
+        return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify", warning=warning)
     speaker, confidence, score = _name(bundle, scored)
     top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k)}
-    result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
+    result = FileResult(
+        str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3), warning=warning
+    )
     if len(segments) > 1:
         result.timeline = timeline(bundle, segments)
     return result

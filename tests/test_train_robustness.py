@@ -31,6 +31,10 @@ def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: 
     (data / "alice" / "empty.wav").write_bytes(b"")
     (data / "alice" / "notes.wav").write_text("this is not audio")
     sf.write(data / "bob" / "click.wav", np.zeros(800), 16000)
+    clip, rate = sf.read(data / "carol" / "carol_01.wav")
+    sf.write(data / "carol" / "copied.flac", clip, rate)
+    flac = (data / "carol" / "copied.flac").read_bytes()
+    (data / "carol" / "copied.flac").write_bytes(flac[: len(flac) // 2])  # an interrupted copy
     (data / "zoe").mkdir()
     shutil.copy(data / "carol" / "carol_00.wav", data / "zoe" / "only.wav")
     out = tmp_path / "m.safetensors"
@@ -40,10 +44,11 @@ def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: 
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "skipped 3 unusable file(s)" in proc.stderr
+    assert "skipped 4 unusable file(s)" in proc.stderr
+    assert "copied.flac: damaged (truncated or corrupt): the audio stops at" in proc.stderr
     assert "speaker 'zoe' has only 1 clip(s)" in proc.stderr
     bundle = load_model(out)
-    assert bundle.training["data"]["skipped"] == 3
+    assert bundle.training["data"]["skipped"] == 4
     assert bundle.labels == ["alice", "bob", "carol", "zoe"]
 
 
