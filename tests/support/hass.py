@@ -79,7 +79,6 @@ class StateChange:
     old: str | None
     new: str | None
     attributes: dict[str, Any]
-    at: float
 
 
 class HomeAssistant:
@@ -243,20 +242,8 @@ class StateRecorder:
                 old=None if old is None else old["state"],
                 new=None if new is None else new["state"],
                 attributes={} if new is None else new["attributes"],
-                at=time.monotonic(),
             )
         )
-
-    def of(self, entity_id: str) -> list[StateChange]:
-        return [c for c in self.changes if c.entity_id == entity_id]
-
-    async def wait_for(self, predicate: Callable[[list[StateChange]], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.changes):
-            if time.monotonic() > deadline:
-                tail = [(c.entity_id, c.old, c.new) for c in self.changes[-30:]]
-                raise AssertionError(f"Home Assistant's state changes never matched; last: {tail}")
-            await asyncio.sleep(0.1)
 
     async def resubscribed(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
