@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from spkidd.audio.decode import DamagedAudioError, load_audio
+import numpy as np
+
+from spkidd.audio import decode
+from spkidd.audio.decode import load_audio
 from spkidd.events import UNKNOWN
 from spkidd.inference import Scored, Segment, score_long
 from spkidd.modelfile import ModelBundle
@@ -50,20 +53,20 @@ def timeline(bundle: ModelBundle, segments: list[Segment]) -> list[dict[str, Any
 
 def identify_file(bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5) -> FileResult:
     """A damaged file is identified from the audio before the damage, with a warning that says so."""
-    warning = ""
     try:
-        audio = load_audio(path)
-    except DamagedAudioError as exc:
-        audio, warning = exc.audio, str(exc)
+        return identify_audio(bundle, path, load_audio(path), chunk_s, k)
+    except decode.DamagedAudioError as exc:
+        return replace(identify_audio(bundle, path, exc.audio, chunk_s, k), warning=str(exc))
+
+
+def identify_audio(bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: float, k: int = 5) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
-        return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify", warning=warning)
+        return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
     speaker, confidence, score = _name(bundle, scored)
     top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k)}
-    result = FileResult(
-        str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3), warning=warning
-    )
+    result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
     if len(segments) > 1:
         result.timeline = timeline(bundle, segments)
     return result
