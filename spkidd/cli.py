@@ -282,6 +282,8 @@ def identify(
             results.append(identify_file(bundle, path, chunk, top))
         except AudioDecodeError as exc:
             results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
+        if results[-1].warning:
+            console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
     if json_output:
         for r in results:
             typer.echo(json.dumps(dataclasses.asdict(r)))

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from spkidd.audio.ffmpeg import redact_url
+from spkidd.audio.sources import stream_url_problem
+
 if TYPE_CHECKING:
     from spkidd.pipeline import PipelineSettings
 
@@ -67,6 +70,8 @@ class SourceConfig:
             raise ValueError(f"name {self.name!r} may only contain letters, digits, '_' and '-'")
         if self.kind == "url" and not self.url:
             raise ValueError("kind = 'url' needs url")
+        if self.kind == "url" and (problem := stream_url_problem(str(self.url))) is not None:
+            raise ValueError(f"url {redact_url(str(self.url))!r} {problem}")
         if self.kind == "file" and self.path is None:
             raise ValueError("kind = 'file' needs path")
 

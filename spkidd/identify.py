@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
 from spkidd.decide import DecisionSettings, answer
 from spkidd.events import UNKNOWN
@@ -23,6 +26,7 @@ class FileResult:
     duration_s: float
     timeline: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    warning: str = ""
 
 
 def _name(bundle: ModelBundle, scored: Scored) -> tuple[str, float, float]:
@@ -57,7 +61,14 @@ def timeline(bundle: ModelBundle, segments: list[Segment]) -> list[dict[str, Any
 
 
 def identify_file(bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5) -> FileResult:
-    audio = load_audio(path)
+    """A damaged file is identified from the audio before the damage, with a warning that says so."""
+    try:
+        return identify_audio(bundle, path, load_audio(path), chunk_s, k)
+    except decode.DamagedAudioError as exc:
+        return replace(identify_audio(bundle, path, exc.audio, chunk_s, k), warning=str(exc))
+
+
+def identify_audio(bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: float, k: int = 5) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:

@@ -108,6 +108,9 @@ def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
     assert clips.folder == tmp_path / "unknown" and clips.max_clips == 50 and clips.max_mb == 100.0
 
 
+URL_SOURCE = '[[sources]]\nname = "hall"\nkind = "url"\nurl = '
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -126,6 +129,11 @@ def test_tables_reach_the_gate_decider_and_pipeline(tmp_path: Path) -> None:
         ("[unknown_clips]\nmax_clips = 0\n", "unknown_clips.max_clips must be at least 1"),
         ("[unknown_clips]\nfolder = 3\n", "unknown_clips.folder: expected"),
         ('[[sources]]\nname = "hall"\nkind = "url"\n', "[sources[1]] kind = 'url' needs url"),
+        (URL_SOURCE + '"rtsp//127.0.0.1:58353/spk"\n', "[sources[1]] url 'rtsp//127.0.0.1:58353/spk' is not a URL"),
+        (URL_SOURCE + '"htp:/camera"\n', "[sources[1]] url 'htp:/camera' is not a URL of the form scheme://host/path"),
+        (URL_SOURCE + '"htp://camera"\n', "[sources[1]] url 'htp://camera' has the unsupported scheme 'htp'"),
+        (URL_SOURCE + '"rtsp:///spk"\n', "[sources[1]] url 'rtsp:///spk' names no host"),
+        (URL_SOURCE + '"rtsp://me:secret@cam:99999/spk"\n', "url 'rtsp://me:***@cam:99999/spk' has a port that is not"),
         ('[[sources]]\nname = "kitchen"\nkind = "mic"\n', "name 'kitchen' is used more than once"),
         ('[[sources]]\nname = "a/b"\nkind = "mic"\n', "may only contain letters"),
         ('[[sources]]\nkind = "mic"\n', "[sources[1]] missing required key 'name'"),

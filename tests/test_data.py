@@ -32,6 +32,7 @@ def test_manifest_with_relative_paths_and_times(tmp_path: Path) -> None:
         ("path,speaker,start\nok.wav,a,soon\n", r"m.csv:2: start 'soon' is not a number"),
         ("path,speaker\nok.wav,a\n,b\n", r"m.csv:3: empty path or speaker"),
         ("path\nok.wav\n", r"m.csv:1: a manifest needs the columns path and speaker"),
+        ("path,speaker\nok.wav,1688,notanumber,3.0\n", r"m.csv:2: 4 fields, but the header has 2 \(path,speaker\)"),
     ],
 )
 def test_bad_manifests_are_refused_with_line_number(tmp_path: Path, content: str, message: str) -> None:

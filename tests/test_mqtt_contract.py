@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spkidd.events import SourceStatus
 from spkidd.mqtt import MqttPublisher
+from tests.support.hass import assert_discovery_accepted
 from tests.support.mosquitto import Collector, Received, running_mosquitto
 from tests.support.mqtt_events import activity, identification, mqtt_settings
 
@@ -49,6 +50,7 @@ async def test_known_conversation_gives_the_frozen_topics_and_keys(tmp_path: Pat
             publisher.start()
             await sub.wait_for(lambda ms: any(m.topic == f"{P}/status" for m in ms))
             connect = [_summary(m) for m in sub.messages]
+            assert_discovery_accepted({m.topic: json.loads(m.payload) for m in sub.messages if m.topic in DISCOVERY})
             assert all(q == 1 for q in (m.qos for m in sub.messages))
             assert connect == [
                 *((t, "discovery", False) for t in DISCOVERY),

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from spkidd.events import UNKNOWN
 from spkidd.mqtt.payloads import (
+    SPEAKER_ATTRIBUTES,
     Topics,
     discovery_messages,
     event_payload,
     none_state,
+    speaker_attributes_template,
     speaker_options,
     state_from_identification,
     state_payload,
 )
+from tests.support import hass
 from tests.support.mqtt_events import identification
 
 TOPICS = Topics("spkidd", "node1", "homeassistant")
@@ -74,6 +77,7 @@ def test_discovery_entities_devices_and_availability() -> None:
     speaker = messages["homeassistant/sensor/spkidd_node1_kitchen_speaker/config"]
     assert speaker["state_topic"] == speaker["json_attributes_topic"] == "spkidd/node1/kitchen/speaker"
     assert speaker["options"] == ["alice", "bob", "unrecognized", "none"]
+    assert speaker["json_attributes_template"] == speaker_attributes_template(["alice", "bob"])
     assert speaker["availability_mode"] == "all"
     assert [a["topic"] for a in speaker["availability"]] == ["spkidd/node1/status", "spkidd/node1/kitchen/status"]
     assert speaker["device"]["via_device"] == "spkidd_node1"
@@ -93,3 +97,20 @@ def test_discovery_entities_devices_and_availability() -> None:
 
 def test_speaker_options_never_repeat() -> None:
     assert speaker_options(["alice", "none", "alice"]) == ["alice", "none", "unrecognized"]
+
+
+def test_speaker_attributes_rename_state_and_carry_the_speaker_list() -> None:
+    """Home Assistant never shows an attribute named `state`, and 2024.1 drops `options`: the template renames
+    the one and carries the other (rendered by a real Home Assistant in tests/test_home_assistant.py)."""
+    template = speaker_attributes_template(["alice", "bob"])
+    assert template.startswith("{{ {") and template.endswith("} | tojson }}")
+    assert "'decision': value_json.state," in template and '\'speakers\': ["alice", "bob"]' in template
+    assert [name for name in SPEAKER_ATTRIBUTES if f"'{name}':" not in template] == []
+    assert "'state':" not in template
+
+
+def test_discovery_passes_home_assistants_own_schemas() -> None:
+    """Every discovery config through the installed Home Assistant's MQTT discovery schemas."""
+    messages = discovery_messages(TOPICS, ["kitchen", "hall"], ["alice", "bob"])
+    assert len(messages) == 9
+    hass.assert_discovery_accepted(messages)

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from spkidd.modelfile import load_model
+from spkidd.synthetic import SENTENCES, synth_speech
 from train.data import Row
 from train.prepare import AudioCache
 
@@ -32,6 +33,10 @@ def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: 
     (data / "alice" / "empty.wav").write_bytes(b"")
     (data / "alice" / "notes.wav").write_text("this is not audio")
     sf.write(data / "bob" / "click.wav", np.zeros(800), 16000)
+    clip, rate = sf.read(data / "carol" / "carol_01.wav")
+    sf.write(data / "carol" / "copied.flac", clip, rate)
+    flac = (data / "carol" / "copied.flac").read_bytes()
+    (data / "carol" / "copied.flac").write_bytes(flac[: len(flac) // 2])  # an interrupted copy
     (data / "zoe").mkdir()
     shutil.copy(data / "carol" / "carol_00.wav", data / "zoe" / "only.wav")
     out = tmp_path / "m.safetensors"
@@ -41,11 +46,27 @@ def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: 
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "skipped 3 unusable file(s)" in proc.stderr
+    assert "skipped 4 unusable file(s)" in proc.stderr
+    assert "copied.flac: damaged (truncated or corrupt): the audio stops at" in proc.stderr
     assert "speaker 'zoe' has only 1 clip(s)" in proc.stderr
     bundle = load_model(out)
-    assert bundle.training["data"]["skipped"] == 3
+    assert bundle.training["data"]["skipped"] == 4
     assert bundle.labels == ["alice", "bob", "carol", "zoe"]
+
+
+def test_tiny_manifest_trains_one_epoch(tmp_path: Path) -> None:
+    """Two speakers, one file each, one epoch: a single optimizer step, which the schedule must survive."""
+    synth_speech("alice", SENTENCES[0], tmp_path / "a.wav")
+    synth_speech("bob", SENTENCES[1], tmp_path / "b.wav")
+    (tmp_path / "m.csv").write_text("path,speaker\na.wav,alice\nb.wav,bob\n")
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.run(
+        [*SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--epochs", "1", *SMALL],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_model(out).labels == ["alice", "bob"]
 
 
 def test_unwritable_output_fails_before_training(speech_corpus: Path, tmp_path: Path) -> None:

@@ -59,8 +59,11 @@ def read_manifest(csv_path: Path) -> list[Row]:
         if "path" not in columns or "speaker" not in columns:
             raise DataError(f"{csv_path}:1: a manifest needs the columns path and speaker")
         for line, raw in enumerate(reader, start=2):
-            record = {k.strip(): (v or "") for k, v in raw.items() if k is not None}
             where = f"{csv_path}:{line}"
+            if None in raw:  # DictReader files the fields beyond the header under the key None
+                fields = len(columns) + len(raw[None])
+                raise DataError(f"{where}: {fields} fields, but the header has {len(columns)} ({','.join(columns)})")
+            record = {k.strip(): (v or "") for k, v in raw.items()}
             if not record.get("path", "").strip() or not record.get("speaker", "").strip():
                 raise DataError(f"{where}: empty path or speaker")
             path = Path(record["path"].strip())

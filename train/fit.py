@@ -469,11 +469,12 @@ class Trainer:
         per_epoch = max(1, len(self._epoch_windows(settings.batch_size)))
         total_steps = per_epoch * settings.epochs
         warmup = min(per_epoch * 2, total_steps // 10 + 1)
+        decay_steps = max(1, total_steps - warmup)  # a run of one step has no decay phase
 
         def lr_at(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total_steps - warmup))))
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / decay_steps)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
         counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,10 +18,58 @@ class AudioDecodeError(Exception):
     """A file that is not usable audio; the message names the file."""
 
 
+class DamagedAudioError(AudioDecodeError):
+    """A file that stops early (truncated or corrupt mid-way): `audio` holds what decoded before the damage, so a
+    caller that can make do with part of it (identify) may, while the others refuse the file."""
+
+    def __init__(self, path: Path, audio: np.ndarray, promised_s: float | None = None) -> None:
+        stops = f"the audio stops at {len(audio) / SAMPLE_RATE:.2f} s"
+        promised = "" if promised_s is None else f" of the {promised_s:.2f} s its header promises"
+        super().__init__(f"{path}: damaged (truncated or corrupt): {stops}{promised}")
+        self.audio = audio
+
+
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+_STREAMED_SIZES = (0, 0xFFFFFFFF)
+"""Data sizes a WAV written to a pipe carries instead of its length: not a sign of damage."""
+
+
+def _truncated_by_header(handle: sf.SoundFile) -> bool:
+    """libsndfile reads a truncated WAV or OGG as a shorter whole file; its log is where the damage shows."""
+    log = handle.extra_info
+    if "lacks an end-of-stream bit" in log:
+        return True
+    size = _WAV_DATA_SIZE.search(log)
+    return size is not None and int(size[1]) not in _STREAMED_SIZES and int(size[1]) > int(size[2])
+
+
 def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE:
         return audio.astype(np.float32, copy=False)
     return np.asarray(soxr.resample(audio, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+_BLOCK_FRAMES = 1 << 12
+
+
+def _read_blocks(handle: sf.SoundFile, count: int) -> tuple[list[np.ndarray], bool]:
+    """Up to `count` frames (-1: all) block by block, and whether a decode error cut the file short. An error
+    before the first block is raised: the file may still be something ffmpeg decodes."""
+    blocks: list[np.ndarray] = []
+    remaining = count
+    while remaining != 0:
+        want = _BLOCK_FRAMES if remaining < 0 else min(_BLOCK_FRAMES, remaining)
+        try:
+            block = handle.read(frames=want, dtype="float32", always_2d=True)
+        except sf.LibsndfileError:
+            if not blocks:
+                raise
+            return blocks, True
+        if len(block) == 0:
+            break
+        blocks.append(block.mean(axis=1))
+        remaining = remaining - len(block) if remaining > 0 else remaining
+    return blocks, False
 
 
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
@@ -31,8 +80,13 @@ def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
             raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end ({handle.frames / rate:.3f} s)")
         handle.seek(first)
         count = -1 if end is None else max(0, round(end * rate) - first)
-        data = handle.read(frames=count, dtype="float32", always_2d=True)
-    return resample(data.mean(axis=1), rate)
+        blocks, cut = _read_blocks(handle, count)
+        audio = resample(np.concatenate(blocks) if blocks else np.zeros(0, np.float32), rate)
+        if cut:
+            raise DamagedAudioError(path, audio, handle.frames / rate)
+        if _truncated_by_header(handle) and (end is None or first + sum(map(len, blocks)) < round(end * rate)):
+            raise DamagedAudioError(path, audio)
+    return audio
 
 
 def _read_ffmpeg(path: Path, start: float, end: float | None) -> np.ndarray:
@@ -43,10 +97,13 @@ def _read_ffmpeg(path: Path, start: float, end: float | None) -> np.ndarray:
         cmd += ["-t", f"{max(0.0, end - start):.6f}"]
     cmd += ["-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
+    reason = proc.stderr.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip().splitlines()
         raise AudioDecodeError(f"{path}: ffmpeg could not decode it: {reason[-1] if reason else proc.returncode}")
-    return np.frombuffer(proc.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+    audio = np.frombuffer(proc.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+    if reason:  # at -loglevel error, anything said while exiting 0 is a decode error mid-file
+        raise DamagedAudioError(path, audio)
+    return audio
 
 
 def load_audio(path: Path | str, start: float = 0.0, end: float | None = None) -> np.ndarray:

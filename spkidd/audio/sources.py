@@ -8,15 +8,39 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from spkidd.audio.base import AudioSource, StatusCallback
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp", "hls")
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_LISTEN_SCHEMES = ("udp", "tcp", "srt", "rtp")
+"""Schemes whose URL may name no host: ffmpeg then listens (udp://@:1234, srt://:9000?mode=listener)."""
 
 
 class SourceSpecError(ValueError):
     """A source spec that names nothing spkidd can open; the message says what was expected."""
+
+
+def stream_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a stream URL (`scheme://host[:port]/...`), or None: caught at the config
+    check, before the model loads, rather than by ffmpeg after it."""
+    match = _URL.match(url.strip())
+    if match is None:
+        return "is not a URL of the form scheme://host/path"
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        return None
+    if scheme not in STREAM_SCHEMES:
+        return f"has the unsupported scheme {scheme!r} (supported: {', '.join(STREAM_SCHEMES)}, file)"
+    parts = urlsplit(url.strip())
+    try:
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return "has a port that is not a number from 0 to 65535"
+    if not parts.hostname and scheme not in _LISTEN_SCHEMES:
+        return "names no host"
+    return None
 
 
 def make_source(spec: str, name: str, *, realtime: bool = True, on_status: StatusCallback | None = None) -> AudioSource:

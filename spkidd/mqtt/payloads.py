@@ -193,6 +193,21 @@ def speaker_options(speakers: Sequence[str]) -> list[str]:
     return options
 
 
+SPEAKER_ATTRIBUTES = ("decision", "speaker", "confidence", "top_k", "utterance_id", "since", "speakers")
+"""The "Current speaker" sensor's attributes in Home Assistant: the state JSON, with its `state` renamed
+`decision` (Home Assistant never shows an attribute named `state`), and the enrolled `speakers` (2024.1 drops
+the sensor's `options`, so this is the list every supported version shows)."""
+
+
+def speaker_attributes_template(speakers: Sequence[str]) -> str:
+    """A Jinja template from the state JSON to SPEAKER_ATTRIBUTES; discovery is republished when the speakers
+    change, so the list is written into it."""
+    renamed = {"decision": "state"}
+    pairs = [f"'{name}': value_json.{renamed.get(name, name)}" for name in SPEAKER_ATTRIBUTES[:-1]]
+    pairs.append(f"'speakers': {json.dumps(list(speakers))}")
+    return "{{ {" + ", ".join(pairs) + "} | tojson }}"
+
+
 def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Home Assistant discovery configs by topic: the bridge's status, and four entities per source."""
     node = topics.node
@@ -229,6 +244,7 @@ def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequenc
                 f"{{{{ '{UNRECOGNIZED}' if value_json.speaker == '{UNKNOWN}' else value_json.speaker }}}}"
             ),
             "json_attributes_topic": speaker_topic,
+            "json_attributes_template": speaker_attributes_template(speakers),
             "device_class": "enum",
             "options": speaker_options(speakers),
             "icon": "mdi:account-voice",

@@ -54,9 +54,11 @@ def conversation(directory: Path, turns: list[tuple[str, str]], lead_s: float = 
     return path
 
 
-def write_config(path: Path, model: Path, sources: str, mqtt: str, extra: str = "") -> Path:
+def write_config(
+    path: Path, model: Path, sources: str, mqtt: str, extra: str = "", instance: str = "testhouse"
+) -> Path:
     path.write_text(
-        f'instance = "testhouse"\nmodel = "{model}"\n{sources}\n[mqtt]\n{mqtt}\n'
+        f'instance = "{instance}"\nmodel = "{model}"\n{sources}\n[mqtt]\n{mqtt}\n'
         "keepalive = 5\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrediscovery_max_delay_s = 0.0\n"
         f"{extra}\n"
     )

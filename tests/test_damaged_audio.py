@@ -1,0 +1,81 @@
+"""A truncated WAV/FLAC/OGG is reported as damaged, with where its audio stops: identify warns and answers from
+what is there, enroll refuses it, and training skips it (tests/test_train_robustness.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkidd.audio.decode import AudioDecodeError, DamagedAudioError, load_audio
+from spkidd.synthetic import synth_audio
+from tests.conftest import HELD_OUT_SENTENCES
+
+SPKIDD = [sys.executable, "-m", "spkidd"]
+FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS")]
+
+
+def whole_and_truncated(directory: Path, extension: str, subtype: str, voice: str = "alice") -> tuple[Path, Path]:
+    """A ~4-s clip in `extension`, and a copy cut to its first half (bytes), as an interrupted copy leaves it."""
+    speech = np.concatenate([synth_audio(voice, text) for text in HELD_OUT_SENTENCES[:2]])
+    whole = directory / f"{voice}.{extension}"
+    sf.write(whole, speech, 16000, subtype=subtype)
+    truncated = directory / f"{voice}_truncated.{extension}"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return whole, truncated
+
+
+@pytest.mark.parametrize(("extension", "subtype"), FORMATS)
+def test_truncated_file_is_damaged_and_says_where_it_stops(tmp_path: Path, extension: str, subtype: str) -> None:
+    whole, truncated = whole_and_truncated(tmp_path, extension, subtype)
+    full = load_audio(whole)
+    stops = r"damaged \(truncated or corrupt\): the audio stops at \d+\.\d\d s"
+    with pytest.raises(DamagedAudioError, match=stops) as e:
+        load_audio(truncated)
+    assert str(truncated) in str(e.value)
+    assert 0 < len(e.value.audio) < 0.8 * len(full)
+    assert isinstance(e.value, AudioDecodeError)
+
+
+def test_a_range_inside_the_intact_part_of_a_truncated_wav_loads(tmp_path: Path) -> None:
+    _, truncated = whole_and_truncated(tmp_path, "wav", "PCM_16")
+    assert len(load_audio(truncated, 0.5, 1.0)) == 8000
+
+
+def test_a_wav_written_to_a_pipe_is_not_damaged(tmp_path: Path) -> None:
+    whole, _ = whole_and_truncated(tmp_path, "wav", "PCM_16")
+    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(whole), "-f", "wav", "-"]
+    streamed = subprocess.run(command, capture_output=True, check=True).stdout
+    (tmp_path / "streamed.wav").write_bytes(streamed)
+    assert len(load_audio(tmp_path / "streamed.wav")) == len(load_audio(whole))
+
+
+def test_identify_warns_about_a_truncated_flac_and_answers_from_what_is_there(
+    trained_model: Path, tmp_path: Path
+) -> None:
+    _, truncated = whole_and_truncated(tmp_path, "flac", "PCM_16")
+    proc = subprocess.run(
+        [*SPKIDD, "identify", str(trained_model), str(truncated), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: {truncated}: damaged (truncated or corrupt): the audio stops at" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert "damaged" in result["warning"] and result["speaker"] == "alice"
+
+
+def test_enroll_refuses_a_truncated_ogg(trained_model: Path, tmp_path: Path) -> None:
+    _, truncated = whole_and_truncated(tmp_path, "ogg", "VORBIS", voice="erin")
+    out = tmp_path / "m.safetensors"
+    proc = subprocess.run(
+        [*SPKIDD, "enroll", str(trained_model), str(truncated), "-s", "erin", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert f"error: {truncated}: damaged (truncated or corrupt): the audio stops at" in proc.stderr
+    assert not out.exists()
