@@ -33,6 +33,8 @@ from spkidd.mqtt import MqttPublisher
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.sdnotify import notify, watchdog_interval
 from spkidd.steprunner import StepRunner
+from spkidd.web.live import LiveHub
+from spkidd.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class Daemon:
         self.publisher: MqttPublisher | None = None
         self._broker: EmbeddedBroker | None = None
         self._health: HealthServer | None = None
+        self._web: WebServer | None = None
+        self._live = LiveHub(s.name for s in config.sources)
         self._runner: StepRunner | None = None
         self._streams: dict[str, _Stream] = {}
         self._stop = asyncio.Event()
@@ -186,6 +190,8 @@ class Daemon:
             except OSError as exc:
                 self._health = None
                 raise StartupError(f"health endpoint on {config.health.host}:{config.health.port}: {exc}") from exc
+        if config.web.enabled:
+            await self._start_web()
         self._runner = StepRunner()
         for source in config.sources:
             self._start_stream(source, config.pipeline, self.bundle)
@@ -200,6 +206,8 @@ class Daemon:
             await self.publisher.close(timeout=_STOP_TIMEOUT_S)
         if self._health is not None:
             await self._health.stop()
+        if self._web is not None:
+            await self._web.stop()
         if self._runner is not None:
             await asyncio.to_thread(self._runner.close)
         if self._broker is not None:
@@ -218,6 +226,24 @@ class Daemon:
                 log.info("source %s: %s (%s)", event.source, "online" if event.online else "offline", event.detail)
         if self.publisher is not None:
             self.publisher.handle(event)
+        self._live.handle(event)
+
+    async def _start_web(self) -> None:
+        web = self.config.web
+        self._web = WebServer(web, self, self._live, self.config.model, self.config.pipeline.unknown_clips.folder)
+        try:
+            await self._web.start()
+        except OSError as exc:
+            self._web = None
+            raise StartupError(f"web page on {web.host}:{web.port}: {exc.strerror} (set [web] port)") from exc
+
+    def use_bundle(self, bundle: ModelBundle) -> None:
+        """A model the web page just saved to the model file: every stream uses it from its next utterance."""
+        for stream in self._streams.values():
+            stream.pipeline.replace_model(bundle)
+        self.bundle = bundle
+        if self.publisher is not None:
+            self.publisher.set_speakers(bundle.labels)
 
     def _on_status(self, event: SourceStatus) -> None:
         """Sources may report from their own threads: those hop into the loop; on the loop it is delivered at
@@ -305,7 +331,7 @@ class Daemon:
         except (ConfigError, ModelFileError, StartupError) as exc:
             log.error("reload refused, still running the previous configuration: %s", exc)
             return False
-        for key in ("instance", "mqtt", "embedded_broker", "health"):
+        for key in ("instance", "mqtt", "embedded_broker", "health", "web"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %r take effect only after a restart", key)
         logging.getLogger().setLevel(config.logging.level)
@@ -324,11 +350,13 @@ class Daemon:
             mqtt=self.config.mqtt,
             embedded_broker=self.config.embedded_broker,
             health=self.config.health,
+            web=self.config.web,
         )
         self.bundle = bundle
         if self.publisher is not None:
             self.publisher.set_sources([s.name for s in config.sources])
             self.publisher.set_speakers(bundle.labels)
+        self._live.set_sources(s.name for s in config.sources)
         self.reloads += 1
         log.info("reloaded: model %s, speakers %s, %d source(s)", self._model_name(), bundle.labels, len(wanted))
         return True
