@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,17 @@ class ListenerLimits:
     max_connections: int = 128
     idle_timeout_s: float = 15.0
     max_header_bytes: int = 8190
+
+
+class _ClientErrorsQuiet(logging.LoggerAdapter):
+    """aiohttp logs every malformed request (a 400 it has already answered) with a traceback at ERROR: a client's
+    mistake, repeated at will by anyone who can connect. Those become one DEBUG line; real errors stay errors."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug("refused a malformed request: %s", exc_info.message)
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class _Refuse(asyncio.Protocol):
@@ -45,6 +58,7 @@ class HttpListener:
             max_line_size=limits.max_header_bytes,
             max_field_size=limits.max_header_bytes,
             shutdown_timeout=2.0,
+            logger=_ClientErrorsQuiet(logging.getLogger("spkidd.web.http"), {}),
         )
         self._server: asyncio.Server | None = None
 

@@ -31,6 +31,7 @@ class SourceView:
     online: bool = False
     speaking: bool = False
     state: str = "none"
+    """none (nothing heard yet), listening (an utterance began, no decision yet), identified or unknown."""
     speaker: str = "none"
     confidence: float = 0.0
     top_k: dict[str, float] = field(default_factory=dict)
@@ -125,6 +126,7 @@ class LiveHub:
             view.online = True
             if event.speaking:
                 view.utterance_started_at = now
+                view.state, view.speaker, view.confidence, view.top_k, view.final = "listening", "", 0.0, {}, False
         elif isinstance(event, Identification):
             segment = self._identify(view, event, now)
         self._broadcast(

@@ -72,8 +72,9 @@ function renderView(name, view) {
   const status = $(".status", card);
   status.textContent = v.online ? "online" : "offline";
   status.className = "status " + (v.online ? "online" : "offline");
-  $(".speaker", card).textContent = v.state === "none" ? "nobody yet" : v.speaker;
-  $(".confidence", card).textContent = v.state === "none" ? "" : `${Math.round(v.confidence * 100)} %`;
+  const waiting = { none: "nobody yet", listening: "listening…" }[v.state];
+  $(".speaker", card).textContent = waiting || v.speaker;
+  $(".confidence", card).textContent = waiting ? "" : `${Math.round(v.confidence * 100)} %`;
   const list = $(".candidates", card);
   list.replaceChildren(...Object.entries(v.top_k || {}).map(([who, p]) => {
     const li = document.createElement("li");
