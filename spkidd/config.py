@@ -149,8 +149,6 @@ class WebConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give only one of token, token_file")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
         if self.max_upload_mb <= 0 or self.max_connections < 1:
@@ -342,6 +340,8 @@ def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
 def _web_settings(top: _TopLevel, file: Path, mode: int) -> WebConfig:
     """[web], with `token_file` read into `token` (hidden from repr) so every reload re-reads it."""
     web = from_table(WebConfig, top.web, file=file, where="web")
+    if web.token is not None and web.token_file is not None:
+        raise ConfigError(f"{file}: [web] give only one of token, token_file")
     if web.token is not None and mode & stat.S_IROTH:
         log.warning("%s holds the web page's token and is readable by everyone; chmod o-r it", file)
     token_file = _resolve(file.resolve().parent, web.token_file)
