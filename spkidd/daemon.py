@@ -20,6 +20,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spkidd.audio.base import AudioSource
@@ -230,12 +231,20 @@ class Daemon:
 
     async def _start_web(self) -> None:
         web = self.config.web
-        self._web = WebServer(web, self, self._live, self.config.model, self.config.pipeline.unknown_clips.folder)
+        self._web = WebServer(web, self, self._live)
         try:
             await self._web.start()
         except OSError as exc:
             self._web = None
             raise StartupError(f"web page on {web.host}:{web.port}: {exc.strerror} (set [web] port)") from exc
+
+    @property
+    def model_path(self) -> Path:
+        return self.config.model
+
+    @property
+    def clips_folder(self) -> Path | None:
+        return self.config.pipeline.unknown_clips.folder
 
     def use_bundle(self, bundle: ModelBundle) -> None:
         """A model the web page just saved to the model file: every stream uses it from its next utterance."""

@@ -73,17 +73,15 @@ class WebApi:
         try:
             response: web.StreamResponse = await handler(request)
             return response
-        except VoiceError as exc:
-            status = 409 if "already a speaker" in str(exc) else 400
-            return json_error(status, str(exc))
-        except ClipError as exc:
-            return json_error(404 if "no kept clip" in str(exc) else 400, str(exc))
+        except (VoiceError, ClipError) as exc:
+            return json_error(exc.status, str(exc))
 
     # ----- reading ----------------------------------------------------------------------------------------------
 
     async def get_info(self, request: web.Request) -> web.Response:
         bundle = self.voices.current()
-        return web.json_response({**self.info, "model": {"name": bundle.name, "version": bundle.version}})
+        model = {"name": bundle.name, "version": bundle.version}
+        return web.json_response({**self.info, "clips_enabled": self.clips.enabled, "model": model})
 
     async def get_live(self, request: web.Request) -> web.Response:
         return web.json_response(self.hub.snapshot())
@@ -157,7 +155,9 @@ class WebApi:
     def _clip_audio(self, names: list[str]) -> dict[str, np.ndarray]:
         try:
             return self.clips.audio(names)
-        except (ClipError, AudioDecodeError) as exc:
+        except ClipError as exc:
+            raise VoiceError(str(exc), exc.status) from exc
+        except AudioDecodeError as exc:
             raise VoiceError(str(exc)) from exc
 
     async def post_record(self, request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from spkidd.audio.decode import AudioDecodeError, load_audio
 from spkidd.enrollment import voice_print
 from spkidd.modelfile import ModelBundle
 from spkidd.unknown_clips import CLIP_NAME, kept_clips
+from spkidd.web.control import DaemonControl
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,11 @@ SAME_VOICE_SCORE = 0.8
 
 
 class ClipError(Exception):
-    """A clip name the page cannot use; the message is shown to the user."""
+    """A clip name the page cannot use; the message is shown to the user, with `status` as the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -91,29 +96,35 @@ def group_by_voice(prints: dict[str, np.ndarray | None], names: list[str]) -> li
 
 
 class ClipShelf:
-    """The unknown-clips folder of [unknown_clips] (None when keeping clips is off)."""
+    """The unknown-clips folder of [unknown_clips], as the daemon's configuration says now."""
 
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
+    def __init__(self, control: DaemonControl) -> None:
+        self._control = control
         self._prints: dict[str, np.ndarray | None] = {}
         self._prints_model: ModelBundle | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        return self._control.clips_folder
 
     @property
     def enabled(self) -> bool:
         return self.folder is not None
 
     def newest_first(self) -> list[Path]:
-        return [] if self.folder is None else list(reversed(kept_clips(self.folder)))
+        folder = self.folder
+        return [] if folder is None else list(reversed(kept_clips(folder)))
 
     def path(self, name: str) -> Path:
         """The clip called `name`: only a name of the keeper's own pattern, of a file that is in the folder now."""
-        if self.folder is None:
+        folder = self.folder
+        if folder is None:
             raise ClipError("keeping unknown voices is off ([unknown_clips] folder is not set)")
         if not CLIP_NAME.match(name):
             raise ClipError(f"{name!r} is not the name of a kept clip")
-        path = self.folder / name
+        path = folder / name
         if not path.is_file():
-            raise ClipError(f"no kept clip {name!r} (it may have been removed to keep the folder's bounds)")
+            raise ClipError(f"no kept clip {name!r} (it may have been removed to keep the folder's bounds)", status=404)
         return path
 
     def listing(self, bundle: ModelBundle) -> list[dict[str, Any]]:

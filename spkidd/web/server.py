@@ -45,17 +45,14 @@ class WebServer:
         config: WebConfig,
         control: DaemonControl,
         hub: LiveHub,
-        model_path: Path,
-        clips_folder: Path | None,
     ) -> None:
         self.config = config
         info = {
             "token_required": config.token is not None,
             "read_only": config.token is None and not config.loopback_only,
-            "clips_enabled": clips_folder is not None,
             "max_upload_mb": config.max_upload_mb,
         }
-        self.api = WebApi(hub, VoiceKeeper(model_path, control), ClipShelf(clips_folder), info)
+        self.api = WebApi(hub, VoiceKeeper(control), ClipShelf(control), info)
         limits = ListenerLimits(max_connections=config.max_connections)
         self._listener = HttpListener(build_app(config, self.api, control), config.host, config.port, limits)
 

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,12 @@ MAX_NAME = 40
 
 
 class VoiceError(Exception):
-    """A change the page asked for that cannot be made; the message is shown to the user as it is."""
+    """A change the page asked for that cannot be made; the message is shown to the user as it is, with `status`
+    as the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,12 @@ def check_new_name(name: str, bundle: ModelBundle) -> str:
     if name.lower() in RESERVED_NAMES:
         raise VoiceError(f"{name!r} is reserved (it is what the daemon says when it cannot name a voice)")
     if name in bundle.labels:
-        raise VoiceError(f"there is already a speaker called {name!r}")
+        raise VoiceError(f"there is already a speaker called {name!r}", status=409)
     return name
 
 
 class VoiceKeeper:
-    def __init__(self, model_path: Path, control: DaemonControl) -> None:
-        self.model_path = model_path
+    def __init__(self, control: DaemonControl) -> None:
         self._control = control
         self._lock = asyncio.Lock()
 
@@ -95,7 +98,7 @@ class VoiceKeeper:
             if new:
                 speaker = check_new_name(speaker, bundle)
             elif speaker not in bundle.labels:
-                raise VoiceError(f"no speaker {speaker!r} to add speech to")
+                raise VoiceError(f"no speaker {speaker!r} to add speech to", status=404)
             updated, report = await asyncio.to_thread(self._enroll, bundle, speaker, clips)
             await self._write(updated)
             log.info("web: enrolled %s (%.1f s of speech)", speaker, report.speech_s)
@@ -115,7 +118,7 @@ class VoiceKeeper:
         async with self._lock:
             bundle = await self._read()
             if speaker not in bundle.labels:
-                raise VoiceError(f"no speaker {speaker!r} in the model")
+                raise VoiceError(f"no speaker {speaker!r} in the model", status=404)
             new_name = check_new_name(new_name, bundle)
             updated = rename(bundle, speaker, new_name)
             await self._write(updated)
@@ -134,13 +137,14 @@ class VoiceKeeper:
     async def _read(self) -> ModelBundle:
         """The model file as it is now (it may have been changed by `spkidd enroll` since the daemon loaded it)."""
         try:
-            return await asyncio.to_thread(load_model, self.model_path)
+            return await asyncio.to_thread(load_model, self._control.model_path)
         except ModelFileError as exc:
             raise VoiceError(f"cannot read the model file: {exc}") from exc
 
     async def _write(self, bundle: ModelBundle) -> None:
+        path = self._control.model_path
         try:
-            await asyncio.to_thread(save_model, bundle, self.model_path)
+            await asyncio.to_thread(save_model, bundle, path)
         except OSError as exc:
-            raise VoiceError(f"cannot write the model file {self.model_path}: {exc.strerror}") from exc
+            raise VoiceError(f"cannot write the model file {path}: {exc.strerror}", status=500) from exc
         self._control.use_bundle(bundle)
