@@ -2,7 +2,8 @@
 
 aiohttp parses HTTP (header sizes refused with 4xx, idle connections closed after `idle_timeout_s`); what it does
 not bound is the number of open connections, so the listener counts them and closes a connection beyond
-`max_connections` as soon as it is accepted: a flood of idle clients costs no file descriptors beyond the bound.
+`max_connections` as soon as it is accepted: a flood of idle clients holds no more file descriptors than the
+bound (plus, for a moment, one burst of accepts).
 """
 
 from __future__ import annotations
@@ -80,11 +81,6 @@ class HttpListener:
             await self._server.wait_closed()
             self._server = None
         await self._runner.cleanup()
-
-    @property
-    def connections(self) -> int:
-        server = self._runner.server
-        return 0 if server is None else len(server.connections)
 
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
