@@ -33,9 +33,13 @@ CONVERSATION = [
 ]
 
 
-def free_port() -> int:
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free (so the page's address can be opened before the demo starts), else any."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
@@ -80,8 +84,10 @@ async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]])
             await asyncio.sleep(0.2)
 
 
-async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float) -> list[tuple[float, str]]:
-    port = free_port()
+async def run_daemon(
+    work: Path, model: Path, conversation: Path, seconds: float, hold: bool
+) -> list[tuple[float, str]]:
+    port, web_port = free_port(), free_port(8730)
     config = work / "config.toml"
     # espeak's voices differ mostly in pitch, so one played faster or slower is nearly another of them: the
     # threshold calibrated on such speed-changed voices comes out very strict for this synthetic household (0.97;
@@ -89,9 +95,11 @@ async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float
     config.write_text(
         f'model = "{model}"\ninstance = "demo"\n\n[[sources]]\nname = "kitchen"\nkind = "file"\n'
         f'path = "{conversation}"\nrealtime = true\n\n[decision]\nmin_score = 0.75\n\n'
-        f'[mqtt]\nbroker = "embedded"\n\n[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[mqtt]\nbroker = "embedded"\n\n[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        f"[web]\nenabled = true\nport = {web_port}\n"
     )
-    print(f"== 3. spkidd run --config {config}  (embedded broker on 127.0.0.1:{port}); MQTT messages:")
+    print(f"== 3. spkidd run --config {config}  (embedded broker on 127.0.0.1:{port})")
+    print(f"== the household page, live: http://127.0.0.1:{web_port}/   MQTT messages:", flush=True)
     with open(work / "daemon.log", "wb") as log:
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "spkidd", "run", "--config", str(config), stderr=log
@@ -100,6 +108,9 @@ async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float
         watcher = asyncio.create_task(watch(port, stop, finals))
         try:
             await asyncio.sleep(seconds + 6.0)
+            if hold:
+                print(f"== holding: the page stays at http://127.0.0.1:{web_port}/ until Ctrl-C", flush=True)
+                await asyncio.Event().wait()
         finally:
             daemon.send_signal(signal.SIGTERM)
             await daemon.wait()
@@ -113,6 +124,7 @@ async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--hold", action="store_true", help="keep the daemon and its page running until Ctrl-C")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="spkidd-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -120,7 +132,10 @@ def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     model, conversation, truth = build(work)
     duration = sf.info(str(conversation)).duration
-    finals = asyncio.run(run_daemon(work, model, conversation, duration))
+    try:
+        finals = asyncio.run(run_daemon(work, model, conversation, duration, args.hold))
+    except KeyboardInterrupt:
+        return
     print(f"== who spoke: {', '.join(speaker for _, _, speaker in truth)}")
     print(f"== final identifications published: {', '.join(speaker for _, speaker in finals) or 'none'}")
     right = 0

@@ -141,6 +141,33 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The household's page (live view, voices, unknown clips, enrollment) plus /healthz and /metrics.
+    Changing the voices needs `token` (or `token_file`) when the page listens beyond loopback."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8730
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    max_upload_mb: float = 20.0
+    max_connections: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("token must not be empty")
+        if self.max_upload_mb <= 0 or self.max_connections < 1:
+            raise ValueError("max_upload_mb and max_connections must be positive")
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when only this machine can reach the page."""
+        return _is_loopback(self.host)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -155,6 +182,7 @@ class DaemonConfig:
     mqtt: MqttConfig
     embedded_broker: EmbeddedBrokerConfig
     health: HealthConfig
+    web: WebConfig
     logging: LoggingConfig
 
 
@@ -271,6 +299,7 @@ class _TopLevel:
     mqtt: dict[str, Any] = field(default_factory=dict)
     embedded_broker: dict[str, Any] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
+    web: dict[str, Any] = field(default_factory=dict)
     logging: dict[str, Any] = field(default_factory=dict)
 
 
@@ -328,6 +357,32 @@ def _warn_plaintext_password(mqtt: MqttConfig, file: Path) -> None:
             file,
             mqtt.host,
         )
+
+
+def _web_settings(top: _TopLevel, file: Path, mode: int) -> WebConfig:
+    """[web], with `token_file` read into `token` (hidden from repr) so every reload re-reads it."""
+    web = from_table(WebConfig, top.web, file=file, where="web")
+    if web.token is not None and web.token_file is not None:
+        raise ConfigError(f"{file}: [web] give only one of token, token_file")
+    if web.token is not None and mode & stat.S_IROTH:
+        log.warning("%s holds the web page's token and is readable by everyone; chmod o-r it", file)
+    token_file = _resolve(file.resolve().parent, web.token_file)
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{file}: [web] token_file: cannot read {token_file}: {exc.strerror}") from exc
+        if not token:
+            raise ConfigError(f"{file}: [web] token_file: {token_file} is empty")
+        web = dataclasses.replace(web, token=token, token_file=token_file)
+    if web.enabled and not web.loopback_only and web.token is None:
+        log.warning(
+            "%s: [web] listens on %s without a token: the page is read-only (set token or token_file to enroll, "
+            "forget or rename from it)",
+            file,
+            web.host,
+        )
+    return web
 
 
 def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:
@@ -398,5 +453,6 @@ def load_config(path: Path) -> DaemonConfig:
         mqtt=mqtt,
         embedded_broker=from_table(EmbeddedBrokerConfig, top.embedded_broker, file=path, where="embedded_broker"),
         health=from_table(HealthConfig, top.health, file=path, where="health"),
+        web=_web_settings(top, path, mode),
         logging=from_table(LoggingConfig, top.logging, file=path, where="logging"),
     )

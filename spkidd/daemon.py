@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from spkidd.audio.base import AudioSource
@@ -39,6 +40,8 @@ from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.sdnotify import notify, watchdog_interval
 from spkidd.steprunner import StepRunner
 from spkidd.utterance_ids import UtteranceIds, run_stamp
+from spkidd.web.live import LiveHub
+from spkidd.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,8 @@ class Daemon:
         self.publisher: MqttPublisher | None = None
         self._broker: EmbeddedBroker | None = None
         self._health: HealthServer | None = None
+        self._web: WebServer | None = None
+        self._live = LiveHub(s.name for s in config.sources)
         self._runner: StepRunner | None = None
         self._streams: dict[str, _Stream] = {}
         self._stop = asyncio.Event()
@@ -229,6 +234,8 @@ class Daemon:
             except OSError as exc:
                 self._health = None
                 raise StartupError(f"health endpoint on {config.health.host}:{config.health.port}: {exc}") from exc
+        if config.web.enabled:
+            await self._start_web()
         self._runner = StepRunner()
         for source in config.sources:
             self._start_stream(source, config.pipeline, self.bundle)
@@ -240,6 +247,7 @@ class Daemon:
             ("streams", self._stop_streams),
             ("MQTT", self._close_publisher),
             ("health endpoint", self._stop_health),
+            ("web page", self._stop_web),
             ("step runner", self._close_runner),
             ("embedded broker", self._stop_broker),
         ]
@@ -267,6 +275,10 @@ class Daemon:
         if self._health is not None:
             await self._health.stop()
 
+    async def _stop_web(self) -> None:
+        if self._web is not None:
+            await self._web.stop()
+
     async def _close_runner(self) -> None:
         if self._runner is not None:
             await asyncio.to_thread(self._runner.close)
@@ -282,6 +294,32 @@ class Daemon:
             return
         if self.publisher is not None:
             self.publisher.handle(event)
+        self._live.handle(event)
+
+    async def _start_web(self) -> None:
+        web = self.config.web
+        self._web = WebServer(web, self, self._live)
+        try:
+            await self._web.start()
+        except OSError as exc:
+            self._web = None
+            raise StartupError(f"web page on {web.host}:{web.port}: {exc.strerror} (set [web] port)") from exc
+
+    @property
+    def model_path(self) -> Path:
+        return self.config.model
+
+    @property
+    def clips_folder(self) -> Path | None:
+        return self.config.pipeline.unknown_clips.folder
+
+    def use_bundle(self, bundle: ModelBundle) -> None:
+        """A model the web page just saved to the model file: every stream uses it from its next utterance."""
+        for stream in self._streams.values():
+            stream.pipeline.replace_model(bundle)
+        self.bundle = bundle
+        if self.publisher is not None:
+            self.publisher.set_speakers(bundle.labels)
 
     def _source_status_changed(self, event: SourceStatus) -> bool:
         """Only changes of a source's status are published. While a stream stops its source's word is held back:
@@ -409,7 +447,7 @@ class Daemon:
         except Exception as exc:
             log.exception("reload refused, still running the previous configuration: unexpected %r", exc)
             return False
-        for key in ("instance", "mqtt", "embedded_broker", "health"):
+        for key in ("instance", "mqtt", "embedded_broker", "health", "web"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %r take effect only after a restart", key)
         logging.getLogger().setLevel(config.logging.level)
@@ -433,11 +471,13 @@ class Daemon:
             mqtt=self.config.mqtt,
             embedded_broker=self.config.embedded_broker,
             health=self.config.health,
+            web=self.config.web,
         )
         self.bundle = bundle
         if self.publisher is not None:
             self.publisher.set_sources([s.name for s in config.sources])
             self.publisher.set_speakers(bundle.labels)
+        self._live.set_sources(s.name for s in config.sources)
         self.reloads += 1
         log.info("reloaded: model %s, speakers %s, %d source(s)", self._model_name(), bundle.labels, len(wanted))
         return True

@@ -1,28 +1,27 @@
-"""Optional HTTP endpoint (off by default, 127.0.0.1): GET /healthz (JSON) and GET /metrics (Prometheus).
+"""GET /healthz (JSON) and GET /metrics (Prometheus): on the household page ([web]) and, for a listener of their
+own, [health] (both off by default, 127.0.0.1).
 
-A tiny asyncio HTTP/1.0 responder instead of prometheus-client's threaded server, so both answers are computed
-on the event loop (a stuck loop also means a failing /healthz) and nothing else listens. The metrics come from
-one snapshot function at scrape time, through a registry per daemon, never the global one.
+Served by aiohttp in the daemon's event loop instead of prometheus-client's threaded server, so both answers are
+computed on the loop (a stuck loop also means a failing /healthz). The metrics come from one snapshot function at
+scrape time, through a registry per daemon, never the global one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from spkidd.web.listener import HttpListener
 
-_REQUEST_TIMEOUT_S = 5.0
-_MAX_REQUEST = 8192
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,59 +134,42 @@ def make_registry(snapshot: Snapshot) -> CollectorRegistry:
     return registry
 
 
+def add_health_routes(app: web.Application, snapshot: Snapshot) -> None:
+    """GET /healthz (JSON; 503 while degraded) and GET /metrics (Prometheus text) on `app`."""
+    registry = make_registry(snapshot)
+
+    async def healthz(request: web.Request) -> web.Response:
+        health = snapshot()
+        return web.Response(
+            body=json.dumps(health.to_dict()).encode(),
+            status=200 if health.healthy else 503,
+            content_type="application/json",
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response
+
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+
+
 class HealthServer:
-    """Serves /healthz and /metrics on host:port (port 0 picks a free one; `port` tells which)."""
+    """Serves only /healthz and /metrics on host:port ([health]; port 0 picks a free one, `port` tells which)."""
 
     def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
-        self.host = host
-        self.port = port
-        self._snapshot = snapshot
-        self._registry = make_registry(snapshot)
-        self._server: asyncio.Server | None = None
+        app = web.Application()
+        add_health_routes(app, snapshot)
+        self._listener = HttpListener(app, host, port)
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_MAX_REQUEST)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("health endpoint on http://%s:%d/healthz and /metrics", self.host, self.port)
+        await self._listener.start()
+        log.info("health endpoint on http://%s:%d/healthz and /metrics", self._listener.host, self.port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
-        if method != "GET":
-            return 405, "text/plain", b"method not allowed\n"
-        route = path.split("?", 1)[0]
-        if route == "/healthz":
-            health = self._snapshot()
-            body = json.dumps(health.to_dict()).encode()
-            return (200 if health.healthy else 503), "application/json", body
-        if route == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self._registry)
-        return 404, "text/plain", b"not found\n"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Unavailable"}
-        try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(parts) != 3:
-                status, ctype, body = 400, "text/plain", b"bad request\n"
-            else:
-                status, ctype, body = self._respond(parts[0], parts[1])
-            writer.write(
-                f"HTTP/1.0 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("health endpoint: request failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await self._listener.stop()

@@ -1,0 +1,58 @@
+"""Who may change the voices: a middleware in front of every request that is not a GET.
+
+- Every change must carry the `X-Spkidd-Request` header. A browser sends it only from the page's own scripts
+  (another site's form or script cannot add it without a CORS preflight, which is never granted), so a page
+  elsewhere cannot make the user's browser enroll or forget a voice.
+- With a token configured, a change must also carry `Authorization: Bearer <token>`.
+- Without a token, only a page that listens on loopback accepts changes.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from spkidd.config import WebConfig
+
+REQUEST_HEADER = "X-Spkidd-Request"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def refusal(config: WebConfig, request: web.Request) -> web.Response | None:
+    """None when the change may go ahead, else the response that refuses it."""
+    if request.headers.get(REQUEST_HEADER) != "1":
+        return json_error(403, f"refused: changes must come from the spkidd page itself (no {REQUEST_HEADER} header)")
+    if config.token is not None:
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.token.encode()):
+            what = "wrong password" if given else "a password is needed"
+            return json_error(401, f"{what}: enter the page's password ([web] token in the daemon's config.toml)")
+        return None
+    if not config.loopback_only:
+        return json_error(
+            403,
+            f"read-only: the page listens on {config.host} without a password; set [web] token in the daemon's "
+            "config.toml to change voices from the network",
+        )
+    return None
+
+
+def guard(config: WebConfig) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            refused = refusal(config, request)
+            if refused is not None:
+                return refused
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,168 @@
+"""The kept `unknown` clips as the page sees them: listed newest first, grouped by how alike they sound, opened
+only by a name the clip keeper itself writes and only inside its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spkidd.audio.decode import AudioDecodeError, load_audio
+from spkidd.enrollment import voice_print
+from spkidd.modelfile import ModelBundle
+from spkidd.unknown_clips import CLIP_NAME, kept_clips
+from spkidd.web.control import DaemonControl
+
+log = logging.getLogger(__name__)
+
+SAME_VOICE_SCORE = 0.8
+"""Cosine similarity of voice prints above which two clips are shown as one voice."""
+
+
+class ClipError(Exception):
+    """A clip name the page cannot use; the message is shown to the user, with `status` as the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    name: str
+    time: str
+    source: str
+    audio_s: float
+    speech_s: float
+    candidates: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "time": self.time,
+            "source": self.source,
+            "audio_s": self.audio_s,
+            "speech_s": self.speech_s,
+            "candidates": self.candidates,
+        }
+
+
+def clip_info(path: Path) -> ClipInfo:
+    """A clip with what its JSON sidecar says about it (what the daemon decided when it heard it)."""
+    try:
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    if not isinstance(sidecar, dict):
+        sidecar = {}
+    top_k = sidecar.get("top_k")
+    return ClipInfo(
+        name=path.name,
+        time=str(sidecar.get("time", "")),
+        source=str(sidecar.get("source", "")),
+        audio_s=float(sidecar.get("audio_s", 0.0)),
+        speech_s=float(sidecar.get("speech_s", 0.0)),
+        candidates={str(k): float(v) for k, v in top_k.items()} if isinstance(top_k, dict) else {},
+    )
+
+
+def group_by_voice(prints: dict[str, np.ndarray | None], names: list[str]) -> list[list[str]]:
+    """Clips in groups of one voice (greedy, newest first: a clip joins the first group whose mean voice print is
+    alike enough). Clips without speech are each a group of their own."""
+    groups: list[tuple[list[str], np.ndarray | None]] = []
+    for name in names:
+        unit = prints.get(name)
+        best, best_score = None, SAME_VOICE_SCORE
+        if unit is not None:
+            for i, (_, centre) in enumerate(groups):
+                if centre is None:
+                    continue
+                score = float(centre @ unit) / (float(np.linalg.norm(centre)) + 1e-9)
+                if score >= best_score:
+                    best, best_score = i, score
+        if best is None:
+            groups.append(([name], None if unit is None else unit.copy()))
+        else:
+            members, centre = groups[best]
+            members.append(name)
+            assert centre is not None and unit is not None
+            groups[best] = (members, centre + unit)
+    return [members for members, _ in groups]
+
+
+class ClipShelf:
+    """The unknown-clips folder of [unknown_clips], as the daemon's configuration says now."""
+
+    def __init__(self, control: DaemonControl) -> None:
+        self._control = control
+        self._prints: dict[str, np.ndarray | None] = {}
+        self._prints_model: ModelBundle | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        return self._control.clips_folder
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def newest_first(self) -> list[Path]:
+        folder = self.folder
+        return [] if folder is None else list(reversed(kept_clips(folder)))
+
+    def path(self, name: str) -> Path:
+        """The clip called `name`: only a name of the keeper's own pattern, of a file that is in the folder now."""
+        folder = self.folder
+        if folder is None:
+            raise ClipError("keeping unknown voices is off ([unknown_clips] folder is not set)")
+        if not CLIP_NAME.match(name):
+            raise ClipError(f"{name!r} is not the name of a kept clip")
+        path = folder / name
+        if not path.is_file():
+            raise ClipError(f"no kept clip {name!r} (it may have been removed to keep the folder's bounds)", status=404)
+        return path
+
+    def listing(self, bundle: ModelBundle) -> list[dict[str, Any]]:
+        """Blocking (voice prints are model work): groups of clips, each newest first."""
+        clips = self.newest_first()
+        names = [c.name for c in clips]
+        self._update_prints(bundle, clips)
+        infos = {c.name: clip_info(c).to_dict() for c in clips}
+        return [{"clips": [infos[n] for n in group]} for group in group_by_voice(self._prints, names)]
+
+    def audio(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Blocking: the clips' audio, by name."""
+        if not names:
+            raise ClipError("select at least one clip")
+        if len(set(names)) != len(names):
+            raise ClipError("a clip was selected twice")
+        return {name: load_audio(self.path(name)) for name in names}
+
+    def remove(self, names: list[str]) -> None:
+        """Blocking: enrolled clips leave the unknown list (with their sidecars)."""
+        for name in names:
+            try:
+                path = self.path(name)
+            except ClipError:
+                continue
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            self._prints.pop(name, None)
+
+    def _update_prints(self, bundle: ModelBundle, clips: list[Path]) -> None:
+        if self._prints_model is not bundle:
+            self._prints, self._prints_model = {}, bundle
+        present = {c.name for c in clips}
+        self._prints = {n: p for n, p in self._prints.items() if n in present}
+        for clip in clips:
+            if clip.name not in self._prints:
+                try:
+                    self._prints[clip.name] = voice_print(bundle, load_audio(clip))
+                except (AudioDecodeError, OSError) as exc:
+                    log.warning("web: cannot read the kept clip %s: %s", clip, exc)
+                    self._prints[clip.name] = None

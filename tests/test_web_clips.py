@@ -1,0 +1,53 @@
+"""The unknown-clips shelf behind the page (a unit test of spkidd.web.clips): only the keeper's own clip names
+inside its folder are ever opened, and clips are grouped by how alike their voice prints are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spkidd.web.clips import ClipError, ClipShelf, group_by_voice
+
+
+class _Control:
+    def __init__(self, folder: Path | None) -> None:
+        self.clips_folder = folder
+
+
+def _unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_only_kept_clip_names_inside_the_folder_are_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "unknown"
+    folder.mkdir()
+    kept = folder / "20261126T101010.123Z_kitchen-000001.wav"
+    kept.write_bytes(b"RIFF")
+    (tmp_path / "voices.safetensors").write_bytes(b"model")
+    shelf = ClipShelf(_Control(folder))
+    assert shelf.path(kept.name) == kept
+    for name in ("../voices.safetensors", "..", "/etc/passwd", "20261126T101010.123Z_../../x.wav", "a.wav"):
+        with pytest.raises(ClipError, match="not the name of a kept clip"):
+            shelf.path(name)
+    with pytest.raises(ClipError, match="no kept clip") as missing:
+        shelf.path("20261126T101010.124Z_kitchen-000002.wav")
+    assert missing.value.status == 404
+    with pytest.raises(ClipError, match="select at least one clip"):
+        shelf.audio([])
+    with pytest.raises(ClipError, match="keeping unknown voices is off"):
+        ClipShelf(_Control(None)).path(kept.name)
+
+
+def test_alike_voice_prints_share_a_group_and_clips_without_speech_stand_alone() -> None:
+    prints = {
+        "a1": _unit(1, 0, 0),
+        "b1": _unit(0, 1, 0),
+        "a2": _unit(0.95, 0.1, 0),
+        "silent": None,
+        "b2": _unit(0.1, 0.97, 0.05),
+    }
+    names = ["a1", "b1", "a2", "silent", "b2"]
+    assert group_by_voice(prints, names) == [["a1", "a2"], ["b1", "b2"], ["silent"]]

@@ -1,0 +1,54 @@
+"""The live view's fan-out (a unit test of spkidd.web.live): browsers that read slowly or never cost the audio
+path nothing, and the state a page shows follows the events the MQTT publisher gets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.web.live import CLIENT_QUEUE, TIMELINE_S, LiveHub
+
+
+def _final(source: str, n: int, speaker: str) -> Identification:
+    return Identification(source, f"{source}-{n:06d}", "final", speaker, 0.9, {speaker: 0.9}, True, 0.0, 1.0, 1.0)
+
+
+def test_a_browser_that_never_reads_keeps_a_bounded_queue_and_costs_the_emitter_nothing() -> None:
+    hub = LiveHub(["kitchen"])
+    stalled = hub.subscribe()
+    began = time.perf_counter()
+    for n in range(20_000):
+        hub.handle(SpeechActivity("kitchen", f"kitchen-{n:06d}", n % 2 == 0, float(n)))
+    per_event = (time.perf_counter() - began) / 20_000
+    assert per_event < 200e-6, f"handle() took {per_event * 1e6:.0f} µs per event"
+    assert len(stalled._messages) == CLIENT_QUEUE and stalled.dropped == 20_000 - CLIENT_QUEUE
+    hub.unsubscribe(stalled)
+    assert hub.subscribers == 0
+
+
+async def test_a_reading_browser_gets_every_change_in_order_and_the_snapshot_has_the_timeline() -> None:
+    clock = [1000.0]
+    hub = LiveHub(["kitchen", "hall"], clock=lambda: clock[0])
+    browser = hub.subscribe()
+    hub.handle(SourceStatus("kitchen", True))
+    hub.handle(SpeechActivity("kitchen", "kitchen-000001", True, 0.5))
+    clock[0] += 2.0
+    hub.handle(_final("kitchen", 1, "alice"))
+    hub.handle(SpeechActivity("kitchen", "kitchen-000001", False, 2.5))
+    hub.handle(_final("nowhere", 1, "bob"))  # a source removed by a reload: ignored
+    got = [json.loads(await asyncio.wait_for(browser.get(), 1)) for _ in range(4)]
+    assert [m["view"]["online"] for m in got] == [True, True, True, True]
+    assert got[1]["view"]["state"] == "listening" and got[1]["view"]["speaking"] is True
+    assert got[2]["view"]["speaker"] == "alice" and got[2]["segment"] == {
+        "start": 1000.0, "end": 1002.0, "speaker": "alice", "confidence": 0.9, "utterance_id": "kitchen-000001"
+    }  # fmt: skip
+    assert got[3]["view"]["speaking"] is False and got[3]["segment"] is None
+    snapshot = hub.snapshot()
+    assert snapshot["sources"]["hall"]["state"] == "none" and snapshot["sources"]["hall"]["online"] is False
+    assert [s["speaker"] for s in snapshot["sources"]["kitchen"]["timeline"]] == ["alice"]
+    clock[0] += TIMELINE_S + 1
+    assert hub.snapshot()["sources"]["kitchen"]["timeline"] == [], "the timeline keeps only the last minutes"
+    hub.set_sources(["hall"])
+    assert list(hub.snapshot()["sources"]) == ["hall"]

@@ -1,0 +1,329 @@
+"""The household's page in a real browser (Debian's headless Chromium through Selenium) against a real
+`spkidd run` with a looping file source and a real Mosquitto (issue 12).
+
+One daemon serves the whole module; the tests run in order and build on each other as a household would: watch the
+live view, try bad input, enroll a kept unknown clip, forget and rename, record a new voice with the microphone.
+The conversation loops: alice, dave, bob, erin — dave and erin are strangers to the household model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from spkidd.modelfile import load_model
+from spkidd.synthetic import SENTENCES, synth_speech
+from tests.support.browser import DESKTOP, PHONE, chromium, wait_until
+from tests.support.daemon import REPO, DaemonProcess, conversation, write_config
+from tests.support.mosquitto import Mosquitto, free_port, kill_group, wait_port
+
+pytestmark = pytest.mark.slow
+
+TURNS = [
+    ("alice", SENTENCES[12]),
+    ("dave", f"{SENTENCES[14]} {SENTENCES[15]}"),  # a long turn: enough speech to enroll from one loop's clips
+    ("bob", SENTENCES[13]),
+    ("erin", SENTENCES[15]),
+]
+LEAD_S, GAP_S = 1.0, 1.2
+LOOP_ORDER = ["alice", "unknown", "bob", "unknown"]
+DOCS = REPO / "docs"
+
+
+@dataclass
+class House:
+    base: str
+    port: int
+    model: Path
+    clips: Path
+    events: Path
+    spans: dict[str, tuple[float, float]]
+    loop_s: float
+    daemon: DaemonProcess
+    work: Path
+
+    def turn_of(self, start_s: float) -> str | None:
+        """Whose turn of the looping conversation an utterance starting at `start_s` (stream seconds) is in."""
+        at = start_s % self.loop_s
+        for voice, (begin, end) in self.spans.items():
+            if begin - 0.5 <= at <= end:
+                return voice
+        return None
+
+    def finals(self, since: float = 0.0) -> list[dict]:
+        """Final events published over MQTT, emitted after wall-clock `since`."""
+        out = []
+        for line in self.events.read_text().splitlines():
+            topic, _, payload = line.partition(" ")
+            if topic.endswith("/event"):
+                event = json.loads(payload)
+                if event["final"] and _epoch(event["time"]) > since:
+                    out.append(event)
+        return out
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def house(household_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[House]:
+    work = tmp_path_factory.mktemp("web_page")
+    model = work / "voices.safetensors"
+    shutil.copy(household_model, model)
+    wav = conversation(work, TURNS, lead_s=LEAD_S, gap_s=GAP_S)
+    spans, t = {}, LEAD_S
+    for i, (voice, _) in enumerate(TURNS):
+        duration = sf.info(str(work / f"turn{i}.wav")).duration
+        spans[voice] = (t, t + duration)
+        t += duration + GAP_S
+    broker = Mosquitto(work)
+    broker.start()
+    events = work / "mqtt.txt"
+    with events.open("wb") as out:
+        subscriber = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", "spkidd/testhouse/+/event", "-F",
+             "%t %p"], stdout=out, start_new_session=True,
+        )  # fmt: skip
+    web_port = free_port()
+    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nloop = true\n'
+    extra = f'[unknown_clips]\nfolder = "{work / "unknown"}"\n[web]\nenabled = true\nport = {web_port}\n'
+    config = write_config(work / "config.toml", model, sources, f'broker = "external"\nport = {broker.port}', extra)
+    daemon = DaemonProcess(config, work / "daemon.log")
+    try:
+        wait_port(web_port, lambda: daemon.process.poll() is None, timeout=90)
+        yield House(
+            f"http://127.0.0.1:{web_port}", web_port, model, work / "unknown", events, spans,
+            sf.info(str(wav)).duration, daemon, work,
+        )  # fmt: skip
+        assert "Traceback" not in daemon.text(), daemon.text()[-3000:]
+    finally:
+        daemon.kill()
+        kill_group(subscriber)
+        broker.stop()
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"X-Spkidd-Request": "1", **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _text(driver: WebDriver, css: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def _recent_finals(driver: WebDriver) -> list[str]:
+    """The page's list of recent finals, oldest first."""
+    items = driver.find_elements(By.CSS_SELECTOR, ".source[data-source=kitchen] .recent li")
+    return [str(li.get_attribute("data-speaker")) for li in reversed(items)]
+
+
+def _dave_clips(house: House) -> list[str]:
+    """The kept clips of dave's turn in the earliest loop that has any (the gate may cut a turn in two)."""
+    by_loop: dict[int, list[str]] = {}
+    for sidecar in sorted(house.clips.glob("*.json")):
+        start = json.loads(sidecar.read_text())["start"]
+        if house.turn_of(start) == "dave":
+            by_loop.setdefault(int(start // house.loop_s), []).append(sidecar.with_suffix(".wav").name)
+    return by_loop[min(by_loop)] if by_loop else []
+
+
+def _state(house: House) -> tuple[str, list[str]]:
+    return hashlib.sha256(house.model.read_bytes()).hexdigest(), sorted(p.name for p in house.clips.iterdir())
+
+
+def _wait_for_final(house: House, speaker: str, turn: str, since: float, timeout: float = 90.0) -> dict:
+    def found() -> dict | None:
+        for event in house.finals(since):
+            if event["speaker"] == speaker and house.turn_of(event["start"]) == turn:
+                return event
+        return None
+
+    return wait_until(found, timeout, f"a final {speaker!r} over MQTT in {turn}'s turn")
+
+
+def test_live_events_reach_the_browser_within_200_ms(house: House) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", house.port, timeout=60)
+    connection.request("GET", "/api/live/events")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+    delays = []
+    try:
+        while len(delays) < 6:
+            line = response.readline().decode()
+            if line.startswith("data: "):
+                message = json.loads(line[6:])
+                if message["type"] == "source":
+                    delays.append(time.time() - message["now"])
+    finally:
+        connection.close()
+    assert max(delays) < 0.2, f"event-to-browser delays {delays}"
+
+
+def test_the_live_view_names_the_speakers_in_turn(house: House) -> None:
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{house.base}/#live")
+        wait_until(lambda: len(_recent_finals(driver)) >= 6, 120, "six finals on the live view")
+        finals = _recent_finals(driver)
+        seen = [s for i, s in enumerate(finals) if i == 0 or finals[i - 1] != s]
+        rotations = [LOOP_ORDER[k:] + LOOP_ORDER[:k] for k in range(4)]
+        assert any(seen[:4] == r for r in rotations), f"finals on the page in turn: {finals}"
+        assert _text(driver, ".source[data-source=kitchen] .status") == "online"
+        segments = driver.find_elements(By.CSS_SELECTOR, ".source[data-source=kitchen] .timeline .segment")
+        assert {s.get_attribute("data-speaker") for s in segments} >= {"alice", "bob", "unknown"}
+        wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
+        driver.save_screenshot(str(DOCS / "web-live-desktop.png"))
+    with chromium(PHONE) as driver:
+        driver.get(f"{house.base}/#live")
+        wait_until(lambda: len(_recent_finals(driver)) >= 4, 30, "the finals so far on a phone")
+        wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
+        driver.save_screenshot(str(DOCS / "web-live-phone.png"))
+
+
+def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> None:
+    wait_until(lambda: _dave_clips(house), 120, "a kept clip of dave")
+    before = _state(house)
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{house.base}/#unknown")
+        boxes = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'input[name="clip"]'), 60, "kept clips")
+        name = driver.find_element(By.ID, "enroll-name")
+        button = driver.find_element(By.ID, "enroll-button")
+
+        def attempt(speaker: str) -> str:
+            name.clear()
+            name.send_keys(speaker)
+            driver.execute_script("document.getElementById('enroll-message').textContent = ''")
+            button.click()
+            return wait_until(lambda: _text(driver, "#enroll-message.error"), 30, "an error message")
+
+        assert attempt("zed") == "select at least one clip"
+        boxes[0].click()
+        assert attempt("") == "the speaker needs a name"
+        assert attempt("alice") == "there is already a speaker called 'alice'"
+        assert "is reserved" in attempt("unknown")
+    assert _state(house) == before
+
+    status, body = _post(
+        f"{house.base}/api/enroll", json.dumps({"speaker": "x", "clips": ["../voices.safetensors"]}).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert status == 400 and body["error"] == "'../voices.safetensors' is not the name of a kept clip"
+    try:
+        urllib.request.urlopen(f"{house.base}/api/clips/..%2Fvoices.safetensors", timeout=10)
+        raise AssertionError("a path outside the clips folder was served")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400 and "not the name of a kept clip" in json.loads(exc.read())["error"]
+    with socket.create_connection(("127.0.0.1", house.port), 10) as sock:
+        sock.sendall(b"GET /static/../../../config.toml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = sock.recv(4096)
+    assert re.match(rb"HTTP/1\.1 (403|404) ", answer), answer[:60]
+
+    boundary = "spkiddtest"
+    body_bytes = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="speaker"\r\n\r\nzed\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="notes.txt"\r\n'
+        f"Content-Type: text/plain\r\n\r\nthis is not audio at all\r\n--{boundary}--\r\n"
+    ).encode()
+    status, body = _post(
+        f"{house.base}/api/record", body_bytes, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert status == 400 and body["error"].startswith("the upload is not audio")
+    assert _state(house) == before, "nothing changed: the model file and the clips are as they were"
+
+
+def test_a_kept_unknown_clip_is_enrolled_from_the_page_and_then_named(house: House) -> None:
+    dave = wait_until(lambda: _dave_clips(house), 60, "a kept clip of dave")
+    for size, label in ((PHONE, "phone"), (DESKTOP, "desktop")):
+        with chromium(size) as driver:
+            driver.get(f"{house.base}/#unknown")
+            wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'input[name="clip"]'), 60, "kept clips")
+            driver.save_screenshot(str(DOCS / f"web-unknown-{label}.png"))
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{house.base}/#unknown")
+        for clip in dave:
+            wait_until(lambda: driver.find_element(By.CSS_SELECTOR, f'input[value="{clip}"]'), 30).click()  # noqa: B023
+        driver.find_element(By.ID, "enroll-name").send_keys("dave")
+        driver.find_element(By.ID, "enroll-button").click()
+        message = wait_until(lambda: _text(driver, "#enroll-message.ok"), 120, "the enrollment report")
+        enrolled_at = time.time()
+        assert message.startswith("Enrolled dave from "), message
+        warnings = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#enroll-warnings li")]
+        assert any("s of speech" in w for w in warnings), f"enrollment's warnings are shown: {warnings}"
+        assert "dave" in load_model(house.model).labels, "the model file has dave"
+        assert not any((house.clips / clip).exists() for clip in dave), "enrolled clips leave the unknown list"
+        event = _wait_for_final(house, "dave", "dave", enrolled_at)
+        assert event["confidence"] > 0
+        wait_until(lambda: "dave" in _recent_finals(driver), 30, "dave named on the live view")
+    assert "SIGHUP" not in house.daemon.text() and "reloaded" not in house.daemon.text(), "no reload was needed"
+
+
+def test_forget_and_rename_from_the_voices_page(house: House) -> None:
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{house.base}/#voices")
+        forget = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, 'tr[data-speaker="dave"] .forget'), 30)
+        forget.click()
+        assert forget.text == "Really forget?", "one click alone forgets nothing"
+        forget.click()
+        wait_until(lambda: _text(driver, "#voices-message.ok") == "dave is forgotten", 30)
+        assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-speaker="dave"]')
+        bob = driver.find_element(By.CSS_SELECTOR, 'tr[data-speaker="bob"]')
+        bob.find_element(By.CSS_SELECTOR, ".new-name").send_keys("robert")
+        bob.find_element(By.CSS_SELECTOR, ".rename").click()
+        wait_until(lambda: _text(driver, "#voices-message.ok") == "bob is now called robert", 30)
+        changed_at = time.time()
+        assert driver.find_elements(By.CSS_SELECTOR, 'tr[data-speaker="robert"]')
+    labels = load_model(house.model).labels
+    assert "dave" not in labels and "robert" in labels and "bob" not in labels
+    _wait_for_final(house, "unknown", "dave", changed_at)
+    _wait_for_final(house, "robert", "bob", changed_at)
+
+
+def test_a_voice_recorded_with_the_microphone_is_enrolled_and_then_recognized(house: House) -> None:
+    parts = []
+    for i, sentence in enumerate(SENTENCES[:4]):
+        audio, rate = sf.read(str(synth_speech("erin", sentence, house.work / f"mic{i}.wav")), dtype="float32")
+        parts += [audio, np.zeros(rate // 2, np.float32)]
+    microphone = house.work / "voice.wav"
+    sf.write(microphone, np.concatenate(parts), rate, subtype="PCM_16")
+    with chromium(DESKTOP, microphone=microphone) as driver:
+        driver.get(f"{house.base}/#record")
+        wait_until(lambda: "north wind" in _text(driver, "#prompt"), 30, "a text to read")
+        driver.find_element(By.ID, "record-start").click()
+        wait_until(lambda: _text(driver, "#record-message").startswith("Recording"), 30, "the recording to start")
+        levels = []
+        for _ in range(60):
+            levels.append(float(driver.find_element(By.ID, "level").get_attribute("value") or 0))
+            time.sleep(0.25)
+        assert max(levels) > 0.05, "the level meter moves while the voice plays"
+        driver.find_element(By.ID, "record-stop").click()
+        wait_until(lambda: driver.find_element(By.ID, "record-enroll").is_enabled(), 30, "the recording to finish")
+        driver.find_element(By.ID, "record-name").send_keys("erin")
+        driver.find_element(By.ID, "record-enroll").click()
+        message = wait_until(lambda: _text(driver, "#record-message.ok"), 120, "the enrollment report")
+        enrolled_at = time.time()
+        assert message.startswith("Enrolled erin from "), message
+    assert "erin" in load_model(house.model).labels
+    _wait_for_final(house, "erin", "erin", enrolled_at)
