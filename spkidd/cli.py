@@ -52,7 +52,7 @@ def train(
         "none: the network trained from scratch (the options from --cell to --features apply to it).",
     ),
     windows: int = typer.Option(2, help="ge2e: staggered encoder windows (each restarts from zero in turn)."),
-    window_frames: int = typer.Option(160, help="ge2e: length of an encoder window in 10-ms frames."),
+    window_frames: int = typer.Option(200, help="ge2e: length of an encoder window in 10-ms frames."),
     head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
     pools: int = typer.Option(2, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
     label_pattern: str | None = typer.Option(

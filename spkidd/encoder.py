@@ -4,8 +4,9 @@ The network (40 mel-power bands -> LSTM 3 x 256 -> Linear -> ReLU -> unit length
 start from a zero state; carried across a change of speaker or over long audio its state describes nobody
 (PRETRAINED.md: 98% top-1 from a zero state, 45% after 2 s of another voice). So it runs in `windows` staggered
 windows of `window_frames` frames, each restarted from zero in turn, and every frame's embedding comes from the
-oldest open window: it always describes the last second or so of speech, and a new voice takes over within one
-window even inside one utterance.
+oldest open window: it always describes the last one to two seconds of speech, and a new voice takes over within
+one window even inside one utterance. Two windows of 2 s (a restart every second) measured best on P2: 97.0%
+top-1 at 2 s against 93.5% for 1.6-s windows, whose oldest window there has seen only 1.2 s.
 
 Loudness is normalized causally, as resemblyzer normalizes a file to -30 dBFS before embedding it (only ever
 raising the level): each frame's mel power is scaled by the gain that brings the utterance's mean square so far to
@@ -70,7 +71,7 @@ class GE2E(nn.Module):
 class RollingEncoder(nn.Module):
     """GE2E in `windows` staggered windows of `window_frames` frames; per-frame embeddings of the oldest window."""
 
-    def __init__(self, window_frames: int = 160, windows: int = 2) -> None:
+    def __init__(self, window_frames: int = 200, windows: int = 2) -> None:
         super().__init__()
         if windows < 1 or window_frames % windows:
             raise ValueError("window_frames must be a multiple of the number of windows")

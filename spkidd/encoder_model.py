@@ -26,7 +26,7 @@ class EncoderModelConfig:
     n_speakers: int
     kind: Literal["ge2e"] = "ge2e"
     n_features: int = MEL_BANDS + 1
-    window_frames: int = 160
+    window_frames: int = 200
     windows: int = 2
     step_frames: int = 5
     head_hidden: int = 128

@@ -80,7 +80,7 @@ class TrainSettings:
     n_mels: int = 40
     threads: int | None = None
     windows: int = 2
-    window_frames: int = 160
+    window_frames: int = 200
     step_frames: int = 5
     head_hidden: int = 128
     pools: int = 2

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.inference import reference_embeddings
 from spkidd.modelfile import SpeakerNet
@@ -42,12 +43,15 @@ class ReferenceEmbeddings:
         return cls(np.concatenate(raws), labels, held_out)
 
     def install(self, model: SpeakerNet, n_speakers: int, *, with_held_out: bool) -> None:
-        """Sets the embedding centre and spread (over the training crops) and every speaker's centroid, in place."""
+        """Sets every speaker's centroid in place; for the scratch network first the embedding centre and spread
+        (over the training views), which give its cosines room for a threshold. The pretrained encoder's space
+        was trained for plain cosines: whitening it cost 1 point of P2 top-1 (95.9% vs 97.0%) and 8 at 0.5 s."""
         train = self.raw[~self.held_out]
         chosen = np.ones(len(self.raw), dtype=bool) if with_held_out else ~self.held_out
         with torch.no_grad():
-            model.embedding_center.copy_(torch.from_numpy(train.mean(axis=0)))
-            model.embedding_scale.copy_(torch.from_numpy(np.maximum(train.std(axis=0), 1e-3)))
+            if not isinstance(model, EncoderSpeakerModel):
+                model.embedding_center.copy_(torch.from_numpy(train.mean(axis=0)))
+                model.embedding_scale.copy_(torch.from_numpy(np.maximum(train.std(axis=0), 1e-3)))
             units = model.unit(torch.from_numpy(self.raw[chosen]))
             index = torch.from_numpy(self.labels[chosen])
             sums = torch.zeros(n_speakers, units.shape[1]).index_add_(0, index, units)
