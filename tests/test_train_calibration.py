@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from spkidd.modelfile import load_model
-from train.fit import Split, Trainer, TrainSettings
+from train.fit import Split, pseudo_strangers
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 
@@ -40,15 +40,13 @@ def _split(n_speakers: int) -> Split:
     return split
 
 
-def test_calibration_impostors_are_every_voice_at_other_speeds(tmp_path: Path) -> None:
+def test_calibration_impostors_are_every_voice_at_another_speed() -> None:
     split = _split(4)
-    trainer = Trainer(TrainSettings(), ["a", "b", "c", "d"], split, tmp_path / "m.safetensors", {})
-    audio, labels = trainer._pseudo_strangers()
+    audio, labels = pseudo_strangers(split)
     every = split.train_audio + split.val_audio
-    assert len(audio) == 2 * len(every) and labels == 2 * (split.train_labels + split.val_labels)
-    assert [len(a) for a in audio] == pytest.approx(
-        [len(a) / 0.85 for a in every] + [len(a) / 1.18 for a in every], abs=2
-    )
+    assert len(audio) == len(every) and labels == split.train_labels + split.val_labels
+    speeds = [0.85, 1.18]
+    assert [len(a) for a in audio] == pytest.approx([len(a) / speeds[i % 2] for i, a in enumerate(every)], abs=2)
 
 
 @pytest.mark.slow
@@ -60,7 +58,7 @@ def test_the_threshold_is_calibrated_on_speed_changed_voices_and_says_so(tmp_pat
         for i in range(4):
             sf.write(folder / f"{i}.wav", _voice(90 + 25 * label, 500 + 150 * label, 2.0, rng), 16000)
     out = tmp_path / "m.safetensors"
-    small = ["--pools", "1", "--epochs", "5", "--threads", "1"]
+    small = ["--encoder", "none", "--hidden", "32", "--layers", "1", "--epochs", "20", "--threads", "1"]
     proc = subprocess.run(
         [*SPKIDD, "train", str(tmp_path / "data"), "--out", str(out), *small, "--cache-dir", str(tmp_path / "c")],
         capture_output=True,
@@ -69,6 +67,6 @@ def test_the_threshold_is_calibrated_on_speed_changed_voices_and_says_so(tmp_pat
     assert proc.returncode == 0, proc.stderr
     bundle = load_model(out)
     calibration = bundle.training["calibration"]
-    assert calibration["impostors"] == "every voice at 0.85x or 1.18x speed"
+    assert calibration["impostors"] == "every voice at 0.85x or 1.18x speed", "the scratch network's impostors"
     assert calibration["val_far"] <= 0.05, "at most the target share of the speed-changed voices get a name"
     assert 0.0 < bundle.decision["min_score"] < 1.0
