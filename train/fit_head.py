@@ -353,12 +353,14 @@ class HeadTrainer:
 
     @staticmethod
     def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool) -> None:
-        """Every speaker's weights start as the centroid of its encoder embeddings: before any update the model is
-        the pretrained encoder with centroid scoring, the baseline training has to beat."""
-        embeddings = F.normalize(torch.cat(pool.embeddings), dim=-1)
+        """The embeddings are centred as the shipped model centres them, and every speaker's weights start as the
+        centroid of its encoder embeddings: before any update the model is the pretrained encoder with centroid
+        scoring, the baseline training has to beat."""
+        raw = torch.cat(pool.embeddings)
         targets = torch.cat(pool.targets)
-        sums = torch.zeros_like(model.speakers).index_add_(0, targets, embeddings)
         with torch.no_grad():
+            model.embedding_center.copy_(raw.mean(dim=0))
+            sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
             model.speakers.copy_(F.normalize(sums, dim=-1))
 
     @staticmethod

@@ -43,14 +43,15 @@ class ReferenceEmbeddings:
         return cls(np.concatenate(raws), labels, held_out)
 
     def install(self, model: SpeakerNet, n_speakers: int, *, with_held_out: bool) -> None:
-        """Sets every speaker's centroid in place; for the scratch network first the embedding centre and spread
-        (over the training views), which give its cosines room for a threshold. The pretrained encoder's space
-        was trained for plain cosines: whitening it cost 1 point of P2 top-1 (95.9% vs 97.0%) and 8 at 0.5 s."""
+        """Sets the embedding centre (and for the scratch network the spread) over the training views, then every
+        speaker's centroid, in place. Centring removes what every voice of the household shares (room, microphone,
+        synthetic speech) and gives the cosines room for a threshold; the pretrained encoder's space is not
+        rescaled per dimension: that cost 1 point of P2 top-1 (95.9% vs 96.8% centred only) and 5 at 0.5 s."""
         train = self.raw[~self.held_out]
         chosen = np.ones(len(self.raw), dtype=bool) if with_held_out else ~self.held_out
         with torch.no_grad():
+            model.embedding_center.copy_(torch.from_numpy(train.mean(axis=0)))
             if not isinstance(model, EncoderSpeakerModel):
-                model.embedding_center.copy_(torch.from_numpy(train.mean(axis=0)))
                 model.embedding_scale.copy_(torch.from_numpy(np.maximum(train.std(axis=0), 1e-3)))
             units = model.unit(torch.from_numpy(self.raw[chosen]))
             index = torch.from_numpy(self.labels[chosen])
