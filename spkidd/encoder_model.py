@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spkidd.encoder import HIDDEN, MEL_BANDS, WEIGHT_NAMES, EncoderState, RollingEncoder
-from spkidd.model import StepOutput
+from spkidd.model import CosineScoring, StepOutput
 
 
 @dataclass(frozen=True)
@@ -64,13 +63,11 @@ class HeadState:
     steps: int = 0
 
 
-class EncoderSpeakerModel(nn.Module):
-    embedding_center: torch.Tensor
-    embedding_scale: torch.Tensor
-
+class EncoderSpeakerModel(CosineScoring):
     def __init__(self, config: EncoderModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.scale = config.scale
         c = config
         self.encoder = RollingEncoder(c.window_frames, c.windows)
         self.gru = nn.GRU(HIDDEN, c.head_hidden, batch_first=True)
@@ -100,23 +97,6 @@ class EncoderSpeakerModel(nn.Module):
         state = {k: v for k, v in self.state_dict().items() if k != "speakers"}
         clone.load_state_dict({**state, "speakers": references.detach().clone()})
         return clone.eval()
-
-    # ----- scoring (the same geometry as SpeakerModel) ----------------------------------------------------------
-    def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
-
-    def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
-        return units @ F.normalize(self.speakers, dim=-1).T
-
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.cosine_of_units(self.unit(embeddings))
-
-    def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
-        scores = self.cosine_of_units(units)
-        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
-
-    def output(self, embeddings: torch.Tensor) -> StepOutput:
-        return self.output_of_units(self.unit(embeddings), embeddings)
 
     # ----- streaming and offline ---------------------------------------------------------------------------------
     def initial_state(self, batch: int = 1) -> HeadState:

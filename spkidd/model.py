@@ -66,15 +66,44 @@ class StepOutput:
     embeddings: torch.Tensor
 
 
-class SpeakerModel(nn.Module):
-    feature_mean: torch.Tensor
-    feature_std: torch.Tensor
+class CosineScoring(nn.Module):
+    """The scoring both networks share: embeddings centred (and scaled) by the training statistics, to unit length,
+    cosine against one reference vector per speaker, a softmax at `scale`. A trained class and an enrolled speaker
+    are the same thing: a row of `speakers`."""
+
     embedding_center: torch.Tensor
     embedding_scale: torch.Tensor
+    speakers: nn.Parameter
+    scale: float
+
+    def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings centred on the training mean, scaled per dimension by the training spread, then to unit
+        length: what speakers are compared by. Without this every voice shares a few dominant directions and all
+        cosines crowd near 1, leaving no room for a threshold between enrolled voices and strangers."""
+        return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
+
+    def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
+        return units @ F.normalize(self.speakers, dim=-1).T
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.cosine_of_units(self.unit(embeddings))
+
+    def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
+        scores = self.cosine_of_units(units)
+        return StepOutput(scores=scores, probs=torch.softmax(self.scale * scores, dim=-1), embeddings=embeddings)
+
+    def output(self, embeddings: torch.Tensor) -> StepOutput:
+        return self.output_of_units(self.unit(embeddings), embeddings)
+
+
+class SpeakerModel(CosineScoring):
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.scale = config.scale
         c = config
         self.register_buffer("feature_mean", torch.zeros(c.n_features))
         self.register_buffer("feature_std", torch.ones(c.n_features))
@@ -131,25 +160,6 @@ class SpeakerModel(nn.Module):
         s1 = torch.cumsum(weight * hidden, dim=1)
         s2 = torch.cumsum(weight * hidden.square(), dim=1)
         return self._embed(w, s1, s2)
-
-    def unit(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Embeddings centred on the training mean, scaled per dimension by the training spread, then to unit
-        length: what speakers are compared by. Without this every voice shares a few dominant directions and all
-        cosines crowd near 1, leaving no room for a threshold between enrolled voices and strangers."""
-        return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
-
-    def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
-        return units @ F.normalize(self.speakers, dim=-1).T
-
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.cosine_of_units(self.unit(embeddings))
-
-    def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
-        scores = self.cosine_of_units(units)
-        return StepOutput(scores=scores, probs=torch.softmax(self.config.scale * scores, dim=-1), embeddings=embeddings)
-
-    def output(self, embeddings: torch.Tensor) -> StepOutput:
-        return self.output_of_units(self.unit(embeddings), embeddings)
 
     def initial_state(self, batch: int = 1) -> StreamState:
         h = self.config.hidden
