@@ -74,3 +74,25 @@ def test_a_closed_event_loop_does_not_stop_the_runner_for_other_loops() -> None:
         assert isinstance(asyncio.run(later()), StepScores)
     finally:
         runner.close()
+
+
+async def test_streams_with_their_own_extractors_share_one_stft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pipeline builds its own extractor; equal feature parameters still make one STFT per batch
+    (issue 11 item 16)."""
+    model, _ = _model()
+    calls: list[int] = []
+    original = FeatureExtractor.batch
+
+    def counted(self: FeatureExtractor, waveforms: torch.Tensor) -> torch.Tensor:
+        calls.append(waveforms.shape[0])
+        return original(self, waveforms)
+
+    monkeypatch.setattr(FeatureExtractor, "batch", counted)
+    runner = StepRunner(gather_s=1.0)
+    for _ in range(3):
+        runner.attach()
+    utterances = [Utterance(f"s{i}", model, FeatureExtractor(FeatureParams())) for i in range(3)]
+    results = await asyncio.gather(*(runner.compute(u, _speech(i)) for i, u in enumerate(utterances)))
+    await asyncio.to_thread(runner.close)
+    assert all(r is not None for r in results)
+    assert calls == [3], "one STFT call for the three streams"

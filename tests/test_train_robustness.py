@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
@@ -109,10 +110,12 @@ def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech
     assert "interrupted: no model written" in stderr and "--resume" in stderr
     assert checkpoint.exists() and not out.exists()
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".m.safetensors*"))
+    before = float(torch.load(checkpoint, weights_only=True)["wall_s"])
     resumed = subprocess.run([*cmd, "--epochs", "200", "--patience", "1", "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stderr
     assert load_model(out).training["epochs_run"] >= 2
+    assert load_model(out).training["wall_s"] > before > 0, "the training time counts the part before the resume"
     assert not checkpoint.exists()
 
 

@@ -487,6 +487,7 @@ class Trainer:
         history: list[EpochRecord] = []
         best_acc, best_state, best_epoch, first_epoch = -1.0, None, 0, 1
         best_quality = (-1.0, -math.inf)
+        wall_before = 0.0
         if resume:
             state = self._load_checkpoint()
             if state is not None:
@@ -497,6 +498,7 @@ class Trainer:
                 best_acc, best_state, best_epoch = state["best_acc"], state["best_model"], state["best_epoch"]
                 best_quality = (state["best_quality"][0], state["best_quality"][1])
                 first_epoch = state["epoch"] + 1
+                wall_before = float(state.get("wall_s", 0.0))
                 self.rng = np.random.default_rng([settings.seed, first_epoch])
                 log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best_acc)
         has_val = len(self.split.val_audio) > 0
@@ -533,6 +535,7 @@ class Trainer:
                         "best_model": best_state,
                         "labels": self.labels,
                         "history": json.dumps([asdict(h) for h in history]),
+                        "wall_s": wall_before + time.monotonic() - start_time,
                     }
                 )
                 if on_epoch:
@@ -570,7 +573,7 @@ class Trainer:
                 "best_val_acc": best_acc,
                 "val_acc_centroids": centroid_acc,
                 "epochs_run": len(history),
-                "wall_s": round(time.monotonic() - start_time, 1),
+                "wall_s": round(wall_before + time.monotonic() - start_time, 1),
                 "calibration": {
                     "target_far": settings.target_far,
                     "val_far": far,
