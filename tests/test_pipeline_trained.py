@@ -46,7 +46,13 @@ async def test_conversation_of_known_voices_gets_the_right_finals(trained_model:
     for final, (start, end, _) in zip(finals, truth, strict=True):
         assert start - 0.3 <= final.start <= start + 0.3
         assert end - 0.6 <= final.end <= end + 0.3
-    # no event ever names a wrong speaker, and partials only ever name the right one
+    # a final never names a wrong speaker; a partial may name a wrong one before the right one (the pretrained
+    # encoder needs about a second of a voice: S1 on real speech has that in 12% of turns), in one turn at most here
+    wrong_partials = set()
     for event in ids:
         turn = next(voice for start, end, voice in truth if start - 0.3 <= event.start <= end)
-        assert event.speaker == turn or (event.final and event.speaker == "unknown")
+        if event.final:
+            assert event.speaker in (turn, "unknown")
+        elif event.speaker != turn:
+            wrong_partials.add(event.utterance_id)
+    assert len(wrong_partials) <= 1, f"wrong partial names in {sorted(wrong_partials)}"
