@@ -55,6 +55,7 @@ def train(
     window_frames: int = typer.Option(200, help="ge2e: length of an encoder window in 10-ms frames."),
     head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
     pools: int = typer.Option(2, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
+    tune_top: bool = typer.Option(False, help="ge2e: train the encoder's top layer too (the LSTM stays frozen)."),
     label_pattern: str | None = typer.Option(
         None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>[a-z]+)_'."
     ),
@@ -99,6 +100,7 @@ def train(
             window_frames=window_frames,
             head_hidden=head_hidden,
             pools=pools,
+            tune_top=tune_top,
             window_s=window,
             epochs=epochs,
             patience=patience,

@@ -107,6 +107,12 @@ class RollingEncoder(nn.Module):
 
     def step(self, frames: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
         """(B, n, 41) new feature frames -> (B, n, 256) frame embeddings and the new state."""
+        hidden, new_state = self.hidden_step(frames, state)
+        return self.net.embed(hidden), new_state
+
+    def hidden_step(self, frames: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        """The LSTM output of the oldest window at each frame, before the top layer: what training stores when the
+        top layer is tuned too."""
         b, n, _ = frames.shape
         w = self.windows
         mels, mean_square_sum = self._normalized_mels(frames, state)
@@ -125,7 +131,7 @@ class RollingEncoder(nn.Module):
         oldest = ages.argmax(dim=1)
         chosen = hidden.gather(1, oldest[:, None, :, None].expand(b, 1, n, HIDDEN))[:, 0]
         new_state = EncoderState(h=h, c=c, frames=state.frames + n, mean_square_sum=mean_square_sum)
-        return self.net.embed(chosen), new_state
+        return chosen, new_state
 
     def batch_states(self, states: list[EncoderState]) -> EncoderState:
         return EncoderState(

@@ -113,9 +113,14 @@ class EncoderSpeakerModel(CosineScoring):
 
     def encode_steps(self, frames: torch.Tensor, state: HeadState) -> tuple[torch.Tensor, EncoderState]:
         """Whole steps of frames -> the encoder's embeddings at each step's last frame (what the head consumes)."""
+        hidden, encoder_state = self.hidden_steps(frames, state)
+        return self.encoder.net.embed(hidden), encoder_state
+
+    def hidden_steps(self, frames: torch.Tensor, state: HeadState) -> tuple[torch.Tensor, EncoderState]:
+        """Whole steps of frames -> the encoder's LSTM output at each step's last frame (before its top layer)."""
         k = self.config.step_frames
-        embeddings, encoder_state = self.encoder.step(frames, state.encoder)
-        return embeddings[:, k - 1 :: k], encoder_state
+        hidden, encoder_state = self.encoder.hidden_step(frames, state.encoder)
+        return hidden[:, k - 1 :: k], encoder_state
 
     def step(self, frames: torch.Tensor, state: HeadState) -> tuple[StepOutput | None, HeadState]:
         """New (B, n, F) frames and the carried state -> outputs for each completed step (None if none)."""

@@ -124,8 +124,8 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
     """Per piece, raw embeddings that stand for its voice, for trained speakers' references and enrollment alike.
 
     The scratch network embeds overlapping 1.5-s crops (its pooling grows with the utterance). The encoder model
-    runs over each piece as the daemon streams an utterance (its encoder windows restart every 0.8 s, so no LSTM
-    state lives longer than 1.6 s) and contributes its embedding every 0.25 s once a second of speech has been
+    runs over each piece as the daemon streams an utterance (its encoder windows restart in turn, so no LSTM
+    state lives longer than one window) and contributes its embedding every 0.25 s once a second of speech has been
     heard: the views a live stream scores, at a third of the cost of re-embedding crops. Batched over pieces."""
     if not isinstance(model, EncoderSpeakerModel):
         per_piece = [crops(piece) for piece in pieces]

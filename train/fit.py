@@ -85,6 +85,8 @@ class TrainSettings:
     head_hidden: int = 128
     pools: int = 2
     """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
+    tune_top: bool = False
+    """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     target_far: float = 0.05
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
     251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""

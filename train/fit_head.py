@@ -1,13 +1,13 @@
 """Training the household GRU on the pretrained encoder (`spkidd train`, the default `--encoder ge2e`).
 
-The encoder stays frozen, so its output for a training sequence is computed once: pools of sequences are built
-from pieces of different training speakers joined back to back (so the GRU learns to hold a voice and to let go
-when another takes over, as in a conversation the gate merges into one utterance), half of them with noise or a
-room added, run through the rolling-window encoder once, and the head is trained on the stored per-step
-embeddings with the loss at every step. Epochs cost seconds; training stops when the validation accuracy per step
-(on sequences of held-out audio, clean and noisy) stops improving. Afterwards every speaker's reference becomes the
-centroid of its 1.5-s crops and the unknown threshold is calibrated, exactly as for the network trained from
-scratch.
+The encoder's LSTM stays frozen (`--tune-top` trains its top layer), so its output for a training sequence is
+computed once: pools of sequences are built from pieces of different training speakers joined back to back (so the
+GRU learns to hold a voice and to let go when another takes over, as in a conversation the gate merges into one
+utterance), most of them with noise or a room added, run through the rolling-window encoder once, and the head is
+trained on the stored per-step LSTM outputs with the loss at every step. Epochs cost seconds; training stops
+when the validation accuracy per step (on sequences of held-out audio, clean and noisy) stops improving.
+Afterwards every speaker's reference comes from its training audio as the daemon would stream it, and the unknown
+threshold is calibrated.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0
 PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
+TOP_LR_FACTOR = 0.1
 IMPOSTORS = "held-out speech of the other speakers"
 """The frozen encoder has not learnt to push the household's voices apart, so their held-out speech is an honest
 stand-in for strangers: on P2 it calibrated to 0.531 where speed-changed voices gave 0.546. Speed-changed copies of
@@ -75,9 +76,10 @@ class Best:
 
 @dataclass
 class EncodedPool:
-    """Per sequence: the encoder's embedding at every step (n, 256) and the speaker speaking then (n,)."""
+    """Per sequence: the encoder's LSTM output at every step (n, 256), before its top layer (which may be tuned),
+    and the speaker speaking then (n,)."""
 
-    embeddings: list[torch.Tensor]
+    hidden: list[torch.Tensor]
     targets: list[torch.Tensor]
 
     @property
@@ -153,7 +155,8 @@ class HeadTrainer:
     def plan_text(self, plan: TrainSettings) -> str:
         return (
             f"plan: up to {plan.epochs} epochs (patience {plan.patience}), GE2E encoder (frozen) in {plan.windows} "
-            f"windows of {plan.window_frames / 100:g} s, GRU head {plan.head_hidden}, {plan.pools} encoded pools, "
+            f"windows of {plan.window_frames / 100:g} s{' (top layer tuned)' if plan.tune_top else ''}, "
+            f"GRU head {plan.head_hidden}, {plan.pools} encoded pools, "
             f"augmentation {'on' if plan.augment else 'off'}"
         )
 
@@ -171,6 +174,9 @@ class HeadTrainer:
         model.load_encoder(self.encoder_weights)
         for parameter in model.encoder.parameters():
             parameter.requires_grad_(False)
+        if settings.tune_top:
+            for parameter in model.encoder.net.linear.parameters():
+                parameter.requires_grad_(True)
         return model
 
     def _encode(
@@ -190,11 +196,11 @@ class HeadTrainer:
             with torch.no_grad():
                 frames = self.extractor.batch(torch.from_numpy(padded))
                 usable = (frames.shape[1] // k) * k
-                at_steps, _ = model.encode_steps(frames[:, :usable], model.initial_state(len(waves)))
+                at_steps, _ = model.hidden_steps(frames[:, :usable], model.initial_state(len(waves)))
             for row, (wave, owners) in enumerate(group):
                 n = self.params.n_frames(len(wave)) // k
                 centre = (np.arange(1, n + 1) * k - 1) * hop + win // 2
-                pool.embeddings.append(at_steps[row, :n].clone())
+                pool.hidden.append(at_steps[row, :n].clone())
                 pool.targets.append(torch.from_numpy(owners[np.minimum(centre, len(owners) - 1)]))
             if self.progress:
                 self.progress("advance", len(group))
@@ -219,7 +225,7 @@ class HeadTrainer:
         clean = self._encode(model, val_plan, None)
         noisy_augmenter = Augmenter(HEAD_AUGMENT, np.random.default_rng(settings.seed + 2), self.noise_clips)
         noisy = self._encode(model, val_plan, noisy_augmenter)
-        return pools, EncodedPool(clean.embeddings + noisy.embeddings, clean.targets + noisy.targets)
+        return pools, EncodedPool(clean.hidden + noisy.hidden, clean.targets + noisy.targets)
 
     # ----- epochs -----
     def _batches(self, pool: EncodedPool, batch: int) -> list[list[int]]:
@@ -229,17 +235,17 @@ class HeadTrainer:
     @staticmethod
     def _padded(pool: EncodedPool, members: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         longest = max(len(pool.targets[i]) for i in members)
-        x = torch.zeros(len(members), longest, pool.embeddings[members[0]].shape[1])
+        x = torch.zeros(len(members), longest, pool.hidden[members[0]].shape[1])
         y = torch.zeros(len(members), longest, dtype=torch.long)
         mask = torch.zeros(len(members), longest, dtype=torch.bool)
         for row, i in enumerate(members):
             n = len(pool.targets[i])
-            x[row, :n], y[row, :n], mask[row, :n] = pool.embeddings[i], pool.targets[i], True
+            x[row, :n], y[row, :n], mask[row, :n] = pool.hidden[i], pool.targets[i], True
         return x, y, mask
 
-    def _step_cosines(self, model: EncoderSpeakerModel, x: torch.Tensor) -> torch.Tensor:
-        zeros = torch.zeros(1, x.shape[0], model.config.head_hidden)
-        return model.cosine(model.head(x, zeros)[0])
+    def _step_cosines(self, model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
+        return model.cosine(model.head(model.encoder.net.embed(hidden), zeros)[0])
 
     def _train_epoch(
         self,
@@ -301,8 +307,7 @@ class HeadTrainer:
         started = time.monotonic()
         pools, val_pool = self._pools(model, settings)
         self._start_from_centroids(model, pools[0])
-        head = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(head, lr=settings.learning_rate, weight_decay=settings.weight_decay * 100)
+        optimizer = self._optimizer(model, settings)
         class_weights = self._class_weights(settings)
         history: list[EpochRecord] = []
         best = Best(self._validate_steps(model, val_pool), 0, self._head_state(model))
@@ -352,13 +357,24 @@ class HeadTrainer:
         return TrainResult(bundle=bundle, history=history)
 
     @staticmethod
+    def _optimizer(model: EncoderSpeakerModel, settings: TrainSettings) -> torch.optim.Optimizer:
+        """The head decays toward zero (where it leaves the encoder's answer as it is); a tuned top layer of the
+        encoder must not decay (its pretrained weights are the point) and moves slower."""
+        top = list(model.encoder.net.linear.parameters()) if settings.tune_top else []
+        head = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in top)]
+        groups: list[dict[str, Any]] = [{"params": head, "weight_decay": settings.weight_decay * 100}]
+        if top:
+            groups.append({"params": top, "lr": settings.learning_rate * TOP_LR_FACTOR, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=settings.learning_rate)
+
+    @staticmethod
     def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool) -> None:
         """The embeddings are centred as the shipped model centres them, and every speaker's weights start as the
         centroid of its encoder embeddings: before any update the model is the pretrained encoder with centroid
         scoring, the baseline training has to beat."""
-        raw = torch.cat(pool.embeddings)
         targets = torch.cat(pool.targets)
         with torch.no_grad():
+            raw = model.encoder.net.embed(torch.cat(pool.hidden))
             model.embedding_center.copy_(raw.mean(dim=0))
             sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
             model.speakers.copy_(F.normalize(sums, dim=-1))
