@@ -29,19 +29,32 @@ class Scored:
 
 def score_features(bundle: ModelBundle, frames: np.ndarray) -> Scored | None:
     """Scores of the whole frame sequence (the last step of the cumulative output), or None if too short."""
+    return score_prefixes(bundle, frames, [frames.shape[0]])[0]
+
+
+def score_prefixes(bundle: ModelBundle, frames: np.ndarray, lengths: list[int]) -> list[Scored | None]:
+    """Scores after the first `lengths[i]` frames, from one pass: the model is causal, so each equals scoring
+    that prefix alone (a test holds it to that), at the cost of one. None where a prefix is too short."""
     model = bundle.model
-    if frames.shape[0] < model.config.frame_stack:
-        return None
+    k = model.config.frame_stack
+    steps = [min(n, frames.shape[0]) // k - 1 for n in lengths]
+    if max(steps, default=-1) < 0:
+        return [None] * len(lengths)
     with torch.no_grad():
-        embeddings = model.embed_sequence(torch.from_numpy(frames)[None])
-        out = model.output(embeddings[:, -1])
+        embeddings = model.embed_sequence(torch.from_numpy(frames[: (max(steps) + 1) * k])[None])
+        out = model.output(embeddings[0, [max(step, 0) for step in steps]])
     hop = bundle.features.hop_length / bundle.features.sample_rate
-    return Scored(
-        probs=out.probs[0].numpy(),
-        scores=out.scores[0].numpy(),
-        embedding=out.embeddings[0].numpy(),
-        speech_s=frames.shape[0] * hop,
-    )
+    return [
+        Scored(
+            probs=out.probs[i].numpy(),
+            scores=out.scores[i].numpy(),
+            embedding=out.embeddings[i].numpy(),
+            speech_s=min(n, frames.shape[0]) * hop,
+        )
+        if step >= 0
+        else None
+        for i, (step, n) in enumerate(zip(steps, lengths, strict=True))
+    ]
 
 
 def score_audio(bundle: ModelBundle, audio: np.ndarray, extractor: FeatureExtractor | None = None) -> Scored | None:

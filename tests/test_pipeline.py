@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import StepScores
 from spkidd.events import Identification, SourceStatus, SpeechActivity
-from spkidd.inference import score_audio
+from spkidd.inference import score_audio, score_prefixes
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.steprunner import StepRunner
@@ -63,6 +64,22 @@ def gate_utterances(audio: np.ndarray, settings: GateSettings) -> list[np.ndarra
         elif isinstance(event, SpeechAudio):
             out[-1].append(event.audio)
     return [np.concatenate(parts) for parts in out]
+
+
+def test_prefix_scores_from_one_pass_equal_scoring_each_prefix(speech: np.ndarray, bundle: ModelBundle) -> None:
+    """`evaluate` reads the answer after 0.5, 1 and 2 s from one pass; each must be what that prefix alone gets."""
+    extractor = bundle.extractor()
+    seconds = [0.01, 0.5, 1.0, 2.0, len(speech) / SAMPLE_RATE + 1.0]
+    lengths = [extractor.params.n_frames(int(s * SAMPLE_RATE)) for s in seconds]
+    prefixes = score_prefixes(bundle, extractor(speech), lengths)
+    assert prefixes[0] is None
+    for s, prefix in zip(seconds[1:], prefixes[1:], strict=True):
+        frames = torch.from_numpy(extractor(speech[: int(s * SAMPLE_RATE)]))[None]
+        with torch.no_grad():
+            alone = bundle.model.output(bundle.model.embed_sequence(frames)[:, -1])
+        assert prefix is not None
+        np.testing.assert_allclose(prefix.scores, alone.scores[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(prefix.probs, alone.probs[0].numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("step_ms", [30, 150, 700])

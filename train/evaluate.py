@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from spkidd.decide import DecisionSettings, answer
-from spkidd.inference import Scored, score_audio, score_long
+from spkidd.features import FeatureExtractor
+from spkidd.inference import Scored, score_long, score_prefixes
 from spkidd.modelfile import ModelBundle
 from train.data import Row
 from train.prepare import AudioCache, prepare
@@ -39,8 +40,13 @@ def chunk_seconds(bundle: ModelBundle) -> float:
 
 
 def score_rows(
-    bundle: ModelBundle, rows: list[Row], cache: AudioCache, on_progress: Callable[[int], None] | None = None
+    bundle: ModelBundle,
+    rows: list[Row],
+    cache: AudioCache,
+    on_progress: Callable[[int], None] | None = None,
+    on_scored: Callable[[int], None] | None = None,
 ) -> Scoring:
+    """Decodes (`on_progress` per file) and scores (`on_scored` per item) every row of a known speaker."""
     index = {label: i for i, label in enumerate(bundle.labels)}
     result = Scoring()
     known = []
@@ -51,19 +57,30 @@ def score_rows(
             result.unknown_speakers[row.speaker] = result.unknown_speakers.get(row.speaker, 0) + 1
     prepared = prepare(known, cache, on_progress=on_progress)
     result.skipped = [reason for _, reason in prepared.skipped]
+    if on_scored:
+        on_scored(len(rows) - len(prepared.rows))
     extractor = bundle.extractor()
-    chunk_s = chunk_seconds(bundle)
     for row, audio in zip(prepared.rows, prepared.audio, strict=True):
-        scored, _ = score_long(bundle, audio, chunk_s, extractor)
-        if scored is None:
+        if not _score_item(bundle, extractor, audio, index[row.speaker], result):
             result.skipped.append(f"{row.path}: too short to score")
-            continue
-        result.truth.append(index[row.speaker])
-        result.scored.append(scored)
-        for seconds in EARLY_S:
-            prefix = score_audio(bundle, audio[: int(seconds * bundle.features.sample_rate)], extractor) or scored
-            result.early.setdefault(seconds, []).append(int(prefix.probs.argmax()))
+        if on_scored:
+            on_scored(1)
     return result
+
+
+def _score_item(bundle: ModelBundle, extractor: FeatureExtractor, audio: np.ndarray, truth: int, into: Scoring) -> bool:
+    """The whole item's scores and the top-1 after each of EARLY_S (one causal pass); False if too short."""
+    scored, _ = score_long(bundle, audio, chunk_seconds(bundle), extractor)
+    if scored is None:
+        return False
+    into.truth.append(truth)
+    into.scored.append(scored)
+    rate = bundle.features.sample_rate
+    lengths = [extractor.params.n_frames(int(seconds * rate)) for seconds in EARLY_S]
+    prefixes = score_prefixes(bundle, extractor(audio[: int(max(EARLY_S) * rate)]), lengths)
+    for seconds, prefix in zip(EARLY_S, prefixes, strict=True):
+        into.early.setdefault(seconds, []).append(int((prefix or scored).probs.argmax()))
+    return True
 
 
 def answers_at_threshold(bundle: ModelBundle, scoring: Scoring) -> dict[str, float]:
