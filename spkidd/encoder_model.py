@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from spkidd.encoder import HIDDEN, MEL_BANDS, WEIGHT_NAMES, EncoderState, RollingEncoder
-from spkidd.model import CosineScoring, StepOutput
+from spkidd.model import CosineScoring, StepOutput, initial_speaker_weights
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class EncoderSpeakerModel(CosineScoring):
             self.from_gru.weight.zero_()
         self.register_buffer("embedding_center", torch.zeros(HIDDEN))
         self.register_buffer("embedding_scale", torch.ones(HIDDEN))
-        self.speakers = nn.Parameter(torch.randn(c.n_speakers, HIDDEN) * 0.1)
+        self.speakers = initial_speaker_weights(c.n_speakers, HIDDEN)
 
     def encoder_tensors(self) -> dict[str, torch.Tensor]:
         return {name: tensor for name, tensor in self.encoder.net.state_dict().items() if name in WEIGHT_NAMES}

@@ -66,6 +66,12 @@ class StepOutput:
     embeddings: torch.Tensor
 
 
+def initial_speaker_weights(n_speakers: int, dim: int) -> nn.Parameter:
+    """Random directions drawn uniformly (std 0.1): a normal draw on torch's meta device, where a model file's
+    declared shapes are checked, imports torch._dynamo, which cost every command that loads a model 2-5 s."""
+    return nn.Parameter(torch.empty(n_speakers, dim).uniform_(-0.17, 0.17))
+
+
 class CosineScoring(nn.Module):
     """The scoring both networks share: embeddings centred (and scaled) by the training statistics, to unit length,
     cosine against one reference vector per speaker, a softmax at `scale`. A trained class and an enrolled speaker
@@ -120,7 +126,7 @@ class SpeakerModel(CosineScoring):
         self.embedding = nn.Linear(2 * c.hidden, c.embedding_dim)
         self.register_buffer("embedding_center", torch.zeros(c.embedding_dim))
         self.register_buffer("embedding_scale", torch.ones(c.embedding_dim))
-        self.speakers = nn.Parameter(torch.randn(c.n_speakers, c.embedding_dim) * 0.1)
+        self.speakers = initial_speaker_weights(c.n_speakers, c.embedding_dim)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feature_mean.copy_(mean)

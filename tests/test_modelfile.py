@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from spkidd.features import FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
 from spkidd.modelfile import FORMAT_VERSION, ModelBundle, ModelFileError, load_model, save_model
+from tests.support.streaming import random_bundle
 
 
 def _bundle() -> ModelBundle:
@@ -129,6 +130,21 @@ def test_a_file_declaring_a_huge_network_is_refused_before_building_it(tmp_path:
     message, peak_mb = done.stdout.strip().splitlines()
     assert "does not match the stored tensors" in message
     assert int(peak_mb) < 450, "nothing of the declared size was allocated"
+
+
+@pytest.mark.parametrize("encoder", [False, True])
+def test_loading_a_model_imports_no_compiler(tmp_path: Path, encoder: bool) -> None:
+    """The shape check on the meta device once pulled in torch._dynamo (and sympy): seconds and tens of MB for
+    every command and daemon that loads a model."""
+    path = tmp_path / "m.safetensors"
+    save_model(random_bundle(["alice", "bob"], encoder=encoder), path)
+    probe = (
+        "import sys\nfrom spkidd.modelfile import load_model\n"
+        f"load_model({str(path)!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'sympy'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("key, value", [("decision", "strict"), ("decision", [1, 2]), ("training", 3)])
