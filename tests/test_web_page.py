@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
 import shutil
 import socket
@@ -31,7 +32,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
 from tests.support.browser import DESKTOP, PHONE, chromium, wait_until
-from tests.support.daemon import REPO, DaemonProcess, conversation, write_config
+from tests.support.daemon import DaemonProcess, conversation, write_config
 from tests.support.mosquitto import Mosquitto, free_port, kill_group, wait_port
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,9 @@ TURNS = [
 ]
 LEAD_S, GAP_S = 1.0, 1.2
 LOOP_ORDER = ["alice", "unknown", "bob", "unknown"]
-DOCS = REPO / "docs"
+SCREENSHOTS_ENV = "SPKIDD_SCREENSHOTS"
+"""A folder for the page's screenshots (`SPKIDD_SCREENSHOTS=docs` refreshes the README's); else the test's own
+folder, so a test run leaves the repository as it was."""
 
 
 @dataclass
@@ -183,6 +186,12 @@ def test_live_events_reach_the_browser_within_200_ms(house: House) -> None:
     assert max(delays) < 0.2, f"event-to-browser delays {delays}"
 
 
+def _screenshot(driver: WebDriver, house: House, name: str) -> None:
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or house.work)
+    folder.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(folder / name)), f"no screenshot {name}"
+
+
 def test_the_live_view_names_the_speakers_in_turn(house: House) -> None:
     with chromium(DESKTOP) as driver:
         driver.get(f"{house.base}/#live")
@@ -195,12 +204,12 @@ def test_the_live_view_names_the_speakers_in_turn(house: House) -> None:
         segments = driver.find_elements(By.CSS_SELECTOR, ".source[data-source=kitchen] .timeline .segment")
         assert {s.get_attribute("data-speaker") for s in segments} >= {"alice", "bob", "unknown"}
         wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
-        driver.save_screenshot(str(DOCS / "web-live-desktop.png"))
+        _screenshot(driver, house, "web-live-desktop.png")
     with chromium(PHONE) as driver:
         driver.get(f"{house.base}/#live")
         wait_until(lambda: len(_recent_finals(driver)) >= 4, 30, "the finals so far on a phone")
         wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
-        driver.save_screenshot(str(DOCS / "web-live-phone.png"))
+        _screenshot(driver, house, "web-live-phone.png")
 
 
 def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> None:
@@ -260,7 +269,7 @@ def test_a_kept_unknown_clip_is_enrolled_from_the_page_and_then_named(house: Hou
         with chromium(size) as driver:
             driver.get(f"{house.base}/#unknown")
             wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'input[name="clip"]'), 60, "kept clips")
-            driver.save_screenshot(str(DOCS / f"web-unknown-{label}.png"))
+            _screenshot(driver, house, f"web-unknown-{label}.png")
     with chromium(DESKTOP) as driver:
         driver.get(f"{house.base}/#unknown")
         for clip in dave:
