@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from spkidd import SAMPLE_RATE
+from spkidd.decide import StepScores
 from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.modelfile import ModelBundle, SpeakerNet
@@ -159,6 +160,30 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
                 n = extractor.params.n_frames(len(pieces[i])) // model.config.step_frames
                 if n > 0:
                     out[i] = embeddings[row, list(range(min(settle, n - 1), n, every))]
+    return out
+
+
+def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> list[StepScores]:
+    """Every step's scores of each piece streamed from its start: what the decider sees. Batched over pieces."""
+    k = model.config.frame_stack
+    hop_s = extractor.params.hop_length / extractor.params.sample_rate
+    out: list[StepScores] = []
+    with torch.no_grad():
+        for start in range(0, len(pieces), 32):
+            group = pieces[start : start + 32]
+            padded = np.zeros((len(group), max(len(p) for p in group)), dtype=np.float32)
+            for row, piece in enumerate(group):
+                padded[row, : len(piece)] = piece
+            output = model.output(model.embed_sequence(extractor.batch(torch.from_numpy(padded))))
+            for row, piece in enumerate(group):
+                n = extractor.params.n_frames(len(piece)) // k
+                out.append(
+                    StepScores(
+                        scores=output.scores[row, :n].numpy(),
+                        probs=output.probs[row, :n].numpy(),
+                        speech_s=np.arange(1, n + 1) * k * hop_s,
+                    )
+                )
     return out
 
 

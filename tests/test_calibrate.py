@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from train.calibrate import calibrate_threshold, equal_error_rate, rates
+from spkidd.decide import DecisionSettings, StepScores
+from train.calibrate import (
+    calibrate_min_speech,
+    calibrate_threshold,
+    equal_error_rate,
+    rates,
+    wrong_first_rate,
+)
 
 
 def test_threshold_meets_the_target_false_accept_rate() -> None:
@@ -28,3 +35,31 @@ def test_equal_error_rate_of_overlapping_scores() -> None:
     impostor = np.array([0.1, 0.2, 0.3, 0.75])
     eer, threshold = equal_error_rate(genuine, impostor)
     assert eer == 0.25 and 0.4 < threshold <= 0.75
+
+
+def _utterance(wrong_until_s: float, truth: int, wrong: int, n_speakers: int = 3, step_s: float = 0.05) -> StepScores:
+    """Steps that confidently name `wrong` until `wrong_until_s` of speech, then `truth`."""
+    speech_s = np.arange(1, 41) * step_s
+    probs = np.full((len(speech_s), n_speakers), 0.05)
+    named = np.where(speech_s <= wrong_until_s, wrong, truth)
+    probs[np.arange(len(speech_s)), named] = 0.9
+    return StepScores(scores=probs.copy(), probs=probs, speech_s=speech_s)
+
+
+def test_the_wait_before_a_first_name_is_the_least_that_keeps_wrong_first_names_rare() -> None:
+    labels = ["alice", "bob", "carol"]
+    settings = DecisionSettings(min_score=0.5, stable_steps=3)
+    # 10 utterances whose first 0.5 s look like somebody else, 90 that are right from the start
+    utterances = [_utterance(0.5, 0, 1) for _ in range(10)] + [_utterance(0.0, i % 3, 0) for i in range(90)]
+    truth = [0] * 10 + [i % 3 for i in range(90)]
+    assert wrong_first_rate(settings, labels, 30.0, utterances, truth) == pytest.approx(0.10)
+    wait, rate = calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.03)
+    assert wait == 0.5 and rate == 0.0, "at 0.4 s the wrong voice still holds for three steps; from 0.5 s it does not"
+    assert calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.10) == (0.3, pytest.approx(0.10))
+
+
+def test_when_no_wait_is_enough_the_closest_is_taken() -> None:
+    labels = ["alice", "bob"]
+    settings = DecisionSettings(min_score=0.5, stable_steps=1)
+    utterances = [_utterance(5.0, 0, 1, n_speakers=2)]
+    assert calibrate_min_speech(settings, labels, 30.0, utterances, [0]) == (0.3, 1.0)

@@ -11,6 +11,7 @@ import soundfile as sf
 from spkidd.modelfile import load_model
 from spkidd.synthetic import synth_speech
 from tests.conftest import TRAINED_VOICES
+from train.calibrate import MIN_SPEECH_CANDIDATES_S
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 
@@ -44,6 +45,8 @@ def test_model_file_records_what_training_chose(trained_model: Path) -> None:
     assert training["calibration"]["impostors"] == "held-out speech of the other speakers"
     assert training["data"]["speakers"] == 3 and training["data"]["skipped"] == 0
     assert 0.0 < bundle.decision["min_score"] < 1.0
+    assert bundle.decision["min_speech_s"] in MIN_SPEECH_CANDIDATES_S, "the wait before a first name is calibrated"
+    assert 0.0 <= training["calibration"]["val_wrong_first"] <= 1.0
     assert trained_model.with_name(trained_model.stem + ".training.png").is_file()
     assert not trained_model.with_name(trained_model.name + ".ckpt").exists()
 

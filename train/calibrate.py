@@ -1,8 +1,13 @@
-"""Score thresholds from genuine and impostor scores: the operating point a model ships with, and the EER."""
+"""What a model ships with, from validation data: the score threshold for `unknown` (from genuine and impostor
+scores; also the EER), and how much speech the decider waits for before it first names anybody."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+
+from spkidd.decide import Decider, DecisionSettings, StepScores
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -41,3 +46,43 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, 
         if abs(far - frr) < best[0]:
             best = (abs(far - frr), (far + frr) / 2.0, float(threshold))
     return best[1], best[2]
+
+
+MIN_SPEECH_CANDIDATES_S = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+WRONG_FIRST_TARGET = 0.03
+"""A name that is wrong before it is right misleads automations that act on the first name: at most 3% of
+utterances (BENCHMARKS.md's S1 goal)."""
+
+
+def wrong_first_rate(
+    settings: DecisionSettings, labels: list[str], scale: float, utterances: list[StepScores], truth: list[int]
+) -> float:
+    """The share of utterances whose first partial name is wrong, through the daemon's own Decider."""
+    wrong = 0
+    for steps, label in zip(utterances, truth, strict=True):
+        decider = Decider(settings, labels, "validation", {}, scale)
+        decider.begin("validation", 0.0)
+        events = decider.update(steps, float(steps.speech_s[-1]) if len(steps.speech_s) else 0.0)
+        wrong += bool(events) and events[0].speaker != labels[label]
+    return wrong / max(1, len(utterances))
+
+
+def calibrate_min_speech(
+    settings: DecisionSettings,
+    labels: list[str],
+    scale: float,
+    utterances: list[StepScores],
+    truth: list[int],
+    target: float = WRONG_FIRST_TARGET,
+) -> tuple[float, float]:
+    """The least speech before a first name at which at most `target` of the validation utterances are first
+    given a wrong name: (min_speech_s, that rate). If no candidate gets there, the one that comes closest."""
+    rates_by_wait = [
+        (wrong_first_rate(replace(settings, min_speech_s=wait), labels, scale, utterances, truth), wait)
+        for wait in MIN_SPEECH_CANDIDATES_S
+    ]
+    meeting = [(wait, rate) for rate, wait in rates_by_wait if rate <= target]
+    if meeting:
+        return meeting[0]
+    rate, wait = min(rates_by_wait)
+    return wait, rate

@@ -28,12 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from spkidd import SAMPLE_RATE, __version__
+from spkidd.decide import DecisionSettings
 from spkidd.encoder import GE2E_FEATURES
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
+from spkidd.inference import step_scores
 from spkidd.modelfile import ModelBundle, check_writable, save_model
 from train.augment import Augmenter, AugmentSettings
-from train.calibrate import calibrate_threshold
+from train.calibrate import calibrate_min_speech, calibrate_threshold
 from train.encoder_weights import load_weights
 from train.fit import (
     STRANGERS,
@@ -392,19 +394,13 @@ class HeadTrainer:
         w = 1.0 / np.maximum(counts, 1)
         return torch.tensor(w / w.mean(), dtype=torch.float32)
 
-    def _finish_bundle(
-        self,
-        model: EncoderSpeakerModel,
-        settings: TrainSettings,
-        history: list[EpochRecord],
-        best: Best,
-        wall_s: float,
-    ) -> ModelBundle:
-        """Centroids, the calibrated unknown threshold and the training record."""
+    def _calibrate(
+        self, model: EncoderSpeakerModel, settings: TrainSettings
+    ) -> tuple[dict[str, float], dict[str, Any], float]:
+        """On held-out speech the references do not include yet: the unknown threshold at `target_far` on
+        impostors, and how much speech the decider waits for before a first name. Returns the decision
+        thresholds, the calibration record and the centroid accuracy on held-out windows."""
         s = self.split
-        references = ReferenceEmbeddings.of(model, self.extractor, s)
-        references.install(model, len(self.labels), with_held_out=False)
-        has_val = bool(s.val_audio)
         centroid_acc, genuine, impostor = window_scores(
             model, self.extractor, s.val_audio, s.val_labels, settings.window_s
         )
@@ -413,7 +409,39 @@ class HeadTrainer:
             impostor = window_scores(model, self.extractor, *pseudo_strangers(s), settings.window_s)[2]
             impostors = STRANGERS
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
-        if has_val:
+        decision = {"min_score": threshold}
+        wrong_first: float | None = None
+        if s.val_audio:
+            decision["min_speech_s"], wrong_first = calibrate_min_speech(
+                DecisionSettings.from_model(decision),
+                self.labels,
+                model.scale,
+                step_scores(model, self.extractor, s.val_audio),
+                s.val_labels,
+            )
+        calibration = {
+            "target_far": settings.target_far,
+            "val_far": far,
+            "val_frr": frr,
+            "impostors": impostors,
+            "val_wrong_first": wrong_first,
+        }
+        return decision, calibration, centroid_acc
+
+    def _finish_bundle(
+        self,
+        model: EncoderSpeakerModel,
+        settings: TrainSettings,
+        history: list[EpochRecord],
+        best: Best,
+        wall_s: float,
+    ) -> ModelBundle:
+        """Centroids, the calibrated decision thresholds and the training record."""
+        s = self.split
+        references = ReferenceEmbeddings.of(model, self.extractor, s)
+        references.install(model, len(self.labels), with_held_out=False)
+        decision, calibration, centroid_acc = self._calibrate(model, settings)
+        if s.val_audio:
             references.install(model, len(self.labels), with_held_out=True)
         seconds = np.zeros(len(self.labels))
         for audio, label in zip(s.train_audio + s.val_audio, s.train_labels + s.val_labels, strict=True):
@@ -423,7 +451,7 @@ class HeadTrainer:
             labels=self.labels,
             features=self.params,
             name=self.out.stem,
-            decision={"min_score": threshold},
+            decision=decision,
             training={
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "spkidd_version": __version__,
@@ -435,12 +463,7 @@ class HeadTrainer:
                 "val_acc_centroids": centroid_acc,
                 "epochs_run": len(history),
                 "wall_s": round(wall_s, 1),
-                "calibration": {
-                    "target_far": settings.target_far,
-                    "val_far": far,
-                    "val_frr": frr,
-                    "impostors": impostors,
-                },
+                "calibration": calibration,
                 "history": [asdict(h) for h in history],
             },
             enrollment={

@@ -182,5 +182,11 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
         "unknown-speaker threshold",
         f"{bundle.decision['min_score']:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}",
     )
+    if "min_speech_s" in bundle.decision:
+        table.add_row(
+            "first name after",
+            f"{bundle.decision['min_speech_s']:.1f} s of speech: a wrong first name for "
+            f"{cal['val_wrong_first']:.1%} of validation clips",
+        )
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
