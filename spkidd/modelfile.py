@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor, FeatureParams
@@ -187,9 +189,37 @@ def _table(meta: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+_MISMATCH = "the declared architecture does not match the stored tensors"
+
+_SIZED_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn})
+"""The factories the networks' constructors create their parameters and buffers with."""
+
+
+class _ElementBudget(TorchFunctionMode):
+    """Lets tensor factories create at most `limit` elements in all, refusing the one that would go beyond before
+    it allocates: a crafted file that declares a huge network fails before anything of that size exists. (Building
+    on the meta device would check the same, but its kernels load torch's symbolic-shape machinery: ~75 MB of
+    modules resident in the daemon for good.)"""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.left = limit
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _SIZED_FACTORIES:
+            size = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+            self.left -= math.prod(size)
+            if self.left < 0:
+                raise ValueError(f"{_MISMATCH} (it declares more values than the file holds)")
+        return func(*args, **kwargs)
+
+
 def _build_network(architecture: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SpeakerNet:
-    """The network the file declares, checked against its tensors on the meta device first: a crafted file that
-    declares a huge network is refused before anything is allocated."""
+    """The network the file declares, built within twice the elements of the stored tensors (a constructor may
+    make a temporary of a parameter's size), then checked against them."""
     make: Callable[[], SpeakerNet]
     if architecture.get("kind") == "ge2e":
         encoder_config = parameters_from(EncoderModelConfig, architecture, "model")
@@ -197,12 +227,12 @@ def _build_network(architecture: dict[str, Any], tensors: dict[str, torch.Tensor
     else:
         scratch_config = parameters_from(ModelConfig, architecture, "model")
         make = partial(SpeakerModel, scratch_config)
-    with torch.device("meta"):
-        declared = {name: tuple(t.shape) for name, t in make().state_dict().items()}
+    with _ElementBudget(2 * sum(t.numel() for t in tensors.values())):
+        model = make()
+    declared = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     stored = {name: tuple(t.shape) for name, t in tensors.items()}
     if declared != stored:
         differing = sorted(set(declared) ^ set(stored)) or [n for n in declared if declared[n] != stored[n]]
-        raise ValueError(f"the declared architecture does not match the stored tensors ({differing[:3]})")
-    model = make()
+        raise ValueError(f"{_MISMATCH} ({differing[:3]})")
     model.load_state_dict(tensors, strict=True)
     return model

@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from spkidd.encoder import GE2E_FEATURES
+from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
 from spkidd.modelfile import FORMAT_VERSION, ModelBundle, ModelFileError, load_model, save_model
@@ -129,6 +131,22 @@ def test_a_file_declaring_a_huge_network_is_refused_before_building_it(tmp_path:
     message, peak_mb = done.stdout.strip().splitlines()
     assert "does not match the stored tensors" in message
     assert int(peak_mb) < 450, "nothing of the declared size was allocated"
+
+
+def test_loading_a_model_leaves_torchs_symbolic_shape_modules_out(tmp_path: Path) -> None:
+    """Checking a file's architecture must not load sympy and torch's compiler stack (~75 MB kept resident)."""
+    scratch, ge2e = tmp_path / "scratch.safetensors", tmp_path / "ge2e.safetensors"
+    save_model(_bundle(), scratch)
+    encoder_model = EncoderSpeakerModel(EncoderModelConfig(n_speakers=2)).eval()
+    save_model(ModelBundle(model=encoder_model, labels=["alice", "bob"], features=GE2E_FEATURES), ge2e)
+    probe = (
+        "import sys\nfrom spkidd.modelfile import load_model\n"
+        f"load_model({str(scratch)!r}); load_model({str(ge2e)!r})\n"
+        "heavy = ('sympy', 'torch._dynamo', 'torch.fx.experimental.symbolic_shapes')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("key, value", [("decision", "strict"), ("decision", [1, 2]), ("training", 3)])
