@@ -26,14 +26,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spkidd.audio.base import AudioSource
 from spkidd.broker import BrokerError, EmbeddedBroker, make_broker
 from spkidd.config import ConfigError, DaemonConfig, MqttConfig, SourceConfig, load_config
 from spkidd.decide import DecisionSettings
 from spkidd.events import SourceStatus
-from spkidd.health import DaemonHealth, HealthServer, MqttHealth, StreamHealth
+from spkidd.health import DaemonHealth, MqttHealth, StreamHealth
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model
 from spkidd.mqtt import MqttPublisher
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
@@ -41,7 +41,10 @@ from spkidd.sdnotify import notify, watchdog_interval
 from spkidd.steprunner import StepRunner
 from spkidd.utterance_ids import UtteranceIds, run_stamp
 from spkidd.web.live import LiveHub
-from spkidd.web.server import WebServer
+
+if TYPE_CHECKING:  # aiohttp and prometheus-client are imported only when [health] or [web] is on
+    from spkidd.healthserver import HealthServer
+    from spkidd.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +231,8 @@ class Daemon:
         )
         self.publisher.start()
         if config.health.enabled:
+            from spkidd.healthserver import HealthServer
+
             self._health = HealthServer(config.health.host, config.health.port, self.health)
             try:
                 await self._health.start()
@@ -297,6 +302,8 @@ class Daemon:
         self._live.handle(event)
 
     async def _start_web(self) -> None:
+        from spkidd.web.server import WebServer
+
         web = self.config.web
         self._web = WebServer(web, self, self._live)
         try:

@@ -7,7 +7,8 @@ import json
 import urllib.error
 import urllib.request
 
-from spkidd.health import DaemonHealth, HealthServer, MqttHealth, StreamHealth
+from spkidd.health import DaemonHealth, MqttHealth, StreamHealth
+from spkidd.healthserver import HealthServer
 
 
 def _get(url: str) -> tuple[int, str, str]:

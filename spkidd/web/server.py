@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from spkidd.config import WebConfig
-from spkidd.health import add_health_routes
+from spkidd.healthserver import add_health_routes
 from spkidd.web.api import WebApi
 from spkidd.web.auth import guard
 from spkidd.web.clips import ClipShelf
