@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
@@ -40,8 +41,47 @@ class Ranks:
         """The processes share the cores: more threads than cores in all only contend for them."""
         return requested or max(1, (os.cpu_count() or 1) // self.world)
 
+    def share(self, items: Sequence[T]) -> list[T]:
+        """Items rank, rank + world, ...: interleaved, so that work sorted by size is spread evenly."""
+        return list(items[self.rank :: self.world])
+
     def even_share(self, items: Sequence[T]) -> list[T]:
         """Items rank, rank + world, ..., without the tail not every rank would get: DDP needs the same number of
         backward passes on every rank."""
         usable = (len(items) // self.world) * self.world
         return list(items[self.rank : usable : self.world])
+
+    def gather(self, part: T) -> list[T]:
+        """Every rank's `part`, in rank order, on every rank."""
+        if not self.distributed:
+            return [part]
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, part)
+        return parts
+
+    def unshare(self, part: list[T]) -> list[T]:
+        """The inverse of `share`: every rank's results, back in the order of the items they came from."""
+        parts = self.gather(part)
+        return [parts[i % self.world][i // self.world] for i in range(sum(len(p) for p in parts))]
+
+    def total(self, *values: float) -> list[float]:
+        """Sums over the ranks, in float64 so that counts stay exact."""
+        if not self.distributed:
+            return list(values)
+        summed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(summed)
+        return [float(v) for v in summed]
+
+    def total_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over the ranks, in place."""
+        if self.distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def smallest(self, value: int) -> int:
+        """The smallest `value` of any rank."""
+        if not self.distributed:
+            return value
+        least = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+        return int(least.item())
