@@ -1,6 +1,7 @@
 """P1 and P2 of ../shared/BENCHMARKS.md: `spkidd train` with no flags, then `spkidd evaluate` on the test split.
 
     python benchmarks/run_closed_set.py p1|p2 [--data ../shared/data] [--out benchmarks/out] [--train=OPTIONS]
+        [--torchrun N]
 
 Prints a table and writes OUT/<protocol>.json. The model is kept at OUT/<protocol>.safetensors.
 """
@@ -23,12 +24,19 @@ GOALS = {
 }
 
 
+def torchrun(processes: int) -> list[str]:
+    """`spkidd` in `processes` processes on this machine (DDP; each gets cores // processes threads)."""
+    launcher = Path(sys.executable).with_name("torchrun")
+    return [str(launcher), "--standalone", f"--nproc-per-node={processes}", "-m", "spkidd"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("protocol", choices=["p1", "p2"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--train", default="", help="extra `spkidd train` options, e.g. --train='--encoder none'")
+    parser.add_argument("--torchrun", type=int, default=1, metavar="N", help="train in N processes under torchrun")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no benchmark data at {args.data} (pass --data)")
@@ -37,8 +45,9 @@ def main() -> None:
     train_csv, test_csv = (p1 if args.protocol == "p1" else p2)(args.data, out / args.protocol)
     model = out / f"{args.protocol}.safetensors"
     spkidd = [sys.executable, "-m", "spkidd"]
+    trainer = spkidd if args.torchrun == 1 else torchrun(args.torchrun)
     started = time.monotonic()
-    subprocess.run([*spkidd, "train", str(train_csv), "--out", str(model), *shlex.split(args.train)], check=True)
+    subprocess.run([*trainer, "train", str(train_csv), "--out", str(model), *shlex.split(args.train)], check=True)
     train_s = time.monotonic() - started
     report_dir = out / f"{args.protocol}_report"
     subprocess.run([*spkidd, "evaluate", str(model), str(test_csv), "--report", str(report_dir)], check=True)
@@ -58,6 +67,7 @@ def main() -> None:
         "min_score": report["min_score"],
         "train_wall_s": round(train_s, 1),
         "epochs_run": None,
+        "train_processes": args.torchrun,
         "goals": GOALS[args.protocol],
     }
     from spkidd.modelfile import load_model
@@ -66,7 +76,7 @@ def main() -> None:
     (out / f"{args.protocol}.json").write_text(json.dumps(figures, indent=2))
     print(f"\n{args.protocol.upper()} results")
     keys = ("test_items", "skipped", "top1", "top3", "top5", "top1_0.5s", "top1_1s")
-    keys += ("named_right", "unknown", "named_wrong", "min_score", "train_wall_s", "epochs_run")
+    keys += ("named_right", "unknown", "named_wrong", "min_score", "train_wall_s", "epochs_run", "train_processes")
     for key in keys:
         value = figures[key]
         print(f"  {key:<14} {value:.4f}" if isinstance(value, float) and value <= 1 else f"  {key:<14} {value}")

@@ -1,7 +1,9 @@
 """Training never dies on one bad file, refuses bad output paths early, survives Ctrl-C, resumes, runs under
 torchrun with two processes, and reads its decode cache on a second run."""
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -147,6 +149,56 @@ def test_two_process_distributed_training_under_torchrun(speech_corpus: Path, tm
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_model(out).training["epochs_run"] == 1
+
+
+def test_two_process_training_of_the_head_on_the_pretrained_encoder_under_torchrun(
+    speech_corpus: Path, held_out_corpus: Path, tmp_path: Path
+) -> None:
+    """The default trainer shares the encoding and the epochs out between the ranks: one model comes out, from
+    rank 0 alone (one log of the epochs), both ranks scored the same validation, and the model names held-out
+    sentences of the corpus."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp.safetensors"
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            str(Path(sys.executable).with_name("spkidd")),
+            "train",
+            str(speech_corpus),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--patience",
+            "3",
+            *SMALL,
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "ddp.safetensors", "ddp.training.png"]
+    for epoch in (1, 2, 3):
+        assert proc.stderr.count(f"  epoch {epoch} loss") == 1, proc.stderr[-3000:]
+    start = re.findall(r"pretrained encoder alone: validation accuracy per step (\S+)", proc.stderr)
+    assert len(start) == 2 and start[0] == start[1], "both ranks validate on the whole validation pool"
+    bundle = load_model(out)
+    assert bundle.training["epochs_run"] == 3 and bundle.training["encoder"].startswith("ge2e")
+    report_dir = tmp_path / "report"
+    evaluated = subprocess.run(
+        [*SPKIDD, "evaluate", str(out), str(held_out_corpus), "--report", str(report_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((report_dir / "report.json").read_text())["accuracy"] >= 11 / 12
 
 
 def test_second_run_reads_the_decode_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

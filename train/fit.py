@@ -18,7 +18,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,6 +28,7 @@ from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
+from train.distributed import Ranks
 from train.references import ReferenceEmbeddings
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,7 @@ class Trainer:
         self.out = out
         self.data_summary = data_summary
         self.noise_clips = noise_clips
-        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.ranks = Ranks.current()
         self.params = FeatureParams(kind=cast(FeatureKind, settings.features), n_mels=settings.n_mels)
         self.extractor = FeatureExtractor(self.params)
         self.rng = np.random.default_rng(settings.seed)
@@ -331,8 +330,7 @@ class Trainer:
             batches.extend(group[j : j + batch_size] for j in range(0, len(group), batch_size))
         batches = [b for b in batches if len(b) >= 2]
         batches = [batches[int(i)] for i in rng.permutation(len(batches))]
-        usable = (len(batches) // self.world) * self.world
-        return batches[self.rank : usable : self.world]
+        return self.ranks.even_share(batches)
 
     def _features(self, audio: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
         longest = max(len(a) for a in audio)
@@ -426,7 +424,7 @@ class Trainer:
 
     # ----- the run -----
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        if self.rank != 0:
+        if not self.ranks.writes:
             return
         tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
         torch.save(state, tmp)
@@ -443,8 +441,7 @@ class Trainer:
     def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
         settings = self.resolved()
         assert settings.epochs is not None and settings.batch_size is not None and settings.patience is not None
-        threads = settings.threads or max(1, (os.cpu_count() or 1) // self.world)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(self.ranks.threads(settings.threads))
         config = ModelConfig(
             n_features=self.params.n_features,
             n_speakers=len(self.labels),
@@ -460,7 +457,7 @@ class Trainer:
         mean, std = self.normalization()
         model.set_normalization(mean, std)
         net: nn.Module = TrainingNet(model)
-        if self.world > 1:
+        if self.ranks.distributed:
             net = nn.parallel.DistributedDataParallel(net)
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer: torch.optim.Optimizer
@@ -598,7 +595,7 @@ class Trainer:
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""
-        if self.rank != 0:
+        if not self.ranks.writes:
             return
         check_writable(self.out)
         save_model(result.bundle, self.out)

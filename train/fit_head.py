@@ -24,18 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from spkidd import SAMPLE_RATE, __version__
 from spkidd.decide import DecisionSettings
-from spkidd.encoder import GE2E_FEATURES
+from spkidd.encoder import GE2E_FEATURES, HIDDEN
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.inference import step_scores
 from spkidd.modelfile import ModelBundle, check_writable, save_model
 from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_min_speech, calibrate_threshold
+from train.distributed import Ranks
 from train.encoder_weights import load_weights
 from train.fit import (
     STRANGERS,
@@ -88,6 +89,12 @@ class EncodedPool:
     def steps(self) -> int:
         return sum(len(t) for t in self.targets)
 
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step of every sequence as one (steps, 256) tensor, and the targets; a rank's share may be empty."""
+        if not self.hidden:
+            return torch.zeros(0, HIDDEN), torch.zeros(0, dtype=torch.long)
+        return torch.cat(self.hidden), torch.cat(self.targets)
+
 
 def join_pieces(
     audio: list[np.ndarray], labels: list[int], rng: np.random.Generator, total_s: float
@@ -117,6 +124,23 @@ def join_pieces(
     return sequences
 
 
+def step_cosines(model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The head's cosines with every speaker at every step of stored encoder outputs (batch, steps, 256)."""
+    zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
+    return model.cosine(model.head(model.encoder.net.embed(hidden), zeros)[0])
+
+
+class HeadNet(nn.Module):
+    """The head's training forward as one module, so that DistributedDataParallel sees a single forward()."""
+
+    def __init__(self, model: EncoderSpeakerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return step_cosines(self.model, hidden)
+
+
 class HeadTrainer:
     """The same interface as train.fit.Trainer, for the encoder model."""
 
@@ -130,8 +154,6 @@ class HeadTrainer:
         noise_clips: list[np.ndarray] | None = None,
         progress: Callable[[str, int], Any] | None = None,
     ) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            raise ValueError("the head on the pretrained encoder trains in one process; use --encoder none for DDP")
         self.settings = settings
         self.labels = labels
         self.split = split
@@ -139,7 +161,7 @@ class HeadTrainer:
         self.data_summary = data_summary
         self.noise_clips = noise_clips
         self.progress = progress
-        self.rank = 0
+        self.ranks = Ranks.current()
         self.params = GE2E_FEATURES
         self.extractor = FeatureExtractor(self.params)
         self.rng = np.random.default_rng(settings.seed)
@@ -208,12 +230,23 @@ class HeadTrainer:
                 self.progress("advance", len(group))
         return pool
 
+    def _augment_rngs(self, settings: TrainSettings) -> tuple[np.random.Generator, np.random.Generator]:
+        """Random numbers for the training pools' noise and the noisy validation's. With several processes every
+        rank has its own (they augment different sequences) and self.rng, which plans the pools and shuffles the
+        batches, stays the same on every rank."""
+        if not self.ranks.distributed:
+            return self.rng, np.random.default_rng(settings.seed + 2)
+        rank = self.ranks.rank
+        return np.random.default_rng([settings.seed, 3, rank]), np.random.default_rng([settings.seed + 2, rank])
+
     def _pools(self, model: EncoderSpeakerModel, settings: TrainSettings) -> tuple[list[EncodedPool], EncodedPool]:
         """Training pools (joined and augmented anew each) and the validation pool: held-out audio joined and each
-        item alone (a household's held-out clips can be shorter than the encoder's window), clean and noisy."""
-        s = self.split
+        item alone (a household's held-out clips can be shorter than the encoder's window), clean and noisy.
+        With several processes each rank encodes and keeps its share of every pool."""
+        s, share = self.split, self.ranks.share
         train_s = sum(len(a) for a in s.train_audio) / SAMPLE_RATE
-        augmenter = Augmenter(HEAD_AUGMENT, self.rng, self.noise_clips) if settings.augment else None
+        train_rng, noisy_rng = self._augment_rngs(settings)
+        augmenter = Augmenter(HEAD_AUGMENT, train_rng, self.noise_clips) if settings.augment else None
         plans = [join_pieces(s.train_audio, s.train_labels, self.rng, train_s) for _ in range(settings.pools)]
         val_audio, val_labels = (s.val_audio, s.val_labels) if s.val_audio else (s.train_audio, s.train_labels)
         val_s = max(60.0, sum(len(a) for a in val_audio) / SAMPLE_RATE)
@@ -222,17 +255,20 @@ class HeadTrainer:
             (a, np.full(len(a), label, dtype=np.int64)) for a, label in zip(val_audio, val_labels, strict=True)
         ]
         if self.progress:
-            self.progress("start", sum(len(p) for p in plans) + 2 * len(val_plan))
-        pools = [self._encode(model, plan, augmenter) for plan in plans]
-        clean = self._encode(model, val_plan, None)
-        noisy_augmenter = Augmenter(HEAD_AUGMENT, np.random.default_rng(settings.seed + 2), self.noise_clips)
-        noisy = self._encode(model, val_plan, noisy_augmenter)
+            self.progress("start", sum(len(share(p)) for p in plans) + 2 * len(share(val_plan)))
+        pools = [self._encode(model, share(plan), augmenter) for plan in plans]
+        clean = self._encode(model, share(val_plan), None)
+        noisy = self._encode(model, share(val_plan), Augmenter(HEAD_AUGMENT, noisy_rng, self.noise_clips))
         return pools, EncodedPool(clean.hidden + noisy.hidden, clean.targets + noisy.targets)
 
     # ----- epochs -----
     def _batches(self, pool: EncodedPool, batch: int) -> list[list[int]]:
+        """This rank's batches of its share of the pool, `batch` sequences over all ranks: as many on every rank
+        (each is one backward pass DDP waits for on all of them)."""
+        per_rank = max(1, batch // self.ranks.world)
         order = self.rng.permutation(len(pool.targets))
-        return [order[i : i + batch].tolist() for i in range(0, len(order), batch)]
+        batches = [order[i : i + per_rank].tolist() for i in range(0, len(order), per_rank)]
+        return batches[: self.ranks.smallest(len(batches))]
 
     @staticmethod
     def _padded(pool: EncodedPool, members: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,12 +281,9 @@ class HeadTrainer:
             x[row, :n], y[row, :n], mask[row, :n] = pool.hidden[i], pool.targets[i], True
         return x, y, mask
 
-    def _step_cosines(self, model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
-        zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
-        return model.cosine(model.head(model.encoder.net.embed(hidden), zeros)[0])
-
     def _train_epoch(
         self,
+        net: nn.Module,
         model: EncoderSpeakerModel,
         pool: EncodedPool,
         optimizer: torch.optim.Optimizer,
@@ -263,7 +296,7 @@ class HeadTrainer:
         loss_sum, correct, seen = 0.0, 0, 0
         for members in self._batches(pool, settings.batch_size):
             x, y, mask = self._padded(pool, members)
-            cosine = self._step_cosines(model, x)[mask]
+            cosine = net(x)[mask]
             targets = y[mask]
             loss = F.cross_entropy(margin_logits(cosine, targets, margin, settings.scale), targets, class_weights)
             optimizer.zero_grad(set_to_none=True)
@@ -273,21 +306,26 @@ class HeadTrainer:
             loss_sum += float(loss.detach()) * len(targets)
             correct += int((cosine.argmax(1) == targets).sum())
             seen += len(targets)
-        return loss_sum / max(1, seen), correct / max(1, seen)
+        loss_all, correct_all, seen_all = self.ranks.total(loss_sum, correct, seen)
+        return loss_all / max(1, seen_all), correct_all / max(1, seen_all)
 
     def _validate_steps(self, model: EncoderSpeakerModel, pool: EncodedPool) -> float:
-        """Accuracy over every step of the validation sequences, speaker changes included."""
+        """Accuracy over every step of the validation sequences, speaker changes included; over every rank's share,
+        so that early stopping decides the same on every rank."""
         model.eval()
         correct, seen = 0, 0
         with torch.no_grad():
             for start in range(0, len(pool.targets), 128):
                 x, y, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
-                correct += int((self._step_cosines(model, x).argmax(-1) == y)[mask].sum())
+                correct += int((step_cosines(model, x).argmax(-1) == y)[mask].sum())
                 seen += int(mask.sum())
-        return correct / max(1, seen)
+        correct_all, seen_all = self.ranks.total(correct, seen)
+        return correct_all / max(1, seen_all)
 
     # ----- checkpoints -----
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        if not self.ranks.writes:
+            return
         tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -304,11 +342,11 @@ class HeadTrainer:
     def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
         settings = self.resolved()
         assert settings.epochs is not None and settings.patience is not None
-        torch.set_num_threads(settings.threads or max(1, os.cpu_count() or 1))
+        torch.set_num_threads(self.ranks.threads(settings.threads))
         model = self._new_model(settings)
         started = time.monotonic()
         pools, val_pool = self._pools(model, settings)
-        self._start_from_centroids(model, pools[0])
+        self._start_from_centroids(model, pools[0], self.ranks)
         optimizer = self._optimizer(model, settings)
         class_weights = self._class_weights(settings)
         history: list[EpochRecord] = []
@@ -323,12 +361,13 @@ class HeadTrainer:
             log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
         if not history:
             log.info("pretrained encoder alone: validation accuracy per step %.4f", best.acc)
+        net = self._training_net(model)
         with _interrupts_as_exception():
             for epoch in range(first_epoch, settings.epochs + 1):
                 t0 = time.monotonic()
                 margin = settings.margin * min(1.0, epoch / 5.0)
                 pool = pools[(epoch - 1) % len(pools)]
-                loss, train_acc = self._train_epoch(model, pool, optimizer, class_weights, settings, margin)
+                loss, train_acc = self._train_epoch(net, model, pool, optimizer, class_weights, settings, margin)
                 val_acc = self._validate_steps(model, val_pool)
                 record = EpochRecord(epoch, loss, train_acc, val_acc, time.monotonic() - t0, settings.learning_rate)
                 history.append(record)
@@ -369,17 +408,24 @@ class HeadTrainer:
             groups.append({"params": top, "lr": settings.learning_rate * TOP_LR_FACTOR, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
+    def _training_net(self, model: EncoderSpeakerModel) -> nn.Module:
+        """What the epochs run: the head, under DistributedDataParallel with several processes (it averages the
+        gradients of the ranks' shares, so every rank takes the same step)."""
+        net = HeadNet(model)
+        return nn.parallel.DistributedDataParallel(net) if self.ranks.distributed else net
+
     @staticmethod
-    def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool) -> None:
+    def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool, ranks: Ranks) -> None:
         """The embeddings are centred as the shipped model centres them, and every speaker's weights start as the
         centroid of its encoder embeddings: before any update the model is the pretrained encoder with centroid
-        scoring, the baseline training has to beat."""
-        targets = torch.cat(pool.targets)
+        scoring, the baseline training has to beat. Summed over every rank's share, so all start the same."""
+        hidden, targets = pool.stacked()
         with torch.no_grad():
-            raw = model.encoder.net.embed(torch.cat(pool.hidden))
-            model.embedding_center.copy_(raw.mean(dim=0))
+            raw = model.encoder.net.embed(hidden)
+            (count,) = ranks.total(len(raw))
+            model.embedding_center.copy_(ranks.total_tensor(raw.sum(dim=0)) / count)
             sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
-            model.speakers.copy_(F.normalize(sums, dim=-1))
+            model.speakers.copy_(F.normalize(ranks.total_tensor(sums), dim=-1))
 
     @staticmethod
     def _head_state(model: EncoderSpeakerModel) -> dict[str, torch.Tensor]:
@@ -394,6 +440,21 @@ class HeadTrainer:
         w = 1.0 / np.maximum(counts, 1)
         return torch.tensor(w / w.mean(), dtype=torch.float32)
 
+    def _window_scores(
+        self, model: EncoderSpeakerModel, items: list[np.ndarray], labels: list[int], window_s: float
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """train.fit.window_scores of every rank's share of `items`, put together on every rank (the accuracy from
+        the counts of windows named right, which the shares' accuracies and sizes give exactly)."""
+        share = self.ranks.share
+        parts = self.ranks.gather(window_scores(model, self.extractor, share(items), share(labels), window_s))
+        windows = sum(genuine.size for _, genuine, _ in parts)
+        correct = sum(round(accuracy * genuine.size) for accuracy, genuine, _ in parts if genuine.size)
+        return (
+            correct / windows if windows else float("nan"),
+            np.concatenate([genuine for _, genuine, _ in parts]),
+            np.concatenate([impostor for _, _, impostor in parts]),
+        )
+
     def _calibrate(
         self, model: EncoderSpeakerModel, settings: TrainSettings
     ) -> tuple[dict[str, float], dict[str, Any], float]:
@@ -401,12 +462,10 @@ class HeadTrainer:
         impostors, and how much speech the decider waits for before a first name. Returns the decision
         thresholds, the calibration record and the centroid accuracy on held-out windows."""
         s = self.split
-        centroid_acc, genuine, impostor = window_scores(
-            model, self.extractor, s.val_audio, s.val_labels, settings.window_s
-        )
+        centroid_acc, genuine, impostor = self._window_scores(model, s.val_audio, s.val_labels, settings.window_s)
         impostors = IMPOSTORS
         if impostor.size == 0:
-            impostor = window_scores(model, self.extractor, *pseudo_strangers(s), settings.window_s)[2]
+            impostor = self._window_scores(model, *pseudo_strangers(s), settings.window_s)[2]
             impostors = STRANGERS
         threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
         decision = {"min_score": threshold}
@@ -438,7 +497,7 @@ class HeadTrainer:
     ) -> ModelBundle:
         """Centroids, the calibrated decision thresholds and the training record."""
         s = self.split
-        references = ReferenceEmbeddings.of(model, self.extractor, s)
+        references = ReferenceEmbeddings.of(model, self.extractor, s, self.ranks)
         references.install(model, len(self.labels), with_held_out=False)
         decision, calibration, centroid_acc = self._calibrate(model, settings)
         if s.val_audio:
@@ -474,6 +533,8 @@ class HeadTrainer:
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""
+        if not self.ranks.writes:
+            return
         check_writable(self.out)
         save_model(result.bundle, self.out)
         plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))

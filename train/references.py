@@ -16,6 +16,7 @@ from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.inference import reference_embeddings
 from spkidd.modelfile import SpeakerNet
+from train.distributed import Ranks
 
 if TYPE_CHECKING:
     from train.fit import Split
@@ -33,10 +34,15 @@ class ReferenceEmbeddings:
     held_out: np.ndarray
 
     @classmethod
-    def of(cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split) -> ReferenceEmbeddings:
+    def of(
+        cls, model: SpeakerNet, extractor: FeatureExtractor, split: Split, ranks: Ranks | None = None
+    ) -> ReferenceEmbeddings:
+        """With `ranks` of several processes each embeds its share of the items and every rank gets all of them:
+        embedding is most of the cost after training."""
+        ranks = ranks or Ranks()
         audio = split.train_audio + split.val_audio
         item_labels = split.train_labels + split.val_labels
-        raws = reference_embeddings(model, extractor, audio)
+        raws = ranks.unshare(reference_embeddings(model, extractor, ranks.share(audio)))
         counts = [len(raw) for raw in raws]
         labels = np.repeat(np.array(item_labels, dtype=np.int64), counts)
         held_out = np.repeat(np.arange(len(audio)) >= len(split.train_audio), counts)
