@@ -67,9 +67,13 @@ class StepOutput:
 
 
 def initial_speaker_weights(n_speakers: int, dim: int) -> nn.Parameter:
-    """Random directions drawn uniformly (std 0.1): a normal draw on torch's meta device, where a model file's
-    declared shapes are checked, imports torch._dynamo, which cost every command that loads a model 2-5 s."""
-    return nn.Parameter(torch.empty(n_speakers, dim).uniform_(-0.17, 0.17))
+    """Random directions (normal, std 0.1), except on torch's meta device, where a model file's declared shapes are
+    checked: a random draw there imports torch._dynamo and sympy, 2-5 s and ~75 MB for every command that loads a
+    model."""
+    weights = torch.empty(n_speakers, dim)
+    if not weights.is_meta:
+        weights.normal_(0.0, 0.1)
+    return nn.Parameter(weights)
 
 
 class CosineScoring(nn.Module):
