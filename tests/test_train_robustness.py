@@ -121,32 +121,22 @@ def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech
     assert not checkpoint.exists()
 
 
-def test_two_process_distributed_training_under_torchrun(speech_corpus: Path, tmp_path: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    out = tmp_path / "ddp.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc_per_node=2",
-            "--no-python",
-            str(Path(sys.executable).with_name("spkidd")),
-            "train",
-            str(speech_corpus),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            *SMALL_SCRATCH,
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
+def _torchrun_train(corpus: Path, out: Path, cache: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`spkidd train` in two processes under torchrun, one thread each."""
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "--no-python"]
+    train = [str(Path(sys.executable).with_name("spkidd")), "train", str(corpus), "--out", str(out)]
+    return subprocess.run(
+        [*torchrun, *train, *options, "--cache-dir", str(cache)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=300,
     )
+
+
+def test_two_process_distributed_training_under_torchrun(speech_corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp.safetensors"
+    proc = _torchrun_train(speech_corpus, out, tmp_path / "c", "--epochs", "1", *SMALL_SCRATCH)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_model(out).training["epochs_run"] == 1
 
@@ -157,32 +147,8 @@ def test_two_process_training_of_the_head_on_the_pretrained_encoder_under_torchr
     """The default trainer shares the encoding and the epochs out between the ranks: one model comes out, from
     rank 0 alone (one log of the epochs), both ranks scored the same validation, and the model names held-out
     sentences of the corpus."""
-    torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp.safetensors"
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc_per_node=2",
-            "--no-python",
-            str(Path(sys.executable).with_name("spkidd")),
-            "train",
-            str(speech_corpus),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--patience",
-            "3",
-            *SMALL,
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
+    proc = _torchrun_train(speech_corpus, out, tmp_path / "c", "--epochs", "3", "--patience", "3", *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "ddp.safetensors", "ddp.training.png"]
     for epoch in (1, 2, 3):
