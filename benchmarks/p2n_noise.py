@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from evaluation import evaluate
 from manifests import DEFAULT_DATA, p2
 
 GOALS = {"20": {"top1": 0.95}, "10": {"top1": 0.80}}
@@ -58,18 +59,7 @@ def main() -> None:
     figures: dict[str, dict[str, float]] = {}
     for snr in args.snr:
         manifest = swapped_manifest(test_csv, noisy_copies(args.data, work, snr), work / f"test-{snr}.csv")
-        report_dir = work / f"report-{snr}"
-        command = [sys.executable, "-m", "spkidd", "evaluate", str(model), str(manifest), "--report", str(report_dir)]
-        subprocess.run(command, check=True)
-        report = json.loads((report_dir / "report.json").read_text())
-        figures[str(snr)] = {
-            "top1": report["top_k"]["1"],
-            "top5": report["top_k"]["5"],
-            "named_right": report["at_threshold"]["named_right"],
-            "unknown": report["at_threshold"]["unknown"],
-            "named_wrong": report["at_threshold"]["named_wrong"],
-            "test_items": report["n"],
-        }
+        figures[str(snr)] = evaluate(model, manifest, work / f"report-{snr}")[1]
     (args.out / "p2n.json").write_text(json.dumps({"model": str(model), "snr_db": figures, "goals": GOALS}, indent=2))
     print("\nP2N results (pink noise)")
     for snr, values in figures.items():

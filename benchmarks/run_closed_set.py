@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from evaluation import evaluate
 from manifests import DEFAULT_DATA, p1, p2
 
 GOALS = {
@@ -49,30 +50,22 @@ def main() -> None:
     started = time.monotonic()
     subprocess.run([*trainer, "train", str(train_csv), "--out", str(model), *shlex.split(args.train)], check=True)
     train_s = time.monotonic() - started
-    report_dir = out / f"{args.protocol}_report"
-    subprocess.run([*spkidd, "evaluate", str(model), str(test_csv), "--report", str(report_dir)], check=True)
-    report = json.loads((report_dir / "report.json").read_text())
+    report, shared = evaluate(model, test_csv, out / f"{args.protocol}_report")
+    from spkidd.modelfile import load_model
+
     figures = {
         "protocol": args.protocol,
-        "test_items": report["n"],
+        **shared,
         "skipped": report["skipped"],
-        "top1": report["top_k"]["1"],
         "top3": report["top_k"]["3"],
-        "top5": report["top_k"]["5"],
         "top1_0.5s": report["top1_after_s"]["0.5"],
         "top1_1s": report["top1_after_s"]["1"],
-        "named_right": report["at_threshold"]["named_right"],
-        "unknown": report["at_threshold"]["unknown"],
-        "named_wrong": report["at_threshold"]["named_wrong"],
         "min_score": report["min_score"],
         "train_wall_s": round(train_s, 1),
-        "epochs_run": None,
+        "epochs_run": load_model(model).training["epochs_run"],
         "train_processes": args.torchrun,
         "goals": GOALS[args.protocol],
     }
-    from spkidd.modelfile import load_model
-
-    figures["epochs_run"] = load_model(model).training["epochs_run"]
     (out / f"{args.protocol}.json").write_text(json.dumps(figures, indent=2))
     print(f"\n{args.protocol.upper()} results")
     keys = ("test_items", "skipped", "top1", "top3", "top5", "top1_0.5s", "top1_1s")
