@@ -59,7 +59,8 @@ class StreamState:
 
 @dataclass
 class StepOutput:
-    """Per-step scores of the utterance so far: cosine to every speaker, and softmax probabilities."""
+    """Per-step scores of the utterance so far: the cosine to every speaker that the `unknown` threshold is held
+    to, and the softmax probabilities that say which speaker it is."""
 
     scores: torch.Tensor
     probs: torch.Tensor
@@ -93,14 +94,19 @@ class CosineScoring(nn.Module):
         return F.normalize((embeddings - self.embedding_center) / self.embedding_scale, dim=-1)
 
     def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
+        """The cosines that say which speaker it is (what training sharpens; the softmax is taken over them)."""
         return units @ F.normalize(self.speakers, dim=-1).T
+
+    def acceptance_of_units(self, units: torch.Tensor) -> torch.Tensor:
+        """The cosines the `unknown` threshold is held to; the same ones here, the encoder model's differ."""
+        return self.cosine_of_units(units)
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.cosine_of_units(self.unit(embeddings))
 
     def output_of_units(self, units: torch.Tensor, embeddings: torch.Tensor) -> StepOutput:
-        scores = self.cosine_of_units(units)
-        return StepOutput(scores=scores, probs=torch.softmax(self.scale * scores, dim=-1), embeddings=embeddings)
+        probs = torch.softmax(self.scale * self.cosine_of_units(units), dim=-1)
+        return StepOutput(scores=self.acceptance_of_units(units), probs=probs, embeddings=embeddings)
 
     def output(self, embeddings: torch.Tensor) -> StepOutput:
         return self.output_of_units(self.unit(embeddings), embeddings)

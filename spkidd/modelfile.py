@@ -29,7 +29,11 @@ SpeakerNet = SpeakerModel | EncoderSpeakerModel
 network trained from scratch (`spkidd train --encoder none`, and every model file written before the encoder)."""
 
 FORMAT_NAME = "spkidd-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ENCODER_MODELS_SINCE = 2
+"""Format 2 stores the encoder model's references with the encoder's half beside the head's (what the `unknown`
+threshold is held to); format-1 encoder models lack it and are refused with a word to retrain. Scratch models of
+either format load."""
 
 T = TypeVar("T")
 
@@ -162,7 +166,13 @@ def load_model(path: Path) -> ModelBundle:
         labels = meta["labels"]
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise TypeError("labels must be a list of names")
-        model = _build_network(_table(meta, "architecture"), tensors)
+        architecture = _table(meta, "architecture")
+        if architecture.get("kind") == "ge2e" and version < ENCODER_MODELS_SINCE:
+            raise ModelFileError(
+                f"{path}: written by an older spkidd (model file format {version}), whose encoder models scored "
+                "`unknown` differently; train it again with `spkidd train`"
+            )
+        model = _build_network(architecture, tensors)
         if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
             raise ValueError("labels or features do not match the network")
         bundle = ModelBundle(

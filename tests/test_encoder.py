@@ -99,12 +99,38 @@ def test_quiet_steps_hold_the_last_louder_answer() -> None:
     with torch.no_grad():
         held = model.embed_sequence(frames)[0]
         state = model.initial_state()
-        raw = model.head(model.encode_steps(frames, state)[0], state.gru)[0][0]
+        raw = model.embeddings(model.encode_steps(frames, state)[0], state.gru)[0][0]
     loud = [j for j in range(40) if not 20 <= j < 30 and j < 36]
     assert all(torch.equal(held[j], raw[j]) for j in loud), "loud steps are the head's own answers"
     assert all(torch.equal(held[j], raw[19]) for j in range(20, 30)), "a pause holds the step before it"
     assert all(torch.equal(held[j], raw[35]) for j in range(36, 40)), "so does the quiet tail"
     assert not torch.equal(raw[25], raw[19]), "without the hold the answer would have moved"
+
+
+def _cosines(x: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(references, dim=-1).T
+
+
+def test_the_head_names_the_speaker_and_the_encoder_s_cosines_decide_unknown() -> None:
+    """Probabilities come from the head's half of the references, the scores for the unknown threshold from the
+    encoder's half: a head trained differently changes which speaker is likely, never how a voice scores."""
+    model = _model_with_a_working_head()
+    frames = _frames(60)
+    with torch.no_grad():
+        model.speakers.normal_()
+        model.embedding_center.normal_(0.0, 0.01)
+        out = model.output(model.embed_sequence(frames))
+        state = model.initial_state()
+        encoder = model.encode_steps(frames, state)[0][0]
+        head = model.head(encoder[None], state.gru)[0][0]
+        centre, references = model.embedding_center.split(256), model.speakers.split(256, dim=-1)
+        assert torch.allclose(out.scores[0], _cosines(encoder - centre[1], references[1]), atol=1e-5)
+        head_probs = torch.softmax(model.scale * _cosines(head - centre[0], references[0]), dim=-1)
+        assert torch.allclose(out.probs[0], head_probs, atol=1e-5)
+        model.from_gru.weight.normal_(0, 1.0)
+        changed = model.output(model.embed_sequence(frames))
+    assert torch.allclose(changed.scores, out.scores, atol=1e-6)
+    assert not torch.allclose(changed.probs, out.probs, atol=1e-3)
 
 
 def test_loudness_below_the_target_level_does_not_change_the_embedding() -> None:

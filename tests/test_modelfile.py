@@ -96,6 +96,21 @@ def test_newer_format_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
         load_model(path)
 
 
+@pytest.mark.parametrize("encoder", [False, True])
+def test_format_1_encoder_models_are_refused_with_a_word_to_retrain(tmp_path: Path, encoder: bool) -> None:
+    """Format-1 encoder models held the unknown threshold to the head's cosines; scratch models did not change."""
+    path = tmp_path / "m.safetensors"
+    save_model(random_bundle(["alice", "bob"], encoder=encoder), path)
+    meta = json.loads(_header(path)["__metadata__"]["spkidd"])
+    meta["format_version"] = 1
+    _rewrite_metadata(path, json.dumps(meta))
+    if encoder:
+        with pytest.raises(ModelFileError, match="train it again with `spkidd train`"):
+            load_model(path)
+    else:
+        assert load_model(path).labels == ["alice", "bob"]
+
+
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "nope.safetensors")

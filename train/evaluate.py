@@ -198,7 +198,7 @@ def open_set_scores(bundle: ModelBundle, items: list[tuple[str, Scored]]) -> tup
     for speaker, scored in items:
         if speaker in index:
             genuine.append(float(scored.scores[index[speaker]]))
-            correct.append(int(scored.scores.argmax()) == index[speaker])
+            correct.append(int(scored.probs.argmax()) == index[speaker])
         else:
             stranger.append(float(scored.scores.max()))
     return np.array(genuine), np.array(stranger), correct

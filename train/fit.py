@@ -194,9 +194,10 @@ def window_scores(
     if not audio:
         return float("nan"), np.zeros(0), np.zeros(0)
     with torch.no_grad():
-        scores = model.cosine(torch.from_numpy(embed_pieces(model, extractor, audio)))
+        output = model.output(torch.from_numpy(embed_pieces(model, extractor, audio)))
     target = torch.tensor(labels)
-    correct = int((scores.argmax(1) == target).sum())
+    correct = int((output.probs.argmax(1) == target).sum())
+    scores = output.scores
     genuine = scores.gather(1, target[:, None])[:, 0].numpy()
     impostor = scores.scatter(1, target[:, None], -2.0).max(1).values.numpy()
     return correct / len(audio), genuine, impostor

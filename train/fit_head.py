@@ -127,7 +127,7 @@ def join_pieces(
 def step_cosines(model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
     """The head's cosines with every speaker at every step of stored encoder outputs (batch, steps, 256)."""
     zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
-    return model.cosine(model.head(model.encoder.net.embed(hidden), zeros)[0])
+    return model.cosine(model.embeddings(model.encoder.net.embed(hidden), zeros)[0])
 
 
 class HeadNet(nn.Module):
@@ -418,10 +418,12 @@ class HeadTrainer:
     def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool, ranks: Ranks) -> None:
         """The embeddings are centred as the shipped model centres them, and every speaker's weights start as the
         centroid of its encoder embeddings: before any update the model is the pretrained encoder with centroid
-        scoring, the baseline training has to beat. Summed over every rank's share, so all start the same."""
+        scoring, the baseline training has to beat (the head's half of the embedding is the encoder's until then).
+        Summed over every rank's share, so all start the same."""
         hidden, targets = pool.stacked()
         with torch.no_grad():
-            raw = model.encoder.net.embed(hidden)
+            encoded = model.encoder.net.embed(hidden)
+            raw = torch.cat([encoded, encoded], dim=-1)
             (count,) = ranks.total(len(raw))
             model.embedding_center.copy_(ranks.total_tensor(raw.sum(dim=0)) / count)
             sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
