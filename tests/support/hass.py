@@ -5,7 +5,6 @@ state changes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.daemon import REPO
+from tests.support.follower import Follower
 from tests.support.mosquitto import free_port, kill_group
 
 HASS_VENV = REPO / ".hass-venv"
@@ -195,33 +195,18 @@ async def _authenticate(ws: aiohttp.ClientWebSocketResponse, token: str) -> None
     assert answer["type"] == "auth_ok", answer
 
 
-class StateRecorder:
+class StateRecorder(Follower):
     """Every `state_changed` Home Assistant reports over its websocket, across Home Assistant restarts (it
     reconnects), so a test sees transitions too quick for polling."""
 
+    transient = (aiohttp.ClientError, OSError, AssertionError, TypeError, ValueError)
+    retry_s = 0.5
+    subscribe_timeout_s = 30.0
+
     def __init__(self, hass: HomeAssistant) -> None:
+        super().__init__()
         self.hass = hass
         self.changes: list[StateChange] = []
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
-
-    async def __aenter__(self) -> StateRecorder:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._subscribed.wait(), 30)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError, OSError, AssertionError, TypeError, ValueError):
-                await self._follow()
-            self._subscribed.clear()
-            await asyncio.sleep(0.5)
 
     async def _follow(self) -> None:
         async with aiohttp.ClientSession() as session, session.ws_connect(f"{self.hass.url}/api/websocket") as ws:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import aiomqtt
 
+from tests.support.follower import Follower
+
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 / localhost, made with the openssl CLI."""
@@ -142,51 +144,37 @@ class Received:
     mid: int = 0
 
 
-class Collector:
+class Collector(Follower):
     """Subscribes to `filters` and records every message; reconnects after a broker outage with a persistent
     session (fixed client id, clean_session False) so QoS 1 messages queued by the broker are not lost."""
 
+    transient = (aiomqtt.MqttError,)
+
     def __init__(self, port: int, filters: list[str], client_id: str | None = None) -> None:
+        super().__init__()
         self.port = port
         self.filters = filters
         self.client_id = client_id
         self.messages: list[Received] = []
         self.connects = 0
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
         self._new = asyncio.Event()
 
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._subscribed.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1",
-                    self.port,
-                    identifier=self.client_id,
-                    clean_session=False if self.client_id else None,
-                    keepalive=5,
-                ) as client:
-                    self.connects += 1
-                    for f in self.filters:
-                        await client.subscribe(f, qos=1)
-                    self._subscribed.set()
-                    async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-                        self.messages.append(Received(m.topic.value, payload, bool(m.retain), int(m.qos), int(m.mid)))
-                        self._new.set()
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.1)
+    async def _follow(self) -> None:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            self.port,
+            identifier=self.client_id,
+            clean_session=False if self.client_id else None,
+            keepalive=5,
+        ) as client:
+            self.connects += 1
+            for f in self.filters:
+                await client.subscribe(f, qos=1)
+            self._subscribed.set()
+            async for m in client.messages:
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                self.messages.append(Received(m.topic.value, payload, bool(m.retain), int(m.qos), int(m.mid)))
+                self._new.set()
 
     def on(self, topic: str) -> list[Received]:
         return [m for m in self.messages if m.topic == topic]
