@@ -1,19 +1,15 @@
 """Training: windows -> features -> SpeakerModel, additive-angular-margin cross-entropy at several prefix lengths
 (so the streaming outputs are good early), Adam, class weights, augmentation, validation with early stopping,
-checkpoints and resume, DistributedDataParallel under torchrun."""
+checkpoints and resume (the epoch loop and checkpoints shared with the encoder model's trainer are in
+train.trainer_base), DistributedDataParallel under torchrun."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -21,15 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkidd import SAMPLE_RATE, __version__
+from spkidd import SAMPLE_RATE
 from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
 from spkidd.inference import embed_pieces
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
-from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
+from spkidd.modelfile import ModelBundle, SpeakerNet
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
 from train.calibrate import calibrate_threshold
-from train.distributed import Ranks
 from train.references import ReferenceEmbeddings
+from train.trainer_base import (
+    Best,
+    Calibrated,
+    EpochRecord,
+    Fit,
+    RunState,
+    TrainerBase,
+    TrainResult,
+    class_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,26 +115,6 @@ class Split:
     train_labels: list[int]
     val_audio: list[np.ndarray]
     val_labels: list[int]
-
-
-@dataclass
-class EpochRecord:
-    epoch: int
-    loss: float
-    train_acc: float
-    val_acc: float
-    seconds: float
-    lr: float
-
-
-@dataclass
-class TrainResult:
-    bundle: ModelBundle
-    history: list[EpochRecord] = field(default_factory=list)
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM during training: the last finished epoch's checkpoint is kept, no model is written."""
 
 
 def stratified_split(
@@ -254,33 +239,31 @@ def prefix_steps(n_steps: int, step_s: float) -> list[int]:
     return sorted(i for i in chosen if i >= 0)
 
 
-class Trainer:
-    def __init__(
-        self,
-        settings: TrainSettings,
-        labels: list[str],
-        split: Split,
-        out: Path,
-        data_summary: dict[str, Any],
-        noise_clips: list[np.ndarray] | None = None,
-        progress: Callable[[str, int], Any] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.labels = labels
-        self.split = split
-        self.out = out
-        self.data_summary = data_summary
-        self.noise_clips = noise_clips
-        self.ranks = Ranks.current()
-        self.params = FeatureParams(kind=cast(FeatureKind, settings.features), n_mels=settings.n_mels)
-        self.extractor = FeatureExtractor(self.params)
-        self.rng = np.random.default_rng(settings.seed)
-        torch.manual_seed(settings.seed)
-        self.step_s = settings.frame_stack * self.params.hop_length / SAMPLE_RATE
-        self.checkpoint_path = out.with_name(out.name + ".ckpt")
-        self.progress = progress
+@dataclass
+class Learner:
+    """The scratch network's training objects: the network an epoch runs (under DistributedDataParallel with
+    several processes), the model inside it, how it is updated, and how its input is augmented and weighted."""
+
+    net: nn.Module
+    model: SpeakerModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augmenter: Augmenter | None
+    class_weights: torch.Tensor | None
+
+
+class Trainer(TrainerBase):
+    """The network trained from scratch (`spkidd train --encoder none`)."""
 
     progress_label = "training"
+
+    def _feature_params(self, settings: TrainSettings) -> FeatureParams:
+        return FeatureParams(kind=cast(FeatureKind, settings.features), n_mels=settings.n_mels)
+
+    @property
+    def step_s(self) -> float:
+        """Seconds between the network's outputs."""
+        return self.settings.frame_stack * self.params.hop_length / SAMPLE_RATE
 
     def plan_text(self, plan: TrainSettings) -> str:
         return (
@@ -370,45 +353,49 @@ class Trainer:
                 targets.append(label)
         return torch.tensor(rows), torch.tensor(steps), torch.tensor(targets)
 
-    def _train_epoch(
-        self,
-        net: nn.Module,
-        model: SpeakerModel,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        augmenter: Augmenter | None,
-        class_weights: torch.Tensor | None,
-        margin: float,
-        settings: TrainSettings,
-    ) -> tuple[float, float]:
+    def _batch_inputs(
+        self, batch: list[tuple[int, int, int]], learner: Learner
+    ) -> tuple[torch.Tensor, list[int], list[int]] | None:
+        """Features (augmented), frame counts and speakers of a batch's windows; windows shorter than one output
+        step are dropped, and None when fewer than two are left."""
+        augmenter, k = learner.augmenter, learner.model.config.frame_stack
+        audio, labels = [], []
+        for item, start, length in batch:
+            piece = self.split.train_audio[item][start : start + length]
+            audio.append(augmenter.waveform(piece) if augmenter else piece)
+            labels.append(self.split.train_labels[item])
+        feats, lengths = self._features(audio)
+        usable = [n for n in lengths if n >= k]
+        if len(usable) < len(lengths):
+            keep = [i for i, n in enumerate(lengths) if n >= k]
+            if len(keep) < 2:
+                return None
+            feats, lengths, labels = feats[keep], [lengths[i] for i in keep], [labels[i] for i in keep]
+        if augmenter is not None:
+            feats = augmenter.spec_augment(feats, lengths, learner.model.feature_mean)
+        return feats, lengths, labels
+
+    def _train_epoch(self, learner: Learner, margin: float, settings: TrainSettings) -> tuple[float, float]:
+        net, model, optimizer = learner.net, learner.model, learner.optimizer
         net.train()
         assert settings.batch_size is not None
         batches = self._epoch_windows(settings.batch_size)
         loss_sum, correct, seen, terms = 0.0, 0, 0, 0
         k = model.config.frame_stack
         for batch in batches:
-            audio, labels = [], []
-            for item, start, length in batch:
-                piece = self.split.train_audio[item][start : start + length]
-                audio.append(augmenter.waveform(piece) if augmenter else piece)
-                labels.append(self.split.train_labels[item])
-            feats, lengths = self._features(audio)
-            usable = [n for n in lengths if n >= k]
-            if len(usable) < len(lengths):
-                keep = [i for i, n in enumerate(lengths) if n >= k]
-                if len(keep) < 2:
-                    continue
-                feats, lengths, labels = feats[keep], [lengths[i] for i in keep], [labels[i] for i in keep]
-            if augmenter is not None:
-                feats = augmenter.spec_augment(feats, lengths, model.feature_mean)
+            inputs = self._batch_inputs(batch, learner)
+            if inputs is None:
+                continue
+            feats, lengths, labels = inputs
             rows, steps, targets = self._batch_targets(lengths, labels, k)
             cosine = net(feats, rows, steps)
-            loss = F.cross_entropy(margin_logits(cosine, targets, margin, model.config.scale), targets, class_weights)
+            logits = margin_logits(cosine, targets, margin, model.config.scale)
+            loss = F.cross_entropy(logits, targets, learner.class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             optimizer.step()
-            scheduler.step()
+            learner.scheduler.step()
             loss_sum += float(loss.detach()) * len(targets)
             terms += len(targets)
             final = torch.tensor([i == len(rows) - 1 or rows[i + 1] != rows[i] for i in range(len(rows))])
@@ -424,25 +411,41 @@ class Trainer:
         return window_scores(model, self.extractor, items, item_labels, self.settings.window_s)
 
     # ----- the run -----
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        if not self.ranks.writes:
-            return
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
-
-    def _load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.checkpoint_path.is_file():
-            return None
-        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
-        if state.get("labels") != self.labels:
-            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for other speakers; cannot resume")
-        return state
-
     def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
         settings = self.resolved()
-        assert settings.epochs is not None and settings.batch_size is not None and settings.patience is not None
+        assert settings.epochs is not None and settings.batch_size is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
+        learner, per_epoch = self._learner(settings)
+        fit = self._fit(learner, settings)
+        run = RunState([], Best(-1.0, 0, None))
+        if resume and (resumed := self._resume(learner.model, learner.optimizer, learner.scheduler)) is not None:
+            run = resumed
+            # The resumed epochs' windows come from a generator seeded by where the run resumes.
+            self.rng = np.random.default_rng([settings.seed, run.first_epoch])
+        started = time.monotonic()
+        if self.progress:
+            self.progress("start", per_epoch * settings.epochs)
+            self.progress("advance", per_epoch * (run.first_epoch - 1))
+        self._epochs(fit, run, settings, started, on_epoch)
+        bundle = self._finish_bundle(learner.model, settings, run, started)
+        return TrainResult(bundle=bundle, history=run.history)
+
+    def _learner(self, settings: TrainSettings) -> tuple[Learner, int]:
+        """The network and what trains it, and the optimizer steps of an epoch (the schedule is planned on them;
+        counting them draws one epoch's windows)."""
+        assert settings.epochs is not None and settings.batch_size is not None
+        model = self._new_model(settings)
+        net = self._training_net(model)
+        optimizer = self._optimizer(net, settings)
+        per_epoch = max(1, len(self._epoch_windows(settings.batch_size)))
+        scheduler = self._schedule(optimizer, per_epoch * settings.epochs, per_epoch)
+        counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(np.float64)
+        weights = class_weights(counts, settings.balance)
+        augmenter = Augmenter(AugmentSettings(), self.rng, self.noise_clips) if settings.augment else None
+        return Learner(net, model, optimizer, scheduler, augmenter, weights), per_epoch
+
+    def _new_model(self, settings: TrainSettings) -> SpeakerModel:
+        """A freshly initialised network, normalising its input by the training audio's features."""
         config = ModelConfig(
             n_features=self.params.n_features,
             n_speakers=len(self.labels),
@@ -457,17 +460,27 @@ class Trainer:
         model = SpeakerModel(config)
         mean, std = self.normalization()
         model.set_normalization(mean, std)
-        net: nn.Module = TrainingNet(model)
-        if self.ranks.distributed:
-            net = nn.parallel.DistributedDataParallel(net)
+        return model
+
+    def _training_net(self, model: SpeakerModel) -> nn.Module:
+        """What the epochs run: the model with its margin head, under DistributedDataParallel with several
+        processes."""
+        net = TrainingNet(model)
+        return nn.parallel.DistributedDataParallel(net) if self.ranks.distributed else net
+
+    @staticmethod
+    def _optimizer(net: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
         params = [p for p in net.parameters() if p.requires_grad]
-        optimizer: torch.optim.Optimizer
         if settings.optimizer == "rmsprop":
-            optimizer = torch.optim.RMSprop(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        per_epoch = max(1, len(self._epoch_windows(settings.batch_size)))
-        total_steps = per_epoch * settings.epochs
+            return torch.optim.RMSprop(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+    @staticmethod
+    def _schedule(
+        optimizer: torch.optim.Optimizer, total_steps: int, per_epoch: int
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """A linear warm-up over two epochs or a tenth of the run, whichever is shorter, then a cosine decay to
+        2% of the rate."""
         warmup = min(per_epoch * 2, total_steps // 10 + 1)
         decay_steps = max(1, total_steps - warmup)  # a run of one step has no decay phase
 
@@ -476,165 +489,53 @@ class Trainer:
                 return (step + 1) / warmup
             return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / decay_steps)))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-        counts = np.bincount(self.split.train_labels, minlength=len(self.labels)).astype(np.float64)
-        class_weights = None
-        if settings.balance == "weights" and counts.max() > 1.2 * max(counts.min(), 1):
-            w = 1.0 / np.maximum(counts, 1)
-            class_weights = torch.tensor(w / w.mean(), dtype=torch.float32)
-        augmenter = Augmenter(AugmentSettings(), self.rng, self.noise_clips) if settings.augment else None
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
 
-        history: list[EpochRecord] = []
-        best_acc, best_state, best_epoch, first_epoch = -1.0, None, 0, 1
-        best_quality = (-1.0, -math.inf)
-        wall_before = 0.0
-        if resume:
-            state = self._load_checkpoint()
-            if state is not None:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                history = [EpochRecord(**h) for h in json.loads(state["history"])]
-                best_acc, best_state, best_epoch = state["best_acc"], state["best_model"], state["best_epoch"]
-                best_quality = (state["best_quality"][0], state["best_quality"][1])
-                first_epoch = state["epoch"] + 1
-                wall_before = float(state.get("wall_s", 0.0))
-                self.rng = np.random.default_rng([settings.seed, first_epoch])
-                log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best_acc)
-        has_val = len(self.split.val_audio) > 0
-        start_time = time.monotonic()
-        if self.progress:
-            self.progress("start", per_epoch * settings.epochs)
-            self.progress("advance", per_epoch * (first_epoch - 1))
-        with _interrupts_as_exception():
-            for epoch in range(first_epoch, settings.epochs + 1):
-                t0 = time.monotonic()
-                margin = settings.margin * min(1.0, epoch / 5.0)
-                if augmenter is not None:
-                    augmenter.strength = augmentation_strength(epoch, settings.epochs)
-                loss, train_acc = self._train_epoch(
-                    net, model, optimizer, scheduler, augmenter, class_weights, margin, settings
-                )
-                val_acc = self.validate(model, self.split.val_audio, self.split.val_labels)[0] if has_val else train_acc
-                record = EpochRecord(
-                    epoch, loss, train_acc, val_acc, time.monotonic() - t0, float(scheduler.get_last_lr()[0])
-                )
-                history.append(record)
-                if val_acc > best_acc:
-                    best_acc, best_epoch = val_acc, epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                self._save_checkpoint(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "best_acc": best_acc,
-                        "best_quality": list(best_quality),
-                        "best_epoch": best_epoch,
-                        "best_model": best_state,
-                        "labels": self.labels,
-                        "history": json.dumps([asdict(h) for h in history]),
-                        "wall_s": wall_before + time.monotonic() - start_time,
-                    }
-                )
-                if on_epoch:
-                    on_epoch(record)
-                clean = augmenter is None or augmenter.strength == 0.0
-                if clean and epoch - best_epoch >= settings.patience:
-                    log.info("early stop at epoch %d (best %.4f at epoch %d)", epoch, best_acc, best_epoch)
-                    break
-        assert best_state is not None
-        model.load_state_dict(best_state)
-        model.eval()
+    def _fit(self, learner: Learner, settings: TrainSettings) -> Fit:
+        """The epoch loop's steps for this network: augmentation fades out over the planned epochs, and early
+        stopping waits until it is off; without held-out audio the training accuracy stands in for validation."""
+        epochs, augmenter = settings.epochs, learner.augmenter
+        assert epochs is not None
         val = (self.split.val_audio, self.split.val_labels)
-        weights_acc = self.validate(model, *val)[0] if has_val else float("nan")
-        references = ReferenceEmbeddings.of(model, self.extractor, self.split)
+
+        def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
+            if augmenter is not None:
+                augmenter.strength = augmentation_strength(epoch, epochs)
+            return self._train_epoch(learner, margin, settings)
+
+        return Fit(
+            model=learner.model,
+            optimizer=learner.optimizer,
+            scheduler=learner.scheduler,
+            train_epoch=train_epoch,
+            validate=lambda train_acc: self.validate(learner.model, *val)[0] if val[0] else train_acc,
+            may_stop=lambda: augmenter is None or augmenter.strength == 0.0,
+        )
+
+    def _finish_bundle(
+        self, model: SpeakerModel, settings: TrainSettings, run: RunState, started: float
+    ) -> ModelBundle:
+        """Centroids, the calibrated unknown threshold and the training record."""
+        s = self.split
+        weights_acc = self.validate(model, s.val_audio, s.val_labels)[0] if s.val_audio else float("nan")
+        references = ReferenceEmbeddings.of(model, self.extractor, s)
         references.install(model, len(self.labels), with_held_out=False)
-        centroid_acc, genuine, _ = self.validate(model, *val)
-        log.info("validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, centroid_acc)
-        impostor = self.validate(model, *pseudo_strangers(self.split))[2]
-        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
-        if has_val:
+        calibrated = self._calibrate(model, settings)
+        log.info(
+            "validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, calibrated.centroid_acc
+        )
+        if s.val_audio:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
             references.install(model, len(self.labels), with_held_out=True)
-        bundle = ModelBundle(
-            model=model,
-            labels=self.labels,
-            features=self.params,
-            name=self.out.stem,
-            decision={"min_score": threshold},
-            training={
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "spkidd_version": __version__,
-                "settings": settings.to_dict(),
-                "data": self.data_summary,
-                "best_epoch": best_epoch,
-                "best_val_acc": best_acc,
-                "val_acc_centroids": centroid_acc,
-                "epochs_run": len(history),
-                "wall_s": round(wall_before + time.monotonic() - start_time, 1),
-                "calibration": {
-                    "target_far": settings.target_far,
-                    "val_far": far,
-                    "val_frr": frr,
-                    "impostors": STRANGERS,
-                },
-                "history": [asdict(h) for h in history],
-            },
-            enrollment=self._trained_speakers(),
+        return self._bundle(
+            model, settings, run, run.wall_s(started), calibrated, {}, self._enrollment(s.train_audio, s.train_labels)
         )
-        return TrainResult(bundle=bundle, history=history)
 
-    def _trained_speakers(self) -> dict[str, dict[str, Any]]:
-        seconds = np.zeros(len(self.labels))
-        for audio, label in zip(self.split.train_audio, self.split.train_labels, strict=True):
-            seconds[label] += len(audio) / SAMPLE_RATE
-        return {
-            label: {"source": "training", "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
-        }
-
-    def finish(self, result: TrainResult) -> None:
-        """Writes the model (atomically) and the training curve; removes the checkpoint."""
-        if not self.ranks.writes:
-            return
-        check_writable(self.out)
-        save_model(result.bundle, self.out)
-        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
-        self.checkpoint_path.unlink(missing_ok=True)
-
-
-class _interrupts_as_exception:
-    """Turns Ctrl-C and SIGTERM into TrainingInterrupted between epochs' writes, so checkpoints stay whole."""
-
-    def __enter__(self) -> None:
-        self._old = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._raise)
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
-        signal.signal(signal.SIGTERM, self._old)
-        if kind is KeyboardInterrupt:
-            raise TrainingInterrupted() from value
-
-    @staticmethod
-    def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-
-def plot_history(history: list[EpochRecord], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h.epoch for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h.loss for h in history], color="tab:red")
-    ax_loss.set(title="training loss", xlabel="epoch")
-    ax_acc.plot(epochs, [h.train_acc for h in history], label="train")
-    ax_acc.plot(epochs, [h.val_acc for h in history], label="validation")
-    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    def _calibrate(self, model: SpeakerModel, settings: TrainSettings) -> Calibrated:
+        """The unknown threshold at `target_far` on pseudo-strangers, the genuine scores from held-out audio the
+        installed references do not include."""
+        centroid_acc, genuine, _ = self.validate(model, self.split.val_audio, self.split.val_labels)
+        impostor = self.validate(model, *pseudo_strangers(self.split))[2]
+        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
+        record = {"target_far": settings.target_far, "val_far": far, "val_frr": frr, "impostors": STRANGERS}
+        return Calibrated({"min_score": threshold}, record, centroid_acc)

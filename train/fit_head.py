@@ -12,13 +12,10 @@ threshold is calibrated.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,30 +24,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spkidd import SAMPLE_RATE, __version__
+from spkidd import SAMPLE_RATE
 from spkidd.decide import DecisionSettings
 from spkidd.encoder import GE2E_FEATURES, HIDDEN
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
-from spkidd.features import FeatureExtractor
+from spkidd.features import FeatureParams
 from spkidd.inference import step_scores
-from spkidd.modelfile import ModelBundle, check_writable, save_model
+from spkidd.modelfile import ModelBundle
 from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_min_speech, calibrate_threshold
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
-from train.fit import (
-    STRANGERS,
-    EpochRecord,
-    Split,
-    TrainResult,
-    TrainSettings,
-    _interrupts_as_exception,
-    margin_logits,
-    plot_history,
-    pseudo_strangers,
-    window_scores,
-)
+from train.fit import STRANGERS, Split, TrainSettings, margin_logits, pseudo_strangers, window_scores
 from train.references import ReferenceEmbeddings
+from train.trainer_base import (
+    Best,
+    Calibrated,
+    EpochRecord,
+    Fit,
+    RunState,
+    TrainerBase,
+    TrainResult,
+    class_weights,
+    model_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +63,6 @@ IMPOSTORS = "held-out speech of the other speakers"
 stand-in for strangers: on P2 it calibrated to 0.531 where speed-changed voices gave 0.546. Speed-changed copies of
 synthetic voices that differ mainly in pitch sound like each other to it (a 0.84 threshold that rejected half of a
 household's own held-out sentences), so they are only the fallback when there is no held-out speech."""
-
-
-@dataclass
-class Best:
-    """The best validation so far: accuracy, epoch and the model's tensors then."""
-
-    acc: float
-    epoch: int
-    state: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -141,8 +129,11 @@ class HeadNet(nn.Module):
         return step_cosines(self.model, hidden)
 
 
-class HeadTrainer:
-    """The same interface as train.fit.Trainer, for the encoder model."""
+class HeadTrainer(TrainerBase):
+    """The household GRU on the pretrained encoder (`spkidd train`, the default `--encoder ge2e`)."""
+
+    progress_label = "encoding, then training"
+    checkpoint_encoder = "ge2e"
 
     def __init__(
         self,
@@ -154,22 +145,12 @@ class HeadTrainer:
         noise_clips: list[np.ndarray] | None = None,
         progress: Callable[[str, int], Any] | None = None,
     ) -> None:
-        self.settings = settings
-        self.labels = labels
-        self.split = split
-        self.out = out
-        self.data_summary = data_summary
-        self.noise_clips = noise_clips
-        self.progress = progress
-        self.ranks = Ranks.current()
-        self.params = GE2E_FEATURES
-        self.extractor = FeatureExtractor(self.params)
-        self.rng = np.random.default_rng(settings.seed)
-        torch.manual_seed(settings.seed)
-        self.checkpoint_path = out.with_name(out.name + ".ckpt")
+        """Reads the pretrained encoder's weights now, so that a missing download is reported before the plan."""
+        super().__init__(settings, labels, split, out, data_summary, noise_clips, progress)
         self.encoder_weights = load_weights()
 
-    progress_label = "encoding, then training"
+    def _feature_params(self, settings: TrainSettings) -> FeatureParams:
+        return GE2E_FEATURES
 
     def resolved(self) -> TrainSettings:
         """Fills the `None` settings: the head is small, so epochs are cheap and early stopping decides."""
@@ -322,80 +303,50 @@ class HeadTrainer:
         correct_all, seen_all = self.ranks.total(correct, seen)
         return correct_all / max(1, seen_all)
 
-    # ----- checkpoints -----
-    def _save_checkpoint(self, state: dict[str, Any]) -> None:
-        if not self.ranks.writes:
-            return
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
-
-    def _load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.checkpoint_path.is_file():
-            return None
-        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
-        if state.get("labels") != self.labels or state.get("encoder") != "ge2e":
-            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for another model; cannot resume")
-        return state
-
     # ----- the run -----
     def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
         settings = self.resolved()
-        assert settings.epochs is not None and settings.patience is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
         model = self._new_model(settings)
         started = time.monotonic()
         pools, val_pool = self._pools(model, settings)
         self._start_from_centroids(model, pools[0], self.ranks)
         optimizer = self._optimizer(model, settings)
-        class_weights = self._class_weights(settings)
-        history: list[EpochRecord] = []
-        best = Best(self._validate_steps(model, val_pool), 0, self._head_state(model))
-        first_epoch, wall_before = 1, 0.0
-        if resume and (state := self._load_checkpoint()) is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = [EpochRecord(**h) for h in json.loads(state["history"])]
-            best = Best(state["best_acc"], state["best_epoch"], state["best_model"])
-            first_epoch, wall_before = state["epoch"] + 1, float(state["wall_s"])
-            log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
-        if not history:
-            log.info("pretrained encoder alone: validation accuracy per step %.4f", best.acc)
+        weights = self._class_weights(settings)
+        run = RunState([], Best(self._validate_steps(model, val_pool), 0, model_state(model)))
+        if resume and (resumed := self._resume(model, optimizer, None)) is not None:
+            run = resumed
+        if not run.history:
+            log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
+        fit = self._fit(model, pools, val_pool, optimizer, weights, settings)
+        self._epochs(fit, run, settings, started, on_epoch)
+        bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
+        return TrainResult(bundle=bundle, history=run.history)
+
+    def _fit(
+        self,
+        model: EncoderSpeakerModel,
+        pools: list[EncodedPool],
+        val_pool: EncodedPool,
+        optimizer: torch.optim.Optimizer,
+        weights: torch.Tensor | None,
+        settings: TrainSettings,
+    ) -> Fit:
+        """The epoch loop's steps for the head: each epoch trains on the next pool in turn."""
         net = self._training_net(model)
-        with _interrupts_as_exception():
-            for epoch in range(first_epoch, settings.epochs + 1):
-                t0 = time.monotonic()
-                margin = settings.margin * min(1.0, epoch / 5.0)
-                pool = pools[(epoch - 1) % len(pools)]
-                loss, train_acc = self._train_epoch(net, model, pool, optimizer, class_weights, settings, margin)
-                val_acc = self._validate_steps(model, val_pool)
-                record = EpochRecord(epoch, loss, train_acc, val_acc, time.monotonic() - t0, settings.learning_rate)
-                history.append(record)
-                if val_acc > best.acc:
-                    best = Best(val_acc, epoch, self._head_state(model))
-                self._save_checkpoint(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "best_acc": best.acc,
-                        "best_epoch": best.epoch,
-                        "best_model": best.state,
-                        "labels": self.labels,
-                        "encoder": "ge2e",
-                        "wall_s": wall_before + time.monotonic() - started,
-                        "history": json.dumps([asdict(h) for h in history]),
-                    }
-                )
-                if on_epoch:
-                    on_epoch(record)
-                if epoch - best.epoch >= settings.patience:
-                    log.info("early stop at epoch %d (best %.4f at epoch %d)", epoch, best.acc, best.epoch)
-                    break
-        model.load_state_dict(best.state)
-        model.eval()
-        bundle = self._finish_bundle(model, settings, history, best, wall_before + time.monotonic() - started)
-        return TrainResult(bundle=bundle, history=history)
+
+        def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
+            pool = pools[(epoch - 1) % len(pools)]
+            return self._train_epoch(net, model, pool, optimizer, weights, settings, margin)
+
+        return Fit(
+            model=model,
+            optimizer=optimizer,
+            scheduler=None,
+            train_epoch=train_epoch,
+            validate=lambda _train_acc: self._validate_steps(model, val_pool),
+            may_stop=lambda: True,
+        )
 
     @staticmethod
     def _optimizer(model: EncoderSpeakerModel, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -429,18 +380,12 @@ class HeadTrainer:
             sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
             model.speakers.copy_(F.normalize(ranks.total_tensor(sums), dim=-1))
 
-    @staticmethod
-    def _head_state(model: EncoderSpeakerModel) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
     def _class_weights(self, settings: TrainSettings) -> torch.Tensor | None:
+        """Weights by each speaker's samples of training audio."""
         counts = np.zeros(len(self.labels))
         for audio, label in zip(self.split.train_audio, self.split.train_labels, strict=True):
             counts[label] += len(audio)
-        if settings.balance != "weights" or counts.max() <= 1.2 * max(counts.min(), 1):
-            return None
-        w = 1.0 / np.maximum(counts, 1)
-        return torch.tensor(w / w.mean(), dtype=torch.float32)
+        return class_weights(counts, settings.balance)
 
     def _window_scores(
         self, model: EncoderSpeakerModel, items: list[np.ndarray], labels: list[int], window_s: float
@@ -457,12 +402,9 @@ class HeadTrainer:
             np.concatenate([impostor for _, _, impostor in parts]),
         )
 
-    def _calibrate(
-        self, model: EncoderSpeakerModel, settings: TrainSettings
-    ) -> tuple[dict[str, float], dict[str, Any], float]:
+    def _calibrate(self, model: EncoderSpeakerModel, settings: TrainSettings) -> Calibrated:
         """On held-out speech the references do not include yet: the unknown threshold at `target_far` on
-        impostors, and how much speech the decider waits for before a first name. Returns the decision
-        thresholds, the calibration record and the centroid accuracy on held-out windows."""
+        impostors, and how much speech the decider waits for before a first name."""
         s = self.split
         centroid_acc, genuine, impostor = self._window_scores(model, s.val_audio, s.val_labels, settings.window_s)
         impostors = IMPOSTORS
@@ -487,57 +429,19 @@ class HeadTrainer:
             "impostors": impostors,
             "val_wrong_first": wrong_first,
         }
-        return decision, calibration, centroid_acc
+        return Calibrated(decision, calibration, centroid_acc)
 
     def _finish_bundle(
-        self,
-        model: EncoderSpeakerModel,
-        settings: TrainSettings,
-        history: list[EpochRecord],
-        best: Best,
-        wall_s: float,
+        self, model: EncoderSpeakerModel, settings: TrainSettings, run: RunState, wall_s: float
     ) -> ModelBundle:
-        """Centroids, the calibrated decision thresholds and the training record."""
+        """Centroids, the calibrated decision thresholds and the training record; enrollment counts the
+        held-out audio too, which the shipped references include."""
         s = self.split
         references = ReferenceEmbeddings.of(model, self.extractor, s, self.ranks)
         references.install(model, len(self.labels), with_held_out=False)
-        decision, calibration, centroid_acc = self._calibrate(model, settings)
+        calibrated = self._calibrate(model, settings)
         if s.val_audio:
             references.install(model, len(self.labels), with_held_out=True)
-        seconds = np.zeros(len(self.labels))
-        for audio, label in zip(s.train_audio + s.val_audio, s.train_labels + s.val_labels, strict=True):
-            seconds[label] += len(audio) / SAMPLE_RATE
-        return ModelBundle(
-            model=model,
-            labels=self.labels,
-            features=self.params,
-            name=self.out.stem,
-            decision=decision,
-            training={
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "spkidd_version": __version__,
-                "encoder": "ge2e (resemblyzer 0.1.4 weights, Apache-2.0)",
-                "settings": settings.to_dict(),
-                "data": self.data_summary,
-                "best_epoch": best.epoch,
-                "best_val_acc": best.acc,
-                "val_acc_centroids": centroid_acc,
-                "epochs_run": len(history),
-                "wall_s": round(wall_s, 1),
-                "calibration": calibration,
-                "history": [asdict(h) for h in history],
-            },
-            enrollment={
-                label: {"source": "training", "seconds": round(float(seconds[i]), 2)}
-                for i, label in enumerate(self.labels)
-            },
-        )
-
-    def finish(self, result: TrainResult) -> None:
-        """Writes the model (atomically) and the training curve; removes the checkpoint."""
-        if not self.ranks.writes:
-            return
-        check_writable(self.out)
-        save_model(result.bundle, self.out)
-        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
-        self.checkpoint_path.unlink(missing_ok=True)
+        about = {"encoder": "ge2e (resemblyzer 0.1.4 weights, Apache-2.0)"}
+        enrollment = self._enrollment(s.train_audio + s.val_audio, s.train_labels + s.val_labels)
+        return self._bundle(model, settings, run, wall_s, calibrated, about, enrollment)

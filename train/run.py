@@ -24,9 +24,10 @@ from rich.table import Table
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from train.data import Row, discover, speaker_counts
-from train.fit import EpochRecord, Split, Trainer, TrainSettings, stratified_split
+from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
+from train.trainer_base import EpochRecord, TrainerBase, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,6 @@ def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) ->
 
 def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console | None = None) -> int:
     """Returns the process exit code: 0 written, 130 interrupted (checkpoint kept)."""
-    from train.fit import TrainingInterrupted
-
     console = console or Console(stderr=True, soft_wrap=True)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
@@ -136,7 +135,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
         f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
         f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
     )
-    trainer_class = HeadTrainer if settings.encoder == "ge2e" else Trainer
+    trainer_class: type[TrainerBase] = HeadTrainer if settings.encoder == "ge2e" else Trainer
     noise = _noise_clips(inputs.noise_dir, cache, console)
     trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
     console.print(trainer.plan_text(trainer.resolved()))

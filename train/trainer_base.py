@@ -1,0 +1,343 @@
+"""What both trainers share: their inputs, the epoch loop (train, validate, keep the best, checkpoint, stop early),
+checkpoints and resume, Ctrl-C between epochs, and the model file's training record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from spkidd import SAMPLE_RATE, __version__
+from spkidd.features import FeatureExtractor, FeatureParams
+from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
+from train.distributed import Ranks
+
+if TYPE_CHECKING:
+    from train.fit import Split, TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    train_acc: float
+    val_acc: float
+    seconds: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM during training: the last finished epoch's checkpoint is kept, no model is written."""
+
+
+@dataclass
+class Best:
+    """The best validation so far: accuracy, epoch and the model's tensors then (none before the first epoch of
+    the scratch network, which has no model worth keeping yet)."""
+
+    acc: float
+    epoch: int
+    state: dict[str, torch.Tensor] | None
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the finished epochs, the best of them, the next epoch, and the seconds spent before a
+    resume (the recorded training time counts them)."""
+
+    history: list[EpochRecord]
+    best: Best
+    first_epoch: int = 1
+    wall_before: float = 0.0
+
+    def wall_s(self, started: float) -> float:
+        return self.wall_before + time.monotonic() - started
+
+
+@dataclass
+class Fit:
+    """What the epoch loop drives: the model, its optimizer and learning-rate schedule (checkpointed every epoch),
+    and the trainer's own steps."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    train_epoch: Callable[[int, float], tuple[float, float]]
+    """(epoch, margin) -> (loss, training accuracy)."""
+    validate: Callable[[float], float]
+    """The training accuracy -> the validation accuracy."""
+    may_stop: Callable[[], bool]
+    """Whether early stopping may end the run now."""
+
+
+@dataclass
+class Calibrated:
+    """The decision thresholds calibrated on held-out speech, how they were found, and the held-out accuracy of
+    centroid scoring."""
+
+    decision: dict[str, float]
+    record: dict[str, Any]
+    centroid_acc: float
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's tensors, which later updates leave as they are."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def class_weights(counts: np.ndarray, balance: str) -> torch.Tensor | None:
+    """Cross-entropy weights inverse to each speaker's share of `counts`, when `balance` asks for weights and the
+    speakers are uneven enough (the largest more than 1.2 times the smallest) to need them."""
+    if balance != "weights" or counts.max() <= 1.2 * max(counts.min(), 1):
+        return None
+    w = 1.0 / np.maximum(counts, 1)
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+class TrainerBase(ABC):
+    """The shared half of train.fit.Trainer and train.fit_head.HeadTrainer; `spkidd train` (train.run) drives
+    either through resolved(), plan_text(), progress_label, run() and finish()."""
+
+    progress_label: ClassVar[str]
+    checkpoint_encoder: ClassVar[str | None] = None
+    """Written into checkpoints and required of the one resumed, so one trainer refuses the other's."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        labels: list[str],
+        split: Split,
+        out: Path,
+        data_summary: dict[str, Any],
+        noise_clips: list[np.ndarray] | None = None,
+        progress: Callable[[str, int], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.labels = labels
+        self.split = split
+        self.out = out
+        self.data_summary = data_summary
+        self.noise_clips = noise_clips
+        self.progress = progress
+        self.ranks = Ranks.current()
+        self.params = self._feature_params(settings)
+        self.extractor = FeatureExtractor(self.params)
+        self.rng = np.random.default_rng(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.checkpoint_path = out.with_name(out.name + ".ckpt")
+
+    @abstractmethod
+    def _feature_params(self, settings: TrainSettings) -> FeatureParams:
+        """What the model's input features are."""
+
+    @abstractmethod
+    def resolved(self) -> TrainSettings:
+        """The settings with every `None` chosen."""
+
+    @abstractmethod
+    def plan_text(self, plan: TrainSettings) -> str:
+        """One line on what the run will do, for the person who started it."""
+
+    @abstractmethod
+    def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+        """Trains (from the checkpoint when `resume`) and returns the model file's contents."""
+
+    # ----- epochs -----
+    def _epochs(
+        self,
+        fit: Fit,
+        run: RunState,
+        settings: TrainSettings,
+        started: float,
+        on_epoch: Callable[[EpochRecord], None] | None,
+    ) -> None:
+        """Epochs from `run.first_epoch`, each checkpointed, until the planned number or `patience` epochs
+        without a better validation; leaves the model at its best epoch."""
+        assert settings.epochs is not None and settings.patience is not None
+        with _interrupts_as_exception():
+            for epoch in range(run.first_epoch, settings.epochs + 1):
+                record = self._epoch(fit, epoch, settings)
+                run.history.append(record)
+                if record.val_acc > run.best.acc:
+                    run.best = Best(record.val_acc, epoch, model_state(fit.model))
+                self._save_checkpoint(self._checkpoint(fit, run, epoch, started))
+                if on_epoch:
+                    on_epoch(record)
+                best = run.best
+                if fit.may_stop() and epoch - best.epoch >= settings.patience:
+                    log.info("early stop at epoch %d (best %.4f at epoch %d)", epoch, best.acc, best.epoch)
+                    break
+        assert run.best.state is not None
+        fit.model.load_state_dict(run.best.state)
+        fit.model.eval()
+
+    @staticmethod
+    def _epoch(fit: Fit, epoch: int, settings: TrainSettings) -> EpochRecord:
+        """One epoch trained and validated; the margin grows to its full size over the first five epochs."""
+        t0 = time.monotonic()
+        margin = settings.margin * min(1.0, epoch / 5.0)
+        loss, train_acc = fit.train_epoch(epoch, margin)
+        val_acc = fit.validate(train_acc)
+        lr = float(fit.scheduler.get_last_lr()[0]) if fit.scheduler is not None else settings.learning_rate
+        return EpochRecord(epoch, loss, train_acc, val_acc, time.monotonic() - t0, lr)
+
+    # ----- checkpoints -----
+    def _checkpoint(self, fit: Fit, run: RunState, epoch: int, started: float) -> dict[str, Any]:
+        state: dict[str, Any] = {"model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict()}
+        if fit.scheduler is not None:
+            state["scheduler"] = fit.scheduler.state_dict()
+        return state | {
+            "epoch": epoch,
+            "best_acc": run.best.acc,
+            "best_epoch": run.best.epoch,
+            "best_model": run.best.state,
+            "labels": self.labels,
+            "encoder": self.checkpoint_encoder,
+            "history": json.dumps([asdict(h) for h in run.history]),
+            "wall_s": run.wall_s(started),
+        }
+
+    def _save_checkpoint(self, state: dict[str, Any]) -> None:
+        if not self.ranks.writes:
+            return
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
+        if state.get("labels") != self.labels or state.get("encoder") != self.checkpoint_encoder:
+            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for another model; cannot resume")
+        return state
+
+    def _resume(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ) -> RunState | None:
+        """The model, optimizer and schedule as the checkpoint left them, and where the run stood; None without
+        a checkpoint."""
+        state = self._load_checkpoint()
+        if state is None:
+            return None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history = [EpochRecord(**h) for h in json.loads(state["history"])]
+        best = Best(state["best_acc"], state["best_epoch"], state["best_model"])
+        log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
+        return RunState(history, best, state["epoch"] + 1, float(state.get("wall_s", 0.0)))
+
+    # ----- the model file -----
+    def _enrollment(self, audio: list[np.ndarray], labels: list[int]) -> dict[str, dict[str, Any]]:
+        """Every speaker's seconds of `audio`, recorded as its enrollment from training."""
+        seconds = np.zeros(len(self.labels))
+        for clip, label in zip(audio, labels, strict=True):
+            seconds[label] += len(clip) / SAMPLE_RATE
+        return {
+            label: {"source": "training", "seconds": round(float(seconds[i]), 2)} for i, label in enumerate(self.labels)
+        }
+
+    def _bundle(
+        self,
+        model: SpeakerNet,
+        settings: TrainSettings,
+        run: RunState,
+        wall_s: float,
+        calibrated: Calibrated,
+        about: dict[str, Any],
+        enrollment: dict[str, dict[str, Any]],
+    ) -> ModelBundle:
+        """The model file's contents: the model, its decision thresholds and the training record (`about` names
+        what the model was built on, for the encoder model its encoder)."""
+        return ModelBundle(
+            model=model,
+            labels=self.labels,
+            features=self.params,
+            name=self.out.stem,
+            decision=calibrated.decision,
+            training={
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "spkidd_version": __version__,
+                **about,
+                "settings": settings.to_dict(),
+                "data": self.data_summary,
+                "best_epoch": run.best.epoch,
+                "best_val_acc": run.best.acc,
+                "val_acc_centroids": calibrated.centroid_acc,
+                "epochs_run": len(run.history),
+                "wall_s": round(wall_s, 1),
+                "calibration": calibrated.record,
+                "history": [asdict(h) for h in run.history],
+            },
+            enrollment=enrollment,
+        )
+
+    def finish(self, result: TrainResult) -> None:
+        """Writes the model (atomically) and the training curve; removes the checkpoint."""
+        if not self.ranks.writes:
+            return
+        check_writable(self.out)
+        save_model(result.bundle, self.out)
+        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
+        self.checkpoint_path.unlink(missing_ok=True)
+
+
+class _interrupts_as_exception:
+    """Turns Ctrl-C and SIGTERM into TrainingInterrupted between epochs' writes, so checkpoints stay whole."""
+
+    def __enter__(self) -> None:
+        self._old = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._raise)
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: Any) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+        if kind is KeyboardInterrupt:
+            raise TrainingInterrupted() from value
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+
+def plot_history(history: list[EpochRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h.loss for h in history], color="tab:red")
+    ax_loss.set(title="training loss", xlabel="epoch")
+    ax_acc.plot(epochs, [h.train_acc for h in history], label="train")
+    ax_acc.plot(epochs, [h.val_acc for h in history], label="validation")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
