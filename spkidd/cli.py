@@ -65,6 +65,9 @@ def train(
     head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
     pools: int = typer.Option(2, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
     tune_top: bool = typer.Option(False, help="ge2e: train the encoder's top layer too (the LSTM stays frozen)."),
+    denoise: bool = typer.Option(
+        False, help="ge2e: subtract the noise floor (fans, a street) before the encoder: for noisy homes."
+    ),
     label_pattern: str | None = typer.Option(
         None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>[a-z]+)_'."
     ),
@@ -88,7 +91,9 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
     target_far: float = typer.Option(
-        0.05, help="False-accept rate the unknown-speaker threshold is calibrated to (on speed-changed voices)."
+        0.05,
+        help="False-accept rate the unknown-speaker threshold is calibrated to (on held-out speech of the other "
+        "speakers, or speed-changed voices without it).",
     ),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     cache_dir: Path | None = typer.Option(None, help="Decoded-audio cache (default ~/.cache/spkidd/audio)."),
@@ -110,6 +115,7 @@ def train(
             head_hidden=head_hidden,
             pools=pools,
             tune_top=tune_top,
+            denoise=denoise,
             window_s=window,
             epochs=epochs,
             patience=patience,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkidd.denoise import NoiseFloor, subtract_floor
 from spkidd.features import FeatureParams
 
 GE2E_FEATURES = FeatureParams(kind="melpower", mel_scale="slaney", fmin=0.0, fmax=8000.0)
@@ -43,12 +44,13 @@ WEIGHT_NAMES = tuple(
 @dataclass
 class EncoderState:
     """Per stream (batch rows b): every window's LSTM state, rows b * windows + j; frames seen; the running sum
-    of frame mean squares (for the loudness gain)."""
+    of frame mean squares (for the loudness gain); the noise floor."""
 
     h: torch.Tensor
     c: torch.Tensor
     frames: torch.Tensor
     mean_square_sum: torch.Tensor
+    noise: NoiseFloor
 
 
 class GE2E(nn.Module):
@@ -71,7 +73,7 @@ class GE2E(nn.Module):
 class RollingEncoder(nn.Module):
     """GE2E in `windows` staggered windows of `window_frames` frames; per-frame embeddings of the oldest window."""
 
-    def __init__(self, window_frames: int = 200, windows: int = 2) -> None:
+    def __init__(self, window_frames: int = 200, windows: int = 2, denoise: bool = False) -> None:
         super().__init__()
         if windows < 1 or window_frames % windows:
             raise ValueError("window_frames must be a multiple of the number of windows")
@@ -79,6 +81,7 @@ class RollingEncoder(nn.Module):
         self.window_frames = window_frames
         self.windows = windows
         self.restart_every = window_frames // windows
+        self.denoise = denoise
 
     def initial_state(self, batch: int = 1) -> EncoderState:
         rows = batch * self.windows
@@ -87,16 +90,24 @@ class RollingEncoder(nn.Module):
             c=torch.zeros(LAYERS, rows, HIDDEN),
             frames=torch.zeros(batch, dtype=torch.long),
             mean_square_sum=torch.zeros(batch, dtype=torch.float64),
+            noise=NoiseFloor.initial(batch, MEL_BANDS),
         )
 
-    def _normalized_mels(self, frames: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mel power with the causal loudness gain applied, and the new running sum of mean squares."""
+    def _normalized_mels(
+        self, frames: torch.Tensor, state: EncoderState
+    ) -> tuple[torch.Tensor, torch.Tensor, NoiseFloor]:
+        """Mel power without the noise floor (spkidd.denoise) and with the causal loudness gain applied; the new
+        running sum of mean squares (of what is left after the floor) and the new noise floor."""
         n = frames.shape[1]
-        mean_square = frames[..., MEL_BANDS].double()
+        mels, mean_square, noise = frames[..., :MEL_BANDS], frames[..., MEL_BANDS].double(), state.noise
+        if self.denoise:
+            cleaned, noise = subtract_floor(mels, state.frames, state.noise)
+            kept = cleaned.sum(dim=-1) / torch.clamp(mels.sum(dim=-1), min=1e-12)
+            mels, mean_square = cleaned, mean_square * kept.double()
         running = state.mean_square_sum[:, None] + torch.cumsum(mean_square, dim=1)
         seen = state.frames[:, None] + torch.arange(1, n + 1)
         gain = torch.clamp(TARGET_MEAN_SQUARE / torch.clamp(running / seen, min=1e-12), 1.0, MAX_POWER_GAIN)
-        return frames[..., :MEL_BANDS] * gain.float()[..., None], running[:, -1]
+        return mels * gain.float()[..., None], running[:, -1], noise
 
     def _window_ages(self, frames_before: torch.Tensor, n: int) -> torch.Tensor:
         """(B, windows, n): frames each window has seen after each new frame (0 = not started yet)."""
@@ -115,7 +126,7 @@ class RollingEncoder(nn.Module):
         top layer is tuned too."""
         b, n, _ = frames.shape
         w = self.windows
-        mels, mean_square_sum = self._normalized_mels(frames, state)
+        mels, mean_square_sum, noise = self._normalized_mels(frames, state)
         ages = self._window_ages(state.frames, n)
         restarts = (ages == 1).reshape(b * w, n)
         x = mels.repeat_interleave(w, dim=0)
@@ -130,7 +141,7 @@ class RollingEncoder(nn.Module):
         hidden = torch.cat(outputs, dim=1).reshape(b, w, n, HIDDEN)
         oldest = ages.argmax(dim=1)
         chosen = hidden.gather(1, oldest[:, None, :, None].expand(b, 1, n, HIDDEN))[:, 0]
-        new_state = EncoderState(h=h, c=c, frames=state.frames + n, mean_square_sum=mean_square_sum)
+        new_state = EncoderState(h=h, c=c, frames=state.frames + n, mean_square_sum=mean_square_sum, noise=noise)
         return chosen, new_state
 
     def batch_states(self, states: list[EncoderState]) -> EncoderState:
@@ -139,6 +150,7 @@ class RollingEncoder(nn.Module):
             c=torch.cat([s.c for s in states], dim=1),
             frames=torch.cat([s.frames for s in states]),
             mean_square_sum=torch.cat([s.mean_square_sum for s in states]),
+            noise=NoiseFloor.batch([s.noise for s in states]),
         )
 
     def unbatch_state(self, state: EncoderState) -> list[EncoderState]:
@@ -149,6 +161,7 @@ class RollingEncoder(nn.Module):
                 c=state.c[:, i * w : (i + 1) * w],
                 frames=state.frames[i : i + 1],
                 mean_square_sum=state.mean_square_sum[i : i + 1],
+                noise=state.noise.row(i),
             )
             for i in range(state.frames.shape[0])
         ]

@@ -36,6 +36,8 @@ class EncoderModelConfig:
     head_hidden: int = 128
     dropout: float = 0.1
     scale: float = 30.0
+    denoise: bool = False
+    """Subtract the noise floor before the encoder (spkidd.denoise; `spkidd train --denoise`)."""
 
     def __post_init__(self) -> None:
         if self.kind != "ge2e":
@@ -46,6 +48,8 @@ class EncoderModelConfig:
             raise ValueError("window_frames must be 20-400 and a multiple of windows (1-8)")
         if not 1 <= self.step_frames <= 50 or not 1 <= self.head_hidden <= 1024 or not 1 <= self.n_speakers <= 100000:
             raise ValueError("step_frames, head_hidden or n_speakers out of range")
+        if not isinstance(self.denoise, bool):
+            raise ValueError("denoise must be true or false")
 
     @property
     def frame_stack(self) -> int:
@@ -86,7 +90,7 @@ class EncoderSpeakerModel(CosineScoring):
         self.config = config
         self.scale = config.scale
         c = config
-        self.encoder = RollingEncoder(c.window_frames, c.windows)
+        self.encoder = RollingEncoder(c.window_frames, c.windows, c.denoise)
         self.gru = nn.GRU(HIDDEN, c.head_hidden, batch_first=True)
         self.dropout = nn.Dropout(c.dropout)
         self.adapt = nn.Linear(HIDDEN, HIDDEN)

@@ -41,9 +41,10 @@ def test_every_frame_comes_from_the_oldest_window_restarted_from_zero() -> None:
             assert torch.allclose(rolled[0, t], fresh[0], atol=1e-5), t
 
 
-def _model_with_a_working_head(n_speakers: int = 4) -> EncoderSpeakerModel:
+def _model_with_a_working_head(n_speakers: int = 4, denoise: bool = False) -> EncoderSpeakerModel:
     torch.manual_seed(1)
-    model = EncoderSpeakerModel(EncoderModelConfig(n_speakers=n_speakers, window_frames=40, windows=2))
+    config = EncoderModelConfig(n_speakers=n_speakers, window_frames=40, windows=2, denoise=denoise)
+    model = EncoderSpeakerModel(config)
     with torch.no_grad():
         model.adapt.weight.normal_(0, 0.05)
         model.from_gru.weight.normal_(0, 0.2)
@@ -58,8 +59,10 @@ def _with_pauses(frames: torch.Tensor, *spans: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def test_streaming_steps_equal_the_offline_pass() -> None:
-    model = _model_with_a_working_head()
+@pytest.mark.parametrize("denoise", [False, True])
+def test_streaming_steps_equal_the_offline_pass(denoise: bool) -> None:
+    """With the noise floor subtracted too: the pauses set a floor that later steps subtract."""
+    model = _model_with_a_working_head(denoise=denoise)
     frames = _with_pauses(_frames(333, seed=3), (0, 12), (120, 170), (290, 333))
     with torch.no_grad():
         offline = model.output(model.embed_sequence(frames)).probs
@@ -77,8 +80,9 @@ def test_streaming_steps_equal_the_offline_pass() -> None:
     assert state.steps == 66 and state.pending.shape[1] == 3
 
 
-def test_streams_batched_at_different_phases_equal_each_stream_alone() -> None:
-    model = _model_with_a_working_head()
+@pytest.mark.parametrize("denoise", [False, True])
+def test_streams_batched_at_different_phases_equal_each_stream_alone(denoise: bool) -> None:
+    model = _model_with_a_working_head(denoise=denoise)
     a, b = _with_pauses(_frames(120, seed=4), (50, 80)), _with_pauses(_frames(120, seed=5), (0, 10), (90, 120))
     with torch.no_grad():
         alone_a = model.embed_sequence(a)

@@ -161,7 +161,8 @@ class HeadTrainer(TrainerBase):
         return (
             f"plan: up to {plan.epochs} epochs (patience {plan.patience}), GE2E encoder (frozen) in {plan.windows} "
             f"windows of {plan.window_frames / 100:g} s{' (top layer tuned)' if plan.tune_top else ''}, "
-            f"GRU head {plan.head_hidden}, {plan.pools} encoded pools, "
+            f"{'noise floor subtracted, ' if plan.denoise else ''}GRU head {plan.head_hidden}, "
+            f"{plan.pools} encoded pools, "
             f"augmentation {'on' if plan.augment else 'off'}"
         )
 
@@ -174,6 +175,7 @@ class HeadTrainer(TrainerBase):
             step_frames=settings.step_frames,
             head_hidden=settings.head_hidden,
             scale=settings.scale,
+            denoise=settings.denoise,
         )
         model = EncoderSpeakerModel(config)
         model.load_encoder(self.encoder_weights)
