@@ -3,8 +3,7 @@
 A partial name is given only after consistent evidence: the same speaker must be the top candidate, with a cosine
 score above the absolute threshold, enough probability and margin, for `stable_steps` consecutive steps after
 `min_speech_s` of speech. Every threshold but the evidence run holds for finals too (the softmax alone cannot say
-"none of the enrolled speakers"), unless the utterance's partials already named its top speaker; a tie names
-nobody.
+"none of the enrolled speakers"), and a tie names nobody.
 """
 
 from __future__ import annotations
@@ -115,11 +114,6 @@ def answer(settings: DecisionSettings, scale: float, scores: np.ndarray, probs: 
     return index, False, min(UNKNOWN_CONFIDENCE_CAP, max(below, 1.0 - float(probs[index])))
 
 
-def _clear_top(probs: np.ndarray, index: int) -> bool:
-    """`index` is ahead of every other speaker (not tied)."""
-    return bool((np.delete(probs, index) < probs[index]).all())
-
-
 class Decider:
     """Decisions for the utterances of one source, one utterance at a time."""
 
@@ -184,17 +178,12 @@ class Decider:
 
     def finish(self, end_s: float, speech_s: float, *, long_enough: bool) -> list[Identification]:
         """The final word on the utterance: its top speaker if the last step passes every threshold (the same as a
-        partial's), or if the last step falls short but its top speaker is the one this utterance's partials
-        named; else unknown. The end of an utterance (a fading voice, the gate's hangover) is weaker evidence than
-        the steps that named the speaker, and "alice" then "unknown" for the same voice reads as a contradiction;
-        a different top speaker at the end still gives unknown. Nothing is said when the utterance was too short or
-        the model never produced a step."""
+        partial's), else unknown. Nothing is said when the utterance was too short or the model never produced a
+        step."""
         if not long_enough or self._last is None:
             return []
         scores, probs = self._last
         index, named, confidence = answer(self.settings, self.scale, scores, probs)
-        if not named and self._current == self.labels[index] and _clear_top(probs, index):
-            named, confidence = True, float(probs[index])
         if not named:
             return [self._event("unknown", UNKNOWN, probs, index, True, end_s, speech_s, confidence)]
         return [self._event("final", self.labels[index], probs, index, True, end_s, speech_s, confidence)]

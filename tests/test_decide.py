@@ -142,25 +142,6 @@ def test_a_final_obeys_min_confidence_like_a_partial() -> None:
     assert [(e.event_type, e.speaker) for e in events] == [("unknown", "unknown")]
 
 
-def test_a_fading_end_keeps_the_name_the_partials_gave() -> None:
-    """The last step falls under the score threshold, but its top speaker is the one named during the utterance."""
-    fading = [speaker(0)] * 5 + [speaker(0, score=0.3, prob=0.7)] * 3
-    events = run(LOOSE, fading)
-    assert [(e.event_type, e.speaker) for e in events] == [("identified", "alice"), ("final", "alice")]
-    assert events[-1].confidence == pytest.approx(0.7)
-
-
-def test_a_different_voice_at_the_end_is_not_given_the_partial_s_name() -> None:
-    other_at_the_end = [speaker(0)] * 5 + [speaker(1, score=0.3, prob=0.7)] * 3
-    events = run(LOOSE, other_at_the_end)
-    assert [(e.event_type, e.speaker) for e in events] == [("identified", "alice"), ("unknown", "unknown")]
-
-
-def test_without_a_partial_name_a_weak_end_is_unknown() -> None:
-    events = run(LOOSE, [speaker(0, score=0.3, prob=0.7)] * 8)
-    assert [(e.event_type, e.speaker) for e in events] == [("unknown", "unknown")]
-
-
 def test_a_tie_names_nobody_even_without_a_margin() -> None:
     tie = ([0.8, 0.8, 0.1], [0.45, 0.45, 0.1])
     events = run(LOOSE, [tie] * 6)
