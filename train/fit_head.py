@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_min_speech, calibrate_threshold
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
-from train.fit import STRANGERS, Split, TrainSettings, margin_logits, pseudo_strangers, window_scores
+from train.fit import STRANGERS, TrainSettings, margin_logits, pseudo_strangers, window_scores
 from train.references import ReferenceEmbeddings
 from train.trainer_base import (
     Best,
@@ -135,18 +134,10 @@ class HeadTrainer(TrainerBase):
     progress_label = "encoding, then training"
     checkpoint_encoder = "ge2e"
 
-    def __init__(
-        self,
-        settings: TrainSettings,
-        labels: list[str],
-        split: Split,
-        out: Path,
-        data_summary: dict[str, Any],
-        noise_clips: list[np.ndarray] | None = None,
-        progress: Callable[[str, int], Any] | None = None,
-    ) -> None:
-        """Reads the pretrained encoder's weights now, so that a missing download is reported before the plan."""
-        super().__init__(settings, labels, split, out, data_summary, noise_clips, progress)
+    encoder_weights: dict[str, torch.Tensor]
+
+    def _read_inputs(self) -> None:
+        """The pretrained encoder's weights: a missing download is reported before the plan."""
         self.encoder_weights = load_weights()
 
     def _feature_params(self, settings: TrainSettings) -> FeatureParams:

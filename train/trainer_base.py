@@ -145,6 +145,12 @@ class TrainerBase(ABC):
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
         self.checkpoint_path = out.with_name(out.name + ".ckpt")
+        self._read_inputs()
+
+    def _read_inputs(self) -> None:
+        """Reads what the run needs besides the data (nothing here), before the plan is printed, so that a missing
+        file is reported at once."""
+        return
 
     @abstractmethod
     def _feature_params(self, settings: TrainSettings) -> FeatureParams:
