@@ -173,14 +173,37 @@ def cut_windows(
     return out_audio, out_labels
 
 
+@dataclass
+class WindowScores:
+    """Held-out windows: how many the model named right, and each window's genuine and best-impostor score (what
+    the unknown threshold is calibrated on)."""
+
+    correct: int
+    genuine: np.ndarray
+    impostor: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.genuine.size if self.genuine.size else float("nan")
+
+    @staticmethod
+    def joined(parts: list[WindowScores]) -> WindowScores:
+        """Several shares' windows as one (the processes of a distributed run)."""
+        return WindowScores(
+            sum(p.correct for p in parts),
+            np.concatenate([p.genuine for p in parts]),
+            np.concatenate([p.impostor for p in parts]),
+        )
+
+
 def window_scores(
     model: SpeakerNet, extractor: FeatureExtractor, items: list[np.ndarray], item_labels: list[int], window_s: float
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Accuracy on windows of `items`, with genuine and best-impostor cosine scores for calibration."""
+) -> WindowScores:
+    """The windows of `items` scored as the shipped model scores them."""
     model.eval()
     audio, labels = cut_windows(items, item_labels, window_s)
     if not audio:
-        return float("nan"), np.zeros(0), np.zeros(0)
+        return WindowScores(0, np.zeros(0), np.zeros(0))
     with torch.no_grad():
         output = model.output(torch.from_numpy(embed_pieces(model, extractor, audio)))
     target = torch.tensor(labels)
@@ -188,7 +211,7 @@ def window_scores(
     scores = output.scores
     genuine = scores.gather(1, target[:, None])[:, 0].numpy()
     impostor = scores.scatter(1, target[:, None], -2.0).max(1).values.numpy()
-    return correct / len(audio), genuine, impostor
+    return WindowScores(correct, genuine, impostor)
 
 
 STRANGERS = f"every voice at {' or '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed"
@@ -408,9 +431,7 @@ class Trainer(TrainerBase):
                 self.progress("batch", 1)
         return loss_sum / max(1, terms), correct / max(1, seen)
 
-    def validate(
-        self, model: SpeakerModel, items: list[np.ndarray], item_labels: list[int]
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def validate(self, model: SpeakerModel, items: list[np.ndarray], item_labels: list[int]) -> WindowScores:
         return window_scores(model, self.extractor, items, item_labels, self.settings.window_s)
 
     # ----- the run -----
@@ -511,7 +532,7 @@ class Trainer(TrainerBase):
             optimizer=learner.optimizer,
             scheduler=learner.scheduler,
             train_epoch=train_epoch,
-            validate=lambda train_acc: self.validate(learner.model, *val)[0] if val[0] else train_acc,
+            validate=lambda train_acc: self.validate(learner.model, *val).accuracy if val[0] else train_acc,
             may_stop=lambda: augmenter is None or augmenter.strength == 0.0,
         )
 
@@ -520,7 +541,7 @@ class Trainer(TrainerBase):
     ) -> ModelBundle:
         """Centroids, the calibrated unknown threshold and the training record."""
         s = self.split
-        weights_acc = self.validate(model, s.val_audio, s.val_labels)[0] if s.val_audio else float("nan")
+        weights_acc = self.validate(model, s.val_audio, s.val_labels).accuracy if s.val_audio else float("nan")
         references = ReferenceEmbeddings.of(model, self.extractor, s)
         references.install(model, len(self.labels), with_held_out=False)
         calibrated = self._calibrate(model, settings)
@@ -537,8 +558,8 @@ class Trainer(TrainerBase):
     def _calibrate(self, model: SpeakerModel, settings: TrainSettings) -> Calibrated:
         """The unknown threshold at `target_far` on pseudo-strangers, the genuine scores from held-out audio the
         installed references do not include."""
-        centroid_acc, genuine, _ = self.validate(model, self.split.val_audio, self.split.val_labels)
-        impostor = self.validate(model, *pseudo_strangers(self.split))[2]
-        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
+        held_out = self.validate(model, self.split.val_audio, self.split.val_labels)
+        impostor = self.validate(model, *pseudo_strangers(self.split)).impostor
+        threshold, far, frr = calibrate_threshold(held_out.genuine, impostor, settings.target_far)
         record = {"target_far": settings.target_far, "val_far": far, "val_frr": frr, "impostors": STRANGERS}
-        return Calibrated({"min_score": threshold}, record, centroid_acc)
+        return Calibrated({"min_score": threshold}, record, held_out.accuracy)

@@ -34,7 +34,7 @@ from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_min_speech, calibrate_threshold
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
-from train.fit import STRANGERS, TrainSettings, margin_logits, pseudo_strangers, window_scores
+from train.fit import STRANGERS, TrainSettings, WindowScores, margin_logits, pseudo_strangers, window_scores
 from train.references import ReferenceEmbeddings
 from train.trainer_base import (
     Best,
@@ -382,29 +382,23 @@ class HeadTrainer(TrainerBase):
 
     def _window_scores(
         self, model: EncoderSpeakerModel, items: list[np.ndarray], labels: list[int], window_s: float
-    ) -> tuple[float, np.ndarray, np.ndarray]:
-        """train.fit.window_scores of every rank's share of `items`, put together on every rank (the accuracy from
-        the counts of windows named right, which the shares' accuracies and sizes give exactly)."""
+    ) -> WindowScores:
+        """train.fit.window_scores of every rank's share of `items`, put together on every rank."""
         share = self.ranks.share
-        parts = self.ranks.gather(window_scores(model, self.extractor, share(items), share(labels), window_s))
-        windows = sum(genuine.size for _, genuine, _ in parts)
-        correct = sum(round(accuracy * genuine.size) for accuracy, genuine, _ in parts if genuine.size)
-        return (
-            correct / windows if windows else float("nan"),
-            np.concatenate([genuine for _, genuine, _ in parts]),
-            np.concatenate([impostor for _, _, impostor in parts]),
+        return WindowScores.joined(
+            self.ranks.gather(window_scores(model, self.extractor, share(items), share(labels), window_s))
         )
 
     def _calibrate(self, model: EncoderSpeakerModel, settings: TrainSettings) -> Calibrated:
         """On held-out speech the references do not include yet: the unknown threshold at `target_far` on
         impostors, and how much speech the decider waits for before a first name."""
         s = self.split
-        centroid_acc, genuine, impostor = self._window_scores(model, s.val_audio, s.val_labels, settings.window_s)
-        impostors = IMPOSTORS
+        held_out = self._window_scores(model, s.val_audio, s.val_labels, settings.window_s)
+        impostor, impostors = held_out.impostor, IMPOSTORS
         if impostor.size == 0:
-            impostor = self._window_scores(model, *pseudo_strangers(s), settings.window_s)[2]
+            impostor = self._window_scores(model, *pseudo_strangers(s), settings.window_s).impostor
             impostors = STRANGERS
-        threshold, far, frr = calibrate_threshold(genuine, impostor, settings.target_far)
+        threshold, far, frr = calibrate_threshold(held_out.genuine, impostor, settings.target_far)
         decision = {"min_score": threshold}
         wrong_first: float | None = None
         if s.val_audio:
@@ -422,7 +416,7 @@ class HeadTrainer(TrainerBase):
             "impostors": impostors,
             "val_wrong_first": wrong_first,
         }
-        return Calibrated(decision, calibration, centroid_acc)
+        return Calibrated(decision, calibration, held_out.accuracy)
 
     def _finish_bundle(
         self, model: EncoderSpeakerModel, settings: TrainSettings, run: RunState, wall_s: float
