@@ -162,6 +162,15 @@ class FeatureExtractor:
             feats = torch.matmul(feats, self._dct)
         return feats
 
+    def padded(self, waveforms: list[np.ndarray]) -> torch.Tensor:
+        """Waveforms of different lengths as one batch, zero-padded at the end: the frames of each are its own
+        (framing is causal), then padding; (B, frames of the longest, n_features)."""
+        batch = np.zeros((len(waveforms), max(len(w) for w in waveforms)), dtype=np.float32)
+        for row, waveform in enumerate(waveforms):
+            batch[row, : len(waveform)] = waveform
+        with torch.no_grad():
+            return self.batch(torch.from_numpy(batch))
+
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         """One mono float32 waveform -> (frames, n_features) float32."""
         with torch.no_grad():

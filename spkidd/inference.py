@@ -121,10 +121,7 @@ def embed_pieces(
     with torch.no_grad():
         for start in range(0, len(pieces), batch):
             group = pieces[start : start + batch]
-            padded = np.zeros((len(group), max(len(p) for p in group)), dtype=np.float32)
-            for i, piece in enumerate(group):
-                padded[i, : len(piece)] = piece
-            embeddings = model.embed_sequence(extractor.batch(torch.from_numpy(padded)))
+            embeddings = model.embed_sequence(extractor.padded(group))
             last = torch.tensor([max(0, extractor.params.n_frames(len(p)) // k - 1) for p in group])
             out.append(embeddings[torch.arange(len(group)), last].numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.embedding_dim), dtype=np.float32)
@@ -152,10 +149,7 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
     with torch.no_grad():
         for start in range(0, len(order), 32):
             group = order[start : start + 32]
-            padded = np.zeros((len(group), max(len(pieces[i]) for i in group)), dtype=np.float32)
-            for row, i in enumerate(group):
-                padded[row, : len(pieces[i])] = pieces[i]
-            embeddings = model.embed_sequence(extractor.batch(torch.from_numpy(padded))).numpy()
+            embeddings = model.embed_sequence(extractor.padded([pieces[i] for i in group])).numpy()
             for row, i in enumerate(group):
                 n = extractor.params.n_frames(len(pieces[i])) // model.config.step_frames
                 if n > 0:
@@ -171,10 +165,7 @@ def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.
     with torch.no_grad():
         for start in range(0, len(pieces), 32):
             group = pieces[start : start + 32]
-            padded = np.zeros((len(group), max(len(p) for p in group)), dtype=np.float32)
-            for row, piece in enumerate(group):
-                padded[row, : len(piece)] = piece
-            output = model.output(model.embed_sequence(extractor.batch(torch.from_numpy(padded))))
+            output = model.output(model.embed_sequence(extractor.padded(group)))
             for row, piece in enumerate(group):
                 n = extractor.params.n_frames(len(piece)) // k
                 out.append(

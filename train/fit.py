@@ -343,13 +343,7 @@ class Trainer(TrainerBase):
         return self.ranks.even_share(batches)
 
     def _features(self, audio: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
-        longest = max(len(a) for a in audio)
-        batch = np.zeros((len(audio), longest), dtype=np.float32)
-        for i, a in enumerate(audio):
-            batch[i, : len(a)] = a
-        with torch.no_grad():
-            feats = self.extractor.batch(torch.from_numpy(batch))
-        return feats, [self.params.n_frames(len(a)) for a in audio]
+        return self.extractor.padded(audio), [self.params.n_frames(len(a)) for a in audio]
 
     def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std over every training frame (clean audio)."""

@@ -188,11 +188,8 @@ class HeadTrainer(TrainerBase):
         for start in range(0, len(order), 64):
             group = [sequences[i] for i in order[start : start + 64]]
             waves = [augmenter.waveform(w) if augmenter else w for w, _ in group]
-            padded = np.zeros((len(waves), max(len(w) for w in waves)), dtype=np.float32)
-            for row, wave in enumerate(waves):
-                padded[row, : len(wave)] = wave
+            frames = self.extractor.padded(waves)
             with torch.no_grad():
-                frames = self.extractor.batch(torch.from_numpy(padded))
                 usable = (frames.shape[1] // k) * k
                 at_steps, _ = model.hidden_steps(frames[:, :usable], model.initial_state(len(waves)))
             for row, (wave, owners) in enumerate(group):
