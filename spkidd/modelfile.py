@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from spkidd.atomic_file import replaced_atomically
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor, FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
@@ -111,15 +111,9 @@ def save_model(bundle: ModelBundle, path: Path) -> None:
         raise ValueError("labels and speaker references differ in number")
     tensors = {k: v.detach().contiguous().clone() for k, v in bundle.model.state_dict().items()}
     header = {"format": FORMAT_NAME, "spkidd": json.dumps(_metadata(bundle))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        _keep_owner_and_mode(path, Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+        _keep_owner_and_mode(path, temporary)
 
 
 def _keep_owner_and_mode(old: Path, new: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from spkidd.atomic_file import replaced_atomically
 from spkidd.encoder import WEIGHT_NAMES
 
 PACKAGE = "resemblyzer==0.1.4"
@@ -80,11 +81,10 @@ def convert_wheel(wheel: Path, target_dir: Path) -> Path:
     tensors = {name: state[name].float().contiguous() for name in WEIGHT_NAMES}
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / FILE_NAME
-    partial = target.with_suffix(".tmp")
-    save_file(tensors, str(partial), metadata={"source": f"{PACKAGE} {WEIGHTS_MEMBER}", "sha256": WEIGHTS_SHA256})
     (target_dir / "LICENSE").write_bytes(licence)
     (target_dir / "NOTICE").write_text(NOTICE.format(file=FILE_NAME))
-    partial.replace(target)
+    with replaced_atomically(target) as temporary:
+        save_file(tensors, str(temporary), metadata={"source": f"{PACKAGE} {WEIGHTS_MEMBER}", "sha256": WEIGHTS_SHA256})
     return target
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from spkidd import SAMPLE_RATE
+from spkidd.atomic_file import replaced_atomically
 from spkidd.audio.decode import AudioDecodeError, load_audio
 from train.data import Row
 
@@ -99,10 +100,9 @@ class AudioCache:
             raise AudioDecodeError(f"{row.path}: too short ({len(audio) / SAMPLE_RATE:.2f} s of sound)")
         if cached is not None:
             cached.parent.mkdir(exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
             pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-            np.save(tmp, pcm, allow_pickle=False)
-            os.replace(tmp, cached)
+            with replaced_atomically(cached, suffix=".tmp.npy") as temporary:
+                np.save(temporary, pcm, allow_pickle=False)
         return audio
 
 

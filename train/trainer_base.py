@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from spkidd import SAMPLE_RATE, __version__
+from spkidd.atomic_file import replaced_atomically
 from spkidd.features import FeatureExtractor, FeatureParams
 from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
 from train.distributed import Ranks
@@ -226,9 +226,8 @@ class TrainerBase(ABC):
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         if not self.ranks.writes:
             return
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        with replaced_atomically(self.checkpoint_path) as temporary:
+            torch.save(state, temporary)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if not self.checkpoint_path.is_file():
