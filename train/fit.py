@@ -91,10 +91,10 @@ class TrainSettings:
     pools: int = 2
     """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
     tune_top: bool = False
+    """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     denoise: bool = False
     """ge2e: subtract the noise floor before the encoder (spkidd.denoise), in training and in the model file: better
     in noise, worse in quiet (measured in the README)."""
-    """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     target_far: float = 0.05
     """False-accept rate the unknown-speaker threshold is calibrated to. 1% rejected half of the genuine speech of a
     251-speaker LibriSpeech model (validation FRR 54%); 5% keeps a household's own voices answered."""
