@@ -87,7 +87,7 @@ class TrainSettings:
     windows: int = 2
     window_frames: int = 200
     step_frames: int = 5
-    head_hidden: int = 128
+    head_hidden: int = 64
     pools: int = 2
     """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
     tune_top: bool = False
