@@ -38,8 +38,6 @@ class EncoderModelConfig:
     scale: float = 30.0
     denoise: bool = False
     """Subtract the noise floor before the encoder (spkidd.denoise; `spkidd train --denoise`)."""
-    head_weight: float = 1.0
-    """The head's share in naming the speaker, the pretrained encoder's cosines the rest (see cosine_of_units)."""
 
     def __post_init__(self) -> None:
         if self.kind != "ge2e":
@@ -52,8 +50,6 @@ class EncoderModelConfig:
             raise ValueError("step_frames, head_hidden or n_speakers out of range")
         if not isinstance(self.denoise, bool):
             raise ValueError("denoise must be true or false")
-        if not 0.0 <= self.head_weight <= 1.0:
-            raise ValueError("head_weight must be 0-1")
 
     @property
     def frame_stack(self) -> int:
@@ -149,17 +145,9 @@ class EncoderSpeakerModel(CosineScoring):
         head, encoder = (embeddings - self.embedding_center).split(HIDDEN, dim=-1)
         return torch.cat([F.normalize(head, dim=-1), F.normalize(encoder, dim=-1)], dim=-1) / math.sqrt(2.0)
 
-    def head_cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
-        """The head's cosines alone: what training fits."""
-        return _half_cosines(units[..., :HIDDEN], self.speakers[:, :HIDDEN])
-
     def cosine_of_units(self, units: torch.Tensor) -> torch.Tensor:
-        """The head's cosines, trained on the household to tell its voices apart early and through changes, blended
-        with the encoder's (`head_weight`): trained on a household's minutes of speech the head overfits, and once
-        the encoder's window has heard a second or more, the encoder's own cosines name voices better."""
-        head = self.head_cosine_of_units(units)
-        weight = self.config.head_weight
-        return head if weight == 1.0 else weight * head + (1.0 - weight) * self.acceptance_of_units(units)
+        """The head's cosines: trained on the household to tell its voices apart, early and through changes."""
+        return _half_cosines(units[..., :HIDDEN], self.speakers[:, :HIDDEN])
 
     def acceptance_of_units(self, units: torch.Tensor) -> torch.Tensor:
         """The pretrained encoder's cosines. Training pushes the household's voices apart in the head's space, and

@@ -29,12 +29,11 @@ SpeakerNet = SpeakerModel | EncoderSpeakerModel
 network trained from scratch (`spkidd train --encoder none`, and every model file written before the encoder)."""
 
 FORMAT_NAME = "spkidd-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 2
 ENCODER_MODELS_SINCE = 2
 """Format 2 stores the encoder model's references with the encoder's half beside the head's (what the `unknown`
-threshold is held to); format-1 encoder models lack it and are refused with a word to retrain. Format 3 adds the
-head's share in naming the speaker (`head_weight`); format-2 models lack it and name by the head alone, as they did.
-Scratch models of any format load."""
+threshold is held to); format-1 encoder models lack it and are refused with a word to retrain. Scratch models of
+either format load."""
 
 T = TypeVar("T")
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,25 +135,6 @@ def test_the_head_names_the_speaker_and_the_encoder_s_cosines_decide_unknown() -
         changed = model.output(model.embed_sequence(frames))
     assert torch.allclose(changed.scores, out.scores, atol=1e-6)
     assert not torch.allclose(changed.probs, out.probs, atol=1e-3)
-
-
-def test_head_weight_blends_the_head_s_cosines_with_the_encoder_s_for_naming_only() -> None:
-    """A trained model names speakers by 0.75 of the head's cosines and 0.25 of the encoder's; the scores the
-    unknown threshold is held to stay the encoder's, and a model without the field names by the head alone."""
-    model = _model_with_a_working_head()
-    frames = _frames(60)
-    with torch.no_grad():
-        model.speakers.normal_()
-        units = model.unit(model.embed_sequence(frames))
-        head, encoder = model.head_cosine_of_units(units), model.acceptance_of_units(units)
-        alone = model.output(model.embed_sequence(frames))
-        model.config = replace(model.config, head_weight=0.75)
-        blended = model.output(model.embed_sequence(frames))
-    assert torch.allclose(alone.probs, torch.softmax(model.scale * head, dim=-1), atol=1e-5)
-    assert torch.allclose(blended.probs, torch.softmax(model.scale * (0.75 * head + 0.25 * encoder), dim=-1), atol=1e-5)
-    assert torch.allclose(blended.scores, alone.scores, atol=1e-6)
-    with pytest.raises(ValueError, match="head_weight"):
-        replace(model.config, head_weight=1.5)
 
 
 def test_loudness_below_the_target_level_does_not_change_the_embedding() -> None:

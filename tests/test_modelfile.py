@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 import struct
@@ -110,20 +109,6 @@ def test_format_1_encoder_models_are_refused_with_a_word_to_retrain(tmp_path: Pa
             load_model(path)
     else:
         assert load_model(path).labels == ["alice", "bob"]
-
-
-def test_format_2_encoder_models_load_and_name_by_the_head_alone(tmp_path: Path) -> None:
-    """Format 2 had no head_weight: such a model answers as it did when it was written."""
-    path = tmp_path / "m.safetensors"
-    bundle = random_bundle(["alice", "bob"], encoder=True)
-    bundle.model.config = dataclasses.replace(bundle.model.config, head_weight=0.75)
-    save_model(bundle, path)
-    meta = json.loads(_header(path)["__metadata__"]["spkidd"])
-    assert meta["architecture"]["head_weight"] == 0.75
-    meta["format_version"] = 2
-    del meta["architecture"]["head_weight"]
-    _rewrite_metadata(path, json.dumps(meta))
-    assert load_model(path).model.config.head_weight == 1.0
 
 
 def test_missing_file_is_refused(tmp_path: Path) -> None:

@@ -53,15 +53,6 @@ log = logging.getLogger(__name__)
 HEAD_AUGMENT = AugmentSettings(noise_prob=0.6, snr_db=(5.0, 30.0), reverb_prob=0.25, gain_db=10.0)
 """Stronger than for the scratch network: the frozen encoder cannot be hurt by it, and homes are noisy."""
 
-HEAD_WEIGHT = 0.75
-"""The head's share in naming the speaker (EncoderModelConfig.head_weight), with the head's size (64 units, was
-128) chosen on a development set of P2's training audio: models trained on the first 70% of every speaker's part
-(seeds 0 and 1), 193 2-s windows of the rest. Top-1 after 0.5 / 1 / 1.5 / 2 s, mean of the two seeds:
-128 units alone 57.8 / 85.2 / 93.0 / 94.9%; 64 alone 60.6 / 86.5 / 94.6 / 95.6%; 64 at 0.75 57.6 / 86.8 / 94.8 /
-96.4%; the encoder alone 43.5 / 85.0 / 93.3 / 96.4%. The head overfits a household's minutes; the encoder names
-voices better once its window has heard a second or more. Weights of 0.5-0.6 gave no more at 2 s and less early;
-on development conversations (S1/S2 style) 1.0 and 0.75 differed by at most a turn."""
-
 PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
@@ -121,10 +112,9 @@ def join_pieces(
 
 
 def step_cosines(model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The head's own cosines (not blended with the encoder's) with every speaker at every step of stored encoder
-    outputs (batch, steps, 256): what training fits and validation measures."""
+    """The head's cosines with every speaker at every step of stored encoder outputs (batch, steps, 256)."""
     zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
-    return model.head_cosine_of_units(model.unit(model.embeddings(model.encoder.net.embed(hidden), zeros)[0]))
+    return model.cosine(model.embeddings(model.encoder.net.embed(hidden), zeros)[0])
 
 
 class HeadNet(nn.Module):
@@ -177,7 +167,6 @@ class HeadTrainer(TrainerBase):
             head_hidden=settings.head_hidden,
             scale=settings.scale,
             denoise=settings.denoise,
-            head_weight=HEAD_WEIGHT,
         )
         model = EncoderSpeakerModel(config)
         model.load_encoder(self.encoder_weights)
