@@ -6,6 +6,7 @@ from train.calibrate import (
     calibrate_min_speech,
     calibrate_threshold,
     equal_error_rate,
+    rate_upper_bound,
     rates,
     wrong_first_rate,
 )
@@ -55,7 +56,15 @@ def test_the_wait_before_a_first_name_is_the_least_that_keeps_wrong_first_names_
     assert wrong_first_rate(settings, labels, 30.0, utterances, truth) == pytest.approx(0.10)
     wait, rate = calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.03)
     assert wait == 0.5 and rate == 0.0, "at 0.4 s the wrong voice still holds for three steps; from 0.5 s it does not"
-    assert calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.10) == (0.3, pytest.approx(0.10))
+    assert calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.20) == (0.3, pytest.approx(0.10))
+    at_target = calibrate_min_speech(settings, labels, 30.0, utterances, truth, target=0.10)
+    assert at_target == (0.5, 0.0), "10 of 100 does not show that the rate is at most 10%"
+
+
+def test_a_rate_measured_on_few_utterances_must_leave_room_for_chance() -> None:
+    assert rate_upper_bound(0, 100) < 0.03 < rate_upper_bound(0, 20)
+    assert rate_upper_bound(4, 222) < 0.03 < rate_upper_bound(6, 222)
+    assert rate_upper_bound(50, 100) == pytest.approx(0.5 + 0.042, abs=0.002)
 
 
 def test_when_no_wait_is_enough_the_closest_is_taken() -> None:
