@@ -33,7 +33,7 @@ class EncoderModelConfig:
     window_frames: int = 200
     windows: int = 2
     step_frames: int = 5
-    head_hidden: int = 64
+    head_hidden: int = 128
     dropout: float = 0.1
     scale: float = 30.0
     denoise: bool = False
