@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
-def evaluate(model: Path, manifest: Path, report_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Runs the command; returns its whole report and the shared figures: top-1/5 and what users get at the
-    shipped threshold."""
+def evaluate(
+    model: Path, manifest: Path, report_dir: Path, quiet: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs the command (`quiet`: its tables kept out of the benchmark's output); returns its whole report and the
+    shared figures: top-1/5 and what users get at the shipped threshold."""
     command = [sys.executable, "-m", "spkidd", "evaluate", str(model), str(manifest), "--report", str(report_dir)]
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, capture_output=quiet)
     report = json.loads((report_dir / "report.json").read_text())
     figures = {
         "test_items": report["n"],
