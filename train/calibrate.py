@@ -54,10 +54,10 @@ WRONG_FIRST_TARGET = 0.03
 utterances (BENCHMARKS.md's S1 goal)."""
 WRONG_FIRST_CONFIDENCE_Z = 0.8416
 """A wait is taken when the target holds with 80% confidence (one-sided Wilson bound), not merely on the
-validation clips: the rate is a count of a few clips (3% of P2's 222 is 6), and the wait the plain rate chose
-(0.3 s, 2.7% on validation) named 13.3% of S1's turns wrong first. A longer wait costs little: on a development
-conversation the first correct name came as early (median 0.86-0.87 s) with waits of 0.3, 0.5 and 0.7 s, while
-0.3 s named 6.7% of its turns wrong first against 1.7%."""
+validation clips: the rate is a count of a few clips (3% of P2's 222 is 6), and for a P2 model tried on 2026-11-26
+the wait the plain rate chose (0.3 s, 2.7% on validation) named 13.3% of S1's turns wrong first. A longer wait
+costs little: on a development conversation two models gave their first correct name as early (median 0.86-0.87 s)
+with waits of 0.3, 0.5 and 0.7 s, while for one of them 0.3 s named 6.7% of the turns wrong first against 1.7%."""
 
 
 def rate_upper_bound(count: int, total: int, z: float = WRONG_FIRST_CONFIDENCE_Z) -> float:
