@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 from evaluation import evaluate
-from manifests import DEFAULT_DATA, p2
+from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, split_span, write_manifest
 from p2n_noise import noisy_copies, swapped_manifest
 
 TRAIN_SHARE = 0.7
-WINDOW_S = 2.0
 CONDITIONS = ("quiet", "20 dB", "10 dB")
 FIGURES = ("0.5 s", "1 s", "2 s", "unknown")
 
@@ -36,23 +35,12 @@ def development_split(train_csv: Path, out: Path) -> tuple[Path, Path]:
     """(training manifest, development windows) from P2's training manifest, cut at 70% of every part."""
     with train_csv.open() as handle:
         rows = list(csv.DictReader(handle))
-    header = ["path", "speaker", "start", "end"]
-    train, windows = [], []
-    for row in rows:
-        start, end = float(row["start"]), float(row["end"])
-        cut = start + TRAIN_SHARE * (end - start)
-        train.append([row["path"], row["speaker"], start, round(cut, 4)])
-        t = cut
-        while t + WINDOW_S <= end + 1e-9:
-            windows.append([row["path"], row["speaker"], round(t, 4), round(t + WINDOW_S, 4)])
-            t += WINDOW_S
+    spans = [split_span(r["path"], r["speaker"], float(r["start"]), float(r["end"]), TRAIN_SHARE) for r in rows]
     out.mkdir(parents=True, exist_ok=True)
-    for name, table in (("dev_train.csv", train), ("dev_windows.csv", windows)):
-        with (out / name).open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(table)
-    return out / "dev_train.csv", out / "dev_windows.csv"
+    return (
+        write_manifest(out / "dev_train.csv", MANIFEST_HEADER, [row for row, _ in spans]),
+        write_manifest(out / "dev_windows.csv", MANIFEST_HEADER, [w for _, windows in spans for w in windows]),
+    )
 
 
 def figures_of(report: dict[str, Any]) -> dict[str, float]:

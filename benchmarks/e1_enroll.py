@@ -13,7 +13,6 @@ false-accept / false-reject rates at the threshold the model ships with.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import subprocess
@@ -22,23 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from manifests import DEFAULT_DATA, p2
+from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, write_manifest
 
 from spkidd.enrollment import enroll
 from spkidd.modelfile import load_model, save_model
-from train.data import Row, read_manifest
+from train.data import read_manifest
 from train.evaluate import open_set_report, score_items
 from train.prepare import AudioCache, default_cache_dir
 
 N_NEW = 51
-
-
-def _write_rows(path: Path, rows: list[Row]) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "speaker", "start", "end"])
-        writer.writerows((r.path, r.speaker, r.start, r.end) for r in rows)
-    return path
 
 
 def main() -> None:
@@ -55,7 +46,8 @@ def main() -> None:
     train_rows, test_rows = read_manifest(train_csv), read_manifest(test_csv)
     speakers = sorted({r.speaker for r in train_rows}, key=int)
     new = set(speakers[-N_NEW:])
-    base_csv = _write_rows(out / "e1_train200.csv", [r for r in train_rows if r.speaker not in new])
+    base = [(r.path, r.speaker, r.start, r.end) for r in train_rows if r.speaker not in new]
+    base_csv = write_manifest(out / "e1_train200.csv", MANIFEST_HEADER, base)
     model_path = out / "e1_200.safetensors"
     spkidd = [sys.executable, "-m", "spkidd"]
     started = time.monotonic()

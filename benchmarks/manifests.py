@@ -10,7 +10,10 @@ import soundfile as sf
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _write(path: Path, header: list[str], rows: list[tuple[object, ...]]) -> Path:
+MANIFEST_HEADER = ["path", "speaker", "start", "end"]
+
+
+def write_manifest(path: Path, header: list[str], rows: list[tuple[object, ...]]) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -25,26 +28,36 @@ def p1(data: Path, out: Path) -> tuple[Path, Path]:
         _digit, speaker, index = f.stem.split("_")
         (test if int(index) < 5 else train).append((f.resolve(), speaker))
     out.mkdir(parents=True, exist_ok=True)
-    return _write(out / "p1_train.csv", ["path", "speaker"], train), _write(
+    return write_manifest(out / "p1_train.csv", ["path", "speaker"], train), write_manifest(
         out / "p1_test.csv", ["path", "speaker"], test
     )
+
+
+def split_span(
+    path: object, speaker: str, start: float, end: float, share: float
+) -> tuple[tuple[object, ...], list[tuple[object, ...]]]:
+    """The first `share` of [start, end] as one training row; the rest cut into consecutive 2.0-s windows."""
+    cut = start + share * (end - start)
+    windows = []
+    t = cut
+    while t + 2.0 <= end + 1e-9:
+        windows.append((path, speaker, round(t, 4), round(t + 2.0, 4)))
+        t += 2.0
+    return (path, speaker, start, round(cut, 4)), windows
 
 
 def time_split(files: list[Path], out: Path, prefix: str) -> tuple[Path, Path]:
     """First 60% of each file is training audio; the rest is cut into consecutive 2.0-s test windows."""
     train, test = [], []
     for f in files:
-        duration = sf.info(str(f)).duration
-        cut = 0.6 * duration
-        speaker = f.name.split("-")[0]
-        train.append((f.resolve(), speaker, 0.0, round(cut, 4)))
-        t = cut
-        while t + 2.0 <= duration + 1e-9:
-            test.append((f.resolve(), speaker, round(t, 4), round(t + 2.0, 4)))
-            t += 2.0
+        row, windows = split_span(f.resolve(), f.name.split("-")[0], 0.0, sf.info(str(f)).duration, 0.6)
+        train.append(row)
+        test.extend(windows)
     out.mkdir(parents=True, exist_ok=True)
-    header = ["path", "speaker", "start", "end"]
-    return _write(out / f"{prefix}_train.csv", header, train), _write(out / f"{prefix}_test.csv", header, test)
+    return (
+        write_manifest(out / f"{prefix}_train.csv", MANIFEST_HEADER, train),
+        write_manifest(out / f"{prefix}_test.csv", MANIFEST_HEADER, test),
+    )
 
 
 def p2(data: Path, out: Path) -> tuple[Path, Path]:
