@@ -62,9 +62,9 @@ def test_the_wait_before_a_first_name_is_the_least_that_keeps_wrong_first_names_
 
 
 def test_a_rate_measured_on_few_utterances_must_leave_room_for_chance() -> None:
-    assert rate_upper_bound(0, 100) < 0.03 < rate_upper_bound(0, 20)
-    assert rate_upper_bound(4, 222) < 0.03 < rate_upper_bound(6, 222)
-    assert rate_upper_bound(50, 100) == pytest.approx(0.5 + 0.042, abs=0.002)
+    assert rate_upper_bound(0 / 100, 100) < 0.03 < rate_upper_bound(0 / 20, 20)
+    assert rate_upper_bound(4 / 222, 222) < 0.03 < rate_upper_bound(6 / 222, 222)
+    assert rate_upper_bound(50 / 100, 100) == pytest.approx(0.5 + 0.042, abs=0.002)
 
 
 def test_when_no_wait_is_enough_the_closest_is_taken() -> None:

@@ -60,13 +60,12 @@ costs little: on a development conversation two models gave their first correct 
 with waits of 0.3, 0.5 and 0.7 s, while for one of them 0.3 s named 6.7% of the turns wrong first against 1.7%."""
 
 
-def rate_upper_bound(count: int, total: int, z: float = WRONG_FIRST_CONFIDENCE_Z) -> float:
-    """Wilson score upper bound of the rate `count / total`: what the rate may be, given so few observations."""
+def rate_upper_bound(rate: float, total: int, z: float = WRONG_FIRST_CONFIDENCE_Z) -> float:
+    """Wilson score upper bound of a `rate` observed over `total` trials: what it may be, given so few of them."""
     if total == 0:
         return 1.0
-    p = count / total
-    centre = p + z * z / (2 * total)
-    spread = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    centre = rate + z * z / (2 * total)
+    spread = z * np.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total))
     return float((centre + spread) / (1 + z * z / total))
 
 
@@ -99,7 +98,7 @@ def calibrate_min_speech(
         for wait in MIN_SPEECH_CANDIDATES_S
     ]
     total = len(utterances)
-    meeting = [(wait, rate) for rate, wait in rates_by_wait if rate_upper_bound(round(rate * total), total) <= target]
+    meeting = [(wait, rate) for rate, wait in rates_by_wait if rate_upper_bound(rate, total) <= target]
     if meeting:
         return meeting[0]
     rate, wait = min(rates_by_wait)
