@@ -64,6 +64,9 @@ def train(
     window_frames: int = typer.Option(200, help="ge2e: length of an encoder window in 10-ms frames."),
     head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
     pools: int = typer.Option(2, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
+    heads: int | None = typer.Option(
+        None, help="ge2e: GRU heads trained side by side and averaged (default 2; 1 with --tune-top)."
+    ),
     tune_top: bool = typer.Option(False, help="ge2e: train the encoder's top layer too (the LSTM stays frozen)."),
     denoise: bool = typer.Option(
         False, help="ge2e: subtract the noise floor (fans, a street) before the encoder: for noisy homes."
@@ -114,6 +117,7 @@ def train(
             window_frames=window_frames,
             head_hidden=head_hidden,
             pools=pools,
+            heads=heads,
             tune_top=tune_top,
             denoise=denoise,
             window_s=window,

@@ -113,6 +113,8 @@ def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech
     assert checkpoint.exists() and not out.exists()
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".m.safetensors*"))
     before = float(torch.load(checkpoint, weights_only=True)["wall_s"])
+    other = subprocess.run([*cmd, "--heads", "1", "--resume"], capture_output=True, text=True)
+    assert other.returncode != 0 and "checkpoint was made with other settings" in other.stderr, other.stderr
     resumed = subprocess.run([*cmd, "--epochs", "200", "--patience", "1", "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch" in resumed.stderr

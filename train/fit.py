@@ -95,6 +95,9 @@ class TrainSettings:
     20 / 10 dB, so 128 stays."""
     pools: int = 2
     """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
+    heads: int | None = None
+    """ge2e: heads trained side by side and shipped as their average (train.ensemble); default 2, 1 with
+    tune_top."""
     tune_top: bool = False
     """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     denoise: bool = False
@@ -107,6 +110,10 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.target_far < 1.0:
             raise ValueError(f"target_far must be between 0 and 1, not {self.target_far}")
+        if self.heads is not None and not 1 <= self.heads <= 8:
+            raise ValueError(f"heads must be 1-8, not {self.heads}")
+        if self.tune_top and (self.heads or 1) > 1:
+            raise ValueError("a tuned encoder top layer belongs to one head: use --heads 1 with --tune-top")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -34,6 +34,7 @@ from train.augment import Augmenter, AugmentSettings
 from train.calibrate import calibrate_min_speech, calibrate_threshold
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
+from train.ensemble import merged_heads
 from train.fit import STRANGERS, TrainSettings, WindowScores, margin_logits, pseudo_strangers, window_scores
 from train.references import ReferenceEmbeddings
 from train.trainer_base import (
@@ -57,6 +58,8 @@ PIECES_PER_SEQUENCE = (1, 4)
 PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
 TOP_LR_FACTOR = 0.1
+HEADS = 2
+"""Heads trained side by side and averaged (train.ensemble)."""
 IMPOSTORS = "held-out speech of the other speakers"
 """The frozen encoder has not learnt to push the household's voices apart, so their held-out speech is an honest
 stand-in for strangers: on P2 it calibrated to 0.531 where speed-changed voices gave 0.546. Speed-changed copies of
@@ -118,14 +121,19 @@ def step_cosines(model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tens
 
 
 class HeadNet(nn.Module):
-    """The head's training forward as one module, so that DistributedDataParallel sees a single forward()."""
+    """The heads' training forward as one module, so that DistributedDataParallel sees a single forward(): one
+    batch of stored encoder outputs per head -> each head's cosines."""
 
-    def __init__(self, model: EncoderSpeakerModel) -> None:
+    def __init__(self, heads: nn.ModuleList) -> None:
         super().__init__()
-        self.model = model
+        self.heads = heads
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return step_cosines(self.model, hidden)
+    def forward(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [step_cosines(head, x) for head, x in zip(heads_of(self.heads), hidden, strict=True)]
+
+
+def heads_of(heads: nn.ModuleList) -> list[EncoderSpeakerModel]:
+    return [head for head in heads if isinstance(head, EncoderSpeakerModel)]
 
 
 class HeadTrainer(TrainerBase):
@@ -144,15 +152,22 @@ class HeadTrainer(TrainerBase):
         return GE2E_FEATURES
 
     def resolved(self) -> TrainSettings:
-        """Fills the `None` settings: the head is small, so epochs are cheap and early stopping decides."""
+        """Fills the `None` settings: the head is small, so epochs are cheap and early stopping decides. A tuned top
+        layer belongs to one head (merged heads share one encoder)."""
         s = self.settings
-        return replace(s, batch_size=s.batch_size or BATCH_SEQUENCES, epochs=s.epochs or 60, patience=s.patience or 8)
+        heads = s.heads or (1 if s.tune_top else HEADS)
+        return replace(
+            s, batch_size=s.batch_size or BATCH_SEQUENCES, epochs=s.epochs or 60, patience=s.patience or 8, heads=heads
+        )
 
     def plan_text(self, plan: TrainSettings) -> str:
+        one = f"GRU head {plan.head_hidden}"
+        head = f"{plan.heads} GRU heads of {plan.head_hidden} (averaged)" if plan.heads != 1 else one
         return (
             f"plan: up to {plan.epochs} epochs (patience {plan.patience}), GE2E encoder (frozen) in {plan.windows} "
             f"windows of {plan.window_frames / 100:g} s{' (top layer tuned)' if plan.tune_top else ''}, "
-            f"{'noise floor subtracted, ' if plan.denoise else ''}GRU head {plan.head_hidden}, "
+            f"{'noise floor subtracted, ' if plan.denoise else ''}"
+            f"{head}, "
             f"{plan.pools} encoded pools, "
             f"augmentation {'on' if plan.augment else 'off'}"
         )
@@ -255,40 +270,48 @@ class HeadTrainer(TrainerBase):
     def _train_epoch(
         self,
         net: nn.Module,
-        model: EncoderSpeakerModel,
-        pool: EncodedPool,
+        heads: nn.ModuleList,
+        pools: list[EncodedPool],
         optimizer: torch.optim.Optimizer,
         class_weights: torch.Tensor | None,
         settings: TrainSettings,
         margin: float,
     ) -> tuple[float, float]:
-        model.train()
+        """One pass, every head over its own pool in its own order (the shortest pool's batches decide how many
+        steps; pools differ by a sequence or two), each head with its own loss and gradient clipping."""
+        heads.train()
         assert settings.batch_size is not None
         loss_sum, correct, seen = 0.0, 0, 0
-        for members in self._batches(pool, settings.batch_size):
-            x, y, mask = self._padded(pool, members)
-            cosine = net(x)[mask]
-            targets = y[mask]
-            loss = F.cross_entropy(margin_logits(cosine, targets, margin, settings.scale), targets, class_weights)
+        for step in zip(*(self._batches(pool, settings.batch_size) for pool in pools), strict=False):
+            batches = [self._padded(pool, members) for pool, members in zip(pools, step, strict=True)]
+            cosines = net([x for x, _, _ in batches])
+            losses = []
+            for cosine, (_, y, mask) in zip(cosines, batches, strict=True):
+                targets, scored = y[mask], cosine[mask]
+                logits = margin_logits(scored, targets, margin, settings.scale)
+                losses.append(F.cross_entropy(logits, targets, class_weights))
+                correct += int((scored.argmax(1) == targets).sum())
+                seen += len(targets)
+                loss_sum += float(losses[-1].detach()) * len(targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.stack(losses).sum().backward()
+            for head in heads:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(targets)
-            correct += int((cosine.argmax(1) == targets).sum())
-            seen += len(targets)
         loss_all, correct_all, seen_all = self.ranks.total(loss_sum, correct, seen)
         return loss_all / max(1, seen_all), correct_all / max(1, seen_all)
 
-    def _validate_steps(self, model: EncoderSpeakerModel, pool: EncodedPool) -> float:
-        """Accuracy over every step of the validation sequences, speaker changes included; over every rank's share,
-        so that early stopping decides the same on every rank."""
-        model.eval()
+    def _validate_steps(self, heads: nn.ModuleList, pool: EncodedPool) -> float:
+        """Accuracy of the heads' mean probabilities over every step of the validation sequences, speaker changes
+        included; over every rank's share, so that early stopping decides the same on every rank."""
+        heads.eval()
         correct, seen = 0, 0
         with torch.no_grad():
             for start in range(0, len(pool.targets), 128):
                 x, y, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
-                correct += int((step_cosines(model, x).argmax(-1) == y)[mask].sum())
+                probs = sum(torch.softmax(h.scale * step_cosines(h, x), dim=-1) for h in heads_of(heads))
+                assert isinstance(probs, torch.Tensor)
+                correct += int((probs.argmax(-1) == y)[mask].sum())
                 seen += int(mask.sum())
         correct_all, seen_all = self.ranks.total(correct, seen)
         return correct_all / max(1, seen_all)
@@ -296,63 +319,67 @@ class HeadTrainer(TrainerBase):
     # ----- the run -----
     def run(self, resume: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
         settings = self.resolved()
+        assert settings.heads is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
-        model = self._new_model(settings)
+        heads = nn.ModuleList([self._new_model(settings) for _ in range(settings.heads)])
         started = time.monotonic()
-        pools, val_pool = self._pools(model, settings)
-        self._start_from_centroids(model, pools[0], self.ranks)
-        optimizer = self._optimizer(model, settings)
+        pools, val_pool = self._pools(heads_of(heads)[0], settings)
+        for head in heads_of(heads):
+            self._start_from_centroids(head, pools[0], self.ranks)
+        optimizer = self._optimizer(heads, settings)
         weights = self._class_weights(settings)
-        run = RunState([], Best(self._validate_steps(model, val_pool), 0, model_state(model)))
-        if resume and (resumed := self._resume(model, optimizer, None)) is not None:
+        run = RunState([], Best(self._validate_steps(heads, val_pool), 0, model_state(heads)))
+        if resume and (resumed := self._resume(heads, optimizer, None)) is not None:
             run = resumed
         if not run.history:
             log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
-        fit = self._fit(model, pools, val_pool, optimizer, weights, settings)
+        fit = self._fit(heads, pools, val_pool, optimizer, weights, settings)
         self._epochs(fit, run, settings, started, on_epoch)
+        model = merged_heads(heads_of(heads))
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
         return TrainResult(bundle=bundle, history=run.history)
 
     def _fit(
         self,
-        model: EncoderSpeakerModel,
+        heads: nn.ModuleList,
         pools: list[EncodedPool],
         val_pool: EncodedPool,
         optimizer: torch.optim.Optimizer,
         weights: torch.Tensor | None,
         settings: TrainSettings,
     ) -> Fit:
-        """The epoch loop's steps for the head: each epoch trains on the next pool in turn."""
-        net = self._training_net(model)
+        """The epoch loop's steps for the heads: each epoch every head trains on the next pool in turn, the heads
+        one pool apart, so that two heads differ in their augmentation as well as their start and order."""
+        net = self._training_net(heads)
 
         def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
-            pool = pools[(epoch - 1) % len(pools)]
-            return self._train_epoch(net, model, pool, optimizer, weights, settings, margin)
+            turn = [pools[(epoch - 1 + i) % len(pools)] for i in range(len(heads))]
+            return self._train_epoch(net, heads, turn, optimizer, weights, settings, margin)
 
         return Fit(
-            model=model,
+            model=heads,
             optimizer=optimizer,
             scheduler=None,
             train_epoch=train_epoch,
-            validate=lambda _train_acc: self._validate_steps(model, val_pool),
+            validate=lambda _train_acc: self._validate_steps(heads, val_pool),
             may_stop=lambda: True,
         )
 
     @staticmethod
-    def _optimizer(model: EncoderSpeakerModel, settings: TrainSettings) -> torch.optim.Optimizer:
+    def _optimizer(heads: nn.ModuleList, settings: TrainSettings) -> torch.optim.Optimizer:
         """The head decays toward zero (where it leaves the encoder's answer as it is); a tuned top layer of the
         encoder must not decay (its pretrained weights are the point) and moves slower."""
-        top = list(model.encoder.net.linear.parameters()) if settings.tune_top else []
-        head = [p for p in model.parameters() if p.requires_grad and all(p is not t for t in top)]
+        top = [p for h in heads_of(heads) for p in h.encoder.net.linear.parameters()] if settings.tune_top else []
+        head = [p for p in heads.parameters() if p.requires_grad and all(p is not t for t in top)]
         groups: list[dict[str, Any]] = [{"params": head, "weight_decay": settings.weight_decay * 100}]
         if top:
             groups.append({"params": top, "lr": settings.learning_rate * TOP_LR_FACTOR, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
-    def _training_net(self, model: EncoderSpeakerModel) -> nn.Module:
-        """What the epochs run: the head, under DistributedDataParallel with several processes (it averages the
+    def _training_net(self, heads: nn.ModuleList) -> nn.Module:
+        """What the epochs run: the heads, under DistributedDataParallel with several processes (it averages the
         gradients of the ranks' shares, so every rank takes the same step)."""
-        net = HeadNet(model)
+        net = HeadNet(heads)
         return nn.parallel.DistributedDataParallel(net) if self.ranks.distributed else net
 
     @staticmethod

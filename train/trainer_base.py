@@ -248,7 +248,10 @@ class TrainerBase(ABC):
         state = self._load_checkpoint()
         if state is None:
             return None
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"{self.checkpoint_path}: checkpoint was made with other settings; cannot resume") from exc
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
