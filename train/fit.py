@@ -93,15 +93,20 @@ class TrainSettings:
     units were 1-3 points better in quiet, within two points with pink noise at 20 and 10 dB, within the spread of
     the seeds. The benchmarks then measured 64 units 0.6 points worse on P2 and 1.4 / 5.9 points worse on P2N's
     20 / 10 dB, so 128 stays."""
-    pools: int = 4
-    """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once."""
+    pools: int = 2
+    """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once. Four
+    (with two heads) measured better in noise and early on (numbers at `heads`) but slower: P2 trained in 293 s and
+    E1's 200 speakers in 333 s against 132 s and 87 s with 2 pools and 1 head (2026-11-27), over P2's 300-s budget
+    on a slower day, and the development split had it 1.1 points worse after 2 s in quiet."""
     heads: int | None = None
     """ge2e: heads trained side by side and shipped as their average (train.ensemble); default 2, 1 with
-    tune_top. On the development split (benchmarks/dev_split.py, mean of seeds 0 and 1, top-1 after 0.5 / 1 / 2 s;
-    2026-11-27) with 2 pools and 1 head: quiet 53.4 / 81.9 / 94.6, 20 dB 42.7 / 64.2 / 79.5, 10 dB 22.3 / 42.5 /
-    58.3; 2 pools, 2 heads: 56.7 / 86.0 / 95.3, 44.3 / 66.1 / 80.3, 23.1 / 44.3 / 59.3; 4 pools, 1 head: 56.5 / 83.4
-    / 94.0, 42.7 / 69.4 / 81.9, 22.5 / 45.1 / 63.0; 4 pools, 2 heads (the defaults): 59.8 / 83.2 / 93.5, 45.6 / 70.5
-    / 83.9, 25.4 / 46.9 / 65.8. More augmented audio and a second head each help most in noise and early on."""
+    tune_top. On the development split (benchmarks/dev_split.py, mean of seeds 0 and 1, 2026-11-27), top-1 after
+    0.5 / 1 / 2 s in quiet; at 20 dB; at 10 dB:
+    - 2 pools, 1 head: 53.4 / 81.9 / 94.6; 42.7 / 64.2 / 79.5; 22.3 / 42.5 / 58.3
+    - 2 pools, 2 heads (the defaults): 56.7 / 86.0 / 95.3; 44.3 / 66.1 / 80.3; 23.1 / 44.3 / 59.3
+    - 4 pools, 1 head: 56.5 / 83.4 / 94.0; 42.7 / 69.4 / 81.9; 22.5 / 45.1 / 63.0
+    - 4 pools, 2 heads: 59.8 / 83.2 / 93.5; 45.6 / 70.5 / 83.9; 25.4 / 46.9 / 65.8
+    Two heads on 2 pools are better than one on every figure."""
     tune_top: bool = False
     """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     denoise: bool = False
