@@ -124,16 +124,13 @@ class HeadNet(nn.Module):
     """The heads' training forward as one module, so that DistributedDataParallel sees a single forward(): one
     batch of stored encoder outputs per head -> each head's cosines."""
 
-    def __init__(self, heads: nn.ModuleList) -> None:
+    def __init__(self, heads: list[EncoderSpeakerModel]) -> None:
         super().__init__()
+        self.members = nn.ModuleList(heads)
         self.heads = heads
 
     def forward(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [step_cosines(head, x) for head, x in zip(heads_of(self.heads), hidden, strict=True)]
-
-
-def heads_of(heads: nn.ModuleList) -> list[EncoderSpeakerModel]:
-    return [head for head in heads if isinstance(head, EncoderSpeakerModel)]
+        return [step_cosines(head, x) for head, x in zip(self.heads, hidden, strict=True)]
 
 
 class HeadTrainer(TrainerBase):
@@ -270,7 +267,7 @@ class HeadTrainer(TrainerBase):
     def _train_epoch(
         self,
         net: nn.Module,
-        heads: nn.ModuleList,
+        heads: list[EncoderSpeakerModel],
         pools: list[EncodedPool],
         optimizer: torch.optim.Optimizer,
         class_weights: torch.Tensor | None,
@@ -279,7 +276,7 @@ class HeadTrainer(TrainerBase):
     ) -> tuple[float, float]:
         """One pass, every head over its own pool in its own order (the shortest pool's batches decide how many
         steps; pools differ by a sequence or two), each head with its own loss and gradient clipping."""
-        heads.train()
+        net.train()
         assert settings.batch_size is not None
         loss_sum, correct, seen = 0.0, 0, 0
         for step in zip(*(self._batches(pool, settings.batch_size) for pool in pools), strict=False):
@@ -301,16 +298,16 @@ class HeadTrainer(TrainerBase):
         loss_all, correct_all, seen_all = self.ranks.total(loss_sum, correct, seen)
         return loss_all / max(1, seen_all), correct_all / max(1, seen_all)
 
-    def _validate_steps(self, heads: nn.ModuleList, pool: EncodedPool) -> float:
+    def _validate_steps(self, heads: list[EncoderSpeakerModel], pool: EncodedPool) -> float:
         """Accuracy of the heads' mean probabilities over every step of the validation sequences, speaker changes
         included; over every rank's share, so that early stopping decides the same on every rank."""
-        heads.eval()
+        for head in heads:
+            head.eval()
         correct, seen = 0, 0
         with torch.no_grad():
             for start in range(0, len(pool.targets), 128):
                 x, y, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
-                probs = sum(torch.softmax(h.scale * step_cosines(h, x), dim=-1) for h in heads_of(heads))
-                assert isinstance(probs, torch.Tensor)
+                probs = torch.stack([torch.softmax(h.scale * step_cosines(h, x), dim=-1) for h in heads]).sum(0)
                 correct += int((probs.argmax(-1) == y)[mask].sum())
                 seen += int(mask.sum())
         correct_all, seen_all = self.ranks.total(correct, seen)
@@ -321,27 +318,27 @@ class HeadTrainer(TrainerBase):
         settings = self.resolved()
         assert settings.heads is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
-        heads = nn.ModuleList([self._new_model(settings) for _ in range(settings.heads)])
+        ensemble = HeadNet([self._new_model(settings) for _ in range(settings.heads)])
+        heads = ensemble.heads
         started = time.monotonic()
-        pools, val_pool = self._pools(heads_of(heads)[0], settings)
-        for head in heads_of(heads):
-            self._start_from_centroids(head, pools[0], self.ranks)
-        optimizer = self._optimizer(heads, settings)
+        pools, val_pool = self._pools(heads[0], settings)
+        self._start_from_centroids(heads, pools[0], self.ranks)
+        optimizer = self._optimizer(ensemble, settings)
         weights = self._class_weights(settings)
-        run = RunState([], Best(self._validate_steps(heads, val_pool), 0, model_state(heads)))
-        if resume and (resumed := self._resume(heads, optimizer, None)) is not None:
+        run = RunState([], Best(self._validate_steps(heads, val_pool), 0, model_state(ensemble)))
+        if resume and (resumed := self._resume(ensemble, optimizer, None)) is not None:
             run = resumed
         if not run.history:
             log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
-        fit = self._fit(heads, pools, val_pool, optimizer, weights, settings)
+        fit = self._fit(ensemble, pools, val_pool, optimizer, weights, settings)
         self._epochs(fit, run, settings, started, on_epoch)
-        model = merged_heads(heads_of(heads))
+        model = merged_heads(heads)
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
         return TrainResult(bundle=bundle, history=run.history)
 
     def _fit(
         self,
-        heads: nn.ModuleList,
+        ensemble: HeadNet,
         pools: list[EncodedPool],
         val_pool: EncodedPool,
         optimizer: torch.optim.Optimizer,
@@ -350,14 +347,14 @@ class HeadTrainer(TrainerBase):
     ) -> Fit:
         """The epoch loop's steps for the heads: each epoch every head trains on the next pool in turn, the heads
         one pool apart, so that two heads differ in their augmentation as well as their start and order."""
-        net = self._training_net(heads)
+        net, heads = self._training_net(ensemble), ensemble.heads
 
         def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
             turn = [pools[(epoch - 1 + i) % len(pools)] for i in range(len(heads))]
             return self._train_epoch(net, heads, turn, optimizer, weights, settings, margin)
 
         return Fit(
-            model=heads,
+            model=ensemble,
             optimizer=optimizer,
             scheduler=None,
             train_epoch=train_epoch,
@@ -366,36 +363,39 @@ class HeadTrainer(TrainerBase):
         )
 
     @staticmethod
-    def _optimizer(heads: nn.ModuleList, settings: TrainSettings) -> torch.optim.Optimizer:
+    def _optimizer(ensemble: HeadNet, settings: TrainSettings) -> torch.optim.Optimizer:
         """The head decays toward zero (where it leaves the encoder's answer as it is); a tuned top layer of the
         encoder must not decay (its pretrained weights are the point) and moves slower."""
-        top = [p for h in heads_of(heads) for p in h.encoder.net.linear.parameters()] if settings.tune_top else []
-        head = [p for p in heads.parameters() if p.requires_grad and all(p is not t for t in top)]
+        top = [p for h in ensemble.heads for p in h.encoder.net.linear.parameters()] if settings.tune_top else []
+        head = [p for p in ensemble.parameters() if p.requires_grad and all(p is not t for t in top)]
         groups: list[dict[str, Any]] = [{"params": head, "weight_decay": settings.weight_decay * 100}]
         if top:
             groups.append({"params": top, "lr": settings.learning_rate * TOP_LR_FACTOR, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=settings.learning_rate)
 
-    def _training_net(self, heads: nn.ModuleList) -> nn.Module:
+    def _training_net(self, ensemble: HeadNet) -> nn.Module:
         """What the epochs run: the heads, under DistributedDataParallel with several processes (it averages the
         gradients of the ranks' shares, so every rank takes the same step)."""
-        net = HeadNet(heads)
-        return nn.parallel.DistributedDataParallel(net) if self.ranks.distributed else net
+        return nn.parallel.DistributedDataParallel(ensemble) if self.ranks.distributed else ensemble
 
     @staticmethod
-    def _start_from_centroids(model: EncoderSpeakerModel, pool: EncodedPool, ranks: Ranks) -> None:
+    def _start_from_centroids(heads: list[EncoderSpeakerModel], pool: EncodedPool, ranks: Ranks) -> None:
         """The embeddings are centred as the shipped model centres them, and every speaker's weights start as the
-        centroid of its encoder embeddings: before any update the model is the pretrained encoder with centroid
+        centroid of its encoder embeddings: before any update each head is the pretrained encoder with centroid
         scoring, the baseline training has to beat (the head's half of the embedding is the encoder's until then).
-        Summed over every rank's share, so all start the same."""
+        Summed over every rank's share, so all start the same; computed once, as the heads share the encoder."""
+        first = heads[0]
         hidden, targets = pool.stacked()
         with torch.no_grad():
-            encoded = model.encoder.net.embed(hidden)
+            encoded = first.encoder.net.embed(hidden)
             raw = torch.cat([encoded, encoded], dim=-1)
             (count,) = ranks.total(len(raw))
-            model.embedding_center.copy_(ranks.total_tensor(raw.sum(dim=0)) / count)
-            sums = torch.zeros_like(model.speakers).index_add_(0, targets, model.unit(raw))
-            model.speakers.copy_(F.normalize(ranks.total_tensor(sums), dim=-1))
+            first.embedding_center.copy_(ranks.total_tensor(raw.sum(dim=0)) / count)
+            sums = torch.zeros_like(first.speakers).index_add_(0, targets, first.unit(raw))
+            first.speakers.copy_(F.normalize(ranks.total_tensor(sums), dim=-1))
+            for head in heads[1:]:
+                head.embedding_center.copy_(first.embedding_center)
+                head.speakers.copy_(first.speakers)
 
     def _class_weights(self, settings: TrainSettings) -> torch.Tensor | None:
         """Weights by each speaker's samples of training audio."""
