@@ -59,8 +59,8 @@ PIECE_S = (0.8, 3.5)
 BATCH_SEQUENCES = 32
 SORTED_BATCHES = 8
 """Batches per run of the shuffled pool sorted by length (`length_sorted_batches`): enough for batches of even
-length (P1's padding fell from 41% to 10% of the GRU's work, its epochs from 3.7 to 2.5 s), few enough that which
-sequences meet in a batch still changes from epoch to epoch."""
+length (padding fell from 52% to 17% of the GRU's steps on P1's pools and from 50% to 11% on P2-like ones; P1's
+epochs from 3.7 to 2.5 s), few enough that which sequences meet in a batch still changes from epoch to epoch."""
 TOP_LR_FACTOR = 0.1
 HEADS = 2
 """Heads trained side by side and averaged (train.ensemble)."""
@@ -121,7 +121,7 @@ def join_pieces(
 def length_sorted_batches(lengths: list[int], size: int, rng: np.random.Generator) -> list[list[int]]:
     """Batches of `size` sequences in random order, each of sequences of similar length: the shuffled sequences
     are cut into runs of SORTED_BATCHES batches and each run is sorted by length. A batch is padded to its longest
-    sequence, and in batches drawn at random 40% of the GRU's work was padding."""
+    sequence, and in batches drawn at random half the GRU's steps were padding."""
     order = rng.permutation(len(lengths))
     by_length = np.asarray(lengths)
     run = size * SORTED_BATCHES
