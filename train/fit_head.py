@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -144,7 +144,11 @@ class HeadNet(nn.Module):
     def __init__(self, heads: list[EncoderSpeakerModel]) -> None:
         super().__init__()
         self.members = nn.ModuleList(heads)
-        self.heads = heads
+
+    @property
+    def heads(self) -> list[EncoderSpeakerModel]:
+        """The registered heads, typed (a ModuleList yields plain Modules)."""
+        return cast(list[EncoderSpeakerModel], list(self.members))
 
     def forward(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         return [step_cosines(head, x) for head, x in zip(self.heads, hidden, strict=True)]

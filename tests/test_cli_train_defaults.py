@@ -1,0 +1,25 @@
+"""`spkidd train`'s options repeat TrainSettings' defaults (the CLI may not import train/ until the command runs):
+they must stay the same, or the CLI and the library would train different models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import typer
+
+from spkidd.cli import app
+from train.fit import TrainSettings
+
+RENAMED = {"window": "window_s", "lr": "learning_rate"}
+
+
+def test_every_train_option_defaults_to_the_library_default() -> None:
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    compared = 0
+    for param in command.params:
+        name = RENAMED.get(param.name, param.name)
+        if name in fields:
+            assert param.default == fields[name], f"--{param.name}: CLI {param.default!r}, library {fields[name]!r}"
+            compared += 1
+    assert compared >= 20
