@@ -131,18 +131,36 @@ class RollingEncoder(nn.Module):
         restarts = (ages == 1).reshape(b * w, n)
         x = mels.repeat_interleave(w, dim=0)
         cuts = sorted({0, n, *torch.nonzero(restarts.any(dim=0)).flatten().tolist()})
+        started = (ages > 0).reshape(b * w, n)
         h, c = state.h, state.c
         outputs = []
         for start, end in itertools.pairwise(cuts):
             keep = (~restarts[:, start]).to(h.dtype)[None, :, None]
             h, c = h * keep, c * keep
-            out, (h, c) = self.net.lstm(x[:, start:end], (h, c))
+            out, (h, c) = self._run_started(x[:, start:end], h, c, started[:, start])
             outputs.append(out)
         hidden = torch.cat(outputs, dim=1).reshape(b, w, n, HIDDEN)
         oldest = ages.argmax(dim=1)
         chosen = hidden.gather(1, oldest[:, None, :, None].expand(b, 1, n, HIDDEN))[:, 0]
         new_state = EncoderState(h=h, c=c, frames=state.frames + n, mean_square_sum=mean_square_sum, noise=noise)
         return chosen, new_state
+
+    def _run_started(
+        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, started: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The LSTM over one stretch between restarts, for the rows whose window has started. A window that has
+        not started yet is never the oldest and is zeroed when it starts, so its rows are left at zero: in the
+        first `restart_every` frames of every utterance only one window of each stream is computed, which is
+        most of the encoder's work for a household's utterances of one to three seconds."""
+        if bool(started.all()):
+            return self.net.lstm(x, (h, c))
+        rows = torch.nonzero(started).flatten()
+        out = x.new_zeros(x.shape[0], x.shape[1], HIDDEN)
+        new_h, new_c = torch.zeros_like(h), torch.zeros_like(c)
+        if len(rows):
+            computed, (h_rows, c_rows) = self.net.lstm(x[rows], (h[:, rows], c[:, rows]))
+            out[rows], new_h[:, rows], new_c[:, rows] = computed, h_rows, c_rows
+        return out, (new_h, new_c)
 
     def batch_states(self, states: list[EncoderState]) -> EncoderState:
         return EncoderState(

@@ -41,6 +41,21 @@ def test_every_frame_comes_from_the_oldest_window_restarted_from_zero() -> None:
             assert torch.allclose(rolled[0, t], fresh[0], atol=1e-5), t
 
 
+def test_a_window_that_has_not_started_costs_nothing() -> None:
+    """Until the second window starts, the LSTM runs one row per stream; afterwards both (the numbers are the
+    ones the test above holds to fresh windows)."""
+    encoder = RollingEncoder(window_frames=20, windows=2).eval()
+    rows_per_call: list[int] = []
+    encoder.net.lstm.register_forward_hook(lambda _m, inputs, _o: rows_per_call.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        state = encoder.initial_state(3)
+        _, state = encoder.step(torch.cat([_frames(8, seed) for seed in range(3)]), state)
+        assert rows_per_call == [3]
+        rows_per_call.clear()
+        _, state = encoder.step(torch.cat([_frames(8, seed) for seed in range(3)]), state)
+        assert rows_per_call == [3, 6]
+
+
 def _model_with_a_working_head(n_speakers: int = 4, denoise: bool = False) -> EncoderSpeakerModel:
     torch.manual_seed(1)
     config = EncoderModelConfig(n_speakers=n_speakers, window_frames=40, windows=2, denoise=denoise)
