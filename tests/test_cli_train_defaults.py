@@ -9,6 +9,7 @@ import typer
 
 from spkidd.cli import app
 from train.fit import TrainSettings
+from train.fit_head import HEADS
 
 RENAMED = {"window": "window_s", "lr": "learning_rate"}
 
@@ -23,3 +24,10 @@ def test_every_train_option_defaults_to_the_library_default() -> None:
             assert param.default == fields[name], f"--{param.name}: CLI {param.default!r}, library {fields[name]!r}"
             compared += 1
     assert compared >= 20
+
+
+def test_the_heads_help_states_the_number_training_uses() -> None:
+    """--heads defaults to None (chosen with --tune-top), so its help text says the number: it must be HEADS."""
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    (heads,) = [param for param in command.params if param.name == "heads"]
+    assert f"default {HEADS};" in (heads.help or "")
