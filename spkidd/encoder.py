@@ -150,8 +150,8 @@ class RollingEncoder(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The LSTM over one stretch between restarts, for the rows whose window has started. A window that has
         not started yet is never the oldest and is zeroed when it starts, so its rows are left at zero: in the
-        first `restart_every` frames of every utterance only one window of each stream is computed, which is
-        most of the encoder's work for a household's utterances of one to three seconds."""
+        first `restart_every` frames of every utterance only one window of each stream is computed (a third of
+        the work for an utterance of 1.5 s, and a household's last one to three seconds)."""
         if bool(started.all()):
             return self.net.lstm(x, (h, c))
         rows = torch.nonzero(started).flatten()

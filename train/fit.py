@@ -100,8 +100,8 @@ class TrainSettings:
     293 s of its 300-s budget; on batches of similar length their epochs take half the time."""
     heads: int | None = None
     """ge2e: heads trained side by side and shipped as their average (train.ensemble); default
-    train.fit_head.HEADS, 1 with tune_top. On the development split (benchmarks/dev_split.py, mean of seeds 0 and 1, 2026-11-27), top-1 after
-    0.5 / 1 / 2 s in quiet; at 20 dB; at 10 dB, on batches drawn at random:
+    train.fit_head.HEADS, 1 with tune_top. On the development split (benchmarks/dev_split.py, mean of seeds 0 and
+    1, 2026-11-27), top-1 after 0.5 / 1 / 2 s in quiet; at 20 dB; at 10 dB, on batches drawn at random:
     - 2 pools, 1 head: 53.4 / 81.9 / 94.6; 42.7 / 64.2 / 79.5; 22.3 / 42.5 / 58.3
     - 2 pools, 2 heads: 56.7 / 86.0 / 95.3; 44.3 / 66.1 / 80.3; 23.1 / 44.3 / 59.3
     - 4 pools, 1 head: 56.5 / 83.4 / 94.0; 42.7 / 69.4 / 81.9; 22.5 / 45.1 / 63.0
