@@ -25,8 +25,9 @@ from evaluation import evaluate
 from manifests import DEFAULT_DATA, p1, write_manifest
 
 
-def household_manifest(train_csv: Path, minutes: float, out: Path) -> tuple[Path, float]:
-    """The first clips of every speaker (by index) up to an equal share of `minutes`; the manifest and its seconds."""
+def household_manifest(train_csv: Path, minutes: float, out: Path) -> tuple[Path, int, float]:
+    """The first clips of every speaker (by index) up to an equal share of `minutes`: the manifest, the number of
+    speakers and the seconds of sound."""
     with train_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     by_speaker: dict[str, list[str]] = {}
@@ -43,7 +44,7 @@ def household_manifest(train_csv: Path, minutes: float, out: Path) -> tuple[Path
             taken_s += sf.info(path).duration
             chosen.append((path, speaker))
         total_s += taken_s
-    return write_manifest(out / "household_train.csv", ["path", "speaker"], chosen), total_s
+    return write_manifest(out / "household_train.csv", ["path", "speaker"], chosen), len(by_speaker), total_s
 
 
 def main() -> None:
@@ -57,16 +58,16 @@ def main() -> None:
         sys.exit(f"no benchmark data at {args.data} (pass --data)")
     work = args.out / "household"
     train_csv, test_csv = p1(args.data, work)
-    manifest, sound_s = household_manifest(train_csv, args.minutes, work)
+    manifest, speakers, sound_s = household_manifest(train_csv, args.minutes, work)
     model = work / "household.safetensors"
     command = [sys.executable, "-m", "spkidd", "train", str(manifest), "--out", str(model), *shlex.split(args.train)]
     started = time.monotonic()
     subprocess.run(command, check=True)
     train_s = time.monotonic() - started
     _, figures = evaluate(model, test_csv, work / "report", quiet=True)
-    result = {"speakers": 6, "sound_min": round(sound_s / 60, 2), "train_wall_s": round(train_s, 1), **figures}
+    result = {"speakers": speakers, "sound_min": round(sound_s / 60, 2), "train_wall_s": round(train_s, 1), **figures}
     (args.out / "household.json").write_text(json.dumps(result, indent=2))
-    print(f"\nhousehold of 6 with {sound_s / 60:.1f} min of sound: trained in {train_s:.0f} s (the whole command)")
+    print(f"\nhousehold of {speakers} with {sound_s / 60:.1f} min of sound: trained in {train_s:.0f} s (whole command)")
     answers = f"{figures['named_right']:.1%} / {figures['unknown']:.1%} / {figures['named_wrong']:.1%}"
     print(f"  on P1's {figures['test_items']} test clips: top-1 {figures['top1']:.2%}; named right / unknown / wrong")
     print(f"  at the shipped threshold {answers}")

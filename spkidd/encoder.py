@@ -148,18 +148,18 @@ class RollingEncoder(nn.Module):
     def _run_started(
         self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, started: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The LSTM over one stretch between restarts, for the rows whose window has started. A window that has
-        not started yet is never the oldest and is zeroed when it starts, so its rows are left at zero: in the
-        first `restart_every` frames of every utterance only one window of each stream is computed (a third of
-        the work for an utterance of 1.5 s, and a household's last one to three seconds)."""
+        """The LSTM over one stretch between restarts, for the rows whose window has started (the first window of
+        every stream starts at its first frame, so there is always one). A window that has not started yet is
+        never the oldest and is zeroed when it starts, so its rows are left at zero: in the first `restart_every`
+        frames of every utterance only one window of each stream is computed (a third of the work for an
+        utterance of 1.5 s, and a household's last one to three seconds)."""
         if bool(started.all()):
             return self.net.lstm(x, (h, c))
         rows = torch.nonzero(started).flatten()
         out = x.new_zeros(x.shape[0], x.shape[1], HIDDEN)
         new_h, new_c = torch.zeros_like(h), torch.zeros_like(c)
-        if len(rows):
-            computed, (h_rows, c_rows) = self.net.lstm(x[rows], (h[:, rows], c[:, rows]))
-            out[rows], new_h[:, rows], new_c[:, rows] = computed, h_rows, c_rows
+        computed, (h_rows, c_rows) = self.net.lstm(x[rows], (h[:, rows], c[:, rows]))
+        out[rows], new_h[:, rows], new_c[:, rows] = computed, h_rows, c_rows
         return out, (new_h, new_c)
 
     def batch_states(self, states: list[EncoderState]) -> EncoderState:
