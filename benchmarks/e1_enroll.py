@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from evaluation import SPKIDD, timed_train
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, write_manifest
 
 from spkidd.enrollment import enroll
@@ -49,11 +48,7 @@ def main() -> None:
     base = [(r.path, r.speaker, r.start, r.end) for r in train_rows if r.speaker not in new]
     base_csv = write_manifest(out / "e1_train200.csv", MANIFEST_HEADER, base)
     model_path = out / "e1_200.safetensors"
-    spkidd = [sys.executable, "-m", "spkidd"]
-    started = time.monotonic()
-    train_options = shlex.split(args.train)
-    subprocess.run([*spkidd, "train", str(base_csv), "--out", str(model_path), *train_options], check=True)
-    train_s = time.monotonic() - started
+    train_s = timed_train(base_csv, model_path, args.train)
     base = load_model(model_path)
 
     # One enrollment through the command, as a user runs it (process start and model load included).
@@ -70,7 +65,7 @@ def main() -> None:
     started = time.monotonic()
     subprocess.run(
         [
-            *spkidd,
+            *SPKIDD,
             "enroll",
             str(model_path),
             str(clip),

@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import soundfile as sf
-from evaluation import evaluate
+from evaluation import evaluate, timed_train
 from manifests import DEFAULT_DATA, p1, write_manifest
 
 
@@ -60,10 +57,7 @@ def main() -> None:
     train_csv, test_csv = p1(args.data, work)
     manifest, speakers, sound_s = household_manifest(train_csv, args.minutes, work)
     model = work / "household.safetensors"
-    command = [sys.executable, "-m", "spkidd", "train", str(manifest), "--out", str(model), *shlex.split(args.train)]
-    started = time.monotonic()
-    subprocess.run(command, check=True)
-    train_s = time.monotonic() - started
+    train_s = timed_train(manifest, model, args.train)
     _, figures = evaluate(model, test_csv, work / "report", quiet=True)
     result = {"speakers": speakers, "sound_min": round(sound_s / 60, 2), "train_wall_s": round(train_s, 1), **figures}
     (args.out / "household.json").write_text(json.dumps(result, indent=2))

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from evaluation import evaluate
+from evaluation import evaluate, timed_train
 from manifests import DEFAULT_DATA, p1, p2
 
 GOALS = {
@@ -45,11 +42,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv = (p1 if args.protocol == "p1" else p2)(args.data, out / args.protocol)
     model = out / f"{args.protocol}.safetensors"
-    spkidd = [sys.executable, "-m", "spkidd"]
-    trainer = spkidd if args.torchrun == 1 else torchrun(args.torchrun)
-    started = time.monotonic()
-    subprocess.run([*trainer, "train", str(train_csv), "--out", str(model), *shlex.split(args.train)], check=True)
-    train_s = time.monotonic() - started
+    launcher = None if args.torchrun == 1 else torchrun(args.torchrun)
+    train_s = timed_train(train_csv, model, args.train, launcher)
     report, shared = evaluate(model, test_csv, out / f"{args.protocol}_report")
     from spkidd.modelfile import load_model
 
