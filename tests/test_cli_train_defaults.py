@@ -4,6 +4,7 @@ they must stay the same, or the CLI and the library would train different models
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import typer
 
@@ -14,8 +15,12 @@ from train.fit_head import HEADS
 RENAMED = {"window": "window_s", "lr": "learning_rate"}
 
 
+def _train_command() -> Any:
+    return typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+
+
 def test_every_train_option_defaults_to_the_library_default() -> None:
-    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    command = _train_command()
     fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
     compared = 0
     for param in command.params:
@@ -28,6 +33,5 @@ def test_every_train_option_defaults_to_the_library_default() -> None:
 
 def test_the_heads_help_states_the_number_training_uses() -> None:
     """--heads defaults to None (chosen with --tune-top), so its help text says the number: it must be HEADS."""
-    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    (heads,) = [param for param in command.params if param.name == "heads"]
+    (heads,) = [param for param in _train_command().params if param.name == "heads"]
     assert f"default {HEADS};" in (heads.help or "")
