@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from evaluation import evaluate
+from evaluation import evaluate, timed_train
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, split_span, write_manifest
 from p2n_noise import noisy_copies, swapped_manifest
 
@@ -73,10 +70,9 @@ def main() -> None:
     for seed in args.seeds:
         model = work / f"{args.tag}_seed{seed}.safetensors"
         log = work / f"{args.tag}_seed{seed}.log"
-        command = [sys.executable, "-m", "spkidd", "train", str(dev_train), "--out", str(model), "--seed", str(seed)]
         print(f"training {model.name} (log: {log})", flush=True)
-        with log.open("w") as handle:
-            subprocess.run([*command, *shlex.split(args.train)], check=True, stdout=handle, stderr=subprocess.STDOUT)
+        train_s = timed_train(dev_train, model, f"--seed {seed} {args.train}", log=log)
+        print(f"  trained in {train_s:.0f} s", flush=True)
         results[str(seed)] = {
             condition: figures_of(evaluate(model, manifest, work / f"{args.tag}_seed{seed}_{condition[:2]}", True)[0])
             for condition, manifest in manifests.items()

@@ -14,12 +14,18 @@ from typing import Any
 SPKIDD = [sys.executable, "-m", "spkidd"]
 
 
-def timed_train(manifest: Path, model: Path, options: str = "", launcher: list[str] | None = None) -> float:
-    """Runs `spkidd train MANIFEST --out MODEL OPTIONS` (under `launcher`, e.g. torchrun, if given) and returns its
-    wall time: the whole command, imports included, as a user waits for it."""
+def timed_train(
+    manifest: Path, model: Path, options: str = "", launcher: list[str] | None = None, log: Path | None = None
+) -> float:
+    """Runs `spkidd train MANIFEST --out MODEL OPTIONS` (under `launcher`, e.g. torchrun, if given; its output to
+    `log` if given) and returns its wall time: the whole command, imports included, as a user waits for it."""
     command = [*(launcher or SPKIDD), "train", str(manifest), "--out", str(model), *shlex.split(options)]
     started = time.monotonic()
-    subprocess.run(command, check=True)
+    if log is None:
+        subprocess.run(command, check=True)
+    else:
+        with log.open("w") as handle:
+            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
     return time.monotonic() - started
 
 
