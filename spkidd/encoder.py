@@ -109,7 +109,7 @@ class RollingEncoder(nn.Module):
         gain = torch.clamp(TARGET_MEAN_SQUARE / torch.clamp(running / seen, min=1e-12), 1.0, MAX_POWER_GAIN)
         return mels * gain.float()[..., None], running[:, -1], noise
 
-    def _window_ages(self, frames_before: torch.Tensor, n: int) -> torch.Tensor:
+    def window_ages(self, frames_before: torch.Tensor, n: int) -> torch.Tensor:
         """(B, windows, n): frames each window has seen after each new frame (0 = not started yet)."""
         index = frames_before[:, None, None] + torch.arange(n)[None, None, :]
         offset = (torch.arange(self.windows) * self.restart_every)[None, :, None]
@@ -127,7 +127,7 @@ class RollingEncoder(nn.Module):
         b, n, _ = frames.shape
         w = self.windows
         mels, mean_square_sum, noise = self._normalized_mels(frames, state)
-        ages = self._window_ages(state.frames, n)
+        ages = self.window_ages(state.frames, n)
         restarts = (ages == 1).reshape(b * w, n)
         x = mels.repeat_interleave(w, dim=0)
         cuts = sorted({0, n, *torch.nonzero(restarts.any(dim=0)).flatten().tolist()})

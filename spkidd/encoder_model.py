@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,6 +207,13 @@ class EncoderSpeakerModel(CosineScoring):
         scored, held, loud = self.hold(embeddings, quiet, state)
         new_state = HeadState(encoder_state, gru, pending, held, loud, steps=state.steps + usable // k)
         return self.output(scored), new_state
+
+    def context_frames(self, first_step: int, n: int) -> np.ndarray:
+        """Frames of audio the embeddings of steps first_step .. first_step + n - 1 of an utterance rest on: the
+        oldest encoder window's age at each step's last frame (decide.fallback_step)."""
+        k = self.config.step_frames
+        ages = self.encoder.window_ages(torch.tensor([first_step * k]), n * k)
+        return ages[0].max(dim=0).values[k - 1 :: k].numpy()
 
     def embed_sequence(self, frames: torch.Tensor) -> torch.Tensor:
         """Offline: (B, T, F) frames from a zero state -> embeddings at every step, (B, T // step_frames, 256)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
-from spkidd.decide import DecisionSettings, answer
+from spkidd.decide import DecisionSettings, final_answer
 from spkidd.events import UNKNOWN
 from spkidd.inference import Scored, Segment, score_long
 from spkidd.modelfile import ModelBundle
@@ -33,8 +33,9 @@ def _name(bundle: ModelBundle, scored: Scored) -> tuple[str, float, float]:
     """What the daemon's final event would say: the best speaker if it passes the model's thresholds, else
     `unknown`; with the confidence of that answer and the best cosine score."""
     settings = DecisionSettings.from_model(bundle.decision)
-    index, named, confidence = answer(settings, bundle.model.config.scale, scored.scores, scored.probs)
-    return (bundle.labels[index] if named else UNKNOWN), confidence, float(scored.scores[index])
+    last = (scored.scores, scored.probs)
+    index, named, confidence, (scores, _) = final_answer(settings, bundle.model.config.scale, last, scored.fallback)
+    return (bundle.labels[index] if named else UNKNOWN), confidence, float(scores[index])
 
 
 def _majority(turns: list[dict[str, Any]]) -> str:

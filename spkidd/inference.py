@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from spkidd import SAMPLE_RATE
-from spkidd.decide import StepScores
+from spkidd.decide import StepScores, fallback_step
 from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.modelfile import ModelBundle, SpeakerNet
@@ -16,12 +16,15 @@ from spkidd.modelfile import ModelBundle, SpeakerNet
 
 @dataclass(frozen=True)
 class Scored:
-    """Scores of one piece of audio: probabilities and cosine scores per label, and its embedding."""
+    """Scores of one piece of audio: probabilities and cosine scores per label, and its embedding; for a piece
+    scored as a stream, the (scores, probs) of the step its final may fall back to (decide.final_answer) when that
+    is not the last step."""
 
     probs: np.ndarray
     scores: np.ndarray
     embedding: np.ndarray
     speech_s: float
+    fallback: tuple[np.ndarray, np.ndarray] | None = None
 
     def top_k(self, labels: list[str], k: int) -> list[tuple[str, float]]:
         order = np.argsort(-self.probs)[:k]
@@ -41,16 +44,22 @@ def score_prefixes(bundle: ModelBundle, frames: np.ndarray, lengths: list[int]) 
     steps = [min(n, frames.shape[0]) // k - 1 for n in lengths]
     if max(steps, default=-1) < 0:
         return [None] * len(lengths)
+    hop = bundle.features.hop_length / bundle.features.sample_rate
+    speech_s = np.arange(1, max(steps) + 2) * k * hop
+    context_s = model.context_frames(0, max(steps) + 1) * hop
+    fallbacks = [fallback_step(speech_s[: step + 1], context_s[: step + 1]) if step >= 0 else 0 for step in steps]
     with torch.no_grad():
         embeddings = model.embed_sequence(torch.from_numpy(frames[: (max(steps) + 1) * k])[None])
-        out = model.output(embeddings[0, [max(step, 0) for step in steps]])
-    hop = bundle.features.hop_length / bundle.features.sample_rate
+        out = model.output(embeddings[0, [max(step, 0) for step in steps] + fallbacks])
+    scores, probs = out.scores.numpy(), out.probs.numpy()
+    m = len(steps)
     return [
         Scored(
-            probs=out.probs[i].numpy(),
-            scores=out.scores[i].numpy(),
+            probs=probs[i],
+            scores=scores[i],
             embedding=out.embeddings[i].numpy(),
             speech_s=min(n, frames.shape[0]) * hop,
+            fallback=None if fallbacks[i] == step else (scores[m + i], probs[m + i]),
         )
         if step >= 0
         else None
@@ -173,6 +182,7 @@ def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.
                         scores=output.scores[row, :n].numpy(),
                         probs=output.probs[row, :n].numpy(),
                         speech_s=np.arange(1, n + 1) * k * hop_s,
+                        context_s=model.context_frames(0, n) * hop_s,
                     )
                 )
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,6 +214,11 @@ class SpeakerModel(CosineScoring):
             steps=state.steps + usable // k,
         )
         return out, new_state
+
+    def context_frames(self, first_step: int, n: int) -> np.ndarray:
+        """Frames of audio the embeddings of steps first_step .. first_step + n - 1 of an utterance rest on: all
+        of it so far, as the pooling grows with the utterance (decide.fallback_step)."""
+        return (first_step + np.arange(1, n + 1)) * self.config.frame_stack
 
     def batch_states(self, states: list[StreamState]) -> StreamState:
         """Several streams' states as one batch (every stream with no pending frames)."""

@@ -223,7 +223,10 @@ class StepRunner:
             utt.state.pending = pending
             steps = np.arange(state.steps - n + 1, state.steps + 1, dtype=np.float64)
             results[members[row][0]] = StepScores(
-                scores=scores[row], probs=probs[row], speech_s=steps * model.config.frame_stack * hop_s
+                scores=scores[row],
+                probs=probs[row],
+                speech_s=steps * model.config.frame_stack * hop_s,
+                context_s=model.context_frames(state.steps - n, n) * hop_s,
             )
 
 

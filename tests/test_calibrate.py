@@ -44,7 +44,7 @@ def _utterance(wrong_until_s: float, truth: int, wrong: int, n_speakers: int = 3
     probs = np.full((len(speech_s), n_speakers), 0.05)
     named = np.where(speech_s <= wrong_until_s, wrong, truth)
     probs[np.arange(len(speech_s)), named] = 0.9
-    return StepScores(scores=probs.copy(), probs=probs, speech_s=speech_s)
+    return StepScores(scores=probs.copy(), probs=probs, speech_s=speech_s, context_s=speech_s)
 
 
 def test_the_wait_before_a_first_name_is_the_least_that_keeps_wrong_first_names_rare() -> None:

@@ -20,6 +20,7 @@ def steps(rows: list[tuple[list[float], list[float]]], first_step: int = 1) -> S
         scores=np.array([r[0] for r in rows], dtype=np.float32),
         probs=np.array([r[1] for r in rows], dtype=np.float32),
         speech_s=np.arange(first_step, first_step + n) * HOP,
+        context_s=np.arange(first_step, first_step + n) * HOP,
     )
 
 
@@ -158,3 +159,36 @@ def test_unknown_never_carries_full_confidence() -> None:
     far_below = ([-0.9, -0.95, -0.99], [0.999999, 0.0000005, 0.0000005])
     (final,) = run(LOOSE, [far_below] * 4)
     assert final.event_type == "unknown" and 0.5 < final.confidence < 1.0
+
+
+def context_steps(rows: list[tuple[list[float], list[float]]], context: list[float]) -> StepScores:
+    """Steps as `steps` makes them, with the given context (seconds each step's embedding rests on)."""
+    made = steps(rows)
+    return StepScores(made.scores, made.probs, made.speech_s, np.asarray(context))
+
+
+def final_of(rows: list[tuple[list[float], list[float]]], context: list[float]) -> Identification:
+    decider = Decider(LOOSE, LABELS, "kitchen", MODEL)
+    decider.begin("kitchen-000008", 0.0)
+    decider.update(context_steps(rows, context), end_s=len(rows) * HOP)
+    (final,) = decider.finish(len(rows) * HOP, len(rows) * HOP, long_enough=True)
+    return final
+
+
+def test_a_final_falls_back_to_the_step_of_its_last_second_with_the_most_context() -> None:
+    """The encoder's window restarted two steps before the end: the last step rests on little audio and scores
+    below the threshold, the step before the restart passes for the same speaker."""
+    rows = [speaker(1, score=0.6, prob=0.8)] * 6 + [speaker(1, score=0.4, prob=0.7)] * 2
+    final = final_of(rows, [0.03, 0.06, 0.09, 0.12, 0.15, 0.18, 0.03, 0.06])
+    assert (final.event_type, final.speaker, final.confidence) == ("final", "bob", pytest.approx(0.8))
+
+
+def test_no_fallback_to_another_speaker_an_older_step_or_one_with_less_context() -> None:
+    restarted = [0.03, 0.06, 0.09, 0.12, 0.15, 0.18, 0.03, 0.06]
+    other = [speaker(0, score=0.6, prob=0.8)] * 6 + [speaker(1, score=0.4, prob=0.7)] * 2
+    assert final_of(other, restarted).event_type == "unknown"
+    same = [speaker(1, score=0.6, prob=0.8)] * 6 + [speaker(1, score=0.4, prob=0.7)] * 2
+    assert final_of(same, [HOP * (i + 1) for i in range(8)]).event_type == "unknown"
+    long_ago = [speaker(1, score=0.6, prob=0.8)] * 6 + [speaker(1, score=0.4, prob=0.7)] * 40
+    context = [HOP * (i + 1) for i in range(6)] + [HOP * (i % 5 + 1) for i in range(40)]
+    assert final_of(long_ago, context).event_type == "unknown"

@@ -15,9 +15,10 @@ import torch
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
-from spkidd.decide import StepScores
+from spkidd.decide import StepScores, fallback_step
+from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.events import Identification, SourceStatus, SpeechActivity
-from spkidd.inference import score_audio, score_prefixes
+from spkidd.inference import score_audio, score_prefixes, step_scores
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.steprunner import StepRunner
@@ -80,6 +81,49 @@ def test_prefix_scores_from_one_pass_equal_scoring_each_prefix(speech: np.ndarra
         assert prefix is not None
         np.testing.assert_allclose(prefix.scores, alone.scores[0].numpy(), atol=1e-5)
         np.testing.assert_allclose(prefix.probs, alone.probs[0].numpy(), atol=1e-5)
+
+
+def test_offline_scores_carry_the_final_s_fallback_step_as_the_stream_has_it(
+    speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    """`identify` and `evaluate` answer like the daemon's final (decide.final_answer): the step they may fall back
+    to is the one the Decider picks from the same steps."""
+    extractor = bundle.extractor()
+    audio = speech[: int(2.63 * SAMPLE_RATE)]
+    (streamed,) = step_scores(bundle.model, extractor, [audio])
+    chosen = fallback_step(streamed.speech_s, streamed.context_s)
+    scored = score_audio(bundle, audio, extractor)
+    assert scored is not None
+    if isinstance(bundle.model, EncoderSpeakerModel):
+        assert chosen < len(streamed.speech_s) - 1 and scored.fallback is not None
+        np.testing.assert_allclose(scored.fallback[0], streamed.scores[chosen], atol=1e-5)
+        np.testing.assert_allclose(scored.fallback[1], streamed.probs[chosen], atol=1e-5)
+    else:
+        assert chosen == len(streamed.speech_s) - 1 and scored.fallback is None
+
+
+async def test_the_runner_s_steps_carry_the_offline_context(
+    tmp_path: Path, speech: np.ndarray, bundle: ModelBundle
+) -> None:
+    """The daemon's steps say how much audio each rests on exactly as the offline pass does."""
+    audio = np.concatenate([silence(0.5), speech, silence(0.8)])
+    seen: list[StepScores] = []
+    runner = StepRunner()
+    compute = runner.compute
+
+    async def recording(utterance: Any, samples: np.ndarray) -> StepScores | None:
+        result = await compute(utterance, samples)
+        if result is not None:
+            seen.append(result)
+        return result
+
+    runner.compute = recording  # type: ignore[method-assign]
+    settings = PipelineSettings(decision=EVERYTHING, step_ms=150)
+    await run_pipeline(StreamPipeline(replay_of("desk", audio), bundle, settings, runner=runner))
+    await asyncio.to_thread(runner.close)
+    (utterance,) = gate_utterances(audio, settings.gate)
+    (offline,) = step_scores(bundle.model, bundle.extractor(), [utterance.astype(np.float32) / 32768.0])
+    np.testing.assert_allclose(np.concatenate([s.context_s for s in seen]), offline.context_s)
 
 
 @pytest.mark.parametrize("step_ms", [30, 150, 700])

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.decide import DecisionSettings, answer
+from spkidd.decide import DecisionSettings, final_answer
 from spkidd.features import FeatureExtractor
 from spkidd.inference import Scored, score_long, score_prefixes
 from spkidd.modelfile import ModelBundle
@@ -89,7 +89,8 @@ def answers_at_threshold(bundle: ModelBundle, scoring: Scoring) -> dict[str, flo
     settings = DecisionSettings.from_model(bundle.decision)
     right = unknown = wrong = 0
     for truth, scored in zip(scoring.truth, scoring.scored, strict=True):
-        index, named, _ = answer(settings, bundle.model.config.scale, scored.scores, scored.probs)
+        last = (scored.scores, scored.probs)
+        index, named, _, _ = final_answer(settings, bundle.model.config.scale, last, scored.fallback)
         if not named:
             unknown += 1
         elif index == truth:
