@@ -137,8 +137,9 @@ def final_answer(
     """An utterance's final word: `answer` for its last step (scores, probs); if that names nobody, the same for
     `fallback` (the step of its last second with the most context, see fallback_step). The pretrained encoder's
     last step can fall just after a window restarted and rest on one second of audio: on development
-    conversations (three of 60 turns from P2's held-out training audio, two models) the finals named 11-12 points
-    more turns right this way, no more turns wrong, none of 74 strangers' turns, and back-to-back turns as before.
+    conversations (three of 60 turns from P2's held-out training audio, two models) the finals named 11 points
+    more turns right this way (13-14 with 51 of the voices made strangers), no more turns wrong, none of 74
+    strangers' turns, and back-to-back turns as before.
     Returns the answer and the (scores, probs) it was read from."""
     index, named, confidence = answer(settings, scale, *last)
     if named or fallback is None:
@@ -218,6 +219,7 @@ class Decider:
             self._recent.pop(0)
 
     def _last_and_fallback(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+        """The last step's (scores, probs), and the fallback step's unless it is the last."""
         recent = StepScores(
             scores=np.concatenate([r.scores for r in self._recent]),
             probs=np.concatenate([r.probs for r in self._recent]),

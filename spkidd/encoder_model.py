@@ -208,12 +208,13 @@ class EncoderSpeakerModel(CosineScoring):
         new_state = HeadState(encoder_state, gru, pending, held, loud, steps=state.steps + usable // k)
         return self.output(scored), new_state
 
-    def context_frames(self, first_step: int, n: int) -> np.ndarray:
-        """Frames of audio the embeddings of steps first_step .. first_step + n - 1 of an utterance rest on: the
-        oldest encoder window's age at each step's last frame (decide.fallback_step)."""
+    def context_frames(self, first_steps: list[int], n: int) -> np.ndarray:
+        """(streams, n): frames of audio the embeddings of the next n steps of each stream's utterance rest on,
+        after its first_steps: the oldest encoder window's age at each step's last frame (decide.fallback_step).
+        Batched: the runner asks for every stream of a step at once."""
         k = self.config.step_frames
-        ages = self.encoder.window_ages(torch.tensor([first_step * k]), n * k)
-        return ages[0].max(dim=0).values[k - 1 :: k].numpy()
+        ages = self.encoder.window_ages(torch.tensor(first_steps) * k, n * k)
+        return ages.max(dim=1).values[:, k - 1 :: k].numpy()
 
     def embed_sequence(self, frames: torch.Tensor) -> torch.Tensor:
         """Offline: (B, T, F) frames from a zero state -> embeddings at every step, (B, T // step_frames, 256)."""

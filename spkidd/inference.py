@@ -46,7 +46,7 @@ def score_prefixes(bundle: ModelBundle, frames: np.ndarray, lengths: list[int]) 
         return [None] * len(lengths)
     hop = bundle.features.hop_length / bundle.features.sample_rate
     speech_s = np.arange(1, max(steps) + 2) * k * hop
-    context_s = model.context_frames(0, max(steps) + 1) * hop
+    context_s = model.context_frames([0], max(steps) + 1)[0] * hop
     fallbacks = [fallback_step(speech_s[: step + 1], context_s[: step + 1]) if step >= 0 else 0 for step in steps]
     with torch.no_grad():
         embeddings = model.embed_sequence(torch.from_numpy(frames[: (max(steps) + 1) * k])[None])
@@ -182,7 +182,7 @@ def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.
                         scores=output.scores[row, :n].numpy(),
                         probs=output.probs[row, :n].numpy(),
                         speech_s=np.arange(1, n + 1) * k * hop_s,
-                        context_s=model.context_frames(0, n) * hop_s,
+                        context_s=model.context_frames([0], n)[0] * hop_s,
                     )
                 )
     return out

@@ -215,10 +215,10 @@ class SpeakerModel(CosineScoring):
         )
         return out, new_state
 
-    def context_frames(self, first_step: int, n: int) -> np.ndarray:
-        """Frames of audio the embeddings of steps first_step .. first_step + n - 1 of an utterance rest on: all
-        of it so far, as the pooling grows with the utterance (decide.fallback_step)."""
-        return (first_step + np.arange(1, n + 1)) * self.config.frame_stack
+    def context_frames(self, first_steps: list[int], n: int) -> np.ndarray:
+        """(streams, n): frames of audio the embeddings of the next n steps of each stream's utterance rest on,
+        after its first_steps: all of it so far, as the pooling grows with the utterance (decide.fallback_step)."""
+        return (np.asarray(first_steps)[:, None] + np.arange(1, n + 1)) * self.config.frame_stack
 
     def batch_states(self, states: list[StreamState]) -> StreamState:
         """Several streams' states as one batch (every stream with no pending frames)."""

@@ -217,6 +217,7 @@ class StepRunner:
         scores, probs = out.scores.numpy(), out.probs.numpy()
         hop_s = utts[0].extractor.params.hop_length / utts[0].extractor.params.sample_rate
         n = probs.shape[1]
+        context_s = model.context_frames(before, n) * hop_s
         for row, (utt, state) in enumerate(zip(utts, model.unbatch_state(after, before), strict=True)):
             pending = utt.state.pending
             utt.state = state
@@ -226,7 +227,7 @@ class StepRunner:
                 scores=scores[row],
                 probs=probs[row],
                 speech_s=steps * model.config.frame_stack * hop_s,
-                context_s=model.context_frames(state.steps - n, n) * hop_s,
+                context_s=context_s[row],
             )
 
 

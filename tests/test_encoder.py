@@ -43,11 +43,11 @@ def test_every_frame_comes_from_the_oldest_window_restarted_from_zero() -> None:
 
 def test_a_step_s_context_is_the_age_of_the_window_it_comes_from() -> None:
     model = EncoderSpeakerModel(EncoderModelConfig(n_speakers=2, window_frames=200, windows=2, step_frames=5))
-    context = model.context_frames(0, 90)
+    context = model.context_frames([0], 90)[0]
     assert context[:40].tolist() == list(range(5, 201, 5))
     assert context[40:60].tolist() == list(range(105, 201, 5))
     assert context[60:].tolist() == context[40:70].tolist()
-    assert model.context_frames(37, 20).tolist() == context[37:57].tolist()
+    assert model.context_frames([37, 3], 20).tolist() == [context[37:57].tolist(), context[3:23].tolist()]
 
 
 def test_a_window_that_has_not_started_costs_nothing() -> None:
