@@ -102,9 +102,7 @@ def test_offline_scores_carry_the_final_s_fallback_step_as_the_stream_has_it(
         assert chosen == len(streamed.speech_s) - 1 and scored.fallback is None
 
 
-async def test_the_runner_s_steps_carry_the_offline_context(
-    tmp_path: Path, speech: np.ndarray, bundle: ModelBundle
-) -> None:
+async def test_the_runner_s_steps_carry_the_offline_context(speech: np.ndarray, bundle: ModelBundle) -> None:
     """The daemon's steps say how much audio each rests on exactly as the offline pass does."""
     audio = np.concatenate([silence(0.5), speech, silence(0.8)])
     seen: list[StepScores] = []
