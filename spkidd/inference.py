@@ -45,8 +45,7 @@ def score_prefixes(bundle: ModelBundle, frames: np.ndarray, lengths: list[int]) 
     if max(steps, default=-1) < 0:
         return [None] * len(lengths)
     hop = bundle.features.hop_length / bundle.features.sample_rate
-    speech_s = np.arange(1, max(steps) + 2) * k * hop
-    context_s = model.context_frames([0], max(steps) + 1)[0] * hop
+    speech_s, context_s = (times[0] for times in step_times(model, hop, [0], max(steps) + 1))
     fallbacks = [fallback_step(speech_s[: step + 1], context_s[: step + 1]) if step >= 0 else 0 for step in steps]
     with torch.no_grad():
         embeddings = model.embed_sequence(torch.from_numpy(frames[: (max(steps) + 1) * k])[None])
@@ -166,23 +165,30 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
     return out
 
 
+def step_times(model: SpeakerNet, hop_s: float, first_steps: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(streams, n) each, for the next n steps of each stream's utterance after its `first_steps`: the seconds of
+    it each step has heard and the seconds its embedding rests on (StepScores' speech_s and context_s)."""
+    steps = np.asarray(first_steps)[:, None] + np.arange(1, n + 1)
+    return steps * model.config.frame_stack * hop_s, model.context_frames(first_steps, n) * hop_s
+
+
 def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> list[StepScores]:
     """Every step's scores of each piece streamed from its start: what the decider sees. Batched over pieces."""
     k = model.config.frame_stack
     hop_s = extractor.params.hop_length / extractor.params.sample_rate
+    lengths = [extractor.params.n_frames(len(piece)) // k for piece in pieces]
+    speech_s, context_s = (times[0] for times in step_times(model, hop_s, [0], max(lengths, default=0)))
     out: list[StepScores] = []
     with torch.no_grad():
         for start in range(0, len(pieces), 32):
-            group = pieces[start : start + 32]
-            output = model.output(model.embed_sequence(extractor.padded(group)))
-            for row, piece in enumerate(group):
-                n = extractor.params.n_frames(len(piece)) // k
+            output = model.output(model.embed_sequence(extractor.padded(pieces[start : start + 32])))
+            for row, n in enumerate(lengths[start : start + 32]):
                 out.append(
                     StepScores(
                         scores=output.scores[row, :n].numpy(),
                         probs=output.probs[row, :n].numpy(),
-                        speech_s=np.arange(1, n + 1) * k * hop_s,
-                        context_s=model.context_frames([0], n)[0] * hop_s,
+                        speech_s=speech_s[:n],
+                        context_s=context_s[:n],
                     )
                 )
     return out

@@ -20,6 +20,7 @@ import torch
 
 from spkidd.decide import StepScores
 from spkidd.features import FeatureExtractor, FeatureParams, int16_to_float
+from spkidd.inference import step_times
 from spkidd.modelfile import SpeakerNet
 
 log = logging.getLogger(__name__)
@@ -217,17 +218,13 @@ class StepRunner:
         scores, probs = out.scores.numpy(), out.probs.numpy()
         hop_s = utts[0].extractor.params.hop_length / utts[0].extractor.params.sample_rate
         n = probs.shape[1]
-        context_s = model.context_frames(before, n) * hop_s
+        speech_s, context_s = step_times(model, hop_s, before, n)
         for row, (utt, state) in enumerate(zip(utts, model.unbatch_state(after, before), strict=True)):
             pending = utt.state.pending
             utt.state = state
             utt.state.pending = pending
-            steps = np.arange(state.steps - n + 1, state.steps + 1, dtype=np.float64)
             results[members[row][0]] = StepScores(
-                scores=scores[row],
-                probs=probs[row],
-                speech_s=steps * model.config.frame_stack * hop_s,
-                context_s=context_s[row],
+                scores=scores[row], probs=probs[row], speech_s=speech_s[row], context_s=context_s[row]
             )
 
 
