@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from common import DEFAULT_DATA, DEFAULT_OUT, S1_GAPS, S2_GAPS, build_conversation, score, timeline_score
+from dev_split import development_split
 from manifests import p2
 from rich.console import Console
 from rich.table import Table
@@ -110,9 +111,10 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=DEFAULT_DATA.parent / "tools" / "conversation.py")
     parser.add_argument(
         "--split",
-        choices=("test", "train"),
+        choices=("test", "dev"),
         default="test",
-        help="train: a development conversation from P2 TRAINING audio, for tuning without touching the test",
+        help="dev: a development conversation from the 2-s windows dev_split.py holds out of P2's training audio "
+        "(its models never heard them), for tuning without touching the test",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -122,7 +124,7 @@ def main() -> None:
     out: Path = args.out or DEFAULT_OUT / args.protocol
     gaps = S1_GAPS if args.protocol == "s1" else S2_GAPS
     train_csv, test_csv = p2(args.data, out / "manifests")
-    source_csv = test_csv if args.split == "test" else train_csv
+    source_csv = test_csv if args.split == "test" else development_split(train_csv, out / "manifests")[1]
     wav, truth_csv = build_conversation(source_csv, out, seed=args.seed, gaps=gaps)
     bundle = load_model(args.model)
     settings = settings_from_args(args)
