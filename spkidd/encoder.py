@@ -12,12 +12,17 @@ Loudness is normalized causally, as resemblyzer normalizes a file to -30 dBFS be
 raising the level): each frame's mel power is scaled by the gain that brings the utterance's mean square so far to
 the target. The same `step()` serves streaming chunk by chunk and offline whole sequences, so both give the same
 numbers.
+
+On a CPU with native bfloat16 arithmetic (AMX or AVX512-BF16) the LSTM runs in bfloat16: 2.4-3.7 times faster
+there, and the development split's figures moved by a window or two either way (see GE2E.run_lstm).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,31 +58,66 @@ class EncoderState:
     noise: NoiseFloor
 
 
-class GE2E(nn.Module):
-    """The network with resemblyzer's parameter names, so its tensors load as they are."""
+def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 AMX or AVX512-BF16). Elsewhere (a Raspberry Pi, older
+    x86) bfloat16 would be emulated and slower than float32, so the encoder stays in float32 there."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines() if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
-    def __init__(self) -> None:
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+class GE2E(nn.Module):
+    """The network with resemblyzer's parameter names, so its tensors load as they are. `bfloat16`: run the LSTM
+    in bfloat16 (None: where the CPU does it natively, native_bfloat16)."""
+
+    def __init__(self, bfloat16: bool | None = None) -> None:
         super().__init__()
         self.lstm = nn.LSTM(MEL_BANDS, HIDDEN, num_layers=LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, HIDDEN)
+        self.in_bfloat16 = native_bfloat16() if bfloat16 is None else bfloat16
+        self._bfloat16_lstm: list[nn.LSTM] = []
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._bfloat16_lstm.clear())
 
     def embed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(torch.relu(self.linear(hidden)), dim=-1)
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
         """(B, T, 40) mel power from a zero state -> (B, 256) embedding of the last frame (resemblyzer's forward)."""
-        hidden, _ = self.lstm(mels)
+        zeros = mels.new_zeros(LAYERS, mels.shape[0], HIDDEN)
+        hidden, _ = self.run_lstm(mels, (zeros, zeros))
         return self.embed(hidden[:, -1])
+
+    def run_lstm(self, x: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        """The LSTM, in bfloat16 if so chosen, with float32 in and out. In bfloat16 it is 2.4 (one stream) to 3.7
+        (training's long batches) times faster on AMX (T1: 216-251 streams per core against 148-152 in float32, run
+        in turn), and its state holds bfloat16 values exactly, so a stream cut into chunks still gives the numbers
+        of one pass. The pretrained weights are the same; the copy is never trained (the LSTM is frozen) and is
+        made again when weights are loaded."""
+        if not self.in_bfloat16:
+            return self.lstm(x, state)
+        if not self._bfloat16_lstm:
+            self._bfloat16_lstm.append(copy.deepcopy(self.lstm).to(torch.bfloat16).requires_grad_(False))
+        h, c = state
+        out, (h, c) = self._bfloat16_lstm[0](x.bfloat16(), (h.bfloat16(), c.bfloat16()))
+        return out.float(), (h.float(), c.float())
 
 
 class RollingEncoder(nn.Module):
     """GE2E in `windows` staggered windows of `window_frames` frames; per-frame embeddings of the oldest window."""
 
-    def __init__(self, window_frames: int = 200, windows: int = 2, denoise: bool = False) -> None:
+    def __init__(
+        self, window_frames: int = 200, windows: int = 2, denoise: bool = False, bfloat16: bool | None = None
+    ) -> None:
         super().__init__()
         if windows < 1 or window_frames % windows:
             raise ValueError("window_frames must be a multiple of the number of windows")
-        self.net = GE2E()
+        self.net = GE2E(bfloat16)
         self.window_frames = window_frames
         self.windows = windows
         self.restart_every = window_frames // windows
@@ -154,11 +194,11 @@ class RollingEncoder(nn.Module):
         frames of every utterance only one window of each stream is computed (a third of the work for an
         utterance of 1.5 s, and a household's last one to three seconds)."""
         if bool(started.all()):
-            return self.net.lstm(x, (h, c))
+            return self.net.run_lstm(x, (h, c))
         rows = torch.nonzero(started).flatten()
         out = x.new_zeros(x.shape[0], x.shape[1], HIDDEN)
         new_h, new_c = torch.zeros_like(h), torch.zeros_like(c)
-        computed, (h_rows, c_rows) = self.net.lstm(x[rows], (h[:, rows], c[:, rows]))
+        computed, (h_rows, c_rows) = self.net.run_lstm(x[rows], (h[:, rows], c[:, rows]))
         out[rows], new_h[:, rows], new_c[:, rows] = computed, h_rows, c_rows
         return out, (new_h, new_c)
 

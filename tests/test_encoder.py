@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from spkidd.encoder import GE2E, GE2E_FEATURES, MEL_BANDS, RollingEncoder
+from spkidd.encoder import GE2E, GE2E_FEATURES, MEL_BANDS, RollingEncoder, native_bfloat16
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor, mel_filterbank
 from train.encoder_weights import EncoderWeightsError, convert_wheel, load_weights
@@ -63,6 +63,41 @@ def test_a_window_that_has_not_started_costs_nothing() -> None:
         rows_per_call.clear()
         _, state = encoder.step(torch.cat([_frames(8, seed) for seed in range(3)]), state)
         assert rows_per_call == [3, 6]
+
+
+def test_bfloat16_is_chosen_only_where_the_cpu_computes_it(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n\nprocessor\t: 1\n")
+    assert not native_bfloat16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert native_bfloat16(cpuinfo)
+    cpuinfo.write_text("Features\t: fp asimd bf16\n")
+    assert not native_bfloat16(cpuinfo)
+    assert not native_bfloat16(tmp_path / "missing")
+
+
+def test_bfloat16_embeddings_are_the_float32_ones_and_follow_loaded_weights() -> None:
+    """In bfloat16 a stream still equals one pass (its state holds bfloat16 values exactly), and new weights
+    reach the bfloat16 copy of the LSTM."""
+    torch.manual_seed(2)
+    exact, fast = RollingEncoder(window_frames=200, bfloat16=False).eval(), RollingEncoder(window_frames=200).eval()
+    fast.net.in_bfloat16 = True
+    fast.load_state_dict(exact.state_dict())
+    frames = _frames(450, seed=6)
+    with torch.no_grad():
+        reference, _ = exact.step(frames, exact.initial_state())
+        whole, _ = fast.step(frames, fast.initial_state())
+        first, state = fast.step(frames[:, :173], fast.initial_state())
+        rest, _ = fast.step(frames[:, 173:], state)
+        assert torch.equal(torch.cat([first, rest], dim=1), whole)
+        assert float((whole * reference).sum(-1).min()) >= 0.999
+        other = RollingEncoder(window_frames=200, bfloat16=False).state_dict()
+        fast.load_state_dict(other)
+        exact.load_state_dict(other)
+        reloaded, _ = fast.step(frames, fast.initial_state())
+        expected, _ = exact.step(frames, exact.initial_state())
+    assert float((reloaded * expected).sum(-1).min()) >= 0.999
+    assert float((reloaded * whole).sum(-1).min()) < 0.99
 
 
 def _model_with_a_working_head(n_speakers: int = 4, denoise: bool = False) -> EncoderSpeakerModel:
@@ -215,13 +250,16 @@ def package_outputs(resemblyzer_python: Path, tmp_path_factory: pytest.TempPathF
     return wave, out
 
 
-def test_our_encoder_gives_the_package_s_embeddings(package_outputs: tuple[np.ndarray, Path]) -> None:
+@pytest.mark.parametrize("bfloat16", [False, True])
+def test_our_encoder_gives_the_package_s_embeddings(package_outputs: tuple[np.ndarray, Path], bfloat16: bool) -> None:
+    """In float32 and in bfloat16 (what a CPU with native bfloat16 runs)."""
     _, out = package_outputs
     assert np.abs(mel_filterbank(GE2E_FEATURES) - np.load(out / "filterbank.npy")).max() < 1e-7
     mels = torch.from_numpy(np.load(out / "mels.npy")[None, :160]).float()
-    net = GE2E()
+    net = GE2E(bfloat16)
     net.load_state_dict(load_weights(), strict=True)
     ours = EncoderSpeakerModel(EncoderModelConfig(n_speakers=1))
+    ours.encoder.net.in_bfloat16 = bfloat16
     ours.load_encoder(load_weights())
     loud = torch.full((1, mels.shape[1], 1), 1.0)
     with torch.no_grad():
