@@ -14,7 +14,7 @@ the target. The same `step()` serves streaming chunk by chunk and offline whole 
 numbers.
 
 On a CPU with native bfloat16 arithmetic (AMX or AVX512-BF16) the LSTM runs in bfloat16: 2.4-3.7 times faster
-there, and the development split's figures moved by a window or two either way (see GE2E.run_lstm).
+there, and the development split's figures moved by up to three of 193 windows either way (see GE2E.run_lstm).
 """
 
 from __future__ import annotations

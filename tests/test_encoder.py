@@ -80,8 +80,8 @@ def test_bfloat16_embeddings_are_the_float32_ones_and_follow_loaded_weights() ->
     """In bfloat16 a stream still equals one pass (its state holds bfloat16 values exactly), and new weights
     reach the bfloat16 copy of the LSTM."""
     torch.manual_seed(2)
-    exact, fast = RollingEncoder(window_frames=200, bfloat16=False).eval(), RollingEncoder(window_frames=200).eval()
-    fast.net.in_bfloat16 = True
+    exact = RollingEncoder(window_frames=200, bfloat16=False).eval()
+    fast = RollingEncoder(window_frames=200, bfloat16=True).eval()
     fast.load_state_dict(exact.state_dict())
     frames = _frames(450, seed=6)
     with torch.no_grad():
