@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,21 +138,59 @@ def embed_pieces(
 
 REFERENCE_SETTLE_S = 1.0
 REFERENCE_EVERY_S = 0.25
+FRESH_CROP_S = 2.0
+FRESH_HOP_S = 1.0
+FRESH_VIEW_S = (1.0, 1.5)
 
 
 def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> list[np.ndarray]:
     """Per piece, raw embeddings that stand for its voice, for trained speakers' references and enrollment alike.
 
     The scratch network embeds overlapping 1.5-s crops (its pooling grows with the utterance). The encoder model
-    runs over each piece as the daemon streams an utterance (its encoder windows restart in turn, so no LSTM
-    state lives longer than one window) and contributes its embedding every 0.25 s once a second of speech has been
-    heard: the views a live stream scores, at a third of the cost of re-embedding crops. Batched over pieces."""
+    gives two kinds of views: the piece streamed whole, and short utterances cut from it heard from their start."""
     if not isinstance(model, EncoderSpeakerModel):
         per_piece = [crops(piece) for piece in pieces]
         flat = embed_pieces(model, extractor, [c for group in per_piece for c in group])
         return np.split(flat, np.cumsum([len(group) for group in per_piece])[:-1]) if pieces else []
-    step_s = model.config.step_frames * extractor.params.hop_length / extractor.params.sample_rate
-    settle, every = round(REFERENCE_SETTLE_S / step_s), max(1, round(REFERENCE_EVERY_S / step_s))
+    streamed = _views(model, extractor, pieces, _streamed_steps(model, extractor))
+    per_piece = [crops(piece, FRESH_CROP_S, FRESH_HOP_S) for piece in pieces]
+    fresh = _views(model, extractor, [c for group in per_piece for c in group], _fresh_steps(model, extractor))
+    starts = np.cumsum([0] + [len(group) for group in per_piece])
+    return [np.concatenate([streamed[i], *fresh[starts[i] : starts[i + 1]]]) for i in range(len(pieces))]
+
+
+def _step_count(model: SpeakerNet, extractor: FeatureExtractor, seconds: float) -> int:
+    """Model steps in `seconds` of audio."""
+    step_s = model.config.frame_stack * extractor.params.hop_length / extractor.params.sample_rate
+    return round(seconds / step_s)
+
+
+def _streamed_steps(model: SpeakerNet, extractor: FeatureExtractor) -> Callable[[int], list[int]]:
+    """A piece run as the daemon streams an utterance (its encoder windows restart in turn, so no LSTM state lives
+    longer than one window), a view every 0.25 s once a second of speech has been heard: the views of a long
+    utterance, at a third of the cost of re-embedding crops."""
+    settle = _step_count(model, extractor, REFERENCE_SETTLE_S)
+    every = max(1, _step_count(model, extractor, REFERENCE_EVERY_S))
+    return lambda n: list(range(min(settle, n - 1), n, every))
+
+
+def _fresh_steps(model: SpeakerNet, extractor: FeatureExtractor) -> Callable[[int], list[int]]:
+    """A 2-s crop (FRESH_CROP_S, 1 s apart) heard from its start after 1 and 1.5 s and at its end. The household
+    GRU's embedding of a short utterance is not what it says deep into a long one, and a home's utterances last one
+    to three seconds. On the development split (the same trained heads, only the references differing; two seeds)
+    these views beside the streamed ones raised top-1 after 0.5 / 1 / 2 s from 59.8 / 83.9 / 94.3% to 61.7 / 84.7 /
+    94.6% and lowered `unknown` from 19.4% to 17.4%; views after 0.5 s too gave 63.2 / 85.8 / 94.3% but 23.3%
+    `unknown` (the encoder's half of the references then stands for voices less well). Crops shorter than a second
+    give none."""
+    at = [_step_count(model, extractor, age) - 1 for age in FRESH_VIEW_S]
+    return lambda n: [s for s in at if s < n - 1] + [n - 1] if n > at[0] else []
+
+
+def _views(
+    model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray], chosen: Callable[[int], list[int]]
+) -> list[np.ndarray]:
+    """Raw embeddings of each piece streamed from its start at the steps `chosen(n_steps)`, batched by length."""
+    k = model.config.frame_stack
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
     out: list[np.ndarray] = [np.zeros((0, model.config.embedding_dim), dtype=np.float32)] * len(pieces)
     with torch.no_grad():
@@ -159,9 +198,9 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
             group = order[start : start + 32]
             embeddings = model.embed_sequence(extractor.padded([pieces[i] for i in group])).numpy()
             for row, i in enumerate(group):
-                n = extractor.params.n_frames(len(pieces[i])) // model.config.step_frames
+                n = extractor.params.n_frames(len(pieces[i])) // k
                 if n > 0:
-                    out[i] = embeddings[row, list(range(min(settle, n - 1), n, every))]
+                    out[i] = embeddings[row, chosen(n)]
     return out
 
 
