@@ -179,9 +179,8 @@ def _fresh_steps(model: SpeakerNet, extractor: FeatureExtractor) -> Callable[[in
     GRU's embedding of a short utterance is not what it says deep into a long one, and a home's utterances last one
     to three seconds. On the development split (the same trained heads, only the references differing; two seeds)
     these views beside the streamed ones raised top-1 after 0.5 / 1 / 2 s from 59.8 / 83.9 / 94.3% to 61.7 / 84.7 /
-    94.6% and lowered `unknown` from 19.4% to 17.4%; views after 0.5 s too gave 63.2 / 85.8 / 94.3% but 23.3%
-    `unknown` (the encoder's half of the references then stands for voices less well). Crops shorter than a second
-    give none."""
+    94.6% and lowered `unknown` from 19.4% to 17.4%; views after 0.5 s too gave 63.2 / 85.8 / 94.3% but raised
+    `unknown` to 23.3%. Crops shorter than a second give none."""
     at = [_step_count(model, extractor, age) - 1 for age in FRESH_VIEW_S]
     return lambda n: [s for s in at if s < n - 1] + [n - 1] if n > at[0] else []
 
