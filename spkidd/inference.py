@@ -152,11 +152,14 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
         per_piece = [crops(piece) for piece in pieces]
         flat = embed_pieces(model, extractor, [c for group in per_piece for c in group])
         return np.split(flat, np.cumsum([len(group) for group in per_piece])[:-1]) if pieces else []
-    streamed = _views(model, extractor, pieces, _streamed_steps(model, extractor))
-    per_piece = [crops(piece, FRESH_CROP_S, FRESH_HOP_S) for piece in pieces]
-    fresh = _views(model, extractor, [c for group in per_piece for c in group], _fresh_steps(model, extractor))
-    starts = np.cumsum([0] + [len(group) for group in per_piece])
-    return [np.concatenate([streamed[i], *fresh[starts[i] : starts[i + 1]]]) for i in range(len(pieces))]
+    streamed, fresh = _streamed_steps(model, extractor), _fresh_steps(model, extractor)
+    crop_steps = extractor.params.n_frames(round(FRESH_CROP_S * SAMPLE_RATE)) // model.config.frame_stack
+    # A piece's first crop starts where the piece does, and the model is causal: its views are the streamed pass's.
+    first = _views(model, extractor, pieces, lambda n: streamed(n) + fresh(min(n, crop_steps)))
+    later = [crops(piece, FRESH_CROP_S, FRESH_HOP_S)[1:] for piece in pieces]
+    views = _views(model, extractor, [c for group in later for c in group], fresh)
+    starts = np.cumsum([0] + [len(group) for group in later])
+    return [np.concatenate([first[i], *views[starts[i] : starts[i + 1]]]) for i in range(len(pieces))]
 
 
 def _step_count(model: SpeakerNet, extractor: FeatureExtractor, seconds: float) -> int:
