@@ -3,7 +3,8 @@
     python benchmarks/p2n_noise.py [MODEL] [--snr 20 10] [--data ../shared/data] [--out benchmarks/out]
 
 MODEL defaults to the P2 model that `run_closed_set.py p2` leaves in OUT. The noisy copies are made once with
-../shared/tools/degrade.sh (sox) into OUT/p2n/noise-SNR and reused. Prints a table and writes OUT/p2n.json.
+../shared/tools/degrade.sh (sox) into OUT/p2n/noise-SNR-repeatable and reused. Prints a table and writes
+OUT/p2n.json.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +24,16 @@ GOALS = {"20": {"top1": 0.95}, "10": {"top1": 0.80}}
 
 
 def noisy_copies(data: Path, out: Path, snr: int) -> Path:
-    folder = out / f"noise-{snr}"
+    """The copies with noise at `snr` dB. sox runs in its repeatable mode (`-R`, through SOX_OPTS): its pink noise
+    and dither are otherwise drawn anew on every machine, and P2N's figures moved by up to four windows between
+    two clones of the same code."""
+    folder = out / f"noise-{snr}-repeatable"
     done = folder / ".complete"
     if not done.is_file():
         script = data.parent / "tools" / "degrade.sh"
-        subprocess.run(["bash", str(script), str(data / "librispeech-251"), str(folder), "noise", str(snr)], check=True)
+        env = {**os.environ, "SOX_OPTS": f"{os.environ.get('SOX_OPTS', '')} -R".strip()}
+        command = ["bash", str(script), str(data / "librispeech-251"), str(folder), "noise", str(snr)]
+        subprocess.run(command, check=True, env=env)
         done.write_text("ok\n")
     return folder
 
