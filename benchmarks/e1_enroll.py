@@ -79,8 +79,8 @@ def main() -> None:
     )
     one_enroll_s = time.monotonic() - started
 
-    # One torch thread, as `spkidd enroll`, the daemon and its web page run enrollment: with two, each waiting for
-    # the other between small LSTM steps, one enrollment took 0.36-0.41 s instead of 0.06-0.07 s.
+    # One torch thread, as `spkidd enroll`, the daemon and its web page run enrollment: with two, whose second sleeps
+    # between the small LSTM steps (OMP_WAIT_POLICY=PASSIVE), one enrollment took 0.36-0.41 s instead of 0.06 s.
     torch.set_num_threads(1)
     enrolled = base
     seconds = []

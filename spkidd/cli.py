@@ -103,7 +103,9 @@ def train(
     augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
-    threads: int | None = typer.Option(None, help="CPU threads for training (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for training (default: all cores; the ge2e heads' epochs always run on one)."
+    ),
     target_far: float = typer.Option(
         0.05,
         help="False-accept rate the unknown-speaker threshold is calibrated to (on held-out speech of the other "
