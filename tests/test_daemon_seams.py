@@ -198,6 +198,19 @@ async def test_an_unusable_model_at_reload_is_refused_and_shutdown_still_runs_to
     assert "embedded broker: mosquitto stopped" in daemon.text()
 
 
+async def _until_it_catches_sighup(daemon: DaemonProcess, timeout: float) -> None:
+    """Until the process has a SIGHUP handler (SigCgt in /proc): the CLI installs one before the daemon's imports, so
+    SIGHUPs from then on fall inside its start-up however fast the host is (a fixed 1-s wait missed it once)."""
+    deadline = time.monotonic() + timeout
+    status = Path(f"/proc/{daemon.process.pid}/status")
+    while time.monotonic() < deadline:
+        caught = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")), "0")
+        if int(caught, 16) & (1 << (signal.SIGHUP - 1)):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no SIGHUP handler after {timeout} s:\n{daemon.text()[-3000:]}")
+
+
 async def test_sighup_during_start_up_neither_kills_the_daemon_nor_starts_a_second_pipeline(
     tmp_path: Path, household_wav: Path
 ) -> None:
@@ -210,7 +223,7 @@ async def test_sighup_during_start_up_neither_kills_the_daemon_nor_starts_a_seco
         async with Collector(broker.port, [f"{KITCHEN}/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
-                await asyncio.sleep(1.0)  # past the interpreter's own start, inside the daemon's imports
+                await _until_it_catches_sighup(daemon, timeout=30)  # the CLI's handler, before the imports
                 deadline = time.monotonic() + 60
                 while "ready:" not in daemon.text() and time.monotonic() < deadline:
                     daemon.signal(signal.SIGHUP)

@@ -158,6 +158,13 @@ def _state(house: House) -> tuple[str, list[str]]:
     return hashlib.sha256(house.model.read_bytes()).hexdigest(), sorted(p.name for p in house.clips.iterdir())
 
 
+def _unchanged(before: tuple[str, list[str]], house: House) -> bool:
+    """The model file as it was and every kept clip still there; the replayed conversation goes on meanwhile and
+    may keep new clips (a CI run failed on a clip kept while the test typed)."""
+    model, clips = _state(house)
+    return model == before[0] and set(before[1]) <= set(clips)
+
+
 def _wait_for_final(house: House, speaker: str, turn: str, since: float, timeout: float = 90.0) -> dict:
     def found() -> dict | None:
         for event in house.finals(since):
@@ -233,7 +240,7 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> Non
         assert attempt("") == "the speaker needs a name"
         assert attempt("alice") == "there is already a speaker called 'alice'"
         assert "is reserved" in attempt("unknown")
-    assert _state(house) == before
+    assert _unchanged(before, house)
 
     status, body = _post(
         f"{house.base}/api/enroll", json.dumps({"speaker": "x", "clips": ["../voices.safetensors"]}).encode(),
@@ -260,7 +267,7 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> Non
         f"{house.base}/api/record", body_bytes, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
     assert status == 400 and body["error"].startswith("the upload is not audio")
-    assert _state(house) == before, "nothing changed: the model file and the clips are as they were"
+    assert _unchanged(before, house), "nothing changed: the model file and the clips are as they were"
 
 
 def test_a_kept_unknown_clip_is_enrolled_from_the_page_and_then_named(house: House) -> None:
