@@ -50,6 +50,11 @@ class FeatureParams:
             return self.n_mfcc
         return self.n_mels + 1 if self.kind == "melpower" else self.n_mels
 
+    @property
+    def hop_s(self) -> float:
+        """Seconds between frames."""
+        return self.hop_length / self.sample_rate
+
     def n_frames(self, n_samples: int) -> int:
         """How many whole frames `n_samples` samples hold."""
         if n_samples < self.win_length:

@@ -45,7 +45,7 @@ def score_prefixes(bundle: ModelBundle, frames: np.ndarray, lengths: list[int]) 
     steps = [min(n, frames.shape[0]) // k - 1 for n in lengths]
     if max(steps, default=-1) < 0:
         return [None] * len(lengths)
-    hop = bundle.features.hop_length / bundle.features.sample_rate
+    hop = bundle.features.hop_s
     speech_s, context_s = (times[0] for times in step_times(model, hop, [0], max(steps) + 1))
     fallbacks = [fallback_step(speech_s[: step + 1], context_s[: step + 1]) if step >= 0 else 0 for step in steps]
     with torch.no_grad():
@@ -164,7 +164,7 @@ def reference_embeddings(model: SpeakerNet, extractor: FeatureExtractor, pieces:
 
 def _step_count(model: SpeakerNet, extractor: FeatureExtractor, seconds: float) -> int:
     """Model steps in `seconds` of audio."""
-    step_s = model.config.frame_stack * extractor.params.hop_length / extractor.params.sample_rate
+    step_s = model.config.frame_stack * extractor.params.hop_s
     return round(seconds / step_s)
 
 
@@ -216,7 +216,7 @@ def step_times(model: SpeakerNet, hop_s: float, first_steps: list[int], n: int) 
 def step_scores(model: SpeakerNet, extractor: FeatureExtractor, pieces: list[np.ndarray]) -> list[StepScores]:
     """Every step's scores of each piece streamed from its start: what the decider sees. Batched over pieces."""
     k = model.config.frame_stack
-    hop_s = extractor.params.hop_length / extractor.params.sample_rate
+    hop_s = extractor.params.hop_s
     lengths = [extractor.params.n_frames(len(piece)) // k for piece in pieces]
     speech_s, context_s = (times[0] for times in step_times(model, hop_s, [0], max(lengths, default=0)))
     out: list[StepScores] = []

@@ -216,7 +216,7 @@ class StepRunner:
         out, after = model.step(torch.cat([f for _, f in members]), model.batch_states([u.state for u in utts]))
         assert out is not None
         scores, probs = out.scores.numpy(), out.probs.numpy()
-        hop_s = utts[0].extractor.params.hop_length / utts[0].extractor.params.sample_rate
+        hop_s = utts[0].extractor.params.hop_s
         n = probs.shape[1]
         speech_s, context_s = step_times(model, hop_s, before, n)
         for row, (utt, state) in enumerate(zip(utts, model.unbatch_state(after, before), strict=True)):

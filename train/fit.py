@@ -314,7 +314,7 @@ class Trainer(TrainerBase):
     @property
     def step_s(self) -> float:
         """Seconds between the network's outputs."""
-        return self.settings.frame_stack * self.params.hop_length / SAMPLE_RATE
+        return self.settings.frame_stack * self.params.hop_s
 
     def plan_text(self, plan: TrainSettings) -> str:
         return (
