@@ -104,7 +104,9 @@ def train(
     features: str = typer.Option("logmel", help="logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(
-        None, help="CPU threads for training (default: all cores; the ge2e heads' epochs always run on one)."
+        None,
+        help="CPU threads for training (default: all cores; the ge2e heads train on one thread each, in as many "
+        "processes as threads).",
     ),
     target_far: float = typer.Option(
         0.05,

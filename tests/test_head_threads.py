@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from spkidd import SAMPLE_RATE
 from train.fit import Split, TrainSettings
 from train.fit_head import HeadTrainer, one_torch_thread
+from train.trainer_base import EpochRecord, TrainResult
 
 
 def test_one_thread_inside_and_the_count_restored_even_after_ctrl_c() -> None:
@@ -27,22 +30,49 @@ def test_one_thread_inside_and_the_count_restored_even_after_ctrl_c() -> None:
         torch.set_num_threads(before)
 
 
-def test_the_trainer_runs_its_epochs_on_one_thread_and_gives_the_others_back(tmp_path: Path) -> None:
-    """What the one-thread epochs are for: a real HeadTrainer run, asked for two threads, reports one thread at
-    every epoch (its callback runs inside the epoch loop) and two again once the model is built."""
+def _tiny_split() -> Split:
+    """Three tones in a little noise, four clips each: enough for a head to learn something in a few epochs."""
     rng = np.random.default_rng(0)
     tones = [np.sin(2 * np.pi * f * np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE) for f in (180.0, 260.0, 390.0)]
     clips = [0.3 * tone + 0.02 * rng.standard_normal(len(tone)) for tone in tones for _ in range(4)]
     labels = [i for i in range(3) for _ in range(4)]
-    split = Split(clips[::2] + clips[1::4], labels[::2] + labels[1::4], clips[3::4], labels[3::4])
-    settings = TrainSettings(epochs=2, patience=2, pools=1, threads=2, seed=1)
-    trainer = HeadTrainer(settings, ["a", "b", "c"], split, tmp_path / "m.safetensors", {})
+    return Split(clips[::2] + clips[1::4], labels[::2] + labels[1::4], clips[3::4], labels[3::4])
+
+
+def _train(tmp_path: Path, threads: int, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    settings = TrainSettings(epochs=3, patience=3, pools=1, threads=threads, seed=1)
+    trainer = HeadTrainer(settings, ["a", "b", "c"], _tiny_split(), tmp_path / f"m{threads}.safetensors", {})
+    assert trainer.head_processes(trainer.resolved(), 2) == min(threads, len(os.sched_getaffinity(0)))
+    return trainer.run(on_epoch=on_epoch)
+
+
+def test_the_trainer_runs_its_epochs_on_one_thread_and_gives_the_others_back(tmp_path: Path) -> None:
+    """What the one-thread epochs are for: a real HeadTrainer run, asked for two threads, reports one thread at
+    every epoch (its callback runs inside the epoch loop) and two again once the model is built."""
     before = torch.get_num_threads()
     seen: list[int] = []
     try:
-        result = trainer.run(on_epoch=lambda _record: seen.append(torch.get_num_threads()))
-        assert seen == [1, 1]
+        result = _train(tmp_path, 2, lambda _record: seen.append(torch.get_num_threads()))
+        assert seen == [1, 1, 1]
         assert torch.get_num_threads() == 2
-        assert result.bundle.training["epochs_run"] == 2
+        assert result.bundle.training["epochs_run"] == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_two_heads_in_two_processes_train_the_same_model_as_in_one(tmp_path: Path) -> None:
+    """With two cores each head trains in a process of its own (train.head_parallel): the model, every epoch's
+    figures and the checkpoint's optimizer state are those of the run that trains both heads in one process."""
+    assert len(os.sched_getaffinity(0)) >= 2, "this test needs two cores, as the machines it is written for have"
+    before = torch.get_num_threads()
+    try:
+        one, two = _train(tmp_path, 1), _train(tmp_path, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert [(r.train_acc, r.val_acc) for r in one.history] == [(r.train_acc, r.val_acc) for r in two.history]
+    assert [r.loss for r in one.history] == pytest.approx([r.loss for r in two.history], rel=1e-6)
+    tensors_one, tensors_two = one.bundle.model.state_dict(), two.bundle.model.state_dict()
+    assert tensors_one.keys() == tensors_two.keys()
+    for name, tensor in tensors_one.items():
+        assert torch.equal(tensor, tensors_two[name]), name
+    assert one.bundle.decision == two.bundle.decision

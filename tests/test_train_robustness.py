@@ -104,11 +104,14 @@ def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech
             time.sleep(0.2)
         assert checkpoint.exists(), "a checkpoint is written after the first epoch"
         time.sleep(1.0)
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(workers) == 1, "the second head trains in a process of its own"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
+    assert not Path(f"/proc/{workers[0]}").exists(), "the head's worker process ends with the training"
     assert "interrupted: no model written" in stderr and "--resume" in stderr
     assert checkpoint.exists() and not out.exists()
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".m.safetensors*"))

@@ -13,11 +13,12 @@ threshold is calibrated.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from train.distributed import Ranks
 from train.encoder_weights import load_weights
 from train.ensemble import merged_heads
 from train.fit import STRANGERS, TrainSettings, WindowScores, margin_logits, pseudo_strangers, window_scores
+from train.head_parallel import EpochPart, HeadNet, HeadWorkers, step_cosines
 from train.references import ReferenceEmbeddings
 from train.trainer_base import (
     Best,
@@ -145,29 +147,6 @@ def length_sorted_batches(lengths: list[int], size: int, rng: np.random.Generato
     sortish = np.concatenate([r[np.argsort(by_length[r], kind="stable")] for r in runs]) if runs else order
     batches = [sortish[i : i + size].tolist() for i in range(0, len(sortish), size)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def step_cosines(model: EncoderSpeakerModel, hidden: torch.Tensor) -> torch.Tensor:
-    """The head's cosines with every speaker at every step of stored encoder outputs (batch, steps, 256)."""
-    zeros = torch.zeros(1, hidden.shape[0], model.config.head_hidden)
-    return model.cosine(model.embeddings(model.encoder.net.embed(hidden), zeros)[0])
-
-
-class HeadNet(nn.Module):
-    """The heads' training forward as one module, so that DistributedDataParallel sees a single forward(): one
-    batch of stored encoder outputs per head -> each head's cosines."""
-
-    def __init__(self, heads: list[EncoderSpeakerModel]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(heads)
-
-    @property
-    def heads(self) -> list[EncoderSpeakerModel]:
-        """The registered heads, typed (a ModuleList yields plain Modules)."""
-        return cast(list[EncoderSpeakerModel], list(self.members))
-
-    def forward(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [step_cosines(head, x) for head, x in zip(self.heads, hidden, strict=True)]
 
 
 class HeadTrainer(TrainerBase):
@@ -303,50 +282,59 @@ class HeadTrainer(TrainerBase):
     def _train_epoch(
         self,
         net: nn.Module,
-        heads: list[EncoderSpeakerModel],
-        pools: list[EncodedPool],
+        ensemble: HeadNet,
+        turn: list[EncodedPool],
+        which: list[int],
         optimizer: torch.optim.Optimizer,
         class_weights: torch.Tensor | None,
         settings: TrainSettings,
         margin: float,
-    ) -> tuple[float, float]:
-        """One pass, every head over its own pool in its own order (the shortest pool's batches decide how many
-        steps; pools differ by a sequence or two), each head with its own loss and gradient clipping."""
+    ) -> EpochPart:
+        """One pass of the `which` heads, each over its own pool of the turn in its own order (every head's batches
+        are drawn, wherever it trains; the shortest pool's batches decide how many steps, pools differ by a
+        sequence or two), each head with its own loss and gradient clipping."""
         net.train()
         assert settings.batch_size is not None
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in zip(*(self._batches(pool, settings.batch_size) for pool in pools), strict=False):
-            batches = [self._padded(pool, members) for pool, members in zip(pools, step, strict=True)]
-            cosines = net([x for x, _, _ in batches])
+        every_head = [self._batches(pool, settings.batch_size) for pool in turn]
+        steps = min(len(batches) for batches in every_head)
+        part = EpochPart(0.0, 0, 0)
+        for step in range(steps):
+            batches = [self._padded(turn[i], every_head[i][step]) for i in which]
+            cosines = net([x for x, _, _ in batches], which)
             losses = []
             for cosine, (_, y, mask) in zip(cosines, batches, strict=True):
                 targets, scored = y[mask], cosine[mask]
                 logits = margin_logits(scored, targets, margin, settings.scale)
                 losses.append(F.cross_entropy(logits, targets, class_weights))
-                correct += int((scored.argmax(1) == targets).sum())
-                seen += len(targets)
-                loss_sum += float(losses[-1].detach()) * len(targets)
+                part.correct += int((scored.argmax(1) == targets).sum())
+                part.seen += len(targets)
+                part.loss_sum += float(losses[-1].detach()) * len(targets)
             optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
-            for head in heads:
-                torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+            for i in which:
+                torch.nn.utils.clip_grad_norm_(ensemble.heads[i].parameters(), 5.0)
             optimizer.step()
-        loss_all, correct_all, seen_all = self.ranks.total(loss_sum, correct, seen)
-        return loss_all / max(1, seen_all), correct_all / max(1, seen_all)
+        return part
 
-    def _validate_steps(self, heads: list[EncoderSpeakerModel], pool: EncodedPool) -> float:
-        """Accuracy of the heads' mean probabilities over every step of the validation sequences, speaker changes
-        included; over every rank's share, so that early stopping decides the same on every rank."""
+    def _validation_probs(self, ensemble: HeadNet, which: list[int], pool: EncodedPool) -> torch.Tensor:
+        """The `which` heads' probabilities summed, at every step of the validation sequences (speaker changes
+        included), as (steps, speakers)."""
+        heads = [ensemble.heads[i] for i in which]
         for head in heads:
             head.eval()
-        correct, seen = 0, 0
+        summed = [torch.zeros(0, len(self.labels))]
         with torch.no_grad():
             for start in range(0, len(pool.targets), 128):
-                x, y, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
+                x, _, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
                 probs = torch.stack([torch.softmax(h.scale * step_cosines(h, x), dim=-1) for h in heads]).sum(0)
-                correct += int((probs.argmax(-1) == y)[mask].sum())
-                seen += int(mask.sum())
-        correct_all, seen_all = self.ranks.total(correct, seen)
+                summed.append(probs[mask])
+        return torch.cat(summed)
+
+    def _validation_accuracy(self, probs: torch.Tensor, pool: EncodedPool) -> float:
+        """Accuracy of the heads' summed probabilities over every rank's share, so that early stopping decides
+        the same on every rank."""
+        _, targets = pool.stacked()
+        correct_all, seen_all = self.ranks.total(int((probs.argmax(-1) == targets).sum()), len(targets))
         return correct_all / max(1, seen_all)
 
     # ----- the run -----
@@ -354,50 +342,34 @@ class HeadTrainer(TrainerBase):
         settings = self.resolved()
         assert settings.heads is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
-        ensemble = HeadNet([self._new_model(settings) for _ in range(settings.heads)])
+        ensemble = HeadNet([self._new_model(settings) for _ in range(settings.heads)], settings.seed)
         heads = ensemble.heads
         started = time.monotonic()
         pools, val_pool = self._pools(heads[0], settings)
         self._start_from_centroids(heads, pools[0], self.ranks)
         optimizer = self._optimizer(ensemble, settings)
         weights = self._class_weights(settings)
-        run = RunState([], Best(self._validate_steps(heads, val_pool), 0, model_state(ensemble)))
+        everyone = list(range(len(heads)))
+        start_acc = self._validation_accuracy(self._validation_probs(ensemble, everyone, val_pool), val_pool)
+        run = RunState([], Best(start_acc, 0, model_state(ensemble)))
         if resume and (resumed := self._resume(ensemble, optimizer, None)) is not None:
             run = resumed
         if not run.history:
             log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
-        fit = self._fit(ensemble, pools, val_pool, optimizer, weights, settings)
-        with one_torch_thread():
-            self._epochs(fit, run, settings, started, on_epoch)
+        epochs = _Epochs(self, ensemble, pools, val_pool, optimizer, weights, settings)
+        with one_torch_thread(), epochs.workers() as workers:
+            self._epochs(epochs.fit(workers), run, settings, started, on_epoch)
         model = merged_heads(heads)
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
         return TrainResult(bundle=bundle, history=run.history)
 
-    def _fit(
-        self,
-        ensemble: HeadNet,
-        pools: list[EncodedPool],
-        val_pool: EncodedPool,
-        optimizer: torch.optim.Optimizer,
-        weights: torch.Tensor | None,
-        settings: TrainSettings,
-    ) -> Fit:
-        """The epoch loop's steps for the heads: each epoch every head trains on the next pool in turn, the heads
-        one pool apart, so that two heads differ in their augmentation as well as their start and order."""
-        net, heads = self._training_net(ensemble), ensemble.heads
-
-        def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
-            turn = [pools[(epoch - 1 + i) % len(pools)] for i in range(len(heads))]
-            return self._train_epoch(net, heads, turn, optimizer, weights, settings, margin)
-
-        return Fit(
-            model=ensemble,
-            optimizer=optimizer,
-            scheduler=None,
-            train_epoch=train_epoch,
-            validate=lambda _train_acc: self._validate_steps(heads, val_pool),
-            may_stop=lambda: True,
-        )
+    def head_processes(self, settings: TrainSettings, heads: int) -> int:
+        """One process per head as far as the cores (and --threads) allow; one under torchrun, whose ranks use the
+        cores already."""
+        if self.ranks.distributed:
+            return 1
+        cores = len(os.sched_getaffinity(0))
+        return max(1, min(heads, cores, settings.threads or cores))
 
     @staticmethod
     def _optimizer(ensemble: HeadNet, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -409,11 +381,6 @@ class HeadTrainer(TrainerBase):
         if top:
             groups.append({"params": top, "lr": settings.learning_rate * TOP_LR_FACTOR, "weight_decay": 0.0})
         return torch.optim.AdamW(groups, lr=settings.learning_rate)
-
-    def _training_net(self, ensemble: HeadNet) -> nn.Module:
-        """What the epochs run: the heads, under DistributedDataParallel with several processes (it averages the
-        gradients of the ranks' shares, so every rank takes the same step)."""
-        return nn.parallel.DistributedDataParallel(ensemble) if self.ranks.distributed else ensemble
 
     @staticmethod
     def _start_from_centroids(heads: list[EncoderSpeakerModel], pool: EncodedPool, ranks: Ranks) -> None:
@@ -493,3 +460,75 @@ class HeadTrainer(TrainerBase):
         about = {"encoder": "ge2e (resemblyzer 0.1.4 weights, Apache-2.0)"}
         enrollment = self._enrollment(s.train_audio + s.val_audio, s.train_labels + s.val_labels)
         return self._bundle(model, settings, run, wall_s, calibrated, about, enrollment)
+
+
+class _Epochs:
+    """The epoch loop's steps for the heads (train.trainer_base.Fit). Each epoch every head trains on the next pool
+    in turn, the heads one pool apart, so that two heads differ in their augmentation as well as their start and
+    order. The heads are spread over as many processes as cores (train.head_parallel); under torchrun the ranks
+    share the sequences out instead, and DistributedDataParallel averages their gradients."""
+
+    def __init__(
+        self,
+        trainer: HeadTrainer,
+        ensemble: HeadNet,
+        pools: list[EncodedPool],
+        val_pool: EncodedPool,
+        optimizer: torch.optim.Optimizer,
+        weights: torch.Tensor | None,
+        settings: TrainSettings,
+    ) -> None:
+        self.trainer, self.ensemble, self.optimizer = trainer, ensemble, optimizer
+        self.pools, self.val_pool, self.weights, self.settings = pools, val_pool, weights, settings
+        heads = len(ensemble.heads)
+        processes = trainer.head_processes(settings, heads)
+        self.which = [list(range(p, heads, processes)) for p in range(processes)]
+        self.net: nn.Module = nn.parallel.DistributedDataParallel(ensemble) if trainer.ranks.distributed else ensemble
+
+    def workers(self) -> AbstractContextManager[HeadWorkers | None]:
+        if len(self.which) == 1:
+            return nullcontext(None)
+        return HeadWorkers(self.which[1:], self._trained_part, self._validation_part)
+
+    def fit(self, workers: HeadWorkers | None) -> Fit:
+        return Fit(
+            model=self.ensemble,
+            optimizer=self.optimizer,
+            scheduler=None,
+            train_epoch=lambda epoch, margin: self._train_epoch(workers, epoch, margin),
+            validate=lambda _train_acc: self._validate(workers),
+            may_stop=lambda: True,
+        )
+
+    def _turn(self, epoch: int) -> list[EncodedPool]:
+        return [self.pools[(epoch - 1 + i) % len(self.pools)] for i in range(len(self.ensemble.heads))]
+
+    def _part(self, which: list[int], epoch: int, margin: float) -> EpochPart:
+        turn, settings = self._turn(epoch), self.settings
+        return self.trainer._train_epoch(
+            self.net, self.ensemble, turn, which, self.optimizer, self.weights, settings, margin
+        )
+
+    def _trained_part(self, which: list[int], epoch: int, margin: float) -> EpochPart:
+        return self._part(which, epoch, margin).packed(self.ensemble, which, self.optimizer)
+
+    def _validation_part(self, which: list[int]) -> torch.Tensor:
+        return self.trainer._validation_probs(self.ensemble, which, self.val_pool)
+
+    def _train_epoch(self, workers: HeadWorkers | None, epoch: int, margin: float) -> tuple[float, float]:
+        if workers:
+            workers.begin_epoch(epoch, margin)
+        parts = [self._part(self.which[0], epoch, margin)]
+        for part in workers.train_parts() if workers else []:
+            part.install(self.ensemble, self.optimizer)
+            parts.append(part)
+        loss, correct, seen = self.trainer.ranks.total(
+            sum(p.loss_sum for p in parts), sum(p.correct for p in parts), sum(p.seen for p in parts)
+        )
+        return loss / max(1, seen), correct / max(1, seen)
+
+    def _validate(self, workers: HeadWorkers | None) -> float:
+        probs = self._validation_part(self.which[0])
+        for other in workers.validation_parts() if workers else []:
+            probs = probs + other
+        return self.trainer._validation_accuracy(probs, self.val_pool)
