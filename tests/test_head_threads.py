@@ -12,8 +12,8 @@ import torch
 
 from spkidd import SAMPLE_RATE
 from train.fit import Split, TrainSettings
-from train.fit_head import HeadTrainer, one_torch_thread
-from train.trainer_base import EpochRecord, TrainResult
+from train.fit_head import HeadTrainer
+from train.trainer_base import EpochRecord, TrainResult, one_torch_thread
 
 
 def test_one_thread_inside_and_the_count_restored_even_after_ctrl_c() -> None:

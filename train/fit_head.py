@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -72,21 +72,6 @@ IMPOSTORS = "held-out speech of the other speakers"
 stand-in for strangers: on P2 it calibrated to 0.531 where speed-changed voices gave 0.546. Speed-changed copies of
 synthetic voices that differ mainly in pitch sound like each other to it (a 0.84 threshold that rejected half of a
 household's own held-out sentences), so they are only the fallback when there is no held-out speech."""
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """The heads' epochs run on one thread, the encoding and the references on all. A batch of the two heads (GRU
-    of 128 on 32 sequences, forward and backward) is hundreds of small operations, and a second thread waits for
-    work between them: with the waiting threads sleeping (OMP_WAIT_POLICY=PASSIVE, spkidd/__init__.py) one such
-    batch took 38 ms on one thread against 62 ms on two on an idle 2-core host, 56-61 against 86-110 ms when the
-    host was slower; spinning threads would take 28 ms on an idle host but 237-291 ms beside another such job."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -357,7 +342,7 @@ class HeadTrainer(TrainerBase):
         if not run.history:
             log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
         epochs = _Epochs(self, ensemble, pools, val_pool, optimizer, weights, settings)
-        with one_torch_thread(), epochs.workers() as workers:
+        with epochs.workers() as workers:
             self._epochs(epochs.fit(workers), run, settings, started, on_epoch)
         model = merged_heads(heads)
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))

@@ -1,13 +1,12 @@
 """The household heads trained side by side, one core each.
 
-A head's batch is hundreds of small operations, which one thread runs fastest (`train.fit_head.one_torch_thread`),
-so a second core is used by a second head: with two heads on two cores each process trains one of them, and an
-epoch takes half the time. The extra processes are forked once the pools are encoded, so they read the parent's
-pools without copying them. After every epoch each worker sends its heads' tensors, optimizer state and dropout
-generators, then its heads' probabilities on the validation pool, so the parent holds the whole ensemble for
-checkpoints, early stopping and the best model, as with one process. Every head draws its dropout masks from a
-generator of its own, and every process draws every head's batches, so the model is the same whichever process
-trains which head (a test).
+A head's batch is hundreds of small operations, which one thread runs fastest (`train.trainer_base.one_torch_thread`),
+so a second core is used by a second head: with two heads on two cores each process trains one of them, and an epoch
+takes half the time. The extra processes are forked once the pools are encoded, so they read the parent's pools
+without copying them. After every epoch each worker sends its heads' tensors, optimizer state and dropout generators,
+then its heads' probabilities on the validation pool, so the parent holds the whole ensemble for checkpoints, early
+stopping and the best model, as with one process. Every head draws its dropout masks from a generator of its own, and
+every process draws every head's batches, so the model is the same whichever process trains which head (a test).
 """
 
 from __future__ import annotations

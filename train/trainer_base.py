@@ -8,7 +8,8 @@ import logging
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,22 @@ class EpochRecord:
 class TrainResult:
     bundle: ModelBundle
     history: list[EpochRecord] = field(default_factory=list)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Epochs run on one thread, the encoding, the references and the calibration on all. An epoch's batch is
+    hundreds of small operations, and a second thread waits for work between them: with the waiting threads
+    sleeping (OMP_WAIT_POLICY=PASSIVE, spkidd/__init__.py) a batch of the two ge2e heads took 38 ms on one thread
+    against 62 ms on two on an idle 2-core host (spinning threads: 28 ms idle, but 237-291 ms beside another such
+    job), and the network trained from scratch ran P1's epochs in 1.9 s against 2.8 s and P2's in 3.1-3.4 s
+    against 3.9-4.6 s, the same numbers. A second core is used by a second head (train.head_parallel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TrainingInterrupted(Exception):
@@ -180,7 +197,7 @@ class TrainerBase(ABC):
         """Epochs from `run.first_epoch`, each checkpointed, until the planned number or `patience` epochs
         without a better validation; leaves the model at its best epoch."""
         assert settings.epochs is not None and settings.patience is not None
-        with _interrupts_as_exception():
+        with _interrupts_as_exception(), one_torch_thread():
             for epoch in range(run.first_epoch, settings.epochs + 1):
                 record = self._epoch(fit, epoch, settings)
                 run.history.append(record)
