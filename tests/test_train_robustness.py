@@ -126,6 +126,31 @@ def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech
     assert not checkpoint.exists()
 
 
+def test_a_dead_head_worker_ends_training_with_a_message_and_keeps_the_checkpoint(
+    speech_corpus: Path, tmp_path: Path
+) -> None:
+    """The second head's process killed (the OOM killer, say): the parent stops at once, says so, writes no model
+    and keeps the last finished epoch for --resume."""
+    out = tmp_path / "m.safetensors"
+    checkpoint = tmp_path / "m.safetensors.ckpt"
+    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
+        (worker,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(worker), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "a training worker process died" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    assert checkpoint.exists() and not out.exists()
+
+
 def _torchrun_train(corpus: Path, out: Path, cache: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`spkidd train` in two processes under torchrun, one thread each."""
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "--no-python"]

@@ -15,7 +15,7 @@ import multiprocessing
 import signal
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -102,6 +102,9 @@ class EpochPart:
             ensemble.dropout_states[index] = generator
 
 
+DIED = "a training worker process died (out of memory, or killed)"
+
+
 class WorkerFailed(RuntimeError):
     """A head's worker process raised or died; its traceback, when it had one, is the message."""
 
@@ -137,7 +140,8 @@ class HeadWorkers:
         worker may be in the middle of an epoch nobody will read)."""
         for connection in self._connections:
             if kind is None:
-                connection.send(None)
+                with suppress(OSError):
+                    connection.send(None)
             connection.close()
         for process in self._processes:
             if kind is not None:
@@ -148,7 +152,10 @@ class HeadWorkers:
 
     def begin_epoch(self, epoch: int, margin: float) -> None:
         for connection in self._connections:
-            connection.send((epoch, margin))
+            try:
+                connection.send((epoch, margin))
+            except OSError:
+                raise WorkerFailed(DIED) from None
 
     def train_parts(self) -> list[EpochPart]:
         return [cast(EpochPart, self._receive(c)) for c in self._connections]
@@ -161,7 +168,7 @@ class HeadWorkers:
         try:
             reply = connection.recv()
         except EOFError:
-            raise WorkerFailed("a training worker process died") from None
+            raise WorkerFailed(DIED) from None
         if isinstance(reply, WorkerFailed):
             raise reply
         return reply

@@ -26,6 +26,7 @@ from spkidd.modelfile import ModelBundle, check_writable
 from train.data import Row, discover, speaker_counts
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
+from train.head_parallel import WorkerFailed
 from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
 from train.trainer_base import EpochRecord, TrainerBase, TrainingInterrupted
 
@@ -162,12 +163,22 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
                 "(continue with --resume)"
             )
             return 130
+        except WorkerFailed as failure:
+            console.print(f"[red]error: {failure}")
+            console.print(f"[red]no model written; {_kept(trainer.checkpoint_path)}")
+            return 1
     trainer.finish(result)
     if not quiet:
         _print_summary(console, result.bundle, inputs.out)
     if distributed:
         dist.destroy_process_group()
     return 0
+
+
+def _kept(checkpoint: Path) -> str:
+    if checkpoint.is_file():
+        return f"the last finished epoch is in {checkpoint} (continue with --resume)"
+    return "no epoch had finished"
 
 
 def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
