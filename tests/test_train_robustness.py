@@ -151,6 +151,38 @@ def test_a_dead_head_worker_ends_training_with_a_message_and_keeps_the_checkpoin
     assert checkpoint.exists() and not out.exists()
 
 
+def test_a_head_worker_does_not_outlive_a_killed_training(speech_corpus: Path, tmp_path: Path) -> None:
+    """`spkidd train` killed outright (SIGKILL: no handler runs): its head worker sees its pipe end and exits
+    instead of waiting for the next epoch forever."""
+    out = tmp_path / "m.safetensors"
+    checkpoint = tmp_path / "m.safetensors.ckpt"
+    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
+        (worker,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _running(int(worker)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(int(worker)), "the worker exits once its parent is gone"
+    finally:
+        proc.kill()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
 def _torchrun_train(corpus: Path, out: Path, cache: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`spkidd train` in two processes under torchrun, one thread each."""
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "--no-python"]

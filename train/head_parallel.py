@@ -128,7 +128,8 @@ class HeadWorkers:
         context = multiprocessing.get_context("fork")
         for heads in self.which:
             parent_end, child_end = context.Pipe()
-            process = context.Process(target=self._serve, args=(child_end, heads), daemon=True)
+            parents_ends = [*self._connections, parent_end]
+            process = context.Process(target=self._serve, args=(child_end, parents_ends, heads), daemon=True)
             process.start()
             child_end.close()
             self._connections.append(parent_end)
@@ -173,8 +174,12 @@ class HeadWorkers:
             raise reply
         return reply
 
-    def _serve(self, connection: Connection, heads: list[int]) -> None:
-        """The worker: Ctrl-C is the parent's to handle (it closes the workers), SIGTERM ends it as usual."""
+    def _serve(self, connection: Connection, parents_ends: list[Connection], heads: list[int]) -> None:
+        """The worker: Ctrl-C is the parent's to handle (it closes the workers), SIGTERM ends it as usual. It
+        closes the copies of the parent's ends it was forked with, so that it reads the end of its pipe when the
+        parent dies, however it dies."""
+        for end in parents_ends:
+            end.close()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         torch.set_num_threads(1)
@@ -190,5 +195,6 @@ class HeadWorkers:
                 connection.send(self._train_part(heads, epoch, margin))
                 connection.send(self._validate_part(heads))
             except Exception:
-                connection.send(WorkerFailed(f"a training worker failed:\n{traceback.format_exc()}"))
+                with suppress(OSError):
+                    connection.send(WorkerFailed(f"a training worker failed:\n{traceback.format_exc()}"))
                 return
