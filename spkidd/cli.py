@@ -74,7 +74,7 @@ def train(
     windows: int = typer.Option(2, help="ge2e: staggered encoder windows (each restarts from zero in turn)."),
     window_frames: int = typer.Option(200, help="ge2e: length of an encoder window in 10-ms frames."),
     head_hidden: int = typer.Option(128, help="ge2e: units of the household GRU on top of the encoder."),
-    pools: int = typer.Option(4, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
+    pools: int = typer.Option(6, help="ge2e: passes over the training audio, joined and augmented anew, encoded once."),
     heads: int | None = typer.Option(
         None, help="ge2e: GRU heads trained side by side and averaged (default 2; 1 with --tune-top)."
     ),
