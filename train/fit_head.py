@@ -323,8 +323,8 @@ class HeadTrainer(TrainerBase):
         return part
 
     def _validation_probs(self, ensemble: HeadNet, which: list[int], pool: EncodedPool) -> torch.Tensor:
-        """The `which` heads' probabilities summed, at every step of the validation sequences (speaker changes
-        included), as (steps, speakers)."""
+        """The `which` heads' probabilities summed, at every heard step of the validation sequences (speaker
+        changes included), as (steps, speakers)."""
         heads = [ensemble.heads[i] for i in which]
         for head in heads:
             head.eval()
