@@ -93,25 +93,39 @@ def test_bad_option_value_is_refused(speech_corpus: Path, tmp_path: Path) -> Non
     assert proc.returncode == 2 and "cell must be one of gru, lstm" in proc.stderr
 
 
+def _training_past_its_first_epoch(corpus: Path, out: Path, cache: Path) -> tuple[list[str], subprocess.Popen[str]]:
+    """`spkidd train` (the command, and the process) once its first checkpoint is written, with its one head
+    worker running; stderr is piped."""
+    cmd = [*SPKIDD, "train", str(corpus), "--out", str(out), *SMALL, "--cache-dir", str(cache)]
+    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if not checkpoint.exists():
+        proc.kill()
+        raise AssertionError(f"no checkpoint after the first epoch: {proc.communicate()[1][-2000:]}")
+    return cmd, proc
+
+
+def _worker_of(proc: subprocess.Popen[str]) -> int:
+    (worker,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return int(worker)
+
+
 def test_ctrl_c_keeps_checkpoint_and_writes_no_model_then_resume_finishes(speech_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     checkpoint = tmp_path / "m.safetensors.ckpt"
-    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
-    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
+    cmd, proc = _training_past_its_first_epoch(speech_corpus, out, tmp_path / "c")
     try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
         time.sleep(1.0)
-        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(workers) == 1, "the second head trains in a process of its own"
+        worker = _worker_of(proc)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
-    assert not Path(f"/proc/{workers[0]}").exists(), "the head's worker process ends with the training"
+    assert not _running(worker), "the head's worker process ends with the training"
     assert "interrupted: no model written" in stderr and "--resume" in stderr
     assert checkpoint.exists() and not out.exists()
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".m.safetensors*"))
@@ -132,44 +146,30 @@ def test_a_dead_head_worker_ends_training_with_a_message_and_keeps_the_checkpoin
     """The second head's process killed (the OOM killer, say): the parent stops at once, says so, writes no model
     and keeps the last finished epoch for --resume."""
     out = tmp_path / "m.safetensors"
-    checkpoint = tmp_path / "m.safetensors.ckpt"
-    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
-    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
+    _, proc = _training_past_its_first_epoch(speech_corpus, out, tmp_path / "c")
     try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
-        (worker,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        os.kill(int(worker), signal.SIGKILL)
+        os.kill(_worker_of(proc), signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr
     assert "a training worker process died" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr
-    assert checkpoint.exists() and not out.exists()
+    assert out.with_name(out.name + ".ckpt").exists() and not out.exists()
 
 
 def test_a_head_worker_does_not_outlive_a_killed_training(speech_corpus: Path, tmp_path: Path) -> None:
     """`spkidd train` killed outright (SIGKILL: no handler runs): its head worker sees its pipe end and exits
     instead of waiting for the next epoch forever."""
-    out = tmp_path / "m.safetensors"
-    checkpoint = tmp_path / "m.safetensors.ckpt"
-    cmd = [*SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
-    proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.DEVNULL)
+    _, proc = _training_past_its_first_epoch(speech_corpus, tmp_path / "m.safetensors", tmp_path / "c")
     try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert checkpoint.exists(), "a checkpoint is written after the first epoch"
-        (worker,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        worker = _worker_of(proc)
         proc.kill()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
         deadline = time.monotonic() + 30
-        while _running(int(worker)) and time.monotonic() < deadline:
+        while _running(worker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _running(int(worker)), "the worker exits once its parent is gone"
+        assert not _running(worker), "the worker exits once its parent is gone"
     finally:
         proc.kill()
 
