@@ -168,7 +168,7 @@ class HeadWorkers:
     def _receive(connection: Connection) -> object:
         try:
             reply = connection.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise WorkerFailed(DIED) from None
         if isinstance(reply, WorkerFailed):
             raise reply
@@ -186,7 +186,7 @@ class HeadWorkers:
         while True:
             try:
                 command = connection.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 return
             if command is None:
                 return
