@@ -111,7 +111,7 @@ class TrainSettings:
     Two heads on 2 pools are better than one on every figure. With batches of sequences of similar length (half
     the epoch time), 2 heads measured 57.0 / 84.2 / 95.3; 43.0 / 66.6 / 81.3; 20.7 / 41.5 / 59.3, and 3 heads
     57.8 / 85.5 / 95.3; 43.0 / 66.1 / 81.1; 22.5 / 42.2 / 60.1: within the seeds' spread of each other, so 2.
-    With 4 pools and 2 heads on batches of similar length (the defaults): 59.8 / 84.5 / 94.0; 44.3 / 71.0 / 83.4;
+    With 4 pools and 2 heads on batches of similar length (the defaults then): 59.8 / 84.5 / 94.0; 44.3 / 71.0 / 83.4;
     26.4 / 46.4 / 64.8, the best mean of the nine figures (63.8 against 61.0 for 2 pools)."""
     tune_top: bool = False
     """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
