@@ -76,3 +76,8 @@ def test_two_heads_in_two_processes_train_the_same_model_as_in_one(tmp_path: Pat
     for name, tensor in tensors_one.items():
         assert torch.equal(tensor, tensors_two[name]), name
     assert one.bundle.decision == two.bundle.decision
+    optimizers = [torch.load(tmp_path / f"m{n}.safetensors.ckpt", weights_only=True)["optimizer"] for n in (1, 2)]
+    assert optimizers[0]["state"].keys() == optimizers[1]["state"].keys() and optimizers[0]["state"]
+    for key, state in optimizers[0]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, optimizers[1]["state"][key][name]), (key, name)
