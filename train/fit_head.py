@@ -95,9 +95,14 @@ class EncodedPool:
         empty."""
         if not self.hidden:
             return torch.zeros(0, HIDDEN), torch.zeros(0, dtype=torch.long)
-        hidden, targets = torch.cat(self.hidden), torch.cat(self.targets)
+        targets = torch.cat(self.targets)
         heard = targets != UNHEARD
-        return hidden[heard], targets[heard]
+        return torch.cat(self.hidden)[heard], targets[heard]
+
+    def heard_targets(self) -> torch.Tensor:
+        """The targets of `stacked`, without gathering the encoder outputs (validation needs only these)."""
+        targets = torch.cat(self.targets) if self.targets else torch.zeros(0, dtype=torch.long)
+        return targets[targets != UNHEARD]
 
 
 def step_targets(owners: np.ndarray, window_ages: np.ndarray, params: FeatureParams, step_frames: int) -> np.ndarray:
@@ -339,7 +344,7 @@ class HeadTrainer(TrainerBase):
     def _validation_accuracy(self, probs: torch.Tensor, pool: EncodedPool) -> float:
         """Accuracy of the heads' summed probabilities over every rank's share, so that early stopping decides
         the same on every rank."""
-        _, targets = pool.stacked()
+        targets = pool.heard_targets()
         correct_all, seen_all = self.ranks.total(int((probs.argmax(-1) == targets).sum()), len(targets))
         return correct_all / max(1, seen_all)
 
