@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -139,12 +139,15 @@ class TrainSettings:
 
 @dataclass
 class Split:
-    """Training and validation audio, as arrays with speaker indices."""
+    """Training and validation audio, as arrays with speaker indices. `cut_from` maps a validation item that is
+    the tail of a clip to the training item it was cut from (train.references joins them again for the shipped
+    references)."""
 
     train_audio: list[np.ndarray]
     train_labels: list[int]
     val_audio: list[np.ndarray]
     val_labels: list[int]
+    cut_from: dict[int, int] = field(default_factory=dict)
 
 
 def stratified_split(
@@ -172,6 +175,7 @@ def stratified_split(
             held = max(int(len(audio[i]) * fraction), int(min_val_s * SAMPLE_RATE))
             cut = len(audio[i]) - held
             if cut >= 0.7 * len(audio[i]):
+                split.cut_from[len(split.val_audio)] = len(split.train_audio)
                 split.train_audio.append(audio[i][:cut])
                 split.val_audio.append(audio[i][cut:])
                 split.val_labels.append(label)
