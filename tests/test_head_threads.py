@@ -6,12 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from spkidd import SAMPLE_RATE
-from train.fit import Split, TrainSettings
+from tests.support.training import tone_split
+from train.fit import TrainSettings
 from train.fit_head import HeadTrainer
 from train.trainer_base import EpochRecord, TrainResult, one_torch_thread
 
@@ -30,18 +29,9 @@ def test_one_thread_inside_and_the_count_restored_even_after_ctrl_c() -> None:
         torch.set_num_threads(before)
 
 
-def _tiny_split() -> Split:
-    """Three tones in a little noise, four clips each: enough for a head to learn something in a few epochs."""
-    rng = np.random.default_rng(0)
-    tones = [np.sin(2 * np.pi * f * np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE) for f in (180.0, 260.0, 390.0)]
-    clips = [0.3 * tone + 0.02 * rng.standard_normal(len(tone)) for tone in tones for _ in range(4)]
-    labels = [i for i in range(3) for _ in range(4)]
-    return Split(clips[::2] + clips[1::4], labels[::2] + labels[1::4], clips[3::4], labels[3::4])
-
-
 def _train(tmp_path: Path, threads: int, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
     settings = TrainSettings(epochs=3, patience=3, pools=1, threads=threads, seed=1)
-    trainer = HeadTrainer(settings, ["a", "b", "c"], _tiny_split(), tmp_path / f"m{threads}.safetensors", {})
+    trainer = HeadTrainer(settings, ["a", "b", "c"], tone_split(), tmp_path / f"m{threads}.safetensors", {})
     assert trainer.head_processes(trainer.resolved(), 2) == min(threads, len(os.sched_getaffinity(0)))
     return trainer.run(on_epoch=on_epoch)
 

@@ -469,8 +469,6 @@ class Trainer(TrainerBase):
         run = RunState([], Best(-1.0, 0, None))
         if resume and (resumed := self._resume(learner.model, learner.optimizer, learner.scheduler)) is not None:
             run = resumed
-            # The resumed epochs' windows come from a generator seeded by where the run resumes.
-            self.rng = np.random.default_rng([settings.seed, run.first_epoch])
         started = time.monotonic()
         if self.progress:
             self.progress("start", per_epoch * settings.epochs)

@@ -374,6 +374,16 @@ class HeadTrainer(TrainerBase):
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
         return TrainResult(bundle=bundle, history=run.history)
 
+    def _random_state(self, model: nn.Module) -> dict[str, Any]:
+        """Also every head's dropout generator (train.head_parallel.HeadNet)."""
+        assert isinstance(model, HeadNet)
+        return super()._random_state(model) | {"dropout": list(model.dropout_states)}
+
+    def _restore_random(self, model: nn.Module, state: dict[str, Any]) -> None:
+        assert isinstance(model, HeadNet)
+        super()._restore_random(model, state)
+        model.dropout_states = list(state["dropout"])
+
     def head_processes(self, settings: TrainSettings, heads: int) -> int:
         """One process per head as far as the cores (and --threads) allow; one under torchrun, whose ranks use the
         cores already."""

@@ -238,7 +238,18 @@ class TrainerBase(ABC):
             "encoder": self.checkpoint_encoder,
             "history": json.dumps([asdict(h) for h in run.history]),
             "wall_s": run.wall_s(started),
+            "random": self._random_state(fit.model),
         }
+
+    def _random_state(self, model: nn.Module) -> dict[str, Any]:
+        """Where the run's random numbers stand (the batches' and augmentation's generator, torch's for dropout),
+        so that a resumed run draws what the uninterrupted one would have."""
+        return {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+    def _restore_random(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """The generators as `_random_state` recorded them; in place, since the augmenter shares `self.rng`."""
+        self.rng.bit_generator.state = state["numpy"]
+        torch.set_rng_state(state["torch"])
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         if not self.ranks.writes:
@@ -260,8 +271,10 @@ class TrainerBase(ABC):
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     ) -> RunState | None:
-        """The model, optimizer and schedule as the checkpoint left them, and where the run stood; None without
-        a checkpoint."""
+        """The model, optimizer, schedule and random generators as the checkpoint left them, and where the run
+        stood; None without a checkpoint. Called once the run is set up as the first run was, so that it goes on
+        exactly as an uninterrupted run would (in one process or the heads' processes; under torchrun every rank
+        takes the first rank's generators)."""
         state = self._load_checkpoint()
         if state is None:
             return None
@@ -272,6 +285,8 @@ class TrainerBase(ABC):
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if "random" in state:
+            self._restore_random(model, state["random"])
         history = [EpochRecord(**h) for h in json.loads(state["history"])]
         best = Best(state["best_acc"], state["best_epoch"], state["best_model"])
         log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
