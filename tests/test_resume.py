@@ -41,28 +41,26 @@ def _assert_same_training(one: TrainResult, other: TrainResult) -> None:
     assert one.bundle.decision == other.bundle.decision
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_resumed_heads_train_the_model_of_an_uninterrupted_run(tmp_path: Path, threads: int) -> None:
-    """Both heads in one process, and (two threads) one each in two processes."""
+def _assert_resuming_changes_nothing(kind: type[TrainerBase], settings: TrainSettings, directory: Path) -> None:
     before = torch.get_num_threads()
-    settings = TrainSettings(epochs=4, patience=4, pools=1, threads=threads, seed=1)
     try:
-        whole = _run(HeadTrainer, settings, tmp_path / "whole.safetensors")
-        resumed = _run(HeadTrainer, settings, tmp_path / "resumed.safetensors", stop_after=2)
+        whole = _run(kind, settings, directory / "whole.safetensors")
+        resumed = _run(kind, settings, directory / "resumed.safetensors", stop_after=2)
     finally:
         torch.set_num_threads(before)
     _assert_same_training(whole, resumed)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resumed_heads_train_the_model_of_an_uninterrupted_run(tmp_path: Path, threads: int) -> None:
+    """Both heads in one process, and (two threads) one each in two processes."""
+    settings = TrainSettings(epochs=4, patience=4, pools=1, threads=threads, seed=1)
+    _assert_resuming_changes_nothing(HeadTrainer, settings, tmp_path)
 
 
 def test_the_resumed_scratch_network_trains_the_model_of_an_uninterrupted_run(tmp_path: Path) -> None:
     """The network trained from scratch, augmented (its noise and masks come from the generators too)."""
-    before = torch.get_num_threads()
     settings = TrainSettings(
         encoder="none", epochs=4, patience=4, batch_size=4, hidden=16, layers=1, embedding_dim=16, seed=1, threads=1
     )
-    try:
-        whole = _run(Trainer, settings, tmp_path / "whole.safetensors")
-        resumed = _run(Trainer, settings, tmp_path / "resumed.safetensors", stop_after=2)
-    finally:
-        torch.set_num_threads(before)
-    _assert_same_training(whole, resumed)
+    _assert_resuming_changes_nothing(Trainer, settings, tmp_path)
