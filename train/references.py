@@ -28,7 +28,7 @@ class ReferenceEmbeddings:
     installed from the training items' views (to calibrate the threshold on held-out audio they have not seen),
     then from the whole clips' (what the model ships with). A held-out tail cut from a clip is joined to the rest
     of it again for the second: the streamed views of a clip cut in two rest on less speech near the cut. On the
-    development split (`benchmarks/dev_split.py`, its 2-s windows every 0.5 s, 40 random sets of 51 speakers made
+    audio `benchmarks/dev_split.py` holds out (2-s windows taken every 0.5 s, 40 random sets of 51 speakers made
     strangers) the encoder's equal error rate at 2 s was 10.5% with references from the two parts and 8.7% from
     the whole clips."""
 
