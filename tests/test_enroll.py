@@ -5,11 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from spkidd import SAMPLE_RATE
+from spkidd.enrollment import embed_clips, speech_pieces
+from spkidd.features import FeatureExtractor
+from spkidd.inference import unit_embeddings
 from spkidd.modelfile import load_model
-from spkidd.synthetic import synth_corpus, synth_speech
+from spkidd.synthetic import synth_audio, synth_corpus, synth_speech
 from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
+from tests.support.daemon import random_model
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 
@@ -74,9 +81,6 @@ def test_enrolling_again_updates_in_place(trained_model: Path, new_voice_clips: 
 
 
 def test_enroll_warns_about_little_speech_and_refuses_silence(trained_model: Path, tmp_path: Path) -> None:
-    import numpy as np
-    import soundfile as sf
-
     short = synth_speech("erin", "Hello.", tmp_path / "short.wav")
     proc = _run("enroll", str(trained_model), str(short), "-s", "erin", "--out", str(tmp_path / "m.safetensors"))
     assert proc.returncode == 0 and "only" in proc.stderr and "s of speech" in proc.stderr
@@ -112,3 +116,18 @@ def test_open_set_evaluation_reports_eer_and_operating_point(
     assert report["operating_threshold"] == load_model(trained_model).decision["min_score"]
     assert (report_dir / "open_set.png").read_bytes()[:4] == b"\x89PNG"
     assert "EER" in proc.stdout and "false accepts" in proc.stdout
+
+
+def test_a_clip_is_embedded_as_its_utterances_joined(tmp_path: Path) -> None:
+    """The gate's utterances of one clip are joined before they are embedded, as a trained speaker's recordings are
+    embedded whole, so its views rest on more speech than each utterance alone would give."""
+    bundle = load_model(random_model(tmp_path / "m.safetensors", ["alice", "bob"]))
+    sentences = [synth_audio("erin", sentence) for sentence in TRAIN_SENTENCES[:2]]
+    clip = np.concatenate([sentences[0], np.zeros(SAMPLE_RATE, dtype=np.float32), sentences[1]])
+    pieces = speech_pieces(clip)
+    assert len(pieces) == 2
+    units, _, speech_s = embed_clips(bundle, {"clip": clip})
+    extractor = FeatureExtractor(bundle.features)
+    np.testing.assert_allclose(units, unit_embeddings(bundle.model, extractor, [np.concatenate(pieces)]), atol=1e-6)
+    assert len(units) > len(unit_embeddings(bundle.model, extractor, pieces))
+    assert speech_s == pytest.approx(sum(len(p) for p in pieces) / SAMPLE_RATE)
