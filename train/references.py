@@ -6,17 +6,21 @@ enrollment and open-set scoring are one mechanism in one geometry.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from spkidd import SAMPLE_RATE
 from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.inference import reference_embeddings
 from spkidd.modelfile import SpeakerNet
 from train.distributed import Ranks
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from train.fit import Split
@@ -54,6 +58,12 @@ class ReferenceEmbeddings:
         for v, t in sorted(split.cut_from.items()):
             audio.append(np.concatenate([split.train_audio[t], split.val_audio[v]]))
             item_labels.append(split.train_labels[t])
+        seconds = sum(len(clip) for clip in audio) / SAMPLE_RATE
+        log.info(
+            "speaker references from %d pieces of audio (%.0f s), then the unknown threshold",
+            len(audio),
+            seconds,
+        )
         raws = ranks.unshare(reference_embeddings(model, extractor, ranks.share(audio)))
         counts = [len(raw) for raw in raws]
         training = np.arange(len(audio)) < n_train
