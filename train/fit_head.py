@@ -360,19 +360,22 @@ class HeadTrainer(TrainerBase):
         self._start_from_centroids(heads, pools[0], self.ranks)
         optimizer = self._optimizer(ensemble, settings)
         weights = self._class_weights(settings)
-        everyone = list(range(len(heads)))
-        start_acc = self._validation_accuracy(self._validation_probs(ensemble, everyone, val_pool), val_pool)
-        run = RunState([], Best(start_acc, 0, model_state(ensemble)))
-        if resume and (resumed := self._resume(ensemble, optimizer, None)) is not None:
-            run = resumed
-        if not run.history:
-            log.info("pretrained encoder alone: validation accuracy per step %.4f", run.best.acc)
+        resumed = self._resume(ensemble, optimizer, None) if resume else None
+        run = resumed or self._start(ensemble, val_pool)
         epochs = _Epochs(self, ensemble, pools, val_pool, optimizer, weights, settings)
         with epochs.workers() as workers:
             self._epochs(epochs.fit(workers), run, settings, started, on_epoch)
         model = merged_heads(heads)
         bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
         return TrainResult(bundle=bundle, history=run.history)
+
+    def _start(self, ensemble: HeadNet, val_pool: EncodedPool) -> RunState:
+        """A run from its first epoch, its best so far the heads as they start (the encoder with centroid scoring),
+        validated once."""
+        everyone = list(range(len(ensemble.heads)))
+        start_acc = self._validation_accuracy(self._validation_probs(ensemble, everyone, val_pool), val_pool)
+        log.info("pretrained encoder alone: validation accuracy per step %.4f", start_acc)
+        return RunState([], Best(start_acc, 0, model_state(ensemble)))
 
     def _random_state(self, model: nn.Module) -> dict[str, Any]:
         """Also every head's dropout generator (train.head_parallel.HeadNet)."""
