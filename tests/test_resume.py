@@ -1,12 +1,19 @@
 """A training stopped by Ctrl-C and resumed from its checkpoint ends with the model of a run never stopped: the
-checkpoint holds the random generators (batches, augmentation, every head's dropout) besides the tensors."""
+checkpoint holds the random generators (batches, augmentation, every head's dropout) besides the tensors, one set
+per process under torchrun."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from tests.support.training import tone_split
 from train.fit import Trainer, TrainSettings
@@ -30,15 +37,21 @@ def _run(kind: type[TrainerBase], settings: TrainSettings, out: Path, stop_after
     return kind(settings, LABELS, tone_split(), out, {}).run(resume=bool(stop_after))
 
 
-def _assert_same_training(one: TrainResult, other: TrainResult) -> None:
-    assert [(r.epoch, r.loss, r.train_acc, r.val_acc) for r in one.history] == [
-        (r.epoch, r.loss, r.train_acc, r.val_acc) for r in other.history
-    ]
-    tensors, others = one.bundle.model.state_dict(), other.bundle.model.state_dict()
-    assert tensors.keys() == others.keys()
-    for name, tensor in tensors.items():
-        assert torch.equal(tensor, others[name]), name
-    assert one.bundle.decision == other.bundle.decision
+def _outcome(result: TrainResult) -> dict[str, Any]:
+    """What must not change: every epoch's figures, every tensor, the decision thresholds."""
+    return {
+        "history": [[r.epoch, r.loss, r.train_acc, r.val_acc] for r in result.history],
+        "tensors": result.bundle.model.state_dict(),
+        "decision": json.dumps(result.bundle.decision),
+    }
+
+
+def _assert_same_training(one: dict[str, Any], other: dict[str, Any]) -> None:
+    assert one["history"] == other["history"]
+    assert one["tensors"].keys() == other["tensors"].keys()
+    for name, tensor in one["tensors"].items():
+        assert torch.equal(tensor, other["tensors"][name]), name
+    assert one["decision"] == other["decision"]
 
 
 def _assert_resuming_changes_nothing(kind: type[TrainerBase], settings: TrainSettings, directory: Path) -> None:
@@ -48,7 +61,7 @@ def _assert_resuming_changes_nothing(kind: type[TrainerBase], settings: TrainSet
         resumed = _run(kind, settings, directory / "resumed.safetensors", stop_after=2)
     finally:
         torch.set_num_threads(before)
-    _assert_same_training(whole, resumed)
+    _assert_same_training(_outcome(whole), _outcome(resumed))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -64,3 +77,40 @@ def test_the_resumed_scratch_network_trains_the_model_of_an_uninterrupted_run(tm
         encoder="none", epochs=4, patience=4, batch_size=4, hidden=16, layers=1, embedding_dim=16, seed=1, threads=1
     )
     _assert_resuming_changes_nothing(Trainer, settings, tmp_path)
+
+
+def _rank_of_two(rank: int, port: int, directory: Path, settings: TrainSettings, stop_after: int) -> None:
+    """One of two ranks of a gloo group, as torchrun starts them; the first writes the resulting tensors."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        name = "resumed" if stop_after else "whole"
+        result = _run(HeadTrainer, settings, directory / f"{name}.safetensors", stop_after)
+        if rank == 0:
+            torch.save(_outcome(result), directory / f"{name}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_ranks(directory: Path, settings: TrainSettings, stop_after: int = 0) -> dict[str, Any]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    ranks = [
+        context.Process(target=_rank_of_two, args=(rank, port, directory, settings, stop_after)) for rank in (0, 1)
+    ]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=240)
+        assert process.exitcode == 0
+    outcome: dict[str, Any] = torch.load(directory / f"{'resumed' if stop_after else 'whole'}.pt")
+    return outcome
+
+
+def test_resumed_heads_under_two_ranks_train_the_model_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Each rank draws its own share of batches, so each resumes with its own generators (with the first rank's
+    for both, the model differs)."""
+    settings = TrainSettings(epochs=4, patience=4, pools=1, threads=1, seed=1)
+    _assert_same_training(_two_ranks(tmp_path, settings), _two_ranks(tmp_path, settings, stop_after=2))

@@ -238,7 +238,7 @@ class TrainerBase(ABC):
             "encoder": self.checkpoint_encoder,
             "history": json.dumps([asdict(h) for h in run.history]),
             "wall_s": run.wall_s(started),
-            "random": self._random_state(fit.model),
+            "random": self.ranks.gather(self._random_state(fit.model)),
         }
 
     def _random_state(self, model: nn.Module) -> dict[str, Any]:
@@ -250,6 +250,20 @@ class TrainerBase(ABC):
         """The generators as `_random_state` recorded them; in place, since the augmenter shares `self.rng`."""
         self.rng.bit_generator.state = state["numpy"]
         torch.set_rng_state(state["torch"])
+
+    def _own_random_state(self, saved: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+        """This rank's generators: under torchrun each rank draws its own share of batches, so a checkpoint holds
+        one set per rank (checkpoints of 2026-11-27 hold one set, not a list)."""
+        if isinstance(saved, dict):
+            return saved
+        if len(saved) != self.ranks.world:
+            log.warning(
+                "the checkpoint was written by %d training processes and this run has %d: it goes on, but not with "
+                "the random numbers an uninterrupted run would have drawn",
+                len(saved),
+                self.ranks.world,
+            )
+        return saved[self.ranks.rank % len(saved)]
 
     def _save_checkpoint(self, state: dict[str, Any]) -> None:
         if not self.ranks.writes:
@@ -273,8 +287,7 @@ class TrainerBase(ABC):
     ) -> RunState | None:
         """The model, optimizer, schedule and random generators as the checkpoint left them, and where the run
         stood; None without a checkpoint. Called once the run is set up as the first run was, so that it goes on
-        exactly as an uninterrupted run would (in one process or the heads' processes; under torchrun every rank
-        takes the first rank's generators)."""
+        exactly as an uninterrupted run would (in one process, the heads' processes, or torchrun's ranks)."""
         state = self._load_checkpoint()
         if state is None:
             return None
@@ -286,7 +299,7 @@ class TrainerBase(ABC):
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         if "random" in state:
-            self._restore_random(model, state["random"])
+            self._restore_random(model, self._own_random_state(state["random"]))
         history = [EpochRecord(**h) for h in json.loads(state["history"])]
         best = Best(state["best_acc"], state["best_epoch"], state["best_model"])
         log.info("resuming after epoch %d (best validation accuracy %.4f)", state["epoch"], best.acc)
