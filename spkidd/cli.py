@@ -298,7 +298,7 @@ def identify(
     model: Path = typer.Argument(..., help="Model file."),
     audio: list[Path] = typer.Argument(..., help="Audio files (any format ffmpeg reads)."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per file and line."),
-    chunk: float = typer.Option(3.0, help="Chunk length in seconds for long recordings and their timeline."),
+    chunk: float = typer.Option(3.0, help="Chunk length in seconds for the answer about a long recording as a whole."),
     top: int = typer.Option(5, help="How many candidates to show."),
 ) -> None:
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""

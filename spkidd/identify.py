@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,13 @@ import numpy as np
 
 from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
+from spkidd.audio.replay import ReplaySource, float_to_pcm
 from spkidd.decide import DecisionSettings, final_answer
-from spkidd.events import UNKNOWN
-from spkidd.inference import Scored, Segment, score_long
+from spkidd.events import UNKNOWN, Identification
+from spkidd.inference import Scored, score_long
 from spkidd.modelfile import ModelBundle
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.turns import who_spoke_when
 
 
 @dataclass
@@ -46,19 +50,22 @@ def _majority(turns: list[dict[str, Any]]) -> str:
     return max(time, key=lambda speaker: time[speaker])
 
 
-def timeline(bundle: ModelBundle, segments: list[Segment]) -> list[dict[str, Any]]:
-    """Chunks merged into turns: consecutive chunks naming the same speaker become one entry."""
-    turns: list[dict[str, Any]] = []
-    for segment in segments:
-        speaker, confidence, _ = _name(bundle, segment.scored)
-        if turns and turns[-1]["speaker"] == speaker and abs(turns[-1]["end"] - segment.start) < 1e-6:
-            turns[-1]["end"] = segment.end
-            turns[-1]["confidence"] = max(turns[-1]["confidence"], round(confidence, 4))
-        else:
-            turns.append(
-                {"start": segment.start, "end": segment.end, "speaker": speaker, "confidence": round(confidence, 4)}
-            )
-    return turns
+def timeline(bundle: ModelBundle, audio: np.ndarray) -> list[dict[str, Any]]:
+    """Who spoke when: the recording through the daemon's own pipeline (gate, rolling encoder windows, decider),
+    its utterances cut into turns looking back (spkidd.turns), pauses left out."""
+    events: list[Identification] = []
+
+    def collect(event: PipelineEvent) -> None:
+        if isinstance(event, Identification):
+            events.append(event)
+
+    source = ReplaySource.from_samples("identify", float_to_pcm(audio), realtime=False)
+    asyncio.run(StreamPipeline(source, bundle, PipelineSettings()).run(collect))
+    return [
+        turn.to_dict()
+        | {"start": round(turn.start, 3), "end": round(turn.end, 3), "confidence": round(turn.confidence, 4)}
+        for turn in who_spoke_when(events)
+    ]
 
 
 def identify_file(bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5) -> FileResult:
@@ -78,7 +85,7 @@ def identify_audio(bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: 
     top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k)}
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
     if len(segments) > 1:
-        result.timeline = timeline(bundle, segments)
-        if speaker not in {turn["speaker"] for turn in result.timeline}:
+        result.timeline = timeline(bundle, audio)
+        if result.timeline and speaker not in {turn["speaker"] for turn in result.timeline}:
             result.speaker = _majority(result.timeline)
     return result

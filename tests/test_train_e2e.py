@@ -10,6 +10,7 @@ import soundfile as sf
 
 from spkidd.modelfile import load_model
 from spkidd.synthetic import synth_speech
+from spkidd.turns import CHANGE_LAG_S
 from tests.conftest import TRAINED_VOICES
 from train.calibrate import MIN_SPEECH_CANDIDATES_S
 
@@ -72,6 +73,34 @@ def test_identify_names_speakers_and_draws_a_timeline(household_model: Path, tmp
     assert len(timeline) >= 2
     assert timeline[0]["speaker"] == "carol" and timeline[-1]["speaker"] == "bob"
     assert timeline[0]["start"] == 0.0 and timeline[-1]["end"] > 10
+    join = len(clips[0]) / 16000
+    for turn in timeline:
+        assert turn["speaker"] in (("carol", "unknown") if turn["end"] <= join + 0.5 else ("bob",)), timeline
+
+
+def test_identify_cuts_an_utterance_where_a_second_voice_takes_over(trained_model: Path, tmp_path: Path) -> None:
+    """Two voices back to back, no pause: one utterance to the gate, two turns in the timeline, cut near the join
+    (the decider names the second voice one to two seconds late; the timeline looks back)."""
+    from tests.conftest import HELD_OUT_SENTENCES
+
+    clips = []
+    for voice in ("carol", "bob"):
+        audio = sf.read(synth_speech(voice, " ".join(HELD_OUT_SENTENCES[:2]), tmp_path / f"{voice}.wav"))[0]
+        loud = np.flatnonzero(np.abs(audio) > 0.01)
+        clips.append(audio[loud[0] : loud[-1] + 1])
+    path = tmp_path / "back_to_back.wav"
+    sf.write(path, np.concatenate(clips), 16000)
+    proc = subprocess.run(
+        [*SPKIDD, "identify", str(trained_model), str(path), "--json"], capture_output=True, text=True, check=True
+    )
+    timeline = json.loads(proc.stdout)["timeline"]
+    join = len(clips[0]) / 16000
+    merged = next(turn["utterance_id"] for turn in timeline if turn["start"] < join < turn["end"])
+    first, second = (turn for turn in timeline if turn["utterance_id"] == merged)
+    assert (first["speaker"], second["speaker"]) == ("carol", "bob"), timeline
+    assert first["end"] == second["start"] and abs(second["start"] - join) <= CHANGE_LAG_S, timeline
+    assert {turn["speaker"] for turn in timeline if turn["end"] <= first["end"]} == {"carol"}
+    assert {turn["speaker"] for turn in timeline if turn["start"] >= second["start"]} == {"bob"}
 
 
 def test_identify_reports_unusable_files_without_dying(trained_model: Path, tmp_path: Path) -> None:
