@@ -5,7 +5,9 @@ usage: python benchmarks/s1_conversation.py MODEL [--protocol s1|s2] [--data ../
 
 S1 leaves 0.4-1.2 s between turns; S2 0-0.25 s (back to back: the gate often merges turns, and the model has to
 notice the change of voice inside one utterance). Both are scored per turn (S1's rules) and by audio time (the
-reference's `timeline`: what a subscriber of the current-speaker state sees).
+reference's `timeline`: what a subscriber of the current-speaker state sees). Then `spkidd identify --json` reads the
+conversation as a file, and its timeline of who spoke when (looking back, with the model's own thresholds and the
+default gate) is scored by audio time too.
 
 File replay as fast as possible with audio-time stamps -> gate -> features -> model -> decider; the events go to
 events.jsonl and are scored like ../shared/tools/conversation.py. When that reference is present, the script also
@@ -25,8 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DEFAULT_DATA, DEFAULT_OUT, S1_GAPS, S2_GAPS, build_conversation, score, timeline_score
+from common import (
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    S1_GAPS,
+    S2_GAPS,
+    build_conversation,
+    looking_back_score,
+    score,
+    timeline_score,
+)
 from dev_split import development_split
+from evaluation import SPKIDD
 from manifests import p2
 from rich.console import Console
 from rich.table import Table
@@ -68,6 +80,14 @@ async def stream(bundle: ModelBundle, wav: Path, settings: PipelineSettings) -> 
     pipeline = StreamPipeline(ReplaySource("s1", wav, realtime=False), bundle, settings)
     await pipeline.run(emit)
     return events, pipeline.stats
+
+
+def identify_timeline(model: Path, wav: Path) -> list[dict[str, Any]]:
+    """What `spkidd identify` says of the conversation, run as a user runs it."""
+    command = [*SPKIDD, "identify", str(model), str(wav), "--json"]
+    proc = subprocess.run(command, check=True, capture_output=True, text=True)
+    turns: list[dict[str, Any]] = json.loads(proc.stdout)["timeline"]
+    return turns
 
 
 def _reference_scores(reference: Path, verb: str, truth: Path, events_jsonl: Path) -> dict[str, Any]:
@@ -136,6 +156,7 @@ def main() -> None:
     events_jsonl.write_text("".join(json.dumps(e) + "\n" for e in events))
     result = score(truth_csv, events)
     timeline = timeline_score(truth_csv, events)
+    looking_back = looking_back_score(truth_csv, identify_timeline(args.model, wav))
     official = args.split == "test" and args.seed == 0
     name = args.protocol.upper()
     if official and args.reference.is_file():
@@ -157,6 +178,7 @@ def main() -> None:
     table.add_row("timeline: turn accuracy", f"{timeline['turn_accuracy']:.1%}")
     median, p90 = timeline["first_correct_median_s"], timeline["first_correct_p90_s"]
     table.add_row("timeline: first correct median / p90", f"{median:.2f} s / {p90:.2f} s")
+    table.add_row("`identify` timeline (looking back): speech-time accuracy", f"{looking_back:.1%}")
     table.add_row("audio / CPU", f"{stats.audio_s:.0f} s / {cpu:.1f} s (RTF {cpu / stats.audio_s:.4f})")
     console.print(table)
     console.print(f"cross-check: {check}")
@@ -169,6 +191,7 @@ def main() -> None:
         "model_version": bundle.version,
         **result.to_dict(),
         "timeline": timeline,
+        "identify_timeline_speech_time_accuracy": looking_back,
         "gate": asdict(settings.gate),
         "decision": settings.decision,
         "model_decision": bundle.decision,

@@ -8,6 +8,7 @@ import json
 import time
 
 from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.turns import CHANGE_LAG_S
 from spkidd.web.live import CLIENT_QUEUE, TIMELINE_S, LiveHub
 
 
@@ -41,10 +42,10 @@ async def test_a_reading_browser_gets_every_change_in_order_and_the_snapshot_has
     got = [json.loads(await asyncio.wait_for(browser.get(), 1)) for _ in range(4)]
     assert [m["view"]["online"] for m in got] == [True, True, True, True]
     assert got[1]["view"]["state"] == "listening" and got[1]["view"]["speaking"] is True
-    assert got[2]["view"]["speaker"] == "alice" and got[2]["segment"] == {
-        "start": 1000.0, "end": 1002.0, "speaker": "alice", "confidence": 0.9, "utterance_id": "kitchen-000001"
-    }  # fmt: skip
-    assert got[3]["view"]["speaking"] is False and got[3]["segment"] is None
+    assert got[2]["view"]["speaker"] == "alice" and got[2]["segments"] == [
+        {"start": 1001.0, "end": 1002.0, "speaker": "alice", "confidence": 0.9, "utterance_id": "kitchen-000001"}
+    ]
+    assert got[3]["view"]["speaking"] is False and got[3]["segments"] == []
     snapshot = hub.snapshot()
     assert snapshot["sources"]["hall"]["state"] == "none" and snapshot["sources"]["hall"]["online"] is False
     assert [s["speaker"] for s in snapshot["sources"]["kitchen"]["timeline"]] == ["alice"]
@@ -52,3 +53,22 @@ async def test_a_reading_browser_gets_every_change_in_order_and_the_snapshot_has
     assert hub.snapshot()["sources"]["kitchen"]["timeline"] == [], "the timeline keeps only the last minutes"
     hub.set_sources(["hall"])
     assert list(hub.snapshot()["sources"]) == ["hall"]
+
+
+async def test_an_utterance_with_a_change_of_voice_reaches_the_timeline_as_two_turns() -> None:
+    """The page's timeline is cut as `identify`'s is (spkidd.turns), on the wall clock of the final's arrival."""
+    clock = [1000.0]
+    hub = LiveHub(["kitchen"], clock=lambda: clock[0])
+    browser = hub.subscribe()
+    hub.handle(SpeechActivity("kitchen", "kitchen-000001", True, 0.0))
+    for kind, speaker, end in (("identified", "alice", 1.0), ("changed", "bob", 4.0), ("final", "bob", 6.0)):
+        clock[0] = 1000.0 + end
+        hub.handle(Identification("kitchen", "kitchen-000001", kind, speaker, 0.9, {}, kind == "final", 0.0, end, end))
+    got = [json.loads(await asyncio.wait_for(browser.get(), 1)) for _ in range(4)]
+    assert [m["segments"] for m in got[:3]] == [[], [], []]
+    cut = 1004.0 - CHANGE_LAG_S
+    assert [(s["speaker"], s["start"], s["end"]) for s in got[3]["segments"]] == [
+        ("alice", 1000.0, cut),
+        ("bob", cut, 1006.0),
+    ]
+    assert [s["speaker"] for s in hub.snapshot()["sources"]["kitchen"]["timeline"]] == ["alice", "bob"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.pipeline import PipelineEvent
+from spkidd.turns import Turn, utterance_turns
 
 TIMELINE_S = 600.0
 """How far back the timeline reaches (who spoke when)."""
@@ -39,7 +40,8 @@ class SourceView:
     final: bool = False
     changed_at: float = 0.0
     timeline: deque[dict[str, Any]] = field(default_factory=deque)
-    utterance_started_at: float | None = None
+    utterance: list[Identification] = field(default_factory=list)
+    """The events of the utterance being heard: cut into turns of the timeline when its final arrives."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,7 +118,7 @@ class LiveHub:
         if view is None:
             return
         now = self._clock()
-        segment = None
+        segments: list[dict[str, Any]] = []
         if isinstance(event, SourceStatus):
             view.online = event.online
             if not event.online:
@@ -125,15 +127,15 @@ class LiveHub:
             view.speaking = event.speaking
             view.online = True
             if event.speaking:
-                view.utterance_started_at = now
+                view.utterance = []
                 view.state, view.speaker, view.confidence, view.top_k, view.final = "listening", "", 0.0, {}, False
         elif isinstance(event, Identification):
-            segment = self._identify(view, event, now)
+            segments = self._identify(view, event, now)
         self._broadcast(
-            {"type": "source", "source": event.source, "now": now, "view": view.to_dict(), "segment": segment}
+            {"type": "source", "source": event.source, "now": now, "view": view.to_dict(), "segments": segments}
         )
 
-    def _identify(self, view: SourceView, event: Identification, now: float) -> dict[str, Any] | None:
+    def _identify(self, view: SourceView, event: Identification, now: float) -> list[dict[str, Any]]:
         view.state = "unknown" if event.speaker == UNKNOWN else "identified"
         view.speaker = event.speaker
         view.confidence = event.confidence
@@ -141,19 +143,16 @@ class LiveHub:
         view.utterance_id = event.utterance_id
         view.final = event.final
         view.changed_at = now
+        if view.utterance and view.utterance[0].utterance_id != event.utterance_id:
+            view.utterance = []
+        view.utterance.append(event)
         if not event.final:
-            return None
-        started = view.utterance_started_at if view.utterance_started_at is not None else now - event.speech_s
-        segment = {
-            "start": round(started, 3),
-            "end": round(now, 3),
-            "speaker": event.speaker,
-            "confidence": round(event.confidence, 3),
-            "utterance_id": event.utterance_id,
-        }
-        view.timeline.append(segment)
+            return []
+        segments = [_segment(turn, event, now) for turn in utterance_turns(view.utterance)]
+        view.utterance = []
+        view.timeline.extend(segments)
         self._trim(now)
-        return segment
+        return segments
 
     def _trim(self, now: float) -> None:
         for view in self._views.values():
@@ -166,3 +165,14 @@ class LiveHub:
         text = json.dumps(message)
         for subscriber in self._subscribers:
             subscriber.put(text)
+
+
+def _segment(turn: Turn, final: Identification, now: float) -> dict[str, Any]:
+    """A turn on the wall clock, the final's arrival standing for the utterance's end."""
+    return {
+        "start": round(now - (final.end - turn.start), 3),
+        "end": round(now - (final.end - turn.end), 3),
+        "speaker": turn.speaker,
+        "confidence": round(turn.confidence, 3),
+        "utterance_id": turn.utterance_id,
+    }

@@ -134,8 +134,8 @@ function connectLive() {
     if (message.type === "snapshot") return onSnapshot(message);
     clockOffset = message.now - Date.now() / 1000;
     renderView(message.source, message.view);
-    if (message.segment) {
-      addSegment(message.source, message.segment);
+    if (message.segments.length) {
+      message.segments.forEach((s) => addSegment(message.source, s));
       drawTimelines();
     }
   };
