@@ -293,6 +293,10 @@ def _evaluate_open_set(
         out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
 
 
+def _report_seconds(bar: Any, task: Any, done_s: float, total_s: float) -> None:
+    bar.update(task, completed=done_s, total=total_s)
+
+
 @app.command()
 def identify(
     model: Path = typer.Argument(..., help="Model file."),
@@ -304,8 +308,10 @@ def identify(
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
     import dataclasses
     import json
+    from functools import partial
 
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from spkidd.audio.decode import AudioDecodeError
@@ -320,13 +326,18 @@ def identify(
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
     results = []
-    for path in audio:
-        try:
-            results.append(identify_file(bundle, path, chunk, top))
-        except AudioDecodeError as exc:
-            results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
-        if results[-1].warning:
-            console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        for path in audio:
+            task = bar.add_task(f"who spoke when in {path.name}", total=None)
+            try:
+                report = partial(_report_seconds, bar, task)
+                results.append(identify_file(bundle, path, chunk, top, report))
+            except AudioDecodeError as exc:
+                results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
+            bar.remove_task(task)
+            if results[-1].warning:
+                console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
     if json_output:
         for r in results:
             typer.echo(json.dumps(dataclasses.asdict(r)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from spkidd.identify import identify_audio
 from spkidd.modelfile import load_model
 from spkidd.synthetic import synth_speech
 from spkidd.turns import CHANGE_LAG_S
@@ -113,3 +114,17 @@ def test_identify_reports_unusable_files_without_dying(trained_model: Path, tmp_
     assert proc.returncode == 1
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     assert results[0]["error"] and next(iter(results[1]["top_k"])) == "bob"
+
+
+def test_identify_reports_its_progress_through_a_long_recording(trained_model: Path, tmp_path: Path) -> None:
+    """The timeline's pass over a long recording tells how far it got (the command's progress bar)."""
+    from tests.conftest import HELD_OUT_SENTENCES
+
+    path = synth_speech("alice", " ".join(HELD_OUT_SENTENCES * 2), tmp_path / "long.wav")
+    audio = sf.read(path, dtype="float32")[0]
+    reports: list[tuple[float, float]] = []
+    result = identify_audio(load_model(trained_model), path, audio, 3.0, report=lambda *r: reports.append(r))
+    assert result.speaker == "alice" and result.timeline
+    assert reports and {total for _, total in reports} == {len(audio) / 16000}
+    done = [d for d, _ in reports]
+    assert done == sorted(done) and done[-1] <= len(audio) / 16000
