@@ -359,6 +359,8 @@ def identify(
                     out.print(
                         f"  {turn['start']:7.1f}-{turn['end']:7.1f} s  {turn['speaker']} ({turn['confidence']:.0%})"
                     )
+                spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
+                out.print(f"  who spoke (seconds of speech): {spoke}")
     if any(r.error for r in results):
         raise typer.Exit(1)
 

@@ -30,6 +30,8 @@ class FileResult:
     top_k: dict[str, float]
     duration_s: float
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    speakers: dict[str, float] = field(default_factory=dict)
+    """Seconds of speech the timeline gives each name, most first: who took part in a conversation."""
     error: str = ""
     warning: str = ""
 
@@ -43,12 +45,12 @@ def _name(bundle: ModelBundle, scored: Scored) -> tuple[str, float, float]:
     return (bundle.labels[index] if named else UNKNOWN), confidence, float(scores[index])
 
 
-def _majority(turns: list[dict[str, Any]]) -> str:
-    """The speaker of most of the timeline's time."""
+def speech_per_speaker(turns: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds of the timeline each name holds, most first."""
     time: dict[str, float] = {}
     for turn in turns:
         time[turn["speaker"]] = time.get(turn["speaker"], 0.0) + turn["end"] - turn["start"]
-    return max(time, key=lambda speaker: time[speaker])
+    return {speaker: round(seconds, 2) for speaker, seconds in sorted(time.items(), key=lambda item: -item[1])}
 
 
 Report = Callable[[float, float], None]
@@ -107,6 +109,7 @@ def identify_audio(
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
     if len(segments) > 1:
         result.timeline = timeline(bundle, audio, report)
-        if result.timeline and speaker not in {turn["speaker"] for turn in result.timeline}:
-            result.speaker = _majority(result.timeline)
+        result.speakers = speech_per_speaker(result.timeline)
+        if result.speakers and speaker not in result.speakers:
+            result.speaker = next(iter(result.speakers))
     return result

@@ -77,6 +77,11 @@ def test_identify_names_speakers_and_draws_a_timeline(household_model: Path, tmp
     join = len(clips[0]) / 16000
     for turn in timeline:
         assert turn["speaker"] in (("carol", "unknown") if turn["end"] <= join + 0.5 else ("bob",)), timeline
+    speakers = results[1]["speakers"]
+    assert {"carol", "bob"} <= set(speakers) <= {"carol", "bob", "unknown"}
+    assert sum(speakers.values()) <= results[1]["duration_s"] and list(speakers.values()) == sorted(
+        speakers.values(), reverse=True
+    )
 
 
 def test_identify_cuts_an_utterance_where_a_second_voice_takes_over(trained_model: Path, tmp_path: Path) -> None:
