@@ -12,7 +12,7 @@ import numpy as np
 
 from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
-from spkidd.audio.replay import ReplaySource, float_to_pcm
+from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.events import UNKNOWN, Identification
 from spkidd.inference import Scored, score_long
@@ -67,7 +67,7 @@ def timeline(bundle: ModelBundle, audio: np.ndarray, report: Report | None = Non
         if isinstance(event, Identification):
             events.append(event)
 
-    source = ReplaySource.from_samples("identify", float_to_pcm(audio), realtime=False)
+    source = ReplaySource.from_samples("identify", to_chunkable_pcm(audio), realtime=False)
     pipeline = StreamPipeline(source, bundle, PipelineSettings())
     asyncio.run(_run_reporting(pipeline, collect, len(audio) / bundle.features.sample_rate, report))
     return [

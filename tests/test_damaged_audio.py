@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkidd.audio.decode import AudioDecodeError, DamagedAudioError, load_audio
+from spkidd.audio.decode import AudioDecodeError, DamagedAudioError, _read_frames, load_audio
 from spkidd.synthetic import synth_audio
 from tests.conftest import HELD_OUT_SENTENCES
 
@@ -79,3 +79,26 @@ def test_enroll_refuses_a_truncated_ogg(trained_model: Path, tmp_path: Path) -> 
     assert proc.returncode == 2
     assert f"error: {truncated}: damaged (truncated or corrupt): the audio stops at" in proc.stderr
     assert not out.exists()
+
+
+class _HeaderSaysLess:
+    """A decoder whose header promises fewer frames than the stream holds (a stream's header written first)."""
+
+    frames = 10
+
+    def __init__(self, audio: np.ndarray) -> None:
+        self.audio, self.at = audio, 0
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, frames: int, dtype: str, always_2d: bool) -> np.ndarray:
+        block = self.audio[self.at : self.at + frames]
+        self.at += len(block)
+        return np.stack([block, block], axis=1)
+
+
+def test_frames_beyond_what_the_header_promised_are_read_too() -> None:
+    audio = np.arange(100_000, dtype=np.float32)
+    frames, cut = _read_frames(_HeaderSaysLess(audio), -1)  # type: ignore[arg-type]
+    assert not cut and np.array_equal(frames, audio)

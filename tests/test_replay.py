@@ -14,7 +14,7 @@ import soundfile as sf
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.decode import AudioDecodeError, load_audio
-from spkidd.audio.replay import ReplaySource
+from spkidd.audio.replay import ReplaySource, float_to_pcm, to_chunkable_pcm
 from spkidd.audio.sources import SourceSpecError, make_source
 from spkidd.events import SourceStatus
 from tests.support.streaming import write_wav
@@ -145,3 +145,13 @@ async def test_iterating_a_replay_again_resumes_where_it_stopped(tmp_path: Path,
     expected = (whole * 3)[: len(first + again)]
     assert all(np.array_equal(c.samples, e.samples) for c, e in zip(first + again, expected, strict=True))
     assert len(first + again) == (len(whole) + 15 if loop else len(whole))
+
+
+def test_samples_are_converted_block_by_block_as_in_one_piece() -> None:
+    """Long recordings are converted without float temporaries of their size, to the same samples."""
+    audio = (np.random.default_rng(0).standard_normal(2_500_003) * 0.5).astype(np.float32)
+    whole = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    assert np.array_equal(float_to_pcm(audio), whole)
+    padded = to_chunkable_pcm(audio)
+    assert len(padded) % CHUNK_SAMPLES == 0 and np.array_equal(padded[: len(audio)], whole)
+    assert not padded[len(audio) :].any()

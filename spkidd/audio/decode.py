@@ -52,24 +52,29 @@ def resample(audio: np.ndarray, rate: int) -> np.ndarray:
 _BLOCK_FRAMES = 1 << 12
 
 
-def _read_blocks(handle: sf.SoundFile, count: int) -> tuple[list[np.ndarray], bool]:
-    """Up to `count` frames (-1: all) block by block, and whether a decode error cut the file short. An error
+def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
+    """Up to `count` frames (-1: all) as mono float32, and whether a decode error cut the file short. Read block by
+    block into one array sized from the header, so a long recording is never held twice (a list of blocks and their
+    concatenation were two copies at the peak); frames beyond what the header promised are still read. An error
     before the first block is raised: the file may still be something ffmpeg decodes."""
-    blocks: list[np.ndarray] = []
-    remaining = count
-    while remaining != 0:
-        want = _BLOCK_FRAMES if remaining < 0 else min(_BLOCK_FRAMES, remaining)
+    expected = max(0, handle.frames - handle.tell()) if count < 0 else count
+    audio = np.empty(expected, dtype=np.float32)
+    filled = 0
+    while count < 0 or filled < count:
+        want = _BLOCK_FRAMES if count < 0 else min(_BLOCK_FRAMES, count - filled)
         try:
             block = handle.read(frames=want, dtype="float32", always_2d=True)
         except sf.LibsndfileError:
-            if not blocks:
+            if filled == 0:
                 raise
-            return blocks, True
+            return audio[:filled], True
         if len(block) == 0:
             break
-        blocks.append(block.mean(axis=1))
-        remaining = remaining - len(block) if remaining > 0 else remaining
-    return blocks, False
+        if filled + len(block) > len(audio):
+            audio = np.concatenate([audio[:filled], np.empty(max(len(block), len(audio) // 4), dtype=np.float32)])
+        audio[filled : filled + len(block)] = block.mean(axis=1)
+        filled += len(block)
+    return audio[:filled], False
 
 
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
@@ -80,11 +85,11 @@ def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
             raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end ({handle.frames / rate:.3f} s)")
         handle.seek(first)
         count = -1 if end is None else max(0, round(end * rate) - first)
-        blocks, cut = _read_blocks(handle, count)
-        audio = resample(np.concatenate(blocks) if blocks else np.zeros(0, np.float32), rate)
+        frames, cut = _read_frames(handle, count)
+        audio = resample(frames, rate)
         if cut:
             raise DamagedAudioError(path, audio, handle.frames / rate)
-        if _truncated_by_header(handle) and (end is None or first + sum(map(len, blocks)) < round(end * rate)):
+        if _truncated_by_header(handle) and (end is None or first + len(frames) < round(end * rate)):
             raise DamagedAudioError(path, audio)
     return audio
 

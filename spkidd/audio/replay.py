@@ -30,18 +30,23 @@ _YIELD_EVERY = 16
 _REALTIME_BLOCK_S = 1.0
 _FAST_BLOCK_S = 10.0
 _EMPTY = np.zeros(0, dtype=np.int16)
+_PCM_BLOCK = 1 << 20
 
 
-def float_to_pcm(audio: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> int16 (exact for audio that came from 16-bit files)."""
-    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+def float_to_pcm(audio: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """float32 [-1, 1] -> int16 (exact for audio that came from 16-bit files), zero-padded to a multiple of
+    `multiple` samples. Converted a block at a time: a recording of an hour is 230 MB as float32, and whole-array
+    arithmetic would hold two float temporaries of that size."""
+    pcm = np.zeros(-(-len(audio) // multiple) * multiple, dtype=np.int16)
+    for start in range(0, len(audio), _PCM_BLOCK):
+        piece = audio[start : start + _PCM_BLOCK]
+        pcm[start : start + len(piece)] = np.clip(np.round(piece * 32768.0), -32768, 32767)
+    return pcm
 
 
 def to_chunkable_pcm(audio: np.ndarray) -> np.ndarray:
     """float32 [-1, 1] -> int16, zero-padded to whole chunks."""
-    pcm = float_to_pcm(audio)
-    pad = (-len(pcm)) % CHUNK_SAMPLES
-    return np.concatenate([pcm, np.zeros(pad, dtype=np.int16)]) if pad else pcm
+    return float_to_pcm(audio, CHUNK_SAMPLES)
 
 
 class ReplaySource:
