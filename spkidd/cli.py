@@ -5,11 +5,14 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from spkidd import __version__
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 app = typer.Typer(
     name="spkidd",
@@ -293,7 +296,7 @@ def _evaluate_open_set(
         out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
 
 
-def _report_seconds(bar: Any, task: Any, done_s: float, total_s: float) -> None:
+def _report_seconds(bar: Progress, task: TaskID, done_s: float, total_s: float) -> None:
     bar.update(task, completed=done_s, total=total_s)
 
 
