@@ -32,6 +32,7 @@ from common import (
     DEFAULT_OUT,
     S1_GAPS,
     S2_GAPS,
+    S1Score,
     build_conversation,
     looking_back_score,
     score,
@@ -119,7 +120,7 @@ def cross_check(
     return "conversation.wav, truth.csv, turn and timeline scores equal the reference"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--protocol", choices=("s1", "s2"), default="s1")
@@ -137,7 +138,38 @@ def main() -> None:
         "(its models never heard them), for tuning without touching the test",
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_table(
+    console: Console,
+    title: str,
+    result: S1Score,
+    timeline: dict[str, float],
+    looking_back: float,
+    audio_s: float,
+    cpu: float,
+) -> None:
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("turn accuracy", f"{result.turn_accuracy:.1%} ({result.turns} turns)")
+    table.add_row("first correct, median", f"{result.first_correct_median_s:.2f} s")
+    table.add_row("first correct, p90", f"{result.first_correct_p90_s:.2f} s")
+    table.add_row("turns never named right", str(result.turns_never_correct))
+    table.add_row("wrong before right", f"{result.wrong_before_right:.1%}")
+    table.add_row("final events", f"{result.finals} (turns {result.turns})")
+    table.add_row("timeline: speech-time accuracy", f"{timeline['speech_time_accuracy']:.1%}")
+    table.add_row("timeline: turn accuracy", f"{timeline['turn_accuracy']:.1%}")
+    median, p90 = timeline["first_correct_median_s"], timeline["first_correct_p90_s"]
+    table.add_row("timeline: first correct median / p90", f"{median:.2f} s / {p90:.2f} s")
+    table.add_row("`identify` timeline (looking back): speech-time accuracy", f"{looking_back:.1%}")
+    table.add_row("audio / CPU", f"{audio_s:.0f} s / {cpu:.1f} s (RTF {cpu / audio_s:.4f})")
+    console.print(table)
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(1)
     console = Console()
 
@@ -165,22 +197,8 @@ def main() -> None:
     else:
         check = "skipped" if official else f"not the {name} protocol: {args.split} audio, seed {args.seed}"
 
-    table = Table(title=f"{name} conversation, model {bundle.name} {bundle.version}")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_row("turn accuracy", f"{result.turn_accuracy:.1%} ({result.turns} turns)")
-    table.add_row("first correct, median", f"{result.first_correct_median_s:.2f} s")
-    table.add_row("first correct, p90", f"{result.first_correct_p90_s:.2f} s")
-    table.add_row("turns never named right", str(result.turns_never_correct))
-    table.add_row("wrong before right", f"{result.wrong_before_right:.1%}")
-    table.add_row("final events", f"{result.finals} (turns {result.turns})")
-    table.add_row("timeline: speech-time accuracy", f"{timeline['speech_time_accuracy']:.1%}")
-    table.add_row("timeline: turn accuracy", f"{timeline['turn_accuracy']:.1%}")
-    median, p90 = timeline["first_correct_median_s"], timeline["first_correct_p90_s"]
-    table.add_row("timeline: first correct median / p90", f"{median:.2f} s / {p90:.2f} s")
-    table.add_row("`identify` timeline (looking back): speech-time accuracy", f"{looking_back:.1%}")
-    table.add_row("audio / CPU", f"{stats.audio_s:.0f} s / {cpu:.1f} s (RTF {cpu / stats.audio_s:.4f})")
-    console.print(table)
+    title = f"{name} conversation, model {bundle.name} {bundle.version}"
+    print_table(console, title, result, timeline, looking_back, stats.audio_s, cpu)
     console.print(f"cross-check: {check}")
     report = {
         "benchmark": name if official else f"{name}-dev",
