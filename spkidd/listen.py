@@ -24,6 +24,7 @@ from spkidd.audio.sources import make_source
 from spkidd.events import Identification, SourceStatus, SpeechActivity
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.turns import Turn, utterance_turns
 
 _BAR_WIDTH = 30
 _LOG_LINES = 10
@@ -31,7 +32,8 @@ _LOG_LINES = 10
 
 @dataclass
 class ListenView:
-    """What the terminal shows: source health, who is speaking now, live probability bars, recent finals."""
+    """What the terminal shows: source health, who is speaking now, live probability bars, and who spoke when in
+    the last utterances (their turns, looking back: spkidd.turns)."""
 
     source: str
     model: str
@@ -41,7 +43,8 @@ class ListenView:
     utterance_id: str = ""
     current: Identification | None = None
     live: dict[str, float] = field(default_factory=dict)
-    finals: deque[Identification] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
+    utterance: list[Identification] = field(default_factory=list)
+    turns: deque[Turn] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
 
     def on_event(self, event: PipelineEvent) -> None:
         if isinstance(event, SourceStatus):
@@ -50,11 +53,14 @@ class ListenView:
             self.speaking = event.speaking
             if event.speaking:
                 self.utterance_id, self.current, self.live = event.utterance_id, None, {}
-        elif event.final:
-            self.finals.append(event)
-            self.current = event
         else:
+            if self.utterance and self.utterance[0].utterance_id != event.utterance_id:
+                self.utterance = []
+            self.utterance.append(event)
             self.current = event
+            if event.final:
+                self.turns.extend(utterance_turns(self.utterance))
+                self.utterance = []
 
     def on_progress(self, utterance_id: str, top_k: dict[str, float]) -> None:
         if utterance_id == self.utterance_id:
@@ -77,15 +83,9 @@ class ListenView:
         for label, prob in self.live.items():
             filled = round(prob * _BAR_WIDTH)
             bars.add_row(label, Text("█" * filled + "·" * (_BAR_WIDTH - filled), style="cyan"), f"{prob:6.1%}")
-        log = Table("utterance", "audio s", "speaker", "confidence", "speech s", box=None)
-        for final in self.finals:
-            log.add_row(
-                final.utterance_id,
-                f"{final.start:.1f}-{final.end:.1f}",
-                final.speaker,
-                f"{final.confidence:.0%}",
-                f"{final.speech_s:.1f}",
-            )
+        log = Table("utterance", "audio s", "speaker", "confidence", box=None)
+        for turn in self.turns:
+            log.add_row(turn.utterance_id, f"{turn.start:.1f}-{turn.end:.1f}", turn.speaker, f"{turn.confidence:.0%}")
         return Panel(Group(header, now, bars, Text(""), log), title="spkidd listen")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from spkidd.events import UNKNOWN, Identification
@@ -20,9 +20,14 @@ from spkidd.events import UNKNOWN, Identification
 CHANGE_LAG_S = 1.5
 """The middle of the oldest window's age when a change is named (one to two seconds). On development conversations
 (P2's held-out training audio, two models; `benchmarks/s1_conversation.py --split dev`) the turns put the right name
-on 66.8 / 67.4% of the speech of back-to-back turns with it, against 66.2 / 66.9% with 1 s, 55.8 / 56.2% with 2 s
-and 16.4 / 12.0% with every utterance given its final answer alone; on turns with pauses between them it costs at
-most 0.2 points against that (77.1 / 84.7% against 77.1 / 84.9%)."""
+on 66.8 / 67.4% of the speech of back-to-back turns with it, against 66.2 / 66.9% with 1 s, 55.4 / 56.2% with 2 s
+and 16.4 / 12.0% with every utterance given its final answer alone; on turns with pauses between them it costs
+nothing against that (77.1 / 84.9% either way)."""
+
+
+SHORTEST_TURN_S = 0.3
+"""A name the decider gave for less than this (two changes in a row, the first a passing doubt) is no turn: its time
+goes to the turn after it."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def utterance_turns(events: Sequence[Identification]) -> list[Turn]:
             turns.append(Turn(start, cut, before.speaker, before.confidence, final.utterance_id))
             start = cut
     turns.append(Turn(start, final.end, final.speaker, final.confidence, final.utterance_id))
-    return _merged(turns)
+    return _merged(_without_flickers(turns))
 
 
 def who_spoke_when(events: Iterable[Identification]) -> list[Turn]:
@@ -64,6 +69,16 @@ def who_spoke_when(events: Iterable[Identification]) -> list[Turn]:
     for event in events:
         utterances.setdefault(event.utterance_id, []).append(event)
     return [turn for utterance in utterances.values() for turn in utterance_turns(utterance)]
+
+
+def _without_flickers(turns: list[Turn]) -> list[Turn]:
+    kept: list[Turn] = []
+    start = turns[0].start
+    for turn in turns[:-1]:
+        if turn.end - start >= SHORTEST_TURN_S:
+            kept.append(replace(turn, start=start))
+            start = turn.end
+    return [*kept, replace(turns[-1], start=start)]
 
 
 def _merged(turns: list[Turn]) -> list[Turn]:

@@ -81,11 +81,12 @@ def test_listen_refuses_an_unknown_source(tmp_path: Path) -> None:
     assert proc.stdout == "" and "not an existing file" in proc.stderr
 
 
-def test_the_terminal_view_shows_speaker_bars_and_finals() -> None:
+def test_the_terminal_view_shows_speaker_bars_and_who_spoke_when() -> None:
     from rich.console import Console
 
     from spkidd.events import Identification, SourceStatus, SpeechActivity
     from spkidd.listen import ListenView
+    from spkidd.turns import CHANGE_LAG_S
 
     view = ListenView("kitchen", "voices v1")
     view.on_event(SourceStatus("kitchen", True, "replaying talk.wav"))
@@ -105,3 +106,10 @@ def test_the_terminal_view_shows_speaker_bars_and_finals() -> None:
     console.print(view.render())
     after = console.export_text()
     assert "silent" in after and "kitchen-000001" in after and "0.5-2.4" in after
+    view.on_event(SpeechActivity("kitchen", "kitchen-000002", True, 3.0))
+    for kind, speaker, end in (("identified", "alice", 4.0), ("changed", "bob", 6.5), ("final", "bob", 8.0)):
+        view.on_event(Identification("kitchen", "kitchen-000002", kind, speaker, 0.9, {}, kind == "final", 3.0, end, 0))
+    console.print(view.render())
+    turns = console.export_text()
+    cut = 6.5 - CHANGE_LAG_S
+    assert f"3.0-{cut:.1f}" in turns and f"{cut:.1f}-8.0" in turns, "an utterance with a change shows two turns"

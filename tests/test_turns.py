@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spkidd.events import UNKNOWN, EventType, Identification
-from spkidd.turns import CHANGE_LAG_S, Turn, utterance_turns, who_spoke_when
+from spkidd.turns import CHANGE_LAG_S, SHORTEST_TURN_S, Turn, utterance_turns, who_spoke_when
 
 
 def _event(kind: EventType, speaker: str, end: float, utterance: str = "u1", start: float = 10.0) -> Identification:
@@ -62,3 +62,15 @@ def test_a_stream_gives_the_turns_of_its_finished_utterances_in_order(finished: 
         events.append(_event("final", "bob", 15.0, "u2", 13.0))
     expected = [("alice", 10.0, 12.0)] + ([("bob", 13.0, 15.0)] if finished else [])
     assert [(t.speaker, t.start, t.end) for t in who_spoke_when(events)] == expected
+
+
+def test_a_name_given_for_a_moment_is_no_turn() -> None:
+    """Two changes within SHORTEST_TURN_S: the passing name's time goes to the turn after it."""
+    events = [
+        _event("identified", "alice", 11.0),
+        _event("changed", "carol", 14.0),
+        _event("changed", "bob", 14.0 + SHORTEST_TURN_S / 2),
+        _event("final", "bob", 16.0),
+    ]
+    cut = 14.0 - CHANGE_LAG_S
+    assert [(t.speaker, t.start, t.end) for t in utterance_turns(events)] == [("alice", 10.0, cut), ("bob", cut, 16.0)]
