@@ -1,5 +1,5 @@
-"""Who spoke when, looking back on the decider's events: each utterance cut into turns, for `identify`'s timeline
-and the web page's.
+"""Who spoke when, looking back on the decider's events: each utterance cut into turns, for `identify`'s timeline,
+the web page's and `spkidd listen`'s.
 
 Live, a change of voice inside an utterance is named late: the decider says `changed` once the encoder's oldest
 window holds the new voice, and its two 2-s windows restart in turn every second, so that window began one to two
@@ -72,6 +72,7 @@ def who_spoke_when(events: Iterable[Identification]) -> list[Turn]:
 
 
 def _without_flickers(turns: list[Turn]) -> list[Turn]:
+    """Turns shorter than SHORTEST_TURN_S given to the turn after them (the last turn, the final's, always stays)."""
     kept: list[Turn] = []
     start = turns[0].start
     for turn in turns[:-1]:
@@ -87,9 +88,7 @@ def _merged(turns: list[Turn]) -> list[Turn]:
     for turn in turns:
         if merged and merged[-1].speaker == turn.speaker:
             last = merged[-1]
-            merged[-1] = Turn(
-                last.start, turn.end, last.speaker, max(last.confidence, turn.confidence), last.utterance_id
-            )
+            merged[-1] = replace(last, end=turn.end, confidence=max(last.confidence, turn.confidence))
         else:
             merged.append(turn)
     return merged

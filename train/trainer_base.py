@@ -253,7 +253,7 @@ class TrainerBase(ABC):
 
     def _own_random_state(self, saved: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
         """This rank's generators: under torchrun each rank draws its own share of batches, so a checkpoint holds
-        one set per rank (checkpoints of 2026-11-27 hold one set, not a list)."""
+        one set per rank (a checkpoint written before that holds one set, not a list, and still resumes)."""
         if isinstance(saved, dict):
             return saved
         if len(saved) != self.ranks.world:
