@@ -80,7 +80,7 @@ def test_the_resumed_scratch_network_trains_the_model_of_an_uninterrupted_run(tm
 
 
 def _rank_of_two(rank: int, port: int, directory: Path, settings: TrainSettings, stop_after: int) -> None:
-    """One of two ranks of a gloo group, as torchrun starts them; the first writes the resulting tensors."""
+    """One of two ranks of a gloo group, as torchrun starts them; the first writes what the run ended with."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
