@@ -105,7 +105,7 @@ def _two_ranks(directory: Path, settings: TrainSettings, stop_after: int = 0) ->
     for process in ranks:
         process.join(timeout=240)
         assert process.exitcode == 0
-    outcome: dict[str, Any] = torch.load(directory / f"{'resumed' if stop_after else 'whole'}.pt")
+    outcome: dict[str, Any] = torch.load(directory / f"{'resumed' if stop_after else 'whole'}.pt", weights_only=True)
     return outcome
 
 
