@@ -34,11 +34,14 @@ class AugmentSettings:
 
 
 def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """White, pink or brown noise: white noise shaped by 1/f^alpha in the frequency domain."""
+    """White, pink or brown noise: white noise shaped by 1/f^alpha in the frequency domain. Shaped at the next
+    power of two and cut to `n`: an FFT of a length with a large prime factor took up to 60 times as long, and
+    training's joined sequences have arbitrary lengths (a third of P1's encoding went into this noise)."""
     alpha = rng.choice([0.0, 1.0, 2.0])
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.maximum(np.fft.rfftfreq(n), 1.0 / n)
-    noise = np.fft.irfft(spectrum / freqs ** (alpha / 2.0), n)
+    size = 1 << max(n - 1, 1).bit_length()
+    spectrum = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.maximum(np.fft.rfftfreq(size), 1.0 / size)
+    noise = np.fft.irfft(spectrum / freqs ** (alpha / 2.0), size)[:n]
     return (noise / (np.std(noise) + 1e-9)).astype(np.float32)
 
 
