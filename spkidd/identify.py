@@ -111,5 +111,17 @@ def identify_audio(
         result.timeline = timeline(bundle, audio, report)
         result.speakers = speech_per_speaker(result.timeline)
         if result.speakers and speaker not in result.speakers:
-            result.speaker = next(iter(result.speakers))
+            return named_by_timeline(result, bundle.labels, scored.scores)
     return result
+
+
+def named_by_timeline(result: FileResult, labels: list[str], scores: np.ndarray) -> FileResult:
+    """The file named after the voice that spoke most, for when the chunk-averaged answer is not in the timeline
+    (two voices averaged can make `unknown`): with the speech-weighted confidence of that voice's turns and its own
+    cosine, so that the answer never shows the confidence of another."""
+    name = next(iter(result.speakers))
+    turns = [(turn["end"] - turn["start"], turn["confidence"]) for turn in result.timeline if turn["speaker"] == name]
+    seconds = sum(length for length, _ in turns)
+    confidence = sum(length * value for length, value in turns) / seconds if seconds > 0 else 0.0
+    score = float(scores[labels.index(name)]) if name in labels else result.score
+    return replace(result, speaker=name, confidence=round(confidence, 4), score=round(score, 4))
