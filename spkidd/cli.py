@@ -443,6 +443,9 @@ def enroll(
     audio: list[Path] = typer.Argument(..., help="Clips of the speaker (about 10-30 s of speech in all)."),
     speaker: str = typer.Option(..., "--speaker", "-s", help="Name of the speaker to add or update."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of updating MODEL in place."),
+    force: bool = typer.Option(
+        False, "--force", help="Add the clips to an existing speaker even if they sound more like another one."
+    ),
 ) -> None:
     """Add or update a speaker from a few clips, in seconds, without retraining. A running daemon picks the
     change up on SIGHUP."""
@@ -451,6 +454,7 @@ def enroll(
     from rich.console import Console
 
     from spkidd.audio.decode import AudioDecodeError
+    from spkidd.enrollment import DifferentVoiceError
     from spkidd.enrollment import enroll as enroll_speaker
     from spkidd.modelfile import ModelFileError, check_writable, load_model, save_model
 
@@ -460,10 +464,11 @@ def enroll(
     target = out or model
     try:
         check_writable(target)
-        bundle, report = enroll_speaker(load_model(model), speaker, audio)
+        bundle, report = enroll_speaker(load_model(model), speaker, audio, force)
         save_model(bundle, target)
     except (ModelFileError, AudioDecodeError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
+        hint = " (--force)" if isinstance(exc, DifferentVoiceError) else ""
+        console.print(f"[red]error: {exc}{hint}")
         raise typer.Exit(2) from None
     for warning in report.warnings:
         console.print(f"[yellow]warning: {warning}")

@@ -17,6 +17,7 @@ import torch
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES
 from spkidd.audio.decode import load_audio
+from spkidd.decide import DecisionSettings
 from spkidd.events import UNKNOWN
 from spkidd.features import FeatureExtractor
 from spkidd.inference import unit_embeddings
@@ -28,6 +29,10 @@ RESERVED_NAMES = frozenset({UNKNOWN, "none", "unrecognized"})
 MIN_PIECE_S = 0.5
 RECOMMENDED_SPEECH_S = 10.0
 SIMILAR_SPEAKER_SCORE = 0.85
+
+
+class DifferentVoiceError(ValueError):
+    """Speech offered as a known speaker's that sounds more like another's: refused unless forced."""
 
 
 @dataclass
@@ -105,16 +110,21 @@ def voice_print(bundle: ModelBundle, audio: np.ndarray) -> np.ndarray | None:
     return embed_clips(bundle, {"clip": audio})[1].get("clip")
 
 
-def enroll(bundle: ModelBundle, speaker: str, clips: list[Path]) -> tuple[ModelBundle, EnrollmentReport]:
+def enroll(
+    bundle: ModelBundle, speaker: str, clips: list[Path], force: bool = False
+) -> tuple[ModelBundle, EnrollmentReport]:
     """A new bundle where `speaker`'s reference is (re)computed from audio files; raises ValueError without
     speech."""
-    return enroll_audio(bundle, speaker, {str(clip): load_audio(clip) for clip in clips})
+    return enroll_audio(bundle, speaker, {str(clip): load_audio(clip) for clip in clips}, force)
 
 
 def enroll_audio(
-    bundle: ModelBundle, speaker: str, clips: dict[str, np.ndarray]
+    bundle: ModelBundle, speaker: str, clips: dict[str, np.ndarray], force: bool = False
 ) -> tuple[ModelBundle, EnrollmentReport]:
-    """The same from named 16-kHz float arrays (the web page's uploads and kept clips)."""
+    """The same from named 16-kHz float arrays (the web page's uploads and kept clips). Speech added to a known
+    speaker counts by its seconds against the seconds that speaker's voice print rests on (training's or earlier
+    enrollments'), so a short clip refines a print made of minutes instead of outweighing it; clips that sound more
+    like another speaker than like this one are refused unless `force`."""
     check_name(speaker)
     units, per_clip, speech_s = embed_clips(bundle, clips)
     if not units:
@@ -125,14 +135,16 @@ def enroll_audio(
     previous = enrollment.get(speaker, {})
     total = np.sum(units, axis=0)
     updated = speaker in labels
+    warnings = []
     if updated:
+        warnings = _check_same_voice(bundle, speaker, _unit(total), speech_s, force)
         row = labels.index(speaker)
-        weight = float(previous.get("pieces", len(units)))
-        references[row] = _unit(_unit(references[row]) * weight + total)
+        behind = float(previous.get("seconds", 0.0)) or speech_s
+        references[row] = _unit(_unit(references[row]) * behind + _unit(total) * speech_s)
     else:
         labels.append(speaker)
         references = np.vstack([references, _unit(total)[None]])
-    report = EnrollmentReport(speaker, speech_s, len(clips), len(units), updated)
+    report = EnrollmentReport(speaker, speech_s, len(clips), len(units), updated, warnings)
     report.warnings.extend(_warnings(labels, references, speaker, units, per_clip, speech_s, list(clips)))
     enrollment[speaker] = {
         "source": "training+enrolled" if updated and previous.get("source") != "enrolled" else "enrolled",
@@ -142,6 +154,33 @@ def enroll_audio(
     }
     model = bundle.model.with_speakers(torch.from_numpy(references.astype(np.float32)))
     return bundle.edited(model, labels, enrollment), report
+
+
+def _check_same_voice(
+    bundle: ModelBundle, speaker: str, clips_unit: np.ndarray, speech_s: float, force: bool
+) -> list[str]:
+    """Refuses speech for `speaker` that the open-set scores (the daemon's test of whether a voice is anyone it
+    knows) put closer to another speaker; says so when it would not pass as `speaker` (speech the daemon answered
+    `unknown` to, added from the web page, is expected to). Compared with the voice print before the update."""
+    with torch.no_grad():
+        scores = bundle.model.acceptance_of_units(torch.from_numpy(clips_unit.astype(np.float32))[None])[0].numpy()
+    row = bundle.labels.index(speaker)
+    best = int(np.argmax(scores))
+    own = float(scores[row])
+    if best != row and not force:
+        raise DifferentVoiceError(
+            f"these clips sound more like {bundle.labels[best]} (similarity {scores[best]:.2f}) than like {speaker} "
+            f"({own:.2f}); nothing changed. Enroll them under their speaker's own name, or add them to {speaker} "
+            "even so"
+        )
+    threshold = DecisionSettings.from_model(bundle.decision).min_score
+    if own < threshold:
+        behind = float(bundle.enrollment.get(speaker, {}).get("seconds", 0.0))
+        return [
+            f"these clips are not much like {speaker}'s voice print so far (similarity {own:.2f}; the daemon names "
+            f"{speaker} from {threshold:.2f}); added, {speech_s:.1f} s against the {behind:.1f} s behind it"
+        ]
+    return []
 
 
 def _warnings(

@@ -131,3 +131,30 @@ def test_a_clip_is_embedded_as_its_utterances_joined(tmp_path: Path) -> None:
     np.testing.assert_allclose(units, unit_embeddings(bundle.model, extractor, [np.concatenate(pieces)]), atol=1e-6)
     assert len(units) > len(unit_embeddings(bundle.model, extractor, pieces))
     assert speech_s == pytest.approx(sum(len(p) for p in pieces) / SAMPLE_RATE)
+
+
+def test_speech_added_to_a_trained_voice_counts_by_its_seconds_and_another_voice_is_refused(
+    household_model: Path, tmp_path: Path
+) -> None:
+    """A short clip refines the voice print training made of minutes instead of outweighing it, and a clip of
+    somebody else is not added to it unless --force."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(household_model.read_bytes())
+    before = load_model(model)
+    alice_row = before.labels.index("alice")
+    own = synth_speech("alice", HELD_OUT_SENTENCES[0], tmp_path / "alice.wav")
+    bob = synth_speech("bob", " ".join(HELD_OUT_SENTENCES[1:3]), tmp_path / "bob.wav")
+
+    refused = _run("enroll", str(model), str(bob), "-s", "alice")
+    assert refused.returncode == 2 and "sound more like bob" in refused.stderr and "--force" in refused.stderr
+    assert model.read_bytes() == household_model.read_bytes(), "nothing written"
+
+    assert _run("enroll", str(model), str(own), "-s", "alice").returncode == 0
+    heard = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "heard.wav")
+    assert _identify(model, [heard]) == ["alice"]
+    forced = _run("enroll", str(model), str(bob), "-s", "alice", "--force")
+    assert forced.returncode == 0 and forced.stdout.startswith("updated alice"), forced.stderr
+    after = load_model(model)
+    old_print, new_print = (b.model.speakers[alice_row].detach().numpy() for b in (before, after))
+    assert float(np.dot(old_print, new_print)) > 0.95, "11 s against 25 s of training speech (counted 1:1: 0.60)"
+    assert after.enrollment["alice"]["seconds"] > before.enrollment["alice"]["seconds"]

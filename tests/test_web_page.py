@@ -343,3 +343,30 @@ def test_a_voice_recorded_with_the_microphone_is_enrolled_and_then_recognized(ho
         assert message.startswith("Enrolled erin from "), message
     assert "erin" in load_model(house.model).labels
     _wait_for_final(house, "erin", "erin", enrolled_at)
+
+
+def test_speech_of_another_voice_is_not_added_to_a_speaker_unless_forced(house: House) -> None:
+    """Last in the module: the forced addition changes alice's voice print."""
+    speech = synth_speech("erin", SENTENCES[5], house.work / "erin_more.wav").read_bytes()
+
+    def upload(force: bool) -> tuple[int, dict]:
+        boundary = "spkiddforce"
+        fields = {"speaker": "alice", "new": "false", "force": str(force).lower()}
+        head = "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            for name, value in fields.items()
+        )
+        audio_head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="erin.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        )
+        body = head.encode() + audio_head.encode() + speech + f"\r\n--{boundary}--\r\n".encode()
+        return _post(f"{house.base}/api/record", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    before = _state(house)
+    status, body = upload(force=False)
+    assert status == 409 and body["error"].startswith("these clips sound more like erin"), body
+    assert _unchanged(before, house)
+    status, body = upload(force=True)
+    assert status == 200 and body["updated"] and body["speaker"] == "alice", body
+    assert load_model(house.model).enrollment["alice"]["source"] == "training+enrolled"

@@ -137,7 +137,7 @@ class WebApi:
         return web.json_response({"speaker": name, "speakers": speaker_rows(self.voices.current())})
 
     async def post_enroll(self, request: web.Request) -> web.Response:
-        """{"speaker": name, "new": true|false, "clips": [kept clip names]}"""
+        """{"speaker": name, "new": true|false, "clips": [kept clip names], "force": true|false}"""
         body = await _json_body(request)
         names = body.get("clips")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -147,7 +147,10 @@ class WebApi:
         for name in names:
             self.clips.path(name)  # refuse a bad name before any work starts
         result = await self.voices.enroll(
-            _text(body, "speaker"), bool(body.get("new", True)), lambda: self._clip_audio(names)
+            _text(body, "speaker"),
+            bool(body.get("new", True)),
+            lambda: self._clip_audio(names),
+            body.get("force") is True,
         )
         await asyncio.to_thread(self.clips.remove, names)
         return web.json_response({**result.to_dict(), "speakers": speaker_rows(self.voices.current())})
@@ -161,7 +164,7 @@ class WebApi:
             raise VoiceError(str(exc)) from exc
 
     async def post_record(self, request: web.Request) -> web.Response:
-        """multipart: speaker, new ("true"/"false"), audio (a recording in any format ffmpeg reads)."""
+        """multipart: speaker, new and force ("true"/"false"), audio (a recording in any format ffmpeg reads)."""
         fields: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="spkidd-upload-") as folder:
             upload = Path(folder) / "recording"
@@ -173,12 +176,15 @@ class WebApi:
                 if part.name == "audio":
                     await self._save_part(part, upload)
                     got_audio = True
-                elif part.name in ("speaker", "new"):
+                elif part.name in ("speaker", "new", "force"):
                     fields[part.name] = await part.text()
             if not got_audio:
                 raise VoiceError("no recording in the upload")
             result = await self.voices.enroll(
-                fields.get("speaker", ""), fields.get("new", "true") == "true", lambda: _recording(upload)
+                fields.get("speaker", ""),
+                fields.get("new", "true") == "true",
+                lambda: _recording(upload),
+                fields.get("force") == "true",
             )
         return web.json_response({**result.to_dict(), "speakers": speaker_rows(self.voices.current())})
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.enrollment import enroll_audio, forget, rename
+from spkidd.enrollment import DifferentVoiceError, enroll_audio, forget, rename
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model, save_model
 from spkidd.web.control import DaemonControl
 
@@ -90,16 +90,18 @@ class VoiceKeeper:
             raise VoiceError("the daemon has no model loaded yet")
         return bundle
 
-    async def enroll(self, speaker: str, new: bool, clips: Callable[[], dict[str, np.ndarray]]) -> EnrollResult:
-        """`new`: a new speaker (the name must be free), else an existing one gets more speech. `clips` loads the
-        audio (blocking; it runs in the worker thread)."""
+    async def enroll(
+        self, speaker: str, new: bool, clips: Callable[[], dict[str, np.ndarray]], force: bool = False
+    ) -> EnrollResult:
+        """`new`: a new speaker (the name must be free), else an existing one gets more speech (`force`: even if
+        it sounds like another speaker). `clips` loads the audio (blocking; it runs in the worker thread)."""
         async with self._lock:
             bundle = await self._read()
             if new:
                 speaker = check_new_name(speaker, bundle)
             elif speaker not in bundle.labels:
                 raise VoiceError(f"no speaker {speaker!r} to add speech to", status=404)
-            updated, report = await asyncio.to_thread(self._enroll, bundle, speaker, clips)
+            updated, report = await asyncio.to_thread(self._enroll, bundle, speaker, clips, force)
             await self._write(updated)
             log.info("web: enrolled %s (%.1f s of speech)", speaker, report.speech_s)
             return EnrollResult(speaker, report.speech_s, report.updated, list(report.warnings))
@@ -127,10 +129,12 @@ class VoiceKeeper:
 
     @staticmethod
     def _enroll(
-        bundle: ModelBundle, speaker: str, clips: Callable[[], dict[str, np.ndarray]]
+        bundle: ModelBundle, speaker: str, clips: Callable[[], dict[str, np.ndarray]], force: bool
     ) -> tuple[ModelBundle, Any]:
         try:
-            return enroll_audio(bundle, speaker, clips())
+            return enroll_audio(bundle, speaker, clips(), force)
+        except DifferentVoiceError as exc:
+            raise VoiceError(str(exc), status=409) from exc
         except ValueError as exc:
             raise VoiceError(str(exc)) from exc
 

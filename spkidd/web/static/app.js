@@ -244,9 +244,9 @@ function clipRow(clip) {
   return row;
 }
 
-function enrollTarget(mode, nameInput, select) {
+function enrollTarget(mode, nameInput, select, force) {
   const isNew = $(`input[name="${mode}"]:checked`).value === "new";
-  return { speaker: isNew ? nameInput.value : select.value, new: isNew };
+  return { speaker: isNew ? nameInput.value : select.value, new: isNew, force: !isNew && force.checked };
 }
 
 function showReport(message, warnings, report) {
@@ -265,7 +265,7 @@ async function enrollClips(event) {
   show(message, "Enrolling…");
   $("#enroll-button").disabled = true;
   try {
-    const target = enrollTarget("enroll-mode", $("#enroll-name"), $("#enroll-existing"));
+    const target = enrollTarget("enroll-mode", $("#enroll-name"), $("#enroll-existing"), $("#enroll-force"));
     showReport(message, warnings, await postJson("/api/enroll", Object.assign(target, { clips })));
     loadClips();
   } catch (e) {
@@ -342,10 +342,11 @@ async function enrollRecording(event) {
   const warnings = $("#record-warnings");
   warnings.replaceChildren();
   if (!recording.blob) return show(message, "Record something first.", "error");
-  const target = enrollTarget("record-mode", $("#record-name"), $("#record-existing"));
+  const target = enrollTarget("record-mode", $("#record-name"), $("#record-existing"), $("#record-force"));
   const form = new FormData();
   form.append("speaker", target.speaker);
   form.append("new", String(target.new));
+  form.append("force", String(target.force));
   form.append("audio", recording.blob, "recording.webm");
   show(message, "Enrolling…");
   $("#record-enroll").disabled = true;
