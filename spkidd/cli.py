@@ -86,7 +86,7 @@ def train(
         False, help="ge2e: subtract the noise floor (fans, a street) before the encoder: for noisy homes."
     ),
     label_pattern: str | None = typer.Option(
-        None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>[a-z]+)_'."
+        None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>\\[a-z]+)_'."
     ),
     val: Path | None = typer.Option(None, help="Validation data (same layouts); default: a stratified split."),
     noise_dir: Path | None = typer.Option(None, help="Folder of noise recordings to mix in (besides generated noise)."),
@@ -318,6 +318,7 @@ def identify(
     from rich.table import Table
 
     from spkidd.audio.decode import AudioDecodeError
+    from spkidd.events import as_percent
     from spkidd.identify import FileResult, identify_file
     from spkidd.modelfile import ModelFileError, load_model
 
@@ -350,18 +351,17 @@ def identify(
         for column in ("file", "speaker", "confidence", "candidates"):
             table.add_column(column)
         for r in results:
-            candidates = ", ".join(f"{s} {p:.0%}" for s, p in r.top_k.items())
+            candidates = ", ".join(f"{s} {as_percent(p)}" for s, p in r.top_k.items())
             table.add_row(
-                r.path, r.speaker or f"[red]{r.error}", f"{r.confidence:.0%}" if not r.error else "", candidates
+                r.path, r.speaker or f"[red]{r.error}", as_percent(r.confidence) if not r.error else "", candidates
             )
         out.print(table)
         for r in results:
             if r.timeline:
                 out.print(f"[bold]{r.path}[/bold] timeline:")
                 for turn in r.timeline:
-                    out.print(
-                        f"  {turn['start']:7.1f}-{turn['end']:7.1f} s  {turn['speaker']} ({turn['confidence']:.0%})"
-                    )
+                    span = f"{turn['start']:7.1f}-{turn['end']:7.1f} s"
+                    out.print(f"  {span}  {turn['speaker']} ({as_percent(turn['confidence'])})")
                 spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
                 out.print(f"  who spoke (seconds of speech): {spoke}")
     if any(r.error for r in results):
@@ -527,7 +527,8 @@ def forget(
 
 @app.command()
 def devices() -> None:
-    """List the audio input devices a `mic:NAME` or `mic:INDEX` source can record from; * marks the default."""
+    """List the audio input devices a microphone can record from (a source's `device` in config.toml, or
+    `--source mic:NAME` / `mic:INDEX` for `spkidd listen`); * marks the default."""
     from rich.console import Console
     from rich.table import Table
 

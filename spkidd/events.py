@@ -6,12 +6,19 @@ They are plain dataclasses so producers never depend on how an event is serializ
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 EventType = Literal["identified", "changed", "final", "unknown"]
 UNKNOWN = "unknown"
+
+
+def as_percent(confidence: float) -> str:
+    """A confidence as people read it: rounded down, so that nothing short of certainty shows as 100% (the
+    confidence of `unknown` can be 0.999, and "unknown 100%" reads as a certainty nobody has)."""
+    return f"{math.floor(confidence * 100)}%"
 
 
 def utc_now_iso() -> str:

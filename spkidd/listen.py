@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from spkidd.audio.sources import make_source
-from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.events import Identification, SourceStatus, SpeechActivity, as_percent
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.turns import Turn, utterance_turns
@@ -77,7 +77,7 @@ class ListenView:
             now = Text.assemble(
                 ("now: ", "bold"),
                 (self.current.speaker, style),
-                f"  {self.current.confidence:.0%}  ({self.current.event_type}, {self.current.utterance_id})",
+                f"  {as_percent(self.current.confidence)}  ({self.current.event_type}, {self.current.utterance_id})",
             )
         bars = Table.grid(padding=(0, 1))
         for label, prob in self.live.items():
@@ -85,7 +85,8 @@ class ListenView:
             bars.add_row(label, Text("█" * filled + "·" * (_BAR_WIDTH - filled), style="cyan"), f"{prob:6.1%}")
         log = Table("utterance", "audio s", "speaker", "confidence", box=None)
         for turn in self.turns:
-            log.add_row(turn.utterance_id, f"{turn.start:.1f}-{turn.end:.1f}", turn.speaker, f"{turn.confidence:.0%}")
+            span = f"{turn.start:.1f}-{turn.end:.1f}"
+            log.add_row(turn.utterance_id, span, turn.speaker, as_percent(turn.confidence))
         return Panel(Group(header, now, bars, Text(""), log), title="spkidd listen")
 
 

@@ -265,7 +265,7 @@ class MqttPublisher:
         if self._events_queued:
             log.error("MQTT: broker unreachable; %d queued events lost at shutdown", self._events_queued)
         else:
-            log.warning("MQTT: broker unreachable at shutdown; no events lost")
+            log.warning("MQTT: not connected at shutdown; no events lost")
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -9,6 +9,11 @@ let speakers = [];
 let clockOffset = 0; // server time minus browser time, seconds
 const views = {};
 
+// Rounded down: nothing short of certainty reads 100 % (unknown's confidence can be 0.999).
+function percent(p) {
+  return `${Math.floor(p * 100)} %`;
+}
+
 function colour(name) {
   if (name === "unknown") return "#9aa3b0";
   let h = 0;
@@ -74,15 +79,16 @@ function renderView(name, view) {
   status.className = "status " + (v.online ? "online" : "offline");
   const waiting = { none: "nobody yet", listening: "listening…" }[v.state];
   $(".speaker", card).textContent = waiting || v.speaker;
-  $(".confidence", card).textContent = waiting ? "" : `${Math.round(v.confidence * 100)} %`;
+  $(".confidence", card).textContent = waiting ? "" : `${percent(v.confidence)}`;
   const list = $(".candidates", card);
-  list.replaceChildren(...Object.entries(v.top_k || {}).map(([who, p]) => {
+  const ranked = Object.entries(v.top_k || {}).sort((a, b) => b[1] - a[1]);
+  list.replaceChildren(...ranked.map(([who, p]) => {
     const li = document.createElement("li");
     const bar = document.createElement("span");
     bar.className = "bar";
-    bar.style.width = `${Math.max(2, p * 8)}rem`;
+    bar.style.width = `${Math.max(0.2, p * 8)}rem`;
     bar.style.background = colour(who);
-    li.append(bar, `${who} ${Math.round(p * 100)} %`);
+    li.append(bar, `${who} ${percent(p)}`);
     return li;
   }));
 }
@@ -92,7 +98,7 @@ function addSegment(name, segment) {
   const li = document.createElement("li");
   li.dataset.speaker = segment.speaker;
   const at = new Date(segment.end * 1000).toLocaleTimeString();
-  li.textContent = `${at} ${segment.speaker} (${Math.round(segment.confidence * 100)} %)`;
+  li.textContent = `${at} ${segment.speaker} (${percent(segment.confidence)})`;
   $(".recent", sourceCard(name)).prepend(li);
 }
 
@@ -105,7 +111,7 @@ function drawTimelines() {
       const div = document.createElement("div");
       div.className = "segment";
       div.dataset.speaker = s.speaker;
-      div.title = `${s.speaker} ${Math.round(s.confidence * 100)} %`;
+      div.title = `${s.speaker} ${percent(s.confidence)}`;
       div.style.left = `${100 * (1 - (now - s.start) / SHOWN_S)}%`;
       div.style.width = `${100 * (s.end - s.start) / SHOWN_S}%`;
       div.style.background = colour(s.speaker);
@@ -238,7 +244,7 @@ function clipRow(clip) {
   const meta = document.createElement("span");
   meta.className = "meta";
   const when = clip.time ? new Date(clip.time).toLocaleString() : clip.name;
-  const near = Object.entries(clip.candidates).map(([who, p]) => `${who} ${Math.round(p * 100)} %`).join(", ");
+  const near = Object.entries(clip.candidates).sort((a, b) => b[1] - a[1]).map(([who, p]) => `${who} ${percent(p)}`).join(", ");
   meta.textContent = `${when} · ${clip.source} · ${clip.speech_s.toFixed(1)} s of speech` + (near ? ` · closest: ${near}` : "");
   row.append(box, audio, meta);
   return row;
