@@ -28,6 +28,8 @@ class FileResult:
     confidence: float
     score: float
     top_k: dict[str, float]
+    """The model's probabilities for the whole file; for a file named after its timeline's main voice (see
+    named_by_timeline), each voice's share of the speech."""
     duration_s: float
     timeline: list[dict[str, Any]] = field(default_factory=list)
     speakers: dict[str, float] = field(default_factory=dict)
@@ -117,11 +119,14 @@ def identify_audio(
 
 def named_by_timeline(result: FileResult, labels: list[str], scores: np.ndarray) -> FileResult:
     """The file named after the voice that spoke most, for when the chunk-averaged answer is not in the timeline
-    (two voices averaged can make `unknown`): with the speech-weighted confidence of that voice's turns and its own
-    cosine, so that the answer never shows the confidence of another."""
+    (two voices averaged can make `unknown`, or the one a third of the chunks favour): with the speech-weighted
+    confidence of that voice's turns, its own cosine, and as candidates each voice's share of the speech, so that
+    nothing beside the answer speaks for another voice."""
     name = next(iter(result.speakers))
     turns = [(turn["end"] - turn["start"], turn["confidence"]) for turn in result.timeline if turn["speaker"] == name]
     seconds = sum(length for length, _ in turns)
     confidence = sum(length * value for length, value in turns) / seconds if seconds > 0 else 0.0
     score = float(scores[labels.index(name)]) if name in labels else result.score
-    return replace(result, speaker=name, confidence=round(confidence, 4), score=round(score, 4))
+    spoken = sum(result.speakers.values())
+    shares = {voice: round(seconds / spoken, 4) for voice, seconds in result.speakers.items()} if spoken > 0 else {}
+    return replace(result, speaker=name, confidence=round(confidence, 4), score=round(score, 4), top_k=shares)
