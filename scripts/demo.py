@@ -63,7 +63,7 @@ def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
     return model, conversation, truth
 
 
-async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]]) -> None:
+async def watch(port: int, stop: asyncio.Event, events: list[dict]) -> None:
     import aiomqtt
 
     for _ in range(100):
@@ -76,9 +76,7 @@ async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]])
                     shown = payload if len(payload) < 160 else payload[:157] + "..."
                     print(f"  {message.topic} {shown}", flush=True)
                     if str(message.topic).endswith("/event"):
-                        event = json.loads(payload)
-                        if event.get("final"):
-                            finals.append((float(event["start"]), event["speaker"]))
+                        events.append(json.loads(payload))
                     if stop.is_set():
                         return
         except aiomqtt.MqttError:
@@ -87,9 +85,7 @@ async def watch(port: int, stop: asyncio.Event, finals: list[tuple[float, str]])
             await asyncio.sleep(0.2)
 
 
-async def run_daemon(
-    work: Path, model: Path, conversation: Path, seconds: float, hold: bool
-) -> list[tuple[float, str]]:
+async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float, hold: bool) -> list[dict]:
     port, web_port = free_port(), free_port(8730)
     config = work / "config.toml"
     # espeak's voices differ mostly in pitch, so one played faster or slower is nearly another of them: the
@@ -107,8 +103,8 @@ async def run_daemon(
         daemon = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "spkidd", "run", "--config", str(config), stderr=log
         )
-        stop, finals = asyncio.Event(), []  # type: asyncio.Event, list[tuple[float, str]]
-        watcher = asyncio.create_task(watch(port, stop, finals))
+        stop, events = asyncio.Event(), []  # type: asyncio.Event, list[dict]
+        watcher = asyncio.create_task(watch(port, stop, events))
         try:
             await asyncio.sleep(seconds + 6.0)
             if hold:
@@ -121,7 +117,24 @@ async def run_daemon(
             await asyncio.sleep(0.5)
             watcher.cancel()
     print(f"== daemon stopped (exit {daemon.returncode}); its log: {work / 'daemon.log'}")
-    return finals
+    return events
+
+
+def summarize(truth: list[tuple[float, float, str]], events: list[dict]) -> None:
+    """The final word of each turn, and the turns where a first or changed name was wrong before it was right:
+    the `identified` event is what a fast automation triggers on, so a wrong one counts even when the final is
+    right."""
+    finals = [(float(e["start"]), e["speaker"]) for e in events if e.get("final")]
+    print(f"== who spoke: {', '.join(speaker for _, _, speaker in truth)}")
+    print(f"== final identifications published: {', '.join(speaker for _, speaker in finals) or 'none'}")
+    right = wrong_first = 0
+    for start, end, speaker in truth:
+        in_turn = [named for at, named in finals if start - 0.3 <= at <= end]
+        right += bool(in_turn) and in_turn[-1] == speaker
+        named = [e["speaker"] for e in events if start - 0.3 <= float(e["start"]) <= end and e["speaker"] != "unknown"]
+        wrong_first += bool(named) and named[0] != speaker
+    print(f"== {right} of {len(truth)} turns named correctly (the last final word within each turn)")
+    print(f"== {wrong_first} of {len(truth)} turns named someone else first (an `identified` or `changed` event)")
 
 
 def main() -> None:
@@ -136,16 +149,10 @@ def main() -> None:
     model, conversation, truth = build(work)
     duration = sf.info(str(conversation)).duration
     try:
-        finals = asyncio.run(run_daemon(work, model, conversation, duration, args.hold))
+        events = asyncio.run(run_daemon(work, model, conversation, duration, args.hold))
     except KeyboardInterrupt:
         return
-    print(f"== who spoke: {', '.join(speaker for _, _, speaker in truth)}")
-    print(f"== final identifications published: {', '.join(speaker for _, speaker in finals) or 'none'}")
-    right = 0
-    for start, end, speaker in truth:
-        in_turn = [named for at, named in finals if start - 0.3 <= at <= end]
-        right += bool(in_turn) and in_turn[-1] == speaker
-    print(f"== {right} of {len(truth)} turns named correctly (the last final word within each turn)")
+    summarize(truth, events)
 
 
 if __name__ == "__main__":
