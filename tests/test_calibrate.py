@@ -31,6 +31,13 @@ def test_no_impostors_gives_the_default() -> None:
     assert threshold == 0.5
 
 
+def test_the_threshold_is_always_a_cosine() -> None:
+    """An impostor at a cosine of 1.0 (or rounded past it) leaves 1.0, which the decider accepts, not 1.000001."""
+    for top in (1.0, 1.0000001):
+        threshold, far, _ = calibrate_threshold(np.array([0.95, 0.8]), np.array([top, 0.3]), 0.01)
+        assert threshold == 1.0 and far == 0.5, "the impostor at 1.0 is let through, and the rate says so"
+
+
 def test_equal_error_rate_of_overlapping_scores() -> None:
     genuine = np.array([0.9, 0.8, 0.7, 0.4])
     impostor = np.array([0.1, 0.2, 0.3, 0.75])

@@ -25,6 +25,8 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: f
     It sits midway between the highest impostor score it must reject and the next genuine score above it, so
     small validation sets do not put it right on top of a genuine score. With no impostor or genuine scores (a
     one-speaker model, no validation data) the default threshold is returned.
+    The scores are cosines, so the threshold is one too: just above an impostor at 1.0 (or a cosine rounded past
+    it) is 1.0, which only a perfect match reaches, and the decider refuses anything outside [-1, 1].
     """
     if impostor.size == 0 or genuine.size == 0:
         return DEFAULT_THRESHOLD, float("nan"), float("nan")
@@ -33,6 +35,7 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: f
     boundary = float(descending[min(allowed, descending.size - 1)])
     above = genuine[genuine > boundary]
     threshold = (boundary + float(above.min())) / 2.0 if above.size else boundary + 1e-6
+    threshold = min(1.0, max(-1.0, threshold))
     far, frr = rates(genuine, impostor, threshold)
     return threshold, far, frr
 

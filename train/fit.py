@@ -241,8 +241,15 @@ def window_scores(
     correct = int((output.probs.argmax(1) == target).sum())
     scores = output.scores
     genuine = scores.gather(1, target[:, None])[:, 0].numpy()
-    impostor = scores.scatter(1, target[:, None], -2.0).max(1).values.numpy()
-    return WindowScores(correct, genuine, impostor)
+    return WindowScores(correct, genuine, best_impostor(scores, target))
+
+
+def best_impostor(scores: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Per window, the highest score of a speaker other than its own; none when the model knows one speaker only
+    (there is no other reference to be mistaken for, and a filler would be taken for a cosine)."""
+    if scores.shape[1] < 2:
+        return np.zeros(0)
+    return scores.scatter(1, target[:, None], -torch.inf).max(1).values.numpy()
 
 
 STRANGERS = f"every voice at {' or '.join(f'{f:g}x' for f in STRANGER_SPEEDS)} speed"
