@@ -26,9 +26,10 @@ def test_threshold_sits_in_the_gap_of_separable_small_sets() -> None:
     assert threshold == pytest.approx(0.45) and far == 0.0 and frr == 0.0
 
 
-def test_no_impostors_gives_the_default() -> None:
-    threshold, _, _ = calibrate_threshold(np.array([0.9]), np.zeros(0), 0.01)
-    assert threshold == 0.5
+def test_no_impostors_gives_the_default_and_no_rates() -> None:
+    """Rates that were not measured are None: a NaN would be written into the model file, which is not JSON."""
+    assert calibrate_threshold(np.array([0.9]), np.zeros(0), 0.01) == (0.5, None, None)
+    assert calibrate_threshold(np.zeros(0), np.array([0.2]), 0.01) == (0.5, None, None)
 
 
 def test_the_threshold_is_always_a_cosine() -> None:

@@ -1,29 +1,49 @@
-"""A one-speaker dataset is refused before anything is trained, and no impostor score is a filler."""
+"""A household of a few short clips still gets a calibrated unknown threshold, or says plainly that it did not and
+writes valid JSON; a one-speaker dataset is refused before anything is trained."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from spkidd.encoder import GE2E_FEATURES
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.synthetic import SENTENCES, synth_speech
-from train.fit import window_scores
+from train.fit import stratified_split, window_scores
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
+SMALL = ["--pools", "1", "--seed", "1", "--epochs", "2"]
 WIDE = {**os.environ, "COLUMNS": "200"}
 """The summary table on one line per row, so that its words can be looked for."""
+VOICES = ["alice", "bob", "carol"]
 
 
 def _noise(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return (0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def test_a_speaker_of_three_short_clips_gives_a_tail_for_validation() -> None:
+    """Three 2.5-s clips (7.5 s): no clip can spare a second and keep 70% of itself, but the speaker can; a lone
+    2.5-s clip cannot."""
+    rng = np.random.default_rng(0)
+    clips = [_noise(2.5, rng) for _ in range(4)]
+    split = stratified_split(clips, [0, 0, 0, 1], 0.1, np.random.default_rng(0))
+    assert split.val_labels == [0] and len(split.val_audio[0]) == 16000
+    assert split.train_labels == [0, 0, 0, 1]
+    ((val, train),) = split.cut_from.items()
+    np.testing.assert_array_equal(np.concatenate([split.train_audio[train], split.val_audio[val]]), clips[train])
+    assert [len(a) for a in split.train_audio] == [len(clips[i]) - 16000 * (i == train) for i in range(4)]
 
 
 def test_a_one_speaker_model_has_no_impostor_scores_rather_than_a_filler() -> None:
@@ -36,6 +56,70 @@ def test_a_one_speaker_model_has_no_impostor_scores_rather_than_a_filler() -> No
         scores = window_scores(model, extractor, items, [0], 3.0)
         assert scores.genuine.size == 1 and scores.impostor.size == expected
         assert np.all(np.abs(scores.impostor) <= 1.0 + 1e-6)
+
+
+def _manifest(directory: Path, clips_per_voice: int) -> Path:
+    """`clips_per_voice` 2.5-s clips of every voice (cut by the manifest from longer sentences)."""
+    rows = ["path,speaker,start,end"]
+    for voice in VOICES:
+        for i in range(clips_per_voice):
+            synth_speech(voice, SENTENCES[i], directory / f"{voice}{i}.wav")
+            rows.append(f"{voice}{i}.wav,{voice},0,2.5")
+    manifest = directory / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def _train(manifest: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    cache = ["--cache-dir", str(out.parent / "cache")]
+    command = [*SPKIDD, "train", str(manifest), "--out", str(out), *SMALL, *cache]
+    return subprocess.run(command, capture_output=True, text=True, env=WIDE)
+
+
+def _strict_metadata(path: Path) -> dict[str, Any]:
+    """The model file's metadata, refusing NaN and Infinity, which are not JSON."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in the model file's metadata")
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata: dict[str, Any] = json.loads(handle.metadata()["spkidd"], parse_constant=refuse)
+    return metadata
+
+
+@pytest.mark.slow
+def test_a_household_of_three_short_clips_each_calibrates_its_threshold(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    proc = _train(_manifest(tmp_path, 3), out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation: 3 item(s)" in proc.stderr
+    assert "best validation accuracy" in proc.stderr and "not calibrated" not in proc.stderr
+    calibration = _strict_metadata(out)["training"]["calibration"]
+    assert calibration["val_far"] is not None and calibration["impostor_scores"] > 0
+    assert "too few to show a false-accept rate of 5%" in proc.stderr, "3 impostor scores cannot show 5%"
+
+
+@pytest.mark.slow
+def test_a_household_with_nothing_to_hold_out_says_so_and_writes_valid_json(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    proc = _train(_manifest(tmp_path, 1), out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation: 0 item(s)" in proc.stderr
+    assert "warning: no validation audio; the unknown-speaker threshold is not calibrated" in proc.stderr, "before"
+    assert "warning: the unknown-speaker threshold is not calibrated" in proc.stderr, "said after training"
+    assert "best accuracy on training audio (nothing held out)" in proc.stderr
+    assert "best validation accuracy" not in proc.stderr
+    assert not re.search(r"\bnan\b", proc.stderr, re.IGNORECASE)
+    metadata = _strict_metadata(out)
+    assert metadata["decision"]["min_score"] == 0.5
+    calibration = metadata["training"]["calibration"]
+    assert calibration["val_far"] is None and calibration["val_frr"] is None and calibration["impostors"] is None
+    assert metadata["training"]["val_acc_centroids"] is None
+    assert metadata["training"]["validated_on"] == "training audio"
+    clip = synth_speech("bob", SENTENCES[5], tmp_path / "new.wav")
+    identified = subprocess.run([*SPKIDD, "identify", str(out), str(clip), "--json"], capture_output=True, text=True)
+    assert identified.returncode == 0, identified.stderr[-2000:]
+    assert json.loads(identified.stdout)["speaker"] in [*VOICES, "unknown"]
 
 
 @pytest.mark.parametrize("encoder", ["ge2e", "none"])

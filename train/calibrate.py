@@ -19,17 +19,19 @@ def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[
     return far, frr
 
 
-def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, target_far: float) -> tuple[float, float, float]:
+def calibrate_threshold(
+    genuine: np.ndarray, impostor: np.ndarray, target_far: float
+) -> tuple[float, float | None, float | None]:
     """A threshold whose false-accept rate is at most `target_far`: (threshold, far, frr).
 
     It sits midway between the highest impostor score it must reject and the next genuine score above it, so
-    small validation sets do not put it right on top of a genuine score. With no impostor or genuine scores (a
-    one-speaker model, no validation data) the default threshold is returned.
+    small validation sets do not put it right on top of a genuine score. With no impostor or genuine scores (no
+    held-out audio) nothing is calibrated: the default threshold, and None for rates that were not measured.
     The scores are cosines, so the threshold is one too: just above an impostor at 1.0 (or a cosine rounded past
     it) is 1.0, which only a perfect match reaches, and the decider refuses anything outside [-1, 1].
     """
     if impostor.size == 0 or genuine.size == 0:
-        return DEFAULT_THRESHOLD, float("nan"), float("nan")
+        return DEFAULT_THRESHOLD, None, None
     descending = np.sort(impostor)[::-1]
     allowed = int(np.floor(target_far * descending.size))
     boundary = float(descending[min(allowed, descending.size - 1)])

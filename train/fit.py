@@ -157,32 +157,58 @@ def stratified_split(
     rng: np.random.Generator,
     min_val_s: float = 1.0,
 ) -> Split:
-    """Per speaker: hold out whole clips when it has enough of them, else the tail of its audio."""
+    """Per speaker: hold out whole clips when it has enough of them, else the tail of its audio, so that the unknown
+    threshold is calibrated on speech the references have not heard even in a household of a few short clips."""
     split = Split([], [], [], [])
     by_speaker: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         by_speaker.setdefault(label, []).append(i)
     for label, indices in sorted(by_speaker.items()):
         if len(indices) >= 4:
-            n_val = max(1, round(len(indices) * fraction))
-            chosen = set(rng.choice(indices, size=n_val, replace=False).tolist())
-            for i in indices:
-                target = (split.val_audio, split.val_labels) if i in chosen else (split.train_audio, split.train_labels)
-                target[0].append(audio[i])
-                target[1].append(label)
-            continue
-        for i in indices:
-            held = max(int(len(audio[i]) * fraction), int(min_val_s * SAMPLE_RATE))
-            cut = len(audio[i]) - held
-            if cut >= 0.7 * len(audio[i]):
-                split.cut_from[len(split.val_audio)] = len(split.train_audio)
-                split.train_audio.append(audio[i][:cut])
-                split.val_audio.append(audio[i][cut:])
-                split.val_labels.append(label)
-            else:
-                split.train_audio.append(audio[i])
-            split.train_labels.append(label)
+            _hold_out_clips(split, audio, label, indices, fraction, rng)
+        else:
+            _hold_out_tails(split, audio, label, indices, fraction, min_val_s)
     return split
+
+
+def _hold_out_clips(
+    split: Split, audio: list[np.ndarray], label: int, indices: list[int], fraction: float, rng: np.random.Generator
+) -> None:
+    """`fraction` of the speaker's clips (at least one), chosen at random, held out whole."""
+    n_val = max(1, round(len(indices) * fraction))
+    chosen = set(rng.choice(indices, size=n_val, replace=False).tolist())
+    for i in indices:
+        target = (split.val_audio, split.val_labels) if i in chosen else (split.train_audio, split.train_labels)
+        target[0].append(audio[i])
+        target[1].append(label)
+
+
+def _hold_out_tails(
+    split: Split, audio: list[np.ndarray], label: int, indices: list[int], fraction: float, min_val_s: float
+) -> None:
+    """The tail of every clip long enough to keep 70% of itself; when none is, the tail of the longest clip if the
+    speaker keeps 70% of its audio and that clip keeps at least as much as it gives (three 3-s clips give a 1-s
+    tail). Without the fallback a household of short clips held out nothing and its threshold was never
+    calibrated."""
+    min_val = int(min_val_s * SAMPLE_RATE)
+    tails = {i: max(int(len(audio[i]) * fraction), min_val) for i in indices}
+    tails = {i: held for i, held in tails.items() if len(audio[i]) - held >= 0.7 * len(audio[i])}
+    if not tails:
+        total = sum(len(audio[i]) for i in indices)
+        longest = max(indices, key=lambda i: len(audio[i]))
+        held = max(int(total * fraction), min_val)
+        if total - held >= 0.7 * total and len(audio[longest]) - held >= held:
+            tails = {longest: held}
+    for i in indices:
+        if i in tails:
+            cut = len(audio[i]) - tails[i]
+            split.cut_from[len(split.val_audio)] = len(split.train_audio)
+            split.train_audio.append(audio[i][:cut])
+            split.val_audio.append(audio[i][cut:])
+            split.val_labels.append(label)
+        else:
+            split.train_audio.append(audio[i])
+        split.train_labels.append(label)
 
 
 def cut_windows(
@@ -214,8 +240,9 @@ class WindowScores:
     impostor: np.ndarray
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.genuine.size if self.genuine.size else float("nan")
+    def accuracy(self) -> float | None:
+        """None without windows: nothing was measured (a NaN would end up in the model file's JSON)."""
+        return self.correct / self.genuine.size if self.genuine.size else None
 
     @staticmethod
     def joined(parts: list[WindowScores]) -> WindowScores:
@@ -550,7 +577,6 @@ class Trainer(TrainerBase):
         stopping waits until it is off; without held-out audio the training accuracy stands in for validation."""
         epochs, augmenter = settings.epochs, learner.augmenter
         assert epochs is not None
-        val = (self.split.val_audio, self.split.val_labels)
 
         def train_epoch(epoch: int, margin: float) -> tuple[float, float]:
             if augmenter is not None:
@@ -562,21 +588,26 @@ class Trainer(TrainerBase):
             optimizer=learner.optimizer,
             scheduler=learner.scheduler,
             train_epoch=train_epoch,
-            validate=lambda train_acc: self.validate(learner.model, *val).accuracy if val[0] else train_acc,
+            validate=lambda train_acc: self._validation_accuracy(learner.model, train_acc),
             may_stop=lambda: augmenter is None or augmenter.strength == 0.0,
         )
+
+    def _validation_accuracy(self, model: SpeakerModel, train_acc: float) -> float:
+        """On the held-out audio; without any, the training accuracy stands in (the model file says so)."""
+        accuracy = self.validate(model, self.split.val_audio, self.split.val_labels).accuracy
+        return train_acc if accuracy is None else accuracy
 
     def _finish_bundle(
         self, model: SpeakerModel, settings: TrainSettings, run: RunState, started: float
     ) -> ModelBundle:
         """Centroids, the calibrated unknown threshold and the training record."""
         s = self.split
-        weights_acc = self.validate(model, s.val_audio, s.val_labels).accuracy if s.val_audio else float("nan")
+        weights_acc = self.validate(model, s.val_audio, s.val_labels).accuracy
         references = ReferenceEmbeddings.of(model, self.extractor, s)
         references.install(model, len(self.labels), with_held_out=False)
         calibrated = self._calibrate(model, settings)
         log.info(
-            "validation accuracy: %.4f with trained weights, %.4f with centroids", weights_acc, calibrated.centroid_acc
+            "validation accuracy: %s with trained weights, %s with centroids", weights_acc, calibrated.centroid_acc
         )
         if s.val_audio:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
@@ -591,5 +622,11 @@ class Trainer(TrainerBase):
         held_out = self.validate(model, self.split.val_audio, self.split.val_labels)
         impostor = self.validate(model, *pseudo_strangers(self.split)).impostor
         threshold, far, frr = calibrate_threshold(held_out.genuine, impostor, settings.target_far)
-        record = {"target_far": settings.target_far, "val_far": far, "val_frr": frr, "impostors": STRANGERS}
+        record = {
+            "target_far": settings.target_far,
+            "val_far": far,
+            "val_frr": frr,
+            "impostors": STRANGERS if far is not None else None,
+            "impostor_scores": int(impostor.size),
+        }
         return Calibrated({"min_score": threshold}, record, held_out.accuracy)

@@ -465,7 +465,8 @@ class HeadTrainer(TrainerBase):
             "target_far": settings.target_far,
             "val_far": far,
             "val_frr": frr,
-            "impostors": impostors,
+            "impostors": impostors if far is not None else None,
+            "impostor_scores": int(impostor.size),
             "val_wrong_first": wrong_first,
         }
         return Calibrated(decision, calibration, held_out.accuracy)

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+HELD_OUT = "held-out audio"
+TRAINING_AUDIO = "training audio"
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -114,7 +118,8 @@ class Calibrated:
 
     decision: dict[str, float]
     record: dict[str, Any]
-    centroid_acc: float
+    centroid_acc: float | None
+    """None without held-out audio."""
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -341,6 +346,7 @@ class TrainerBase(ABC):
                 "data": self.data_summary,
                 "best_epoch": run.best.epoch,
                 "best_val_acc": run.best.acc,
+                "validated_on": self.validated_on(),
                 "val_acc_centroids": calibrated.centroid_acc,
                 "epochs_run": len(run.history),
                 "wall_s": round(wall_s, 1),
@@ -349,6 +355,12 @@ class TrainerBase(ABC):
             },
             enrollment=enrollment,
         )
+
+    def validated_on(self) -> str:
+        """What the validation accuracy was measured on: without held-out audio the epochs are validated on the
+        training audio, whose accuracy says little about new speech, and the summary must not pass it off as
+        validation."""
+        return HELD_OUT if self.split.val_audio else TRAINING_AUDIO
 
     def finish(self, result: TrainResult) -> None:
         """Writes the model (atomically) and the training curve; removes the checkpoint."""
