@@ -22,8 +22,17 @@ def test_threshold_meets_the_target_false_accept_rate() -> None:
 
 
 def test_threshold_sits_in_the_gap_of_separable_small_sets() -> None:
-    threshold, far, frr = calibrate_threshold(np.array([0.6, 0.7, 0.8]), np.array([0.1, 0.2, 0.3]), 0.01)
-    assert threshold == pytest.approx(0.45) and far == 0.0 and frr == 0.0
+    threshold, far, frr = calibrate_threshold(np.array([0.8, 0.9, 0.95]), np.array([0.5, 0.6, 0.7]), 0.01)
+    assert threshold == pytest.approx(0.75) and far == 0.0 and frr == 0.0
+
+
+def test_too_few_impostor_scores_to_show_the_target_keep_the_threshold_at_the_default_or_above() -> None:
+    """6 impostor scores cannot show 5% (none accepted of 6 is still 10% at 80% confidence); 40 can."""
+    genuine = np.array([0.3, 0.45, 0.6, 0.7, 0.8, 0.9])
+    few = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.25])
+    assert calibrate_threshold(genuine, few, 0.05)[0] == 0.5
+    many = np.linspace(0.0, 0.25, 40)
+    assert calibrate_threshold(genuine, many, 0.05)[0] == pytest.approx((many[-3] + 0.3) / 2), "2 of 40 may pass"
 
 
 def test_no_impostors_gives_the_default_and_no_rates() -> None:

@@ -97,6 +97,7 @@ def test_a_household_of_three_short_clips_each_calibrates_its_threshold(tmp_path
     calibration = _strict_metadata(out)["training"]["calibration"]
     assert calibration["val_far"] is not None and calibration["impostor_scores"] > 0
     assert "too few to show a false-accept rate of 5%" in proc.stderr, "3 impostor scores cannot show 5%"
+    assert _strict_metadata(out)["decision"]["min_score"] >= 0.5, "so the threshold stays at the default or above"
 
 
 @pytest.mark.slow

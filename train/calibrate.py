@@ -29,6 +29,10 @@ def calibrate_threshold(
     held-out audio) nothing is calibrated: the default threshold, and None for rates that were not measured.
     The scores are cosines, so the threshold is one too: just above an impostor at 1.0 (or a cosine rounded past
     it) is 1.0, which only a perfect match reaches, and the decider refuses anything outside [-1, 1].
+
+    With too few impostor scores to show the target even when none is accepted (too_few_impostors), the threshold
+    is not let below the default: on 6 LibriSpeech speakers of three 3-s clips each, 6 impostor scores put it at
+    0.29, which named 22% of 91 windows of 34 strangers, where the default named 1%.
     """
     if impostor.size == 0 or genuine.size == 0:
         return DEFAULT_THRESHOLD, None, None
@@ -38,8 +42,16 @@ def calibrate_threshold(
     above = genuine[genuine > boundary]
     threshold = (boundary + float(above.min())) / 2.0 if above.size else boundary + 1e-6
     threshold = min(1.0, max(-1.0, threshold))
+    if too_few_impostors(impostor.size, target_far):
+        threshold = max(threshold, DEFAULT_THRESHOLD)
     far, frr = rates(genuine, impostor, threshold)
     return threshold, far, frr
+
+
+def too_few_impostors(count: int, target_far: float) -> bool:
+    """Whether even no false accept among `count` impostor scores leaves `target_far` unshown, with the confidence
+    the first-name wait is calibrated with: fewer than 14 at 5%."""
+    return rate_upper_bound(0.0, count) > target_far
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
