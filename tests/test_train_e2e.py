@@ -72,7 +72,8 @@ def test_identify_names_speakers_and_draws_a_timeline(household_model: Path, tmp
     assert results[0]["speaker"] == "alice" and results[0]["timeline"] == []
     timeline = results[1]["timeline"]
     assert len(timeline) >= 2
-    assert timeline[0]["speaker"] == "carol" and timeline[-1]["speaker"] == "bob"
+    named = [turn["speaker"] for turn in timeline if turn["speaker"] != "unknown"]
+    assert named[0] == "carol" and named[-1] == "bob", "utterances under the threshold are unknown turns"
     assert timeline[0]["start"] == 0.0 and timeline[-1]["end"] > 10
     join = len(clips[0]) / 16000
     for turn in timeline:
