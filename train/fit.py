@@ -607,7 +607,8 @@ class Trainer(TrainerBase):
         references.install(model, len(self.labels), with_held_out=False)
         calibrated = self._calibrate(model, settings)
         log.info(
-            "validation accuracy: %s with trained weights, %s with centroids", weights_acc, calibrated.centroid_acc
+            "validation accuracy: %s with trained weights, %s with centroids",
+            *(f"{acc:.4f}" if acc is not None else "not measured" for acc in (weights_acc, calibrated.centroid_acc)),
         )
         if s.val_audio:
             # Calibrated on audio the centroids had not seen; the shipped centroids use all of it.
