@@ -149,3 +149,17 @@ def test_a_second_speaker_whose_files_are_all_unusable_leaves_one_and_is_refused
     )
     assert proc.returncode == 2 and "only one speaker ('alice')" in proc.stderr
     assert "plan:" not in proc.stderr and not out.exists()
+
+
+def test_a_speaker_missing_from_given_validation_data_is_named_with_where_to_add_it() -> None:
+    from rich.console import Console
+
+    from train.fit import Split
+    from train.run import _warn_unvalidated
+
+    rng = np.random.default_rng(0)
+    split = Split([_noise(1.0, rng)] * 2, [0, 1], [_noise(1.0, rng)], [0])
+    console = Console(record=True, width=300)
+    _warn_unvalidated(split, ["alice", "bob"], console, Path("val.csv"))
+    said = console.export_text()
+    assert "no validation audio of 'bob'" in said and "Add their recordings to val.csv" in said, said

@@ -107,20 +107,21 @@ def check_speakers(speakers: list[str], data: Path) -> None:
         )
 
 
-def _warn_unvalidated(split: Split, labels: list[str], console: Console) -> None:
-    """Before training (so that a person can stop and add recordings): the speakers without validation audio, too
-    little to hold any out, whose voices the unknown threshold is then calibrated without, or not calibrated at
-    all."""
+def _warn_unvalidated(split: Split, labels: list[str], console: Console, val_data: Path | None) -> None:
+    """Before training (so that a person can stop and add recordings): the speakers without validation audio (too
+    little to hold any out, or none in `val_data`), whose voices the unknown threshold is then calibrated without,
+    or not calibrated at all."""
     held_out = set(split.val_labels)
     missing = [label for i, label in enumerate(labels) if i not in held_out]
     if not missing:
         return
+    advice = MORE_AUDIO if val_data is None else f"Add their recordings to {val_data}, and train again"
     if len(missing) == len(labels):
-        console.print(f"[yellow]warning: no validation audio; {UNCALIBRATED}. {MORE_AUDIO}")
+        console.print(f"[yellow]warning: no validation audio; {UNCALIBRATED}. {advice}")
         return
     console.print(
         f"[yellow]warning: no validation audio of {', '.join(repr(m) for m in missing)}; the unknown-speaker "
-        f"threshold is calibrated without their voice(s). {MORE_AUDIO}"
+        f"threshold is calibrated without their voice(s). {advice}"
     )
 
 
@@ -176,7 +177,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
         f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
         f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
     )
-    _warn_unvalidated(split, labels, console)
+    _warn_unvalidated(split, labels, console, inputs.val_data)
     trainer_class: type[TrainerBase] = HeadTrainer if settings.encoder == "ge2e" else Trainer
     noise = _noise_clips(inputs.noise_dir, cache, console)
     trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
