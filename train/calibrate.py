@@ -4,6 +4,7 @@ scores; also the EER), and how much speech the decider waits for before it first
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,20 @@ def calibrate_threshold(
         threshold = max(threshold, DEFAULT_THRESHOLD)
     far, frr = rates(genuine, impostor, threshold)
     return threshold, far, frr
+
+
+def calibration_record(
+    target_far: float, far: float | None, frr: float | None, impostors: str, impostor_scores: int
+) -> dict[str, Any]:
+    """What the model file says of its threshold's calibration: the rates measured (None where nothing was), what
+    stood in for strangers (None when nothing did) and on how many of their scores it rests."""
+    return {
+        "target_far": target_far,
+        "val_far": far,
+        "val_frr": frr,
+        "impostors": impostors if far is not None else None,
+        "impostor_scores": impostor_scores,
+    }
 
 
 def too_few_impostors(count: int, target_far: float) -> bool:

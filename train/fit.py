@@ -23,7 +23,7 @@ from spkidd.inference import embed_pieces
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, SpeakerNet
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
-from train.calibrate import calibrate_threshold
+from train.calibrate import calibrate_threshold, calibration_record
 from train.references import ReferenceEmbeddings
 from train.trainer_base import (
     Best,
@@ -623,11 +623,5 @@ class Trainer(TrainerBase):
         held_out = self.validate(model, self.split.val_audio, self.split.val_labels)
         impostor = self.validate(model, *pseudo_strangers(self.split)).impostor
         threshold, far, frr = calibrate_threshold(held_out.genuine, impostor, settings.target_far)
-        record = {
-            "target_far": settings.target_far,
-            "val_far": far,
-            "val_frr": frr,
-            "impostors": STRANGERS if far is not None else None,
-            "impostor_scores": int(impostor.size),
-        }
+        record = calibration_record(settings.target_far, far, frr, STRANGERS, int(impostor.size))
         return Calibrated({"min_score": threshold}, record, held_out.accuracy)

@@ -33,7 +33,7 @@ from spkidd.features import FeatureParams
 from spkidd.inference import step_scores
 from spkidd.modelfile import ModelBundle
 from train.augment import Augmenter, AugmentSettings
-from train.calibrate import calibrate_min_speech, calibrate_threshold
+from train.calibrate import calibrate_min_speech, calibrate_threshold, calibration_record
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
 from train.ensemble import merged_heads
@@ -461,14 +461,8 @@ class HeadTrainer(TrainerBase):
                 step_scores(model, self.extractor, s.val_audio),
                 s.val_labels,
             )
-        calibration = {
-            "target_far": settings.target_far,
-            "val_far": far,
-            "val_frr": frr,
-            "impostors": impostors if far is not None else None,
-            "impostor_scores": int(impostor.size),
-            "val_wrong_first": wrong_first,
-        }
+        calibration = calibration_record(settings.target_far, far, frr, impostors, int(impostor.size))
+        calibration["val_wrong_first"] = wrong_first
         return Calibrated(decision, calibration, held_out.accuracy)
 
     def _finish_bundle(
