@@ -24,7 +24,7 @@ from spkidd.audio.sources import make_source
 from spkidd.events import Identification, SourceStatus, SpeechActivity, as_percent
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
-from spkidd.turns import Turn, utterance_turns
+from spkidd.turns import Turn, UtteranceTurns
 
 _BAR_WIDTH = 30
 _LOG_LINES = 10
@@ -43,7 +43,7 @@ class ListenView:
     utterance_id: str = ""
     current: Identification | None = None
     live: dict[str, float] = field(default_factory=dict)
-    utterance: list[Identification] = field(default_factory=list)
+    utterance: UtteranceTurns = field(default_factory=UtteranceTurns)
     turns: deque[Turn] = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
 
     def on_event(self, event: PipelineEvent) -> None:
@@ -54,13 +54,8 @@ class ListenView:
             if event.speaking:
                 self.utterance_id, self.current, self.live = event.utterance_id, None, {}
         else:
-            if self.utterance and self.utterance[0].utterance_id != event.utterance_id:
-                self.utterance = []
-            self.utterance.append(event)
             self.current = event
-            if event.final:
-                self.turns.extend(utterance_turns(self.utterance))
-                self.utterance = []
+            self.turns.extend(self.utterance.add(event))
 
     def on_progress(self, utterance_id: str, top_k: dict[str, float]) -> None:
         if utterance_id == self.utterance_id:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from spkidd.events import UNKNOWN, Identification
@@ -61,6 +61,25 @@ def utterance_turns(events: Sequence[Identification]) -> list[Turn]:
             start = cut
     turns.append(Turn(start, final.end, final.speaker, final.confidence, final.utterance_id))
     return _merged(_without_flickers(turns))
+
+
+@dataclass
+class UtteranceTurns:
+    """The events of the utterance being heard, cut into turns when its final arrives: how the web page's timeline
+    and `spkidd listen`'s history follow a live stream."""
+
+    events: list[Identification] = field(default_factory=list)
+
+    def add(self, event: Identification) -> list[Turn]:
+        """The utterance's turns when `event` is its final, else none; an event of another utterance starts anew."""
+        if self.events and self.events[0].utterance_id != event.utterance_id:
+            self.events = []
+        self.events.append(event)
+        if not event.final:
+            return []
+        turns = utterance_turns(self.events)
+        self.events = []
+        return turns
 
 
 def who_spoke_when(events: Iterable[Identification]) -> list[Turn]:

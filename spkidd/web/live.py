@@ -17,7 +17,7 @@ from typing import Any
 
 from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.pipeline import PipelineEvent
-from spkidd.turns import Turn, utterance_turns
+from spkidd.turns import Turn, UtteranceTurns
 
 TIMELINE_S = 600.0
 """How far back the timeline reaches (who spoke when)."""
@@ -40,8 +40,8 @@ class SourceView:
     final: bool = False
     changed_at: float = 0.0
     timeline: deque[dict[str, Any]] = field(default_factory=deque)
-    utterance: list[Identification] = field(default_factory=list)
-    """The events of the utterance being heard: cut into turns of the timeline when its final arrives."""
+    utterance: UtteranceTurns = field(default_factory=UtteranceTurns)
+    """The utterance being heard: cut into turns of the timeline when its final arrives."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +127,7 @@ class LiveHub:
             view.speaking = event.speaking
             view.online = True
             if event.speaking:
-                view.utterance = []
+                view.utterance = UtteranceTurns()
                 view.state, view.speaker, view.confidence, view.top_k, view.final = "listening", "", 0.0, {}, False
         elif isinstance(event, Identification):
             segments = self._identify(view, event, now)
@@ -143,13 +143,9 @@ class LiveHub:
         view.utterance_id = event.utterance_id
         view.final = event.final
         view.changed_at = now
-        if view.utterance and view.utterance[0].utterance_id != event.utterance_id:
-            view.utterance = []
-        view.utterance.append(event)
-        if not event.final:
+        segments = [_segment(turn, event, now) for turn in view.utterance.add(event)]
+        if not segments:
             return []
-        segments = [_segment(turn, event, now) for turn in utterance_turns(view.utterance)]
-        view.utterance = []
         view.timeline.extend(segments)
         self._trim(now)
         return segments
