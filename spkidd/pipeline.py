@@ -179,8 +179,7 @@ class StreamPipeline:
         chunks = self.source.chunks()
         try:
             async for chunk in chunks:
-                if chunk.discontinuity:
-                    self.stats.reconnects += 1
+                self.stats.reconnects = self.source.reconnects
                 if self._drop:
                     if len(self._queue) >= limit:
                         self._drop_oldest()

@@ -266,6 +266,7 @@ class BrokenSource:
 
     name = "broken"
     realtime = True
+    reconnects = 0
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         for i in range(5):
@@ -279,6 +280,27 @@ async def test_a_failing_source_is_reported_and_run_returns(bundle: ModelBundle)
     statuses = [e for e in events if isinstance(e, SourceStatus)]
     assert statuses[0].online is False and "device unplugged" in statuses[0].detail
     assert pipeline.stats.audio_s == pytest.approx(0.15)
+
+
+class GappySource:
+    """A source with gaps in its audio (dropped chunks, overflows) that reopened its backend once."""
+
+    name = "gappy"
+    realtime = True
+    reconnects = 0
+
+    async def chunks(self) -> AsyncIterator[AudioChunk]:
+        for i in range(6):
+            if i == 4:
+                self.reconnects += 1
+            yield AudioChunk(np.zeros(CHUNK_SAMPLES, dtype=np.int16), i * 0.03, discontinuity=i in (2, 3, 4))
+
+
+async def test_reconnects_are_the_sources_own_count_not_every_gap(bundle: ModelBundle) -> None:
+    """Health and metrics say how often a camera or microphone reconnected: three gaps, one of them a reconnect."""
+    pipeline = StreamPipeline(GappySource(), bundle, PipelineSettings())
+    await run_pipeline(pipeline)
+    assert pipeline.stats.reconnects == 1
 
 
 async def test_new_thresholds_apply_at_the_next_utterance_without_a_restart(

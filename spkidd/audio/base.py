@@ -32,5 +32,7 @@ class AudioSource(Protocol):
     """An async iterator of chunks that reconnects on its own; it ends only when the audio really ends."""
 
     name: str
+    reconnects: int
+    """How many times the source reopened its audio (health and metrics count these, not every gap)."""
 
     def chunks(self) -> AsyncIterator[AudioChunk]: ...

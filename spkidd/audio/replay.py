@@ -70,6 +70,8 @@ class ReplaySource:
         self.loop = loop
         self.on_status = on_status
         self.started_at: float | None = None
+        self.reconnects = 0
+        """Always 0: a replay has nothing to reconnect to."""
         self._pcm: np.ndarray | None = None
         self._delivered = 0
         self._pass_chunks = 0
