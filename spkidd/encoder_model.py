@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spkidd.encoder import HIDDEN, MEL_BANDS, WEIGHT_NAMES, EncoderState, RollingEncoder
+from spkidd.features import whole_steps
 from spkidd.model import CosineScoring, StepOutput, initial_speaker_weights
 
 
@@ -196,13 +197,12 @@ class EncoderSpeakerModel(CosineScoring):
     def step(self, frames: torch.Tensor, state: HeadState) -> tuple[StepOutput | None, HeadState]:
         """New (B, n, F) frames and the carried state -> outputs for each completed step (None if none)."""
         k = self.config.step_frames
-        frames = torch.cat([state.pending, frames], dim=1)
-        usable = (frames.shape[1] // k) * k
-        pending = frames[:, usable:]
+        frames, pending = whole_steps(state.pending, frames, k)
+        usable = frames.shape[1]
         if usable == 0:
             return None, replace(state, pending=pending)
-        quiet = self.quiet_steps(frames[:, :usable], state)
-        at_steps, encoder_state = self.encode_steps(frames[:, :usable], state)
+        quiet = self.quiet_steps(frames, state)
+        at_steps, encoder_state = self.encode_steps(frames, state)
         embeddings, gru = self.embeddings(at_steps, state.gru)
         scored, held, loud = self.hold(embeddings, quiet, state)
         new_state = HeadState(encoder_state, gru, pending, held, loud, steps=state.steps + usable // k)

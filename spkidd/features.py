@@ -183,27 +183,21 @@ class FeatureExtractor:
             return self.batch(x)[0].numpy()
 
 
-class StreamingFeatures:
-    """Incremental frames from chunks of any size, equal to the offline frames of the concatenated audio."""
+def complete_frames(params: FeatureParams, buffer: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Streaming: (the samples whose frames are complete, or None; the samples to keep for the next chunk). The
+    extractor's frames of each returned segment, joined, equal the offline frames of the whole audio."""
+    n = params.n_frames(len(buffer))
+    if n == 0:
+        return None, buffer
+    return buffer[: (n - 1) * params.hop_length + params.win_length], buffer[n * params.hop_length :]
 
-    def __init__(self, extractor: FeatureExtractor) -> None:
-        self._extractor = extractor
-        self._pending = np.zeros(0, dtype=np.float32)
 
-    def reset(self) -> None:
-        self._pending = np.zeros(0, dtype=np.float32)
-
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        """Adds float32 samples; returns the frames that became complete, shape (n, n_features)."""
-        p = self._extractor.params
-        buffer = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
-        n = p.n_frames(len(buffer))
-        if n == 0:
-            self._pending = buffer
-            return np.zeros((0, p.n_features), dtype=np.float32)
-        frames = self._extractor(buffer[: (n - 1) * p.hop_length + p.win_length])
-        self._pending = buffer[n * p.hop_length :]
-        return frames
+def whole_steps(pending: torch.Tensor, frames: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaming: (B, n, F) frames after the (B, m, F) frames still `pending` -> (the frames of whole steps of
+    `k` frames, the frames left pending)."""
+    every = torch.cat([pending, frames], dim=1)
+    usable = (every.shape[1] // k) * k
+    return every[:, :usable], every[:, usable:]
 
 
 def int16_to_float(samples: np.ndarray) -> np.ndarray:

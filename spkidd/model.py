@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spkidd.features import whole_steps
+
 CellKind = Literal["gru", "lstm"]
 _ATTENTION_BOUND = 8.0
 _MIN_VARIANCE = 1e-5
@@ -195,12 +197,11 @@ class SpeakerModel(CosineScoring):
         Returns None as output when the frames did not complete a stack.
         """
         k = self.config.frame_stack
-        frames = torch.cat([state.pending, frames], dim=1)
-        usable = (frames.shape[1] // k) * k
-        pending = frames[:, usable:]
+        frames, pending = whole_steps(state.pending, frames, k)
+        usable = frames.shape[1]
         if usable == 0:
             return None, replace(state, pending=pending)
-        hidden, weight, rnn_state = self._encode(frames[:, :usable], state.rnn)
+        hidden, weight, rnn_state = self._encode(frames, state.rnn)
         w = state.weight[:, None, :] + torch.cumsum(weight, dim=1)
         s1 = state.sum1[:, None, :] + torch.cumsum(weight * hidden, dim=1)
         s2 = state.sum2[:, None, :] + torch.cumsum(weight * hidden.square(), dim=1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from spkidd.decide import StepScores
-from spkidd.features import FeatureExtractor, FeatureParams, int16_to_float
+from spkidd.features import FeatureExtractor, FeatureParams, complete_frames, int16_to_float, whole_steps
 from spkidd.inference import step_times
 from spkidd.modelfile import SpeakerNet
 
@@ -169,12 +169,9 @@ class StepRunner:
             if new is None:
                 continue
             utt = job.utterance
-            k = utt.model.config.frame_stack
-            every = torch.cat([utt.state.pending, new[None]], dim=1)
-            usable = (every.shape[1] // k) * k
-            utt.state.pending = every[:, usable:]
-            if usable:
-                groups.setdefault((id(utt.model), usable), []).append((i, every[:, :usable]))
+            ready, utt.state.pending = whole_steps(utt.state.pending, new[None], utt.model.config.frame_stack)
+            if ready.shape[1]:
+                groups.setdefault((id(utt.model), ready.shape[1]), []).append((i, ready))
         for members in groups.values():
             _isolated(members, results, lambda some: self._step_group(jobs, some, results))
         return results
@@ -188,14 +185,9 @@ class StepRunner:
         for i, job in enumerate(jobs):
             utt = job.utterance
             p = utt.extractor.params
-            buffer = np.concatenate([utt.tail, int16_to_float(job.samples)])
-            n = p.n_frames(len(buffer))
-            if n == 0:
-                utt.tail = buffer
-                continue
-            utt.tail = buffer[n * p.hop_length :]
-            segment = buffer[: (n - 1) * p.hop_length + p.win_length]
-            groups.setdefault((p, len(segment)), []).append((i, segment))
+            segment, utt.tail = complete_frames(p, np.concatenate([utt.tail, int16_to_float(job.samples)]))
+            if segment is not None:
+                groups.setdefault((p, len(segment)), []).append((i, segment))
 
         def extract(members: list[tuple[int, np.ndarray]]) -> None:
             extractor = jobs[members[0][0]].utterance.extractor

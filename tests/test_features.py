@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from spkidd.features import FeatureExtractor, FeatureParams, StreamingFeatures, mel_filterbank
+from spkidd.features import FeatureExtractor, FeatureParams, complete_frames, mel_filterbank, whole_steps
 from spkidd.modelfile import parameters_from
 
 
@@ -19,15 +19,26 @@ def test_streaming_equals_offline_for_random_chunk_sizes(kind: str) -> None:
     offline = extractor(audio)
     for seed in range(3):
         rng = np.random.default_rng(seed)
-        stream = StreamingFeatures(extractor)
-        pieces, i = [], 0
+        tail, pieces, i = np.zeros(0, np.float32), [], 0
         while i < audio.size:
             n = int(rng.integers(1, 2500))
-            pieces.append(stream.push(audio[i : i + n]))
+            segment, tail = complete_frames(extractor.params, np.concatenate([tail, audio[i : i + n]]))
+            if segment is not None:
+                pieces.append(extractor(segment))
             i += n
         streamed = np.concatenate(pieces)
         assert streamed.shape == offline.shape
         assert np.abs(streamed - offline).max() <= 1e-5
+
+
+def test_whole_steps_keep_every_frame_in_order_across_chunks() -> None:
+    frames = torch.arange(2 * 23 * 3, dtype=torch.float32).reshape(2, 23, 3)
+    pending, stepped = torch.zeros(2, 0, 3), []
+    for start, stop in ((0, 2), (2, 9), (9, 10), (10, 23)):
+        ready, pending = whole_steps(pending, frames[:, start:stop], 3)
+        assert ready.shape[1] % 3 == 0 and pending.shape[1] < 3
+        stepped.append(ready)
+    assert torch.equal(torch.cat([*stepped, pending], dim=1), frames) and pending.shape[1] == 2
 
 
 def test_frame_count_and_shape() -> None:
