@@ -22,12 +22,15 @@ import soundfile as sf
 
 from spkidd.synthetic import SENTENCES, synth_corpus, synth_speech
 
-HOUSEHOLD = ["alice", "bob", "carol", "dave"]
+HOUSEHOLD = ["alice", "bob", "carol", "hank"]
+"""espeak-ng variants the pretrained encoder tells apart: with dave (en-gb-scotland+m1) in hank's place, three of
+four trained models gave bob's first turn to dave in the end; with hank, as with frank, the demo named all six turns
+right and none wrong first."""
 CONVERSATION = [
     ("alice", "Good morning everyone, did you sleep well?"),
     ("bob", "Not really, the neighbours were loud until midnight."),
     ("carol", "I heard them too. Shall we have breakfast on the terrace?"),
-    ("dave", "Only if someone makes the coffee this time."),
+    ("hank", "Only if someone makes the coffee this time."),
     ("alice", "Fine, I will make it, but you are doing the dishes."),
     ("bob", "Deal. Then let us leave for the lake at ten."),
 ]
@@ -44,7 +47,7 @@ def free_port(preferred: int = 0) -> int:
 
 
 def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
-    print("== 1. synthetic household: alice, bob, carol and dave (espeak-ng)")
+    print(f"== 1. synthetic household: {', '.join(HOUSEHOLD)} (espeak-ng)")
     synth_corpus(work / "voices", HOUSEHOLD, SENTENCES[:10])
     parts, truth, t = [np.zeros(8000, np.float32)], [], 0.5
     for i, (voice, text) in enumerate(CONVERSATION):
@@ -55,10 +58,8 @@ def build(work: Path) -> tuple[Path, Path, list[tuple[float, float, str]]]:
     conversation = work / "conversation.wav"
     sf.write(conversation, np.concatenate(parts), 16000)
     model = work / "household.safetensors"
-    # espeak's voices are variants of one synthesizer: the pretrained encoder (trained on real voices) hears them as
-    # nearly one voice, so the synthetic household trains the network from scratch. Real households use the default.
-    print("== 2. spkidd train voices/ --out household.safetensors --encoder none")
-    command = [sys.executable, "-m", "spkidd", "train", str(work / "voices"), "--out", str(model), "--encoder", "none"]
+    print("== 2. spkidd train voices/ --out household.safetensors")
+    command = [sys.executable, "-m", "spkidd", "train", str(work / "voices"), "--out", str(model)]
     subprocess.run(command, check=True)
     return model, conversation, truth
 
@@ -88,12 +89,9 @@ async def watch(port: int, stop: asyncio.Event, events: list[dict]) -> None:
 async def run_daemon(work: Path, model: Path, conversation: Path, seconds: float, hold: bool) -> list[dict]:
     port, web_port = free_port(), free_port(8730)
     config = work / "config.toml"
-    # espeak's voices differ mostly in pitch, so one played faster or slower is nearly another of them: the
-    # threshold calibrated on such speed-changed voices comes out very strict for this synthetic household (0.97;
-    # six real FSDD speakers get 0.89 with 5% of their own speech rejected). The demo sets its own.
     config.write_text(
         f'model = "{model}"\ninstance = "demo"\n\n[[sources]]\nname = "kitchen"\nkind = "file"\n'
-        f'path = "{conversation}"\nrealtime = true\n\n[decision]\nmin_score = 0.75\n\n'
+        f'path = "{conversation}"\nrealtime = true\n\n'
         f'[mqtt]\nbroker = "embedded"\n\n[embedded_broker]\nhost = "127.0.0.1"\nport = {port}\n\n'
         f"[web]\nenabled = true\nport = {web_port}\n"
     )
