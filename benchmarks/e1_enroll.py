@@ -23,11 +23,11 @@ import torch
 from evaluation import SPKIDD, timed_train
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, write_manifest
 
+from spkidd.audio_cache import AudioCache, default_cache_dir
+from spkidd.dataset import read_manifest
 from spkidd.enrollment import enroll
+from spkidd.evaluation import open_set_report, score_items
 from spkidd.modelfile import load_model, save_model
-from train.data import read_manifest
-from train.evaluate import open_set_report, score_items
-from train.prepare import AudioCache, default_cache_dir
 
 N_NEW = 51
 

@@ -122,8 +122,8 @@ def train(
     """Train a speaker-ID model from labelled audio."""
     from rich.console import Console
 
+    from spkidd.dataset import DataError
     from spkidd.modelfile import ModelFileError
-    from train.data import DataError
     from train.encoder_weights import EncoderWeightsError
     from train.fit import TrainSettings
     from train.run import TrainInputs, run_training
@@ -187,11 +187,11 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.dataset import DataError, discover
+    from spkidd.evaluation import closed_set_report, score_rows, write_report
     from spkidd.modelfile import ModelFileError, load_model
-    from train.data import DataError, discover
-    from train.evaluate import closed_set_report, score_rows, write_report
-    from train.prepare import AudioCache, default_cache_dir
-    from train.run import progress_bar
+    from spkidd.progress import progress_bar
 
     console = Console(stderr=True, soft_wrap=True)
     _one_torch_thread()
@@ -251,11 +251,11 @@ def _evaluate_open_set(
 
     from rich.console import Console
 
+    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.dataset import DataError, discover
+    from spkidd.evaluation import hold_out, open_set_report, plot_open_set, score_items
     from spkidd.modelfile import ModelFileError, load_model
-    from train.data import DataError, discover
-    from train.evaluate import hold_out, open_set_report, plot_open_set, score_items
-    from train.prepare import AudioCache, default_cache_dir
-    from train.run import progress_bar
+    from spkidd.progress import progress_bar
 
     try:
         bundle = load_model(model)

@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 
 from spkidd.decide import DecisionSettings, StepScores
-from train.calibrate import (
-    calibrate_min_speech,
-    calibrate_threshold,
-    equal_error_rate,
-    rate_upper_bound,
-    rates,
-    wrong_first_rate,
-)
+from spkidd.evaluation import equal_error_rate, rates
+from train.calibrate import calibrate_min_speech, calibrate_threshold, rate_upper_bound, wrong_first_rate
 
 
 def test_threshold_meets_the_target_false_accept_rate() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from train.data import DataError, discover, read_manifest
+from spkidd.dataset import DataError, discover, read_manifest
 
 
 def _wav(path: Path, seconds: float = 0.5, rate: int = 16000) -> Path:

@@ -16,10 +16,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from spkidd.audio_cache import AudioCache
+from spkidd.dataset import Row
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
-from train.data import Row
-from train.prepare import AudioCache
 
 SPKIDD = [sys.executable, "-m", "spkidd"]
 SMALL = ["--pools", "1", "--seed", "1"]
@@ -239,7 +239,7 @@ def test_second_run_reads_the_decode_cache(tmp_path: Path, monkeypatch: pytest.M
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr("train.prepare.load_audio", no_decoding)
+    monkeypatch.setattr("spkidd.audio_cache.load_audio", no_decoding)
     second = cache.load(Row(path=wav, speaker="a"))
     assert np.abs(first - second).max() < 1e-4
     sf.write(wav, 0.5 * np.sin(2 * np.pi * 500 * t), 48000)

@@ -1,5 +1,5 @@
 """What a model ships with, from validation data: the score threshold for `unknown` (from genuine and impostor
-scores; also the EER), and how much speech the decider waits for before it first names anybody."""
+scores, with spkidd.evaluation's rates), and how much speech the decider waits for before it first names anybody."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ from typing import Any
 import numpy as np
 
 from spkidd.decide import Decider, DecisionSettings, StepScores
+from spkidd.evaluation import rates
 
 DEFAULT_THRESHOLD = 0.5
-
-
-def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(false-accept rate, false-reject rate) when scores >= threshold are accepted."""
-    far = float(np.mean(impostor >= threshold)) if impostor.size else 0.0
-    frr = float(np.mean(genuine < threshold)) if genuine.size else 0.0
-    return far, frr
 
 
 def calibrate_threshold(
@@ -67,17 +61,6 @@ def too_few_impostors(count: int, target_far: float) -> bool:
     """Whether even no false accept among `count` impostor scores leaves `target_far` unshown, with the confidence
     the first-name wait is calibrated with: fewer than 14 at 5%."""
     return rate_upper_bound(0.0, count) > target_far
-
-
-def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
-    """(EER, threshold at which false accepts and false rejects are closest)."""
-    candidates = np.unique(np.concatenate([genuine, impostor]))
-    best = (1.0, 0.0, 0.5)
-    for threshold in candidates:
-        far, frr = rates(genuine, impostor, float(threshold))
-        if abs(far - frr) < best[0]:
-            best = (abs(far - frr), (far + frr) / 2.0, float(threshold))
-    return best[1], best[2]
 
 
 MIN_SPEECH_CANDIDATES_S = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -11,24 +11,17 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare
+from spkidd.dataset import Row, discover, speaker_counts
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
+from spkidd.progress import progress_bar
 from train.calibrate import DEFAULT_THRESHOLD, too_few_impostors
-from train.data import Row, discover, speaker_counts
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.head_parallel import WorkerFailed
-from train.prepare import AudioCache, Prepared, default_cache_dir, prepare
 from train.trainer_base import HELD_OUT, EpochRecord, TrainerBase, TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -53,19 +46,6 @@ class TrainInputs:
     noise_dir: Path | None = None
     cache_dir: Path | None = None
     resume: bool = False
-
-
-def progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str) -> Prepared:

@@ -20,7 +20,7 @@ import numpy as np
 from spkidd import SAMPLE_RATE
 from spkidd.atomic_file import replaced_atomically
 from spkidd.audio.decode import AudioDecodeError, load_audio
-from train.data import Row
+from spkidd.dataset import Row
 
 log = logging.getLogger(__name__)
 

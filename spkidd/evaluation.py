@@ -1,4 +1,5 @@
-"""`spkidd evaluate`: accuracy, top-k, per-speaker recall and the confusion matrix on held-out audio."""
+"""`spkidd evaluate`: accuracy, top-k, per-speaker recall and the confusion matrix on held-out audio, and the
+open-set false-accept/false-reject rates (training calibrates its threshold with the same `rates`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from spkidd.audio_cache import AudioCache, prepare
+from spkidd.dataset import Row
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.features import FeatureExtractor
 from spkidd.inference import Scored, score_long, score_prefixes
 from spkidd.modelfile import ModelBundle
-from train.data import Row
-from train.prepare import AudioCache, prepare
 
 TOP_KS = (1, 3, 5)
 EARLY_S = (0.5, 1.0, 2.0)
@@ -191,6 +192,24 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def rates(genuine: np.ndarray, impostor: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false-accept rate, false-reject rate) when scores >= threshold are accepted."""
+    far = float(np.mean(impostor >= threshold)) if impostor.size else 0.0
+    frr = float(np.mean(genuine < threshold)) if genuine.size else 0.0
+    return far, frr
+
+
+def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold at which false accepts and false rejects are closest)."""
+    candidates = np.unique(np.concatenate([genuine, impostor]))
+    best = (1.0, 0.0, 0.5)
+    for threshold in candidates:
+        far, frr = rates(genuine, impostor, float(threshold))
+        if abs(far - frr) < best[0]:
+            best = (abs(far - frr), (far + frr) / 2.0, float(threshold))
+    return best[1], best[2]
+
+
 def open_set_scores(bundle: ModelBundle, items: list[tuple[str, Scored]]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
     """Genuine scores (an enrolled speaker's item against its own reference), stranger scores (a stranger's item
     against its best-matching enrolled speaker), and per genuine item whether the top match was right."""
@@ -206,8 +225,6 @@ def open_set_scores(bundle: ModelBundle, items: list[tuple[str, Scored]]) -> tup
 
 
 def open_set_report(bundle: ModelBundle, items: list[tuple[str, Scored]], held_out: list[str]) -> dict[str, Any]:
-    from train.calibrate import equal_error_rate, rates
-
     genuine, stranger, correct = open_set_scores(bundle, items)
     if genuine.size == 0 or stranger.size == 0:
         raise ValueError("open-set evaluation needs items of enrolled speakers and of strangers")
@@ -239,8 +256,6 @@ def plot_open_set(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from train.calibrate import rates
 
     genuine = np.array(report["genuine_scores"])
     stranger = np.array(report["stranger_scores"])
