@@ -94,9 +94,7 @@ def fallback_step(speech_s: np.ndarray, context_s: np.ndarray) -> int:
     return int(recent[len(recent) - 1 - int(np.argmax(context_s[recent][::-1]))])
 
 
-def accepted(
-    settings: DecisionSettings, scores: np.ndarray, probs: np.ndarray, min_confidence: float
-) -> tuple[np.ndarray, np.ndarray]:
+def accepted(settings: DecisionSettings, scores: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per step (rows): the top speaker, and whether every threshold holds for it (the margin over the runner-up
     can only make this stricter, and a tie names nobody). Vectorized: this runs for every step of every stream."""
     rows = np.arange(probs.shape[0])
@@ -109,7 +107,8 @@ def accepted(
     else:
         runner_up = np.zeros_like(best)
     margin = best - runner_up
-    passed = (scores[rows, top] >= settings.min_score) & (best >= min_confidence) & (margin >= settings.min_margin)
+    s = settings
+    passed = (scores[rows, top] >= s.min_score) & (best >= s.min_confidence) & (margin >= s.min_margin)
     return top, passed & (margin > 0)
 
 
@@ -119,7 +118,7 @@ def answer(settings: DecisionSettings, scale: float, scores: np.ndarray, probs: 
     not its top candidate, never 1.0: the larger of the candidate's shortfall against the score threshold (a
     two-way softmax at the model's scale) and the probability left to the other speakers. `identify`, `evaluate`
     and the daemon's finals all answer through here."""
-    top, passed = accepted(settings, scores[None], probs[None], settings.min_confidence)
+    top, passed = accepted(settings, scores[None], probs[None])
     index = int(top[0])
     if passed[0]:
         return index, True, float(probs[index])
@@ -194,7 +193,7 @@ class Decider:
             return []
         s = self.settings
         self._keep_recent(steps)
-        top, passed = accepted(s, steps.scores, steps.probs, s.min_confidence)
+        top, passed = accepted(s, steps.scores, steps.probs)
         passed &= steps.speech_s >= s.min_speech_s
         events: list[Identification] = []
         for i in range(n):

@@ -105,9 +105,6 @@ class EncoderSpeakerModel(CosineScoring):
         self.register_buffer("embedding_scale", torch.ones(c.embedding_dim))
         self.speakers = initial_speaker_weights(c.n_speakers, c.embedding_dim)
 
-    def encoder_tensors(self) -> dict[str, torch.Tensor]:
-        return {name: tensor for name, tensor in self.encoder.net.state_dict().items() if name in WEIGHT_NAMES}
-
     def load_encoder(self, tensors: dict[str, torch.Tensor]) -> None:
         missing = set(WEIGHT_NAMES) - set(tensors)
         if missing:

@@ -83,7 +83,6 @@ class PipelineStats:
     reconnects: int = 0
     speech_s: float = 0.0
     processed_s: float = 0.0
-    utterances: int = 0
     queue_peak: int = 0
 
 
@@ -282,7 +281,6 @@ class StreamPipeline:
             self._pending = None
             self._use_bundle(bundle)
             log.info("%s: now using model %s %s", self.source.name, self._bundle.name, self._bundle.version)
-        self.stats.utterances += 1
         utterance_id = self._ids.next()
         self._utterance_start_s = event.start_s
         self._utterance = Utterance(utterance_id, self._bundle.model, self._extractor)
