@@ -87,6 +87,12 @@ class TlsConfig:
     insecure: bool = False
 
 
+def check_port(port: int, *, any_free: bool = False) -> None:
+    """A TCP port a listener or client can use; `any_free`: 0 asks the system for a free one (the web page)."""
+    if not (0 if any_free else 1) <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+
+
 @dataclass(frozen=True)
 class MqttConfig:
     """`broker = "embedded"` starts the embedded broker and connects to it; `"external"` uses host/port."""
@@ -112,8 +118,7 @@ class MqttConfig:
     publish_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
+        check_port(self.port)
         if self.queue_size < 1 or self.keepalive < 1:
             raise ValueError("queue_size and keepalive must be positive")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
@@ -132,12 +137,18 @@ class EmbeddedBrokerConfig:
     port: int = 1883
     implementation: Literal["auto", "mosquitto", "amqtt"] = "auto"
 
+    def __post_init__(self) -> None:
+        check_port(self.port)
+
 
 @dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9808
+
+    def __post_init__(self) -> None:
+        check_port(self.port)
 
 
 @dataclass(frozen=True)
@@ -154,8 +165,7 @@ class WebConfig:
     max_connections: int = 128
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
+        check_port(self.port, any_free=True)
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
         if self.max_upload_mb <= 0 or self.max_connections < 1:
