@@ -94,6 +94,11 @@ def fallback_step(speech_s: np.ndarray, context_s: np.ndarray) -> int:
     return int(recent[len(recent) - 1 - int(np.argmax(context_s[recent][::-1]))])
 
 
+def top_candidates(labels: list[str], probs: np.ndarray, k: int) -> dict[str, float]:
+    """The `k` most probable speakers with their probabilities, most probable first (events' `top_k`)."""
+    return {labels[i]: float(probs[i]) for i in np.argsort(-probs)[:k]}
+
+
 def accepted(settings: DecisionSettings, scores: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per step (rows): the top speaker, and whether every threshold holds for it (the margin over the runner-up
     can only make this stricter, and a tie names nobody). Vectorized: this runs for every step of every stream."""
@@ -251,14 +256,13 @@ class Decider:
         speech_s: float,
         confidence: float | None = None,
     ) -> Identification:
-        order = np.argsort(-probs)[: self.settings.top_k]
         return Identification(
             source=self.source,
             utterance_id=self._utterance_id,
             event_type=kind,
             speaker=speaker,
             confidence=float(probs[index]) if confidence is None else confidence,
-            top_k={self.labels[i]: float(probs[i]) for i in order},
+            top_k=top_candidates(self.labels, probs, self.settings.top_k),
             final=final,
             start=round(self._start_s, 3),
             end=round(end_s, 3),

@@ -107,7 +107,7 @@ def identify_audio(
     if scored is None:
         return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
     speaker, confidence, score = _name(bundle, scored)
-    top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k)}
+    top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k).items()}
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
     if len(segments) > 1:
         result.timeline = timeline(bundle, audio, report)

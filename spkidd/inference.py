@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from spkidd import SAMPLE_RATE
-from spkidd.decide import StepScores, fallback_step
+from spkidd.decide import StepScores, fallback_step, top_candidates
 from spkidd.encoder_model import EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.modelfile import ModelBundle, SpeakerNet
@@ -27,9 +27,8 @@ class Scored:
     speech_s: float
     fallback: tuple[np.ndarray, np.ndarray] | None = None
 
-    def top_k(self, labels: list[str], k: int) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probs)[:k]
-        return [(labels[i], float(self.probs[i])) for i in order]
+    def top_k(self, labels: list[str], k: int) -> dict[str, float]:
+        return top_candidates(labels, self.probs, k)
 
 
 def score_features(bundle: ModelBundle, frames: np.ndarray) -> Scored | None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import AudioChunk, AudioSource
-from spkidd.decide import Decider, DecisionSettings
+from spkidd.decide import Decider, DecisionSettings, top_candidates
 from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.modelfile import ModelBundle
 from spkidd.steprunner import StepRunner, Utterance
@@ -314,9 +314,8 @@ class StreamPipeline:
         for event in self._decider.update(steps, self._batch_end):
             self._emit(emit, event)
         if self._on_progress is not None:
-            probs = steps.probs[-1]
-            order = np.argsort(-probs)[: self._decider.settings.top_k]
-            self._on_progress(utterance.utterance_id, {self._bundle.labels[i]: float(probs[i]) for i in order})
+            top_k = self._decider.settings.top_k
+            self._on_progress(utterance.utterance_id, top_candidates(self._bundle.labels, steps.probs[-1], top_k))
 
     async def _end(self, event: UtteranceEnd, emit: Emit) -> None:
         await self._run_batch(emit)
