@@ -80,6 +80,13 @@ class Segment:
     scored: Scored
 
 
+def consecutive_pieces(audio: np.ndarray, size: int, min_samples: int) -> list[tuple[int, np.ndarray]]:
+    """(start, piece) of consecutive `size`-sample pieces; a shorter last piece is kept if it holds at least
+    `min_samples`."""
+    pieces = [(start, audio[start : start + size]) for start in range(0, len(audio), size)]
+    return [(start, piece) for start, piece in pieces if len(piece) == size or len(piece) >= min_samples]
+
+
 def score_long(
     bundle: ModelBundle, audio: np.ndarray, chunk_s: float = 3.0, extractor: FeatureExtractor | None = None
 ) -> tuple[Scored | None, list[Segment]]:
@@ -93,10 +100,7 @@ def score_long(
         whole = score_audio(bundle, audio, extractor)
         return whole, ([Segment(0.0, len(audio) / rate, whole)] if whole else [])
     segments = []
-    for start in range(0, len(audio), size):
-        piece = audio[start : start + size]
-        if len(piece) < rate:
-            break
+    for start, piece in consecutive_pieces(audio, size, rate):
         scored = score_audio(bundle, piece, extractor)
         if scored is not None:
             segments.append(Segment(start / rate, (start + len(piece)) / rate, scored))

@@ -19,7 +19,7 @@ from torch import nn
 
 from spkidd import SAMPLE_RATE
 from spkidd.features import FeatureExtractor, FeatureKind, FeatureParams
-from spkidd.inference import embed_pieces
+from spkidd.inference import consecutive_pieces, embed_pieces
 from spkidd.model import CellKind, ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, SpeakerNet
 from train.augment import STRANGER_SPEEDS, Augmenter, AugmentSettings, change_speed
@@ -222,11 +222,9 @@ def cut_windows(
             out_audio.append(x)
             out_labels.append(label)
             continue
-        for start in range(0, len(x), size):
-            piece = x[start : start + size]
-            if len(piece) == size or len(piece) >= min_s * SAMPLE_RATE:
-                out_audio.append(piece)
-                out_labels.append(label)
+        for _, piece in consecutive_pieces(x, size, int(min_s * SAMPLE_RATE)):
+            out_audio.append(piece)
+            out_labels.append(label)
     return out_audio, out_labels
 
 
