@@ -26,6 +26,12 @@ from spkidd.vad import GateSettings, SpeechAudio, SpeechGate, UtteranceStart
 
 RESERVED_NAMES = frozenset({UNKNOWN, "none", "unrecognized"})
 """What events and Home Assistant say for nobody (`unknown`, `none`) or an unrecognized voice."""
+MAX_NAME_CHARS = 40
+"""Long enough for a name, short enough for the page's tables and Home Assistant's cards."""
+NAME_RULE = (
+    f"a speaker's name is 1 to {MAX_NAME_CHARS} printable characters (letters, digits, punctuation, spaces between "
+    f"words), with no space at either end, and not {', '.join(sorted(RESERVED_NAMES))}"
+)
 MIN_PIECE_S = 0.5
 RECOMMENDED_SPEECH_S = 10.0
 SIMILAR_SPEAKER_SCORE = 0.85
@@ -46,11 +52,16 @@ class EnrollmentReport:
 
 
 def check_name(speaker: str) -> None:
-    """A speaker name must say who it is: not empty, and not one of the words events use for nobody."""
-    if not speaker.strip():
+    """The one rule for speaker names, whether from `spkidd enroll`, the web page or training folders: a name says
+    who it is (not empty, not a word events use for nobody), and is refused rather than stripped when a space starts
+    or ends it, since enrollment keeps the name as given and " alice" would become a second alice."""
+    name = speaker.strip()
+    if not name:
         raise ValueError("the speaker needs a name")
-    if speaker.strip().lower() in RESERVED_NAMES:
-        raise ValueError(f"{speaker!r} is reserved (events say {' and '.join(sorted(RESERVED_NAMES))} for nobody)")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"{speaker!r} is reserved (events say it for nobody); {NAME_RULE}")
+    if name != speaker or len(speaker) > MAX_NAME_CHARS or not speaker.isprintable():
+        raise ValueError(f"{speaker!r} is not a speaker's name: {NAME_RULE}")
 
 
 def speech_pieces(audio: np.ndarray, gate_settings: GateSettings | None = None) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from spkidd import SAMPLE_RATE
-from spkidd.enrollment import embed_clips, speech_pieces
+from spkidd.enrollment import check_name, embed_clips, enroll_audio, speech_pieces
 from spkidd.features import FeatureExtractor
 from spkidd.inference import unit_embeddings
 from spkidd.modelfile import load_model
@@ -158,3 +158,26 @@ def test_speech_added_to_a_trained_voice_counts_by_its_seconds_and_another_voice
     old_print, new_print = (b.model.speakers[alice_row].detach().numpy() for b in (before, after))
     assert float(np.dot(old_print, new_print)) > 0.95, "11 s against 25 s of training speech (counted 1:1: 0.60)"
     assert after.enrollment["alice"]["seconds"] > before.enrollment["alice"]["seconds"]
+
+
+@pytest.mark.parametrize("name", [" alice", "alice ", "x" * 41, "tab\there", "Unknown"])
+def test_one_name_rule_refuses_what_the_page_refuses_and_says_what_is_allowed(name: str, tmp_path: Path) -> None:
+    """`spkidd enroll -s " alice"` once made a second speaker " alice"; names now follow check_name's one rule,
+    the web page's too (tests/test_web_upload_limit.py)."""
+    bundle = load_model(random_model(tmp_path / "m.safetensors", ["alice", "bob"]))
+    with pytest.raises(ValueError, match="1 to 40 printable characters") as refused:
+        enroll_audio(bundle, name, {"clip": synth_audio("erin", TRAIN_SENTENCES[0])})
+    with pytest.raises(ValueError) as by_rule:
+        check_name(name)
+    assert str(refused.value) == str(by_rule.value)
+
+
+def test_a_name_with_a_space_inside_is_enrolled_one_with_a_space_around_is_refused_by_the_cli(tmp_path: Path) -> None:
+    model = random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    clip = synth_speech("erin", TRAIN_SENTENCES[0], tmp_path / "erin.wav")
+    proc = _run("enroll", str(model), str(clip), "-s", " alice")
+    assert proc.returncode == 2 and "' alice' is not a speaker's name" in proc.stderr
+    assert "no space at either end" in proc.stderr
+    assert load_model(model).labels == ["alice", "bob"], "no second alice"
+    bundle, report = enroll_audio(load_model(model), "Mary Ann", {"clip": synth_audio("erin", TRAIN_SENTENCES[0])})
+    assert bundle.labels == ["alice", "bob", "Mary Ann"] and not report.updated

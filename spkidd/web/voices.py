@@ -14,14 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.enrollment import DifferentVoiceError, enroll_audio, forget, rename
+from spkidd.enrollment import DifferentVoiceError, check_name, enroll_audio, forget, rename
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model, save_model
 from spkidd.web.control import DaemonControl
 
 log = logging.getLogger(__name__)
-
-RESERVED_NAMES = frozenset({"unknown", "none", "unrecognized"})
-MAX_NAME = 40
 
 
 class VoiceError(Exception):
@@ -65,18 +62,15 @@ def speaker_rows(bundle: ModelBundle) -> list[dict[str, Any]]:
     return rows
 
 
-def check_new_name(name: str, bundle: ModelBundle) -> str:
-    """The name a new or renamed speaker may have, stripped; VoiceError says why not."""
-    name = name.strip()
-    if not name:
-        raise VoiceError("the speaker needs a name")
-    if len(name) > MAX_NAME or not name.isprintable():
-        raise VoiceError(f"a speaker's name is at most {MAX_NAME} printable characters")
-    if name.lower() in RESERVED_NAMES:
-        raise VoiceError(f"{name!r} is reserved (it is what the daemon says when it cannot name a voice)")
+def check_new_name(name: str, bundle: ModelBundle) -> None:
+    """A name for a new or renamed speaker: enrollment's own rule (`check_name`, as `spkidd enroll` applies it),
+    and free in the model (409 here, where `spkidd enroll` would update the speaker of that name instead)."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise VoiceError(str(exc)) from exc
     if name in bundle.labels:
         raise VoiceError(f"there is already a speaker called {name!r}", status=409)
-    return name
 
 
 class VoiceKeeper:
@@ -98,7 +92,7 @@ class VoiceKeeper:
         async with self._lock:
             bundle = await self._read()
             if new:
-                speaker = check_new_name(speaker, bundle)
+                check_new_name(speaker, bundle)
             elif speaker not in bundle.labels:
                 raise VoiceError(f"no speaker {speaker!r} to add speech to", status=404)
             updated, report = await asyncio.to_thread(self._enroll, bundle, speaker, clips, force)
@@ -121,7 +115,7 @@ class VoiceKeeper:
             bundle = await self._read()
             if speaker not in bundle.labels:
                 raise VoiceError(f"no speaker {speaker!r} in the model", status=404)
-            new_name = check_new_name(new_name, bundle)
+            check_new_name(new_name, bundle)
             updated = rename(bundle, speaker, new_name)
             await self._write(updated)
             log.info("web: renamed %s to %s", speaker, new_name)
