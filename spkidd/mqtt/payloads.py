@@ -210,10 +210,16 @@ def speaker_attributes_template(speakers: Sequence[str]) -> str:
 
 def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Home Assistant discovery configs by topic: the bridge's status, and four entities per source."""
-    node = topics.node
-    origin = dict(ORIGIN)
-    bridge_id = f"spkidd_{node}_status"
-    messages: dict[str, dict[str, Any]] = {
+    messages = _bridge_status(topics)
+    for source in sources:
+        messages.update(_source_entities(topics, source, speakers))
+    return messages
+
+
+def _bridge_status(topics: Topics) -> dict[str, dict[str, Any]]:
+    """The daemon's own connectivity sensor, on the bridge device every source's device hangs from."""
+    bridge_id = f"spkidd_{topics.node}_status"
+    return {
         topics.discovery("binary_sensor", bridge_id): {
             "name": "Status",
             "unique_id": bridge_id,
@@ -222,21 +228,28 @@ def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequenc
             "payload_off": OFFLINE.decode(),
             "device_class": "connectivity",
             "entity_category": "diagnostic",
-            "device": _bridge_device(node),
-            "origin": origin,
+            "device": _bridge_device(topics.node),
+            "origin": dict(ORIGIN),
         }
     }
-    for source in sources:
-        device = _source_device(node, source)
-        availability = {
-            "availability": [{"topic": topics.status}, {"topic": topics.source_status(source)}],
-            "availability_mode": "all",
-            "payload_available": ONLINE.decode(),
-            "payload_not_available": OFFLINE.decode(),
-        }
-        uid = f"spkidd_{node}_{source}"
-        speaker_topic = topics.speaker(source)
-        messages[topics.discovery("sensor", f"{uid}_speaker")] = {
+
+
+def _source_entities(topics: Topics, source: str, speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One source's device: current speaker, someone speaking, the event entity and the confidence; each is
+    available only while both the daemon and the source are online."""
+    common = {
+        "qos": 1,
+        "availability": [{"topic": topics.status}, {"topic": topics.source_status(source)}],
+        "availability_mode": "all",
+        "payload_available": ONLINE.decode(),
+        "payload_not_available": OFFLINE.decode(),
+        "device": _source_device(topics.node, source),
+        "origin": dict(ORIGIN),
+    }
+    uid = f"spkidd_{topics.node}_{source}"
+    speaker_topic = topics.speaker(source)
+    return {
+        topics.discovery("sensor", f"{uid}_speaker"): {
             "name": "Current speaker",
             "unique_id": f"{uid}_speaker",
             "state_topic": speaker_topic,
@@ -248,35 +261,26 @@ def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequenc
             "device_class": "enum",
             "options": speaker_options(speakers),
             "icon": "mdi:account-voice",
-            "qos": 1,
-            **availability,
-            "device": device,
-            "origin": origin,
-        }
-        messages[topics.discovery("binary_sensor", f"{uid}_speaking")] = {
+            **common,
+        },
+        topics.discovery("binary_sensor", f"{uid}_speaking"): {
             "name": "Someone speaking",
             "unique_id": f"{uid}_speaking",
             "state_topic": topics.speaking(source),
             "payload_on": "ON",
             "payload_off": "OFF",
             "device_class": "sound",
-            "qos": 1,
-            **availability,
-            "device": device,
-            "origin": origin,
-        }
-        messages[topics.discovery("event", f"{uid}_event")] = {
+            **common,
+        },
+        topics.discovery("event", f"{uid}_event"): {
             "name": "Speaker",
             "unique_id": f"{uid}_event",
             "state_topic": topics.event(source),
             "event_types": list(EVENT_TYPES),
             "icon": "mdi:account-voice",
-            "qos": 1,
-            **availability,
-            "device": device,
-            "origin": origin,
-        }
-        messages[topics.discovery("sensor", f"{uid}_confidence")] = {
+            **common,
+        },
+        topics.discovery("sensor", f"{uid}_confidence"): {
             "name": "Speaker confidence",
             "unique_id": f"{uid}_confidence",
             "state_topic": speaker_topic,
@@ -286,9 +290,6 @@ def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequenc
             "unit_of_measurement": "%",
             "state_class": "measurement",
             "entity_category": "diagnostic",
-            "qos": 1,
-            **availability,
-            "device": device,
-            "origin": origin,
-        }
-    return messages
+            **common,
+        },
+    }
