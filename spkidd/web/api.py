@@ -121,7 +121,7 @@ class WebApi:
         return web.json_response({"enabled": True, "groups": groups})
 
     async def get_clip_audio(self, request: web.Request) -> web.FileResponse:
-        path = self.clips.path(request.match_info["name"])
+        path = await asyncio.to_thread(self.clips.path, request.match_info["name"])
         return web.FileResponse(path, headers={"Content-Type": "audio/wav", "Cache-Control": "no-store"})
 
     # ----- changing ---------------------------------------------------------------------------------------------
@@ -144,8 +144,7 @@ class WebApi:
             raise VoiceError("clips must be a list of clip names")
         if not names:
             raise ClipError("select at least one clip")
-        for name in names:
-            self.clips.path(name)  # refuse a bad name before any work starts
+        await asyncio.to_thread(self._check_clip_names, names)
         result = await self.voices.enroll(
             _text(body, "speaker"),
             bool(body.get("new", True)),
@@ -154,6 +153,11 @@ class WebApi:
         )
         await asyncio.to_thread(self.clips.remove, names)
         return web.json_response({**result.to_dict(), "speakers": speaker_rows(self.voices.current())})
+
+    def _check_clip_names(self, names: list[str]) -> None:
+        """Blocking (a look in the clips folder per name): refuses a bad name before any work starts."""
+        for name in names:
+            self.clips.path(name)
 
     def _clip_audio(self, names: list[str]) -> dict[str, np.ndarray]:
         try:

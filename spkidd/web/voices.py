@@ -103,10 +103,7 @@ class VoiceKeeper:
     async def forget(self, speaker: str) -> None:
         async with self._lock:
             bundle = await self._read()
-            try:
-                updated = forget(bundle, speaker)
-            except ValueError as exc:
-                raise VoiceError(str(exc)) from exc
+            updated = await asyncio.to_thread(self._edit, forget, bundle, speaker)
             await self._write(updated)
             log.info("web: forgot %s", speaker)
 
@@ -116,10 +113,18 @@ class VoiceKeeper:
             if speaker not in bundle.labels:
                 raise VoiceError(f"no speaker {speaker!r} in the model", status=404)
             check_new_name(new_name, bundle)
-            updated = rename(bundle, speaker, new_name)
+            updated = await asyncio.to_thread(self._edit, rename, bundle, speaker, new_name)
             await self._write(updated)
             log.info("web: renamed %s to %s", speaker, new_name)
             return new_name
+
+    @staticmethod
+    def _edit(change: Callable[..., ModelBundle], bundle: ModelBundle, *args: str) -> ModelBundle:
+        """Runs in a worker thread: forgetting builds a new model (about 10 ms of torch), too long for the loop."""
+        try:
+            return change(bundle, *args)
+        except ValueError as exc:
+            raise VoiceError(str(exc)) from exc
 
     @staticmethod
     def _enroll(
