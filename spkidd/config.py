@@ -237,38 +237,34 @@ def _convert(value: Any, tp: Any, key: str, file: Path) -> Any:
         if not isinstance(value, dict):
             raise refuse()
         return from_table(typing.cast(type, tp), value, file=file, where=key)
-    if origin in (list, tuple):
-        if not isinstance(value, list):
+    if origin in (list, tuple, dict):
+        if not isinstance(value, dict if origin is dict else list):
             raise refuse()
-        item_type = args[0] if args else Any
-        items = [_convert(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise refuse()
+        return _convert_items(value, origin, args, key, file)
+    if tp not in (bool, int, float, str, Path):
+        raise ConfigError(f"{file}: {key}: field type {tp!r} cannot be read from TOML")
+    if not _is_scalar(value, tp):
+        raise refuse()
+    return float(value) if tp is float else Path(value) if tp is Path else value
+
+
+def _convert_items(value: list[Any] | dict[str, Any], origin: Any, args: tuple[Any, ...], key: str, file: Path) -> Any:
+    """A TOML array as a list or tuple, or a table as a dict, each item converted to the field's item type."""
+    if isinstance(value, dict):
         value_type = args[1] if len(args) == 2 else Any
         return {str(k): _convert(v, value_type, f"{key}.{k}", file) for k, v in value.items()}
+    item_type = args[0] if args else Any
+    items = [_convert(v, item_type, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _is_scalar(value: Any, tp: type) -> bool:
+    """Whether a TOML value can stand for a field of scalar type `tp` (a bool is no number; a path is not empty)."""
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise refuse()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise refuse()
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise refuse()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise refuse()
-    if tp is Path:
-        if isinstance(value, str) and value:
-            return Path(value)
-        raise refuse()
-    raise ConfigError(f"{file}: {key}: field type {tp!r} cannot be read from TOML")
+        return isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, int | float if tp is float else int) and not isinstance(value, bool)
+    return isinstance(value, str) and (tp is str or bool(value))
 
 
 def from_table(cls: type[T], table: dict[str, Any], *, file: Path, where: str) -> T:
