@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ KEEPALIVE_S = 15.0
 """A comment line this often keeps proxies and browsers from closing a quiet event stream."""
 WRITE_TIMEOUT_S = 30.0
 """A browser that takes no data for this long is disconnected."""
+BYTES_PER_MB = 1_000_000
+"""[web] max_upload_mb counts megabytes of 10^6 bytes, as [unknown_clips] max_mb does."""
+READ_CHUNK_BYTES = 256 * 1024
+"""An upload is read and written in pieces this large: few trips to the writing thread, little memory."""
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -37,6 +42,40 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def upload_bytes(max_mb: float) -> int:
+    return round(max_mb * BYTES_PER_MB)
+
+
+class UploadLimit:
+    """Counts one upload's bytes against [web] max_upload_mb as they arrive. aiohttp's client_max_size is checked
+    only by request.read()/post() and a part's read(), never by read_chunk(), so without this count a recording of
+    any size would be written to disk."""
+
+    def __init__(self, max_mb: float) -> None:
+        self.max_mb = max_mb
+        self.max_bytes = upload_bytes(max_mb)
+        self.received = 0
+
+    async def chunks(self, part: BodyPartReader) -> AsyncIterator[bytes]:
+        """The part's bytes; a 413 VoiceError as soon as the upload passes the limit."""
+        while chunk := await part.read_chunk(READ_CHUNK_BYTES):
+            self.received += len(chunk)
+            if self.received > self.max_bytes:
+                raise VoiceError(
+                    f"the recording is larger than {self.max_mb:g} MB, the most this page accepts (raise [web] "
+                    "max_upload_mb in the daemon's config.toml to accept more); nothing was changed",
+                    status=413,
+                )
+            yield chunk
+
+    async def text(self, part: BodyPartReader) -> str:
+        data = b"".join([chunk async for chunk in self.chunks(part)])
+        try:
+            return data.decode(part.get_charset(default="utf-8"))
+        except (LookupError, UnicodeDecodeError):
+            raise VoiceError(f"the {part.name} field is not text") from None
+
+
 def _text(body: dict[str, Any], key: str) -> str:
     value = body.get(key, "")
     if not isinstance(value, str):
@@ -45,12 +84,19 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 
 class WebApi:
-    def __init__(self, hub: LiveHub, voices: VoiceKeeper, clips: ClipShelf, info: dict[str, Any]) -> None:
+    def __init__(
+        self, hub: LiveHub, voices: VoiceKeeper, clips: ClipShelf, info: dict[str, Any], max_upload_mb: float
+    ) -> None:
         self.hub = hub
         self.voices = voices
         self.clips = clips
-        self.info = info
+        self.info = {**info, "max_upload_mb": max_upload_mb}
+        self.max_upload_mb = max_upload_mb
         self._listing = asyncio.Lock()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return upload_bytes(self.max_upload_mb)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -168,20 +214,26 @@ class WebApi:
             raise VoiceError(str(exc)) from exc
 
     async def post_record(self, request: web.Request) -> web.Response:
-        """multipart: speaker, new and force ("true"/"false"), audio (a recording in any format ffmpeg reads)."""
+        """multipart: speaker, new and force ("true"/"false"), audio (a recording in any format ffmpeg reads); at
+        most [web] max_upload_mb in all, else 413 with the partial recording already deleted."""
         fields: dict[str, str] = {}
-        with tempfile.TemporaryDirectory(prefix="spkidd-upload-") as folder:
-            upload = Path(folder) / "recording"
+        limit = UploadLimit(self.max_upload_mb)
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="spkidd-upload-"))
+        try:
+            upload = folder / "recording"
             got_audio = False
             reader = await request.multipart()
             while (part := await reader.next()) is not None:
                 if not isinstance(part, BodyPartReader):
                     raise VoiceError("nested multipart uploads are not accepted")
                 if part.name == "audio":
-                    await self._save_part(part, upload)
+                    await self._save_part(limit, part, upload)
                     got_audio = True
                 elif part.name in ("speaker", "new", "force"):
-                    fields[part.name] = await part.text()
+                    fields[part.name] = await limit.text(part)
+                else:
+                    async for _ in limit.chunks(part):
+                        pass
             if not got_audio:
                 raise VoiceError("no recording in the upload")
             result = await self.voices.enroll(
@@ -190,13 +242,18 @@ class WebApi:
                 lambda: _recording(upload),
                 fields.get("force") == "true",
             )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         return web.json_response({**result.to_dict(), "speakers": speaker_rows(self.voices.current())})
 
     @staticmethod
-    async def _save_part(part: BodyPartReader, path: Path) -> None:
-        with path.open("wb") as out:
-            while chunk := await part.read_chunk():
+    async def _save_part(limit: UploadLimit, part: BodyPartReader, path: Path) -> None:
+        out = await asyncio.to_thread(path.open, "wb")
+        try:
+            async for chunk in limit.chunks(part):
                 await asyncio.to_thread(out.write, chunk)
+        finally:
+            await asyncio.to_thread(out.close)
 
 
 def _recording(path: Path) -> dict[str, np.ndarray]:

@@ -25,9 +25,7 @@ STATIC = Path(str(resources.files("spkidd.web") / "static"))
 
 
 def build_app(config: WebConfig, api: WebApi, control: DaemonControl) -> web.Application:
-    app = web.Application(
-        middlewares=[WebApi.errors, guard(config)], client_max_size=int(config.max_upload_mb * 1024 * 1024)
-    )
+    app = web.Application(middlewares=[WebApi.errors, guard(config)], client_max_size=api.max_upload_bytes)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -50,9 +48,8 @@ class WebServer:
         info = {
             "token_required": config.token is not None,
             "read_only": config.token is None and not config.loopback_only,
-            "max_upload_mb": config.max_upload_mb,
         }
-        self.api = WebApi(hub, VoiceKeeper(control), ClipShelf(control), info)
+        self.api = WebApi(hub, VoiceKeeper(control), ClipShelf(control), info, config.max_upload_mb)
         limits = ListenerLimits(max_connections=config.max_connections)
         self._listener = HttpListener(build_app(config, self.api, control), config.host, config.port, limits)
 

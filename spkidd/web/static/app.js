@@ -342,12 +342,23 @@ function finishRecording() {
   show($("#record-message"), `Recorded ${((Date.now() - recording.started) / 1000).toFixed(1)} s. Name it and enroll.`);
 }
 
+// The daemon refuses an upload over [web] max_upload_mb (megabytes of 10^6 bytes) with 413; saying so here spares
+// sending it. Returns the message, or "" when the recording may go.
+function tooLarge(blob) {
+  const limit = info.max_upload_mb;
+  if (!limit || blob.size <= limit * 1e6) return "";
+  return `The recording is ${Number((blob.size / 1e6).toPrecision(3))} MB, more than the ${limit} MB this page accepts: record ` +
+    "a shorter one, or raise [web] max_upload_mb in the daemon's config.toml.";
+}
+
 async function enrollRecording(event) {
   event.preventDefault();
   const message = $("#record-message");
   const warnings = $("#record-warnings");
   warnings.replaceChildren();
   if (!recording.blob) return show(message, "Record something first.", "error");
+  const refusal = tooLarge(recording.blob);
+  if (refusal) return show(message, refusal, "error");
   const target = enrollTarget("record-mode", $("#record-name"), $("#record-existing"), $("#record-force"));
   const form = new FormData();
   form.append("speaker", target.speaker);
