@@ -12,7 +12,11 @@ import typer
 from spkidd import __version__
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
+
+    from spkidd.identify import FileResult
+    from spkidd.modelfile import ModelBundle
 
 app = typer.Typer(
     name="spkidd",
@@ -63,8 +67,21 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+_RENAMED_SETTINGS = {"window": "window_s", "lr": "learning_rate"}
+"""`spkidd train`'s options are named as the TrainSettings fields they set, but for these."""
+_TRAIN_INPUTS = frozenset({"data", "out", "label_pattern", "val", "noise_dir", "cache_dir", "resume"})
+"""The options that say what to train on and where to write it (TrainInputs), not how to train."""
+
+
+def _train_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """TrainSettings' arguments from `spkidd train`'s options, so that they are listed once, in the signature; an
+    option that is neither an input nor a setting makes TrainSettings refuse it instead of being dropped."""
+    return {_RENAMED_SETTINGS.get(name, name): value for name, value in options.items() if name not in _TRAIN_INPUTS}
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Path = typer.Argument(
         ..., help="Manifest CSV (path,speaker[,start,end]), a folder per speaker, or a flat folder."
     ),
@@ -129,34 +146,7 @@ def train(
     from train.run import TrainInputs, run_training
 
     try:
-        settings = TrainSettings(
-            encoder=encoder,
-            windows=windows,
-            window_frames=window_frames,
-            head_hidden=head_hidden,
-            pools=pools,
-            heads=heads,
-            tune_top=tune_top,
-            denoise=denoise,
-            window_s=window,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            learning_rate=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            cell=cell,
-            hidden=hidden,
-            layers=layers,
-            dropout=dropout,
-            margin=margin,
-            balance=balance,
-            augment=augment,
-            features=features,
-            seed=seed,
-            threads=threads,
-            target_far=target_far,
-        )
+        settings = TrainSettings(**_train_settings(ctx.params))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     inputs = TrainInputs(data, out, label_pattern, val, noise_dir, cache_dir, resume)
@@ -185,19 +175,33 @@ def evaluate(
 ) -> None:
     """Accuracy, top-k and confusion matrix of a model on held-out audio (or open-set figures with --open-set)."""
     from rich.console import Console
-    from rich.table import Table
-
-    from spkidd.audio_cache import AudioCache, default_cache_dir
-    from spkidd.dataset import DataError, discover
-    from spkidd.evaluation import closed_set_report, score_rows, write_report
-    from spkidd.modelfile import ModelFileError, load_model
-    from spkidd.progress import progress_bar
 
     console = Console(stderr=True, soft_wrap=True)
     _one_torch_thread()
     if open_set:
         _evaluate_open_set(model, data, report, label_pattern, cache_dir, console)
         return
+    result = _closed_set_result(model, data, label_pattern, cache_dir, console)
+    out = Console()
+    _print_closed_set(out, result, f"{model.name} on {data.name}: {result['n']} items")
+    if report is not None:
+        from spkidd.evaluation import write_report
+
+        write_report(result, report)
+        out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
+
+
+def _closed_set_result(
+    model: Path, data: Path, label_pattern: str | None, cache_dir: Path | None, console: Console
+) -> dict[str, Any]:
+    """Every item of a speaker the model knows decoded and scored, with progress; input that cannot be evaluated
+    ends the command with the reason."""
+    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.dataset import DataError, discover
+    from spkidd.evaluation import closed_set_report, score_rows
+    from spkidd.modelfile import ModelFileError, load_model
+    from spkidd.progress import progress_bar
+
     try:
         bundle = load_model(model)
         rows = discover(data, label_pattern)
@@ -211,12 +215,17 @@ def evaluate(
                 lambda n: bar.advance(decoding, n),
                 lambda n: bar.advance(scored, n),
             )
-        result = closed_set_report(bundle, scoring)
+        return closed_set_report(bundle, scoring)
     except (ModelFileError, DataError, ValueError) as exc:
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
-    out = Console()
-    table = Table(title=f"{model.name} on {data.name}: {result['n']} items")
+
+
+def _print_closed_set(out: Console, result: dict[str, Any], title: str) -> None:
+    """The figures, then per-speaker recall of the 20 worst-recognised speakers."""
+    from rich.table import Table
+
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
     shipped = result["at_threshold"]
@@ -239,50 +248,20 @@ def evaluate(
     for value, speaker, n in ranked[:20]:
         recall.add_row(speaker, str(n), f"{value:.2%}")
     out.print(recall)
-    if report is not None:
-        write_report(result, report)
-        out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
 
 
 def _evaluate_open_set(
-    model: Path, data: Path, report: Path | None, label_pattern: str | None, cache_dir: Path | None, console: Any
+    model: Path, data: Path, report: Path | None, label_pattern: str | None, cache_dir: Path | None, console: Console
 ) -> None:
-    import json
-
     from rich.console import Console
 
-    from spkidd.audio_cache import AudioCache, default_cache_dir
-    from spkidd.dataset import DataError, discover
-    from spkidd.evaluation import hold_out, open_set_report, plot_open_set, score_items
-    from spkidd.modelfile import ModelFileError, load_model
-    from spkidd.progress import progress_bar
+    from spkidd.evaluation import write_open_set_report
 
-    try:
-        bundle = load_model(model)
-        rows = discover(data, label_pattern)
-        speakers = sorted({r.speaker for r in rows})
-        strangers = [s for s in speakers if s not in bundle.labels]
-        if not strangers:
-            known = [s for s in speakers if s in bundle.labels]
-            strangers = known[::5] if len(known) >= 2 else []
-            bundle = hold_out(bundle, strangers)
-            console.print(
-                f"[yellow]no unknown speakers in {data}; holding out {len(strangers)} known speaker(s) as strangers "
-                "(the network has heard them in training, so this is optimistic)"
-            )
-        with progress_bar(console) as bar:
-            task = bar.add_task("scoring", total=len(rows), status="")
-            items = score_items(
-                bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
-            )
-        result = open_set_report(bundle, items, strangers)
-    except (ModelFileError, DataError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
-        raise typer.Exit(2) from None
+    result = _open_set_result(model, data, label_pattern, cache_dir, console)
     out = Console()
     out.print(
         f"open set: {result['genuine_items']} items of {result['enrolled_speakers']} enrolled speakers, "
-        f"{result['stranger_items']} items of {len(strangers)} strangers"
+        f"{result['stranger_items']} items of {len(result['strangers'])} strangers"
     )
     out.print(f"  EER {result['eer']:.2%} (threshold {result['eer_threshold']:.3f})")
     out.print(
@@ -290,10 +269,54 @@ def _evaluate_open_set(
         f"false rejects {result['frr']:.2%}; top-1 among enrolled {result['top1_enrolled']:.2%}"
     )
     if report is not None:
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "open_set.json").write_text(json.dumps(result, indent=2))
-        plot_open_set(result, report / "open_set.png")
+        write_open_set_report(result, report)
         out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
+
+
+def _open_set_result(
+    model: Path, data: Path, label_pattern: str | None, cache_dir: Path | None, console: Console
+) -> dict[str, Any]:
+    """Every item scored against the enrolled speakers, strangers' too; input that cannot be evaluated ends the
+    command with the reason."""
+    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.dataset import DataError, discover
+    from spkidd.evaluation import open_set_report, score_items
+    from spkidd.modelfile import ModelFileError, load_model
+    from spkidd.progress import progress_bar
+
+    try:
+        bundle = load_model(model)
+        rows = discover(data, label_pattern)
+        bundle, strangers = _with_strangers(bundle, sorted({r.speaker for r in rows}), data, console)
+        with progress_bar(console) as bar:
+            task = bar.add_task("scoring", total=len(rows), status="")
+            items = score_items(
+                bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
+            )
+        return open_set_report(bundle, items, strangers)
+    except (ModelFileError, DataError, ValueError) as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _with_strangers(
+    bundle: ModelBundle, speakers: list[str], data: Path, console: Console
+) -> tuple[ModelBundle, list[str]]:
+    """The speakers of DATA the model does not know; without any, a fifth of the known ones are forgotten by the
+    model to stand in for strangers (optimistic, as the network has heard them), and the user is told so."""
+    from spkidd.evaluation import hold_out
+
+    strangers = [s for s in speakers if s not in bundle.labels]
+    if strangers:
+        return bundle, strangers
+    known = [s for s in speakers if s in bundle.labels]
+    strangers = known[::5] if len(known) >= 2 else []
+    bundle = hold_out(bundle, strangers)
+    console.print(
+        f"[yellow]no unknown speakers in {data}; holding out {len(strangers)} known speaker(s) as strangers "
+        "(the network has heard them in training, so this is optimistic)"
+    )
+    return bundle, strangers
 
 
 def _report_seconds(bar: Progress, task: TaskID, done_s: float, total_s: float) -> None:
@@ -311,15 +334,9 @@ def identify(
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
     import dataclasses
     import json
-    from functools import partial
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
 
-    from spkidd.audio.decode import AudioDecodeError
-    from spkidd.events import as_percent
-    from spkidd.identify import FileResult, identify_file
     from spkidd.modelfile import ModelFileError, load_model
 
     console = Console(stderr=True, soft_wrap=True)
@@ -329,6 +346,28 @@ def identify(
     except ModelFileError as exc:
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
+    results = _identify_files(bundle, audio, chunk, top, console)
+    if json_output:
+        for r in results:
+            typer.echo(json.dumps(dataclasses.asdict(r)))
+    else:
+        _print_identified(results)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+def _identify_files(
+    bundle: ModelBundle, audio: list[Path], chunk: float, top: int, console: Console
+) -> list[FileResult]:
+    """One result per file, in order, with a progress bar through each; a file that cannot be decoded is a result
+    with its error, so the others are still identified."""
+    from functools import partial
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from spkidd.audio.decode import AudioDecodeError
+    from spkidd.identify import FileResult, identify_file
+
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -342,30 +381,34 @@ def identify(
             bar.remove_task(task)
             if results[-1].warning:
                 console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
-    if json_output:
-        for r in results:
-            typer.echo(json.dumps(dataclasses.asdict(r)))
-    else:
-        out = Console()
-        table = Table()
-        for column in ("file", "speaker", "confidence", "candidates"):
-            table.add_column(column)
-        for r in results:
-            candidates = ", ".join(f"{s} {as_percent(p)}" for s, p in r.top_k.items())
-            table.add_row(
-                r.path, r.speaker or f"[red]{r.error}", as_percent(r.confidence) if not r.error else "", candidates
-            )
-        out.print(table)
-        for r in results:
-            if r.timeline:
-                out.print(f"[bold]{r.path}[/bold] timeline:")
-                for turn in r.timeline:
-                    span = f"{turn['start']:7.1f}-{turn['end']:7.1f} s"
-                    out.print(f"  {span}  {turn['speaker']} ({as_percent(turn['confidence'])})")
-                spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
-                out.print(f"  who spoke (seconds of speech): {spoke}")
-    if any(r.error for r in results):
-        raise typer.Exit(1)
+    return results
+
+
+def _print_identified(results: list[FileResult]) -> None:
+    """A table of every file's answer, then the timeline of each long one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from spkidd.events import as_percent
+
+    out = Console()
+    table = Table()
+    for column in ("file", "speaker", "confidence", "candidates"):
+        table.add_column(column)
+    for r in results:
+        candidates = ", ".join(f"{s} {as_percent(p)}" for s, p in r.top_k.items())
+        table.add_row(
+            r.path, r.speaker or f"[red]{r.error}", as_percent(r.confidence) if not r.error else "", candidates
+        )
+    out.print(table)
+    for r in results:
+        if r.timeline:
+            out.print(f"[bold]{r.path}[/bold] timeline:")
+            for turn in r.timeline:
+                span = f"{turn['start']:7.1f}-{turn['end']:7.1f} s"
+                out.print(f"  {span}  {turn['speaker']} ({as_percent(turn['confidence'])})")
+            spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
+            out.print(f"  who spoke (seconds of speech): {spoke}")
 
 
 @app.command()

@@ -250,6 +250,12 @@ def open_set_report(bundle: ModelBundle, items: list[tuple[str, Scored]], held_o
     }
 
 
+def write_open_set_report(report: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "open_set.json").write_text(json.dumps(report, indent=2))
+    plot_open_set(report, directory / "open_set.png")
+
+
 def plot_open_set(report: dict[str, Any], path: Path) -> None:
     """Score distributions with the operating threshold, and the DET curve (false rejects vs false accepts)."""
     import matplotlib

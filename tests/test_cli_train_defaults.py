@@ -35,3 +35,11 @@ def test_the_heads_help_states_the_number_training_uses() -> None:
     """--heads defaults to None (chosen with --tune-top), so its help text says the number: it must be HEADS."""
     (heads,) = [param for param in _train_command().params if param.name == "heads"]
     assert f"default {HEADS};" in (heads.help or "")
+
+
+def test_every_train_option_is_an_input_or_a_setting() -> None:
+    """The command hands its options to TrainSettings by name: one that is neither would be refused there."""
+    from spkidd.cli import _train_settings
+
+    options = {param.name: param.default for param in _train_command().params if param.name}
+    assert TrainSettings(**_train_settings(options)) == TrainSettings()

@@ -22,7 +22,7 @@ from train.calibrate import DEFAULT_THRESHOLD, too_few_impostors
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.head_parallel import WorkerFailed
-from train.trainer_base import HELD_OUT, EpochRecord, TrainerBase, TrainingInterrupted
+from train.trainer_base import HELD_OUT, EpochRecord, TrainerBase, TrainingInterrupted, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +125,64 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     rows = discover(inputs.data, inputs.label_pattern)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
     cache = AudioCache(inputs.cache_dir or default_cache_dir())
+    prepared, labels = _training_audio(rows, inputs.data, cache, console)
+    split = _split(inputs, settings, prepared, labels, cache, console)
+    summary = _summary(inputs, prepared, labels, split, console)
+    _warn_unvalidated(split, labels, console, inputs.val_data)
+    trainer_class: type[TrainerBase] = HeadTrainer if settings.encoder == "ge2e" else Trainer
+    noise = _noise_clips(inputs.noise_dir, cache, console)
+    trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
+    console.print(trainer.plan_text(trainer.resolved()))
+    outcome = _fit(trainer, inputs.resume, bool(split.val_audio), console)
+    if isinstance(outcome, int):
+        return outcome
+    trainer.finish(outcome)
+    if not quiet:
+        _print_summary(console, outcome.bundle, inputs.out)
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+def _training_audio(rows: list[Row], data: Path, cache: AudioCache, console: Console) -> tuple[Prepared, list[str]]:
+    """The training data decoded, and its speakers' names (the labels), sorted; a set left with one speaker once
+    the others' files turned out unusable is refused."""
     prepared = decode_rows(rows, cache, console, "training audio")
     if not prepared.audio:
-        raise ValueError(f"{inputs.data}: no usable audio ({len(prepared.skipped)} files skipped)")
+        raise ValueError(f"{data}: no usable audio ({len(prepared.skipped)} files skipped)")
     _warn_small_speakers(prepared, console)
     labels = sorted(speaker_counts(prepared.rows))
-    check_speakers(labels, inputs.data)
+    check_speakers(labels, data)
     for label in labels:
         check_name(label)
+    return prepared, labels
+
+
+def _split(
+    inputs: TrainInputs,
+    settings: TrainSettings,
+    prepared: Prepared,
+    labels: list[str],
+    cache: AudioCache,
+    console: Console,
+) -> Split:
+    """Training and validation audio: --val-data as given (of known speakers only), otherwise a stratified split."""
     index = {label: i for i, label in enumerate(labels)}
     train_labels = [index[r.speaker] for r in prepared.rows]
-    rng = np.random.default_rng(settings.seed)
-    if inputs.val_data is not None:
-        val = decode_rows(discover(inputs.val_data, inputs.label_pattern), cache, console, "validation audio")
-        unknown = sorted({r.speaker for r in val.rows} - set(labels))
-        if unknown:
-            raise ValueError(f"{inputs.val_data}: speakers not in the training data: {', '.join(unknown[:5])}")
-        split = Split(prepared.audio, train_labels, val.audio, [index[r.speaker] for r in val.rows])
-    else:
-        split = stratified_split(prepared.audio, train_labels, settings.val_fraction, rng)
+    if inputs.val_data is None:
+        rng = np.random.default_rng(settings.seed)
+        return stratified_split(prepared.audio, train_labels, settings.val_fraction, rng)
+    val = decode_rows(discover(inputs.val_data, inputs.label_pattern), cache, console, "validation audio")
+    unknown = sorted({r.speaker for r in val.rows} - set(labels))
+    if unknown:
+        raise ValueError(f"{inputs.val_data}: speakers not in the training data: {', '.join(unknown[:5])}")
+    return Split(prepared.audio, train_labels, val.audio, [index[r.speaker] for r in val.rows])
+
+
+def _summary(
+    inputs: TrainInputs, prepared: Prepared, labels: list[str], split: Split, console: Console
+) -> dict[str, Any]:
+    """What the model file records of its data, also told to the user before training starts."""
     summary: dict[str, Any] = {
         "source": str(inputs.data),
         "files": len(prepared.rows),
@@ -157,11 +196,12 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
         f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
         f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
     )
-    _warn_unvalidated(split, labels, console, inputs.val_data)
-    trainer_class: type[TrainerBase] = HeadTrainer if settings.encoder == "ge2e" else Trainer
-    noise = _noise_clips(inputs.noise_dir, cache, console)
-    trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
-    console.print(trainer.plan_text(trainer.resolved()))
+    return summary
+
+
+def _fit(trainer: TrainerBase, resume: bool, validated: bool, console: Console) -> TrainResult | int:
+    """The training run with a progress bar and a line per epoch; the exit code instead of a result when it was
+    interrupted (130) or a head worker died (1), the checkpoint kept in both cases."""
     with progress_bar(console) as progress:
         task = progress.add_task(trainer.progress_label, total=None, status="")
 
@@ -171,7 +211,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
             else:
                 progress.advance(task, n)
 
-        checked = "val" if split.val_audio else "train audio"
+        checked = "val" if validated else "train audio"
 
         def on_epoch(r: EpochRecord) -> None:
             status = f"epoch {r.epoch} loss {r.loss:.3f} train {r.train_acc:.3f} {checked} {r.val_acc:.3f}"
@@ -180,7 +220,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
 
         trainer.progress = on_progress
         try:
-            result = trainer.run(resume=inputs.resume, on_epoch=on_epoch)
+            return trainer.run(resume=resume, on_epoch=on_epoch)
         except TrainingInterrupted:
             console.print(
                 f"[red]interrupted: no model written; the last finished epoch is in {trainer.checkpoint_path} "
@@ -191,12 +231,6 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
             console.print(f"[red]error: {failure}")
             console.print(f"[red]no model written; {_kept(trainer.checkpoint_path)}")
             return 1
-    trainer.finish(result)
-    if not quiet:
-        _print_summary(console, result.bundle, inputs.out)
-    if distributed:
-        dist.destroy_process_group()
-    return 0
 
 
 def _kept(checkpoint: Path) -> str:
