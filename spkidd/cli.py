@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,8 @@ def evaluate(
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
+    if report is not None:
+        _check_report_folder(report, console)
     _one_torch_thread()
     if open_set:
         _evaluate_open_set(model, data, report, label_pattern, cache_dir, console)
@@ -187,8 +190,31 @@ def evaluate(
     if report is not None:
         from spkidd.evaluation import write_report
 
-        write_report(result, report)
+        _write_report(lambda: write_report(result, report), report, console)
         out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
+
+
+def _check_report_folder(report: Path, console: Console) -> None:
+    """Scoring a data set takes minutes: a report folder that cannot be written is refused before it, not after.
+    A file is created and removed in it, as only that shows (as root too) that it can be written."""
+    import tempfile
+
+    try:
+        report.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=report):
+            pass
+    except OSError as exc:
+        console.print(f"[red]error: cannot write the report in {report}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+
+
+def _write_report(write: Callable[[], None], report: Path, console: Console) -> None:
+    """The folder was writable before scoring, but a full disk or a folder removed since still fails the write."""
+    try:
+        write()
+    except OSError as exc:
+        console.print(f"[red]error: the figures above could not be written to {report}: {exc}")
+        raise typer.Exit(2) from None
 
 
 def _closed_set_result(
@@ -269,7 +295,7 @@ def _evaluate_open_set(
         f"false rejects {result['frr']:.2%}; top-1 among enrolled {result['top1_enrolled']:.2%}"
     )
     if report is not None:
-        write_open_set_report(result, report)
+        _write_report(lambda: write_open_set_report(result, report), report, console)
         out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
 
 
@@ -319,6 +345,11 @@ def _with_strangers(
     return bundle, strangers
 
 
+MIN_CHUNK_S = 0.5
+"""`identify --chunk`: 0 cannot cut a recording at all, and chunks shorter than half a second carry too little speech
+to answer on."""
+
+
 def _report_seconds(bar: Progress, task: TaskID, done_s: float, total_s: float) -> None:
     bar.update(task, completed=done_s, total=total_s)
 
@@ -328,7 +359,11 @@ def identify(
     model: Path = typer.Argument(..., help="Model file."),
     audio: list[Path] = typer.Argument(..., help="Audio files (any format ffmpeg reads)."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per file and line."),
-    chunk: float = typer.Option(3.0, help="Chunk length in seconds for the answer about a long recording as a whole."),
+    chunk: float = typer.Option(
+        3.0,
+        min=MIN_CHUNK_S,
+        help=f"Chunk length in seconds (at least {MIN_CHUNK_S:g}) for the answer about a long recording as a whole.",
+    ),
     top: int = typer.Option(5, help="How many candidates to show."),
 ) -> None:
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
@@ -430,6 +465,7 @@ def listen(
     from rich.console import Console
 
     from spkidd.audio.sources import SourceSpecError
+    from spkidd.listen import SourceFailedError
     from spkidd.listen import listen as run_listen
     from spkidd.modelfile import ModelFileError, load_model
     from spkidd.pipeline import PipelineSettings
@@ -447,6 +483,9 @@ def listen(
     except (ModelFileError, SourceSpecError, ValueError) as exc:
         console.print(f"[red]error: {exc}")
         raise typer.Exit(2) from None
+    except SourceFailedError as exc:
+        console.print(f"[red]error: {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

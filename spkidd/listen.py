@@ -28,6 +28,13 @@ from spkidd.turns import Turn, UtteranceTurns
 
 _BAR_WIDTH = 30
 _LOG_LINES = 10
+_SOURCE_FAILED = "source failed"
+"""How the pipeline's SourceStatus begins when its source ended with an error rather than at the end of its audio."""
+
+
+class SourceFailedError(Exception):
+    """The source stopped with an error (a file that is not audio, say): `spkidd listen` must not end as if the
+    recording had simply run out."""
 
 
 @dataclass
@@ -96,11 +103,15 @@ async def listen(
     out: TextIO = sys.stdout,
 ) -> int:
     """Runs until the source ends or SIGINT/SIGTERM; returns how many identification events were produced.
-    Raises SourceSpecError before anything runs if `spec` names no usable source."""
+    Raises SourceSpecError before anything runs if `spec` names no usable source, and SourceFailedError (after
+    the events it gave) if the source failed."""
     view = ListenView(name, f"{bundle.name} {bundle.version}".strip())
     source = make_source(spec, name, realtime=realtime, on_status=view.on_event)
+    failures: list[str] = []
 
     def emit(event: PipelineEvent) -> None:
+        if isinstance(event, SourceStatus) and event.detail.startswith(_SOURCE_FAILED):
+            failures.append(event.detail)
         if json_lines:
             if isinstance(event, Identification):
                 out.write(json.dumps(event.to_dict()) + "\n")
@@ -129,4 +140,6 @@ async def listen(
             loop.remove_signal_handler(sig)
         if stopping:
             await asyncio.gather(*stopping)
+    if failures:
+        raise SourceFailedError(failures[0])
     return pipeline.stats.events

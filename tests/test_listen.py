@@ -113,3 +113,20 @@ def test_the_terminal_view_shows_speaker_bars_and_who_spoke_when() -> None:
     turns = console.export_text()
     cut = 6.5 - CHANGE_LAG_S
     assert f"3.0-{cut:.1f}" in turns and f"{cut:.1f}-8.0" in turns, "an utterance with a change shows two turns"
+
+
+def test_listen_fails_with_the_reason_when_its_source_fails(tmp_path: Path) -> None:
+    """A file that is no audio passes the source check (it exists) and fails when it is decoded: that is an error,
+    not the end of a recording."""
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    notes = tmp_path / "notes.wav"
+    notes.write_text("a shopping list, not a recording")
+    proc = subprocess.run(
+        [sys.executable, "-m", "spkidd", "listen", str(model), "--source", str(notes), "--json", "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == "" and "error: source failed" in proc.stderr and str(notes) in proc.stderr

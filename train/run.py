@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare
-from spkidd.dataset import Row, discover, speaker_counts
+from spkidd.dataset import DataError, Row, discover, speaker_counts
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from spkidd.progress import progress_bar
@@ -105,11 +105,25 @@ def _warn_unvalidated(split: Split, labels: list[str], console: Console, val_dat
     )
 
 
+def check_noise_dir(noise_dir: Path | None) -> None:
+    """A mistyped --noise-dir would otherwise train without the user's noise, unnoticed (a missing folder holds no
+    files); refused before anything is decoded."""
+    if noise_dir is not None and not noise_dir.is_dir():
+        what = "not a folder" if noise_dir.exists() else "no such folder"
+        raise DataError(f"--noise-dir {noise_dir}: {what}")
+
+
 def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) -> list[np.ndarray]:
     if noise_dir is None:
         return []
     rows = [Row(path=p, speaker="noise") for p in sorted(noise_dir.rglob("*")) if p.is_file()]
-    return decode_rows(rows, cache, console, "noise clips").audio
+    clips = decode_rows(rows, cache, console, "noise clips").audio
+    if not clips:
+        console.print(
+            f"[yellow]warning: no usable audio in --noise-dir {noise_dir} ({len(rows)} file(s)); only generated "
+            "noise is mixed in"
+        )
+    return clips
 
 
 def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console | None = None) -> int:
@@ -122,6 +136,7 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     if quiet:
         console = Console(quiet=True)
     check_writable(inputs.out)
+    check_noise_dir(inputs.noise_dir)
     rows = discover(inputs.data, inputs.label_pattern)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
     cache = AudioCache(inputs.cache_dir or default_cache_dir())

@@ -1,0 +1,83 @@
+"""Commands that fail say why and exit non-zero, without a traceback, and before long work where they can: a
+`--chunk` that cannot cut a recording, an unwritable `--report` folder, a `--noise-dir` that is not there, and a
+noise folder without audio."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from spkidd.audio_cache import AudioCache
+from spkidd.synthetic import SENTENCES, synth_corpus
+from tests.support.streaming import save_random_model
+from train.run import _noise_clips
+
+SPKIDD = [sys.executable, "-m", "spkidd"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SPKIDD, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two sentences each of alice and bob, whom the random model knows, and of carol, a stranger to it."""
+    return synth_corpus(tmp_path_factory.mktemp("corpus"), ["alice", "bob", "carol"], SENTENCES[:2])
+
+
+@pytest.mark.parametrize("chunk", ["0", "-1", "0.4"])
+def test_identify_refuses_a_chunk_shorter_than_half_a_second(corpus: Path, tmp_path: Path, chunk: str) -> None:
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    proc = _run("identify", str(model), str(corpus / "alice" / "alice_00.wav"), "--chunk", chunk)
+    assert proc.returncode == 2, proc.stderr
+    assert "--chunk" in proc.stderr and "0.5" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("open_set", [False, True])
+def test_evaluate_refuses_a_report_folder_it_cannot_create_before_scoring(
+    corpus: Path, tmp_path: Path, open_set: bool
+) -> None:
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = _run("evaluate", str(model), str(corpus), "--report", str(blocker / "report"), *["--open-set"] * open_set)
+    assert proc.returncode == 2
+    assert "cannot write the report in" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == "", "refused before any figure was computed"
+
+
+@pytest.mark.parametrize(("open_set", "written"), [(False, "report.json"), (True, "open_set.json")])
+def test_evaluate_says_when_the_report_cannot_be_written_after_scoring(
+    corpus: Path, tmp_path: Path, open_set: bool, written: str
+) -> None:
+    """The folder passes the check, but the report's own file cannot be written (a folder is in its place)."""
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    report = tmp_path / "report"
+    (report / written).mkdir(parents=True)
+    proc = _run("evaluate", str(model), str(corpus), "--report", str(report), *["--open-set"] * open_set)
+    assert proc.returncode == 2
+    assert "could not be written to" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout, "the figures were printed before the write failed"
+
+
+def test_train_refuses_a_missing_noise_folder_before_decoding(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    proc = _run("train", str(corpus), "--out", str(out), "--noise-dir", str(tmp_path / "no-such-noise"))
+    assert proc.returncode == 2
+    assert "--noise-dir" in proc.stderr and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert "decoding" not in proc.stderr and not out.exists()
+
+
+def test_a_noise_folder_without_audio_is_warned_about(tmp_path: Path) -> None:
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "readme.txt").write_text("the recordings are on the other disk")
+    shown = io.StringIO()
+    clips = _noise_clips(noise, AudioCache(tmp_path / "cache"), Console(file=shown, width=200))
+    assert clips == []
+    assert f"no usable audio in --noise-dir {noise} (1 file(s))" in shown.getvalue()
