@@ -490,6 +490,7 @@ def listen(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path | None = typer.Option(
         None, "--config", "-c", help="Config file (default: ./config.toml, then /etc/spkidd/config.toml)."
     ),
@@ -506,17 +507,17 @@ def run(
     signal.signal(signal.SIGHUP, lambda _sig, _frame: early_hangup.set())
 
     from spkidd.config import ConfigError, find_config, load_config
-    from spkidd.daemon import run_daemon
+    from spkidd.daemon import root_level, run_daemon
 
     try:
         settings = load_config(find_config(config))
     except ConfigError as exc:
         typer.echo(f"spkidd run: {exc}", err=True)
         raise typer.Exit(2) from None
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger().setLevel(settings.logging.level)
+    command_line_level = logging.DEBUG if ctx.find_root().params.get("verbose") else None
+    logging.getLogger().setLevel(root_level(settings.logging.level, command_line_level))
     _one_torch_thread()
-    raise typer.Exit(asyncio.run(run_daemon(settings, early_hangup)))
+    raise typer.Exit(asyncio.run(run_daemon(settings, early_hangup, command_line_level)))
 
 
 @app.command()

@@ -118,17 +118,31 @@ def _load_bundle(config: DaemonConfig) -> ModelBundle:
     return bundle
 
 
+def root_level(configured: str, command_line: int | None) -> int:
+    """The root logger's level: the config's, but never less verbose than the command line asked for (`spkidd -v
+    run`), so that a reload does not silence a daemon that was started to be debugged."""
+    level = logging.getLevelNamesMapping()[configured]
+    return level if command_line is None else min(level, command_line)
+
+
 def _restart_delay(failures: int) -> float:
     return min(_RESTART_MAX_S, 2.0 ** (min(failures, 10) - 1)) * random.uniform(0.5, 1.0)
 
 
 class Daemon:
     """`early_hangup`: set by a SIGHUP handler installed before the daemon existed (the CLI's), so a reload asked
-    for while the daemon was still importing is applied once it is ready."""
+    for while the daemon was still importing is applied once it is ready. `command_line_level`: the log level the
+    command line asked for (`-v`), kept across reloads (root_level)."""
 
-    def __init__(self, config: DaemonConfig, early_hangup: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        early_hangup: threading.Event | None = None,
+        command_line_level: int | None = None,
+    ) -> None:
         self.config = config
         self._early_hangup = early_hangup
+        self._command_line_level = command_line_level
         self.bundle: ModelBundle | None = None
         self.publisher: MqttPublisher | None = None
         self._broker: EmbeddedBroker | None = None
@@ -457,7 +471,7 @@ class Daemon:
         for key in ("instance", "mqtt", "embedded_broker", "health", "web"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %r take effect only after a restart", key)
-        logging.getLogger().setLevel(config.logging.level)
+        logging.getLogger().setLevel(root_level(config.logging.level, self._command_line_level))
         wanted = {s.name: s for s in config.sources}
         changed = [
             n
@@ -519,5 +533,7 @@ class Daemon:
             await asyncio.sleep(every_s)
 
 
-async def run_daemon(config: DaemonConfig, early_hangup: threading.Event | None = None) -> int:
-    return await Daemon(config, early_hangup).run()
+async def run_daemon(
+    config: DaemonConfig, early_hangup: threading.Event | None = None, command_line_level: int | None = None
+) -> int:
+    return await Daemon(config, early_hangup, command_line_level).run()

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 from spkidd.config import load_config
-from spkidd.daemon import Daemon
+from spkidd.daemon import Daemon, root_level
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import conversation, random_model, write_config
 from tests.support.mosquitto import Collector, running_mosquitto
@@ -20,13 +21,16 @@ def _file_source(name: str, path: Path) -> str:
 
 
 async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
+    """Also: the daemon was started with `-v`, and every reload keeps it at DEBUG whatever [logging] says."""
+    root = logging.getLogger()
+    level_before = root.level
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.3)
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nport = {broker.port}\n'
         path = write_config(tmp_path / "config.toml", model, _file_source("kitchen", wav), mqtt)
         async with Collector(broker.port, ["homeassistant/+/+/config", "spkidd/testhouse/+/status"]) as sub:
-            daemon = Daemon(load_config(path))
+            daemon = Daemon(load_config(path), command_line_level=logging.DEBUG)
             run = asyncio.create_task(daemon.run())
             try:
                 await sub.wait_for(lambda ms: any(m.topic.endswith("kitchen/status") for m in ms))
@@ -35,6 +39,7 @@ async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
                 write_config(path, model, _file_source("kitchen", wav) + _file_source("hall", wav), mqtt)
                 assert await daemon.reload()
                 assert set(daemon.streams) == {"kitchen", "hall"} and daemon.streams["kitchen"] is kitchen
+                assert root.level == logging.DEBUG
                 hall_sensor = "homeassistant/sensor/spkidd_testhouse_hall_speaker/config"
                 await sub.wait_for(lambda ms: any(m.topic == hall_sensor for m in ms))
 
@@ -60,3 +65,13 @@ async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
                 daemon.stop()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(run, 60)
+                root.setLevel(level_before)
+
+
+def test_the_command_lines_verbosity_outlives_the_configs_level() -> None:
+    """`spkidd -v run` logs at DEBUG whatever [logging] level says, at start and after a reload; without -v the
+    config decides, quieter or louder."""
+    assert root_level("WARNING", logging.DEBUG) == logging.DEBUG
+    assert root_level("INFO", logging.DEBUG) == logging.DEBUG
+    assert root_level("WARNING", None) == logging.WARNING
+    assert root_level("DEBUG", None) == logging.DEBUG
