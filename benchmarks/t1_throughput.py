@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,7 @@ def conversation_pcm(args: argparse.Namespace) -> tuple[np.ndarray, Path]:
     return to_chunkable_pcm(load_audio(wav)), wav
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--streams", type=int, default=64, help="streams in the unpaced run")
@@ -274,43 +274,52 @@ def main() -> None:
     parser.add_argument("--no-mqtt", action="store_true")
     parser.add_argument("--daemon-sources", default="1,16", help="`spkidd run` RSS with these source counts ('' skips)")
     parser.add_argument("--daemon-seconds", type=float, default=30.0)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    console = Console()
-    args.out.mkdir(parents=True, exist_ok=True)
-    bundle = load_model(args.model)
-    pcm, wav = conversation_pcm(args)
-    use_mqtt = not args.no_mqtt and shutil.which("mosquitto") is not None
+    return parser.parse_args()
+
+
+@dataclass
+class Measured:
+    """Everything one T1 run measured."""
+
+    one: Trial
+    many: Trial
+    rss_start: float
+    rss_one: float
+    rss_many: float
+    paced_best: int = 0
+    paced_trials: list[Trial] = field(default_factory=list)
+    daemon_rss: dict[str, float] = field(default_factory=dict)
+
+
+def measure(args: argparse.Namespace, bundle: ModelBundle, pcm: np.ndarray, wav: Path, port: int | None) -> Measured:
+    """Unpaced trials of one stream and of many, the paced search if asked, and the daemon's own peak RSS."""
     rss_start = peak_rss_mb()
+    one = asyncio.run(run_trial(bundle, pcm, 1, paced=False, duration=0, mqtt_port=port))
+    rss_one = peak_rss_mb()
+    many = asyncio.run(run_trial(bundle, pcm, args.streams, paced=False, duration=0, mqtt_port=port))
+    measured = Measured(one, many, rss_start, rss_one, peak_rss_mb())
+    if args.paced:
+        start = args.paced_start or max(1, int(0.6 * many.streams_per_core))
 
-    with mosquitto() if use_mqtt else contextlib.nullcontext() as port:
-        one = asyncio.run(run_trial(bundle, pcm, 1, paced=False, duration=0, mqtt_port=port))
-        rss_one = peak_rss_mb()
-        many = asyncio.run(run_trial(bundle, pcm, args.streams, paced=False, duration=0, mqtt_port=port))
-        rss_many = peak_rss_mb()
-        paced_best, paced_trials = 0, []
-        if args.paced:
-            start = args.paced_start or max(1, int(0.6 * many.streams_per_core))
+        def trial(n: int) -> Trial:
+            return asyncio.run(
+                run_trial(bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port, stagger_s=args.stagger)
+            )
 
-            def trial(n: int) -> Trial:
-                return asyncio.run(
-                    run_trial(
-                        bundle, pcm, n, paced=True, duration=args.duration, mqtt_port=port, stagger_s=args.stagger
-                    )
-                )
+        measured.paced_best, measured.paced_trials = search_paced(trial, start, Console())
+    if port is not None:
+        for count in [int(c) for c in args.daemon_sources.split(",") if c.strip()]:
+            measured.daemon_rss[str(count)] = daemon_peak_rss_mb(args.model, wav, count, port, args.daemon_seconds)
+    return measured
 
-            paced_best, paced_trials = search_paced(trial, start, console)
-        daemon_rss: dict[str, float] = {}
-        if port is not None:
-            for count in [int(c) for c in args.daemon_sources.split(",") if c.strip()]:
-                daemon_rss[str(count)] = daemon_peak_rss_mb(args.model, wav, count, port, args.daemon_seconds)
 
+def show(args: argparse.Namespace, bundle: ModelBundle, pcm: np.ndarray, m: Measured, console: Console) -> None:
     table = Table(title=f"T1 throughput, model {bundle.name} {bundle.version}, conversation {len(pcm) / 16000:.0f} s")
     for column in ("run", "streams", "audio s", "CPU s", "streams/core", "jobs/batch", "events", "published"):
         table.add_column(column, justify="right")
-    for name, t in (("unpaced", one), ("unpaced", many)):
+    for t in (m.one, m.many):
         table.add_row(
-            name,
+            "unpaced",
             str(t.streams),
             f"{t.audio_s:.0f}",
             f"{t.cpu_s:.1f}",
@@ -323,31 +332,47 @@ def main() -> None:
     if args.paced:
         console.print(
             f"paced: largest N within {MAX_LAG_S} s of real time for {args.duration:.0f} s "
-            f"(starts staggered over {args.stagger:.0f} s): {paced_best}"
+            f"(starts staggered over {args.stagger:.0f} s): {m.paced_best}"
         )
     console.print(
-        f"peak RSS of this process: {rss_start:.0f} MB after loading, {rss_one:.0f} MB after 1 stream, "
-        f"{rss_many:.0f} MB after {args.streams} streams"
+        f"peak RSS of this process: {m.rss_start:.0f} MB after loading, {m.rss_one:.0f} MB after 1 stream, "
+        f"{m.rss_many:.0f} MB after {args.streams} streams"
     )
     console.print("load average (1/5/15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
-    for count, mb in daemon_rss.items():
+    for count, mb in m.daemon_rss.items():
         console.print(f"peak RSS of spkidd run with {count} real-time source(s): {mb:.0f} MB")
-    report: dict[str, Any] = {
+
+
+def report(args: argparse.Namespace, wav: Path, use_mqtt: bool, m: Measured) -> dict[str, Any]:
+    return {
         "benchmark": "T1",
         "model": str(args.model),
         "conversation": str(wav),
         "mqtt": use_mqtt,
         "load_average_at_end": os.getloadavg(),
-        "unpaced_1": {**one.__dict__, "streams_per_core": one.streams_per_core},
-        "unpaced_n": {**many.__dict__, "streams_per_core": many.streams_per_core},
+        "unpaced_1": {**m.one.__dict__, "streams_per_core": m.one.streams_per_core},
+        "unpaced_n": {**m.many.__dict__, "streams_per_core": m.many.streams_per_core},
         "paced_duration_s": args.duration if args.paced else None,
         "paced_stagger_s": args.stagger if args.paced else None,
-        "paced_max_streams": paced_best if args.paced else None,
-        "paced_trials": [{**t.__dict__, "passed": t.passed} for t in paced_trials],
-        "peak_rss_mb": {"loaded": rss_start, "one_stream": rss_one, "n_streams": rss_many},
-        "daemon_peak_rss_mb": daemon_rss,
+        "paced_max_streams": m.paced_best if args.paced else None,
+        "paced_trials": [{**t.__dict__, "passed": t.passed} for t in m.paced_trials],
+        "peak_rss_mb": {"loaded": m.rss_start, "one_stream": m.rss_one, "n_streams": m.rss_many},
+        "daemon_peak_rss_mb": m.daemon_rss,
     }
-    (args.out / "t1.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main() -> None:
+    args = arguments()
+    torch.set_num_threads(1)
+    console = Console()
+    args.out.mkdir(parents=True, exist_ok=True)
+    bundle = load_model(args.model)
+    pcm, wav = conversation_pcm(args)
+    use_mqtt = not args.no_mqtt and shutil.which("mosquitto") is not None
+    with mosquitto() if use_mqtt else contextlib.nullcontext() as port:
+        measured = measure(args, bundle, pcm, wav, port)
+    show(args, bundle, pcm, measured, console)
+    (args.out / "t1.json").write_text(json.dumps(report(args, wav, use_mqtt, measured), indent=2) + "\n")
     console.print(f"wrote {args.out / 't1.json'}")
 
 
