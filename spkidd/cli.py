@@ -89,8 +89,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (safetensors)."),
     encoder: str = typer.Option(
         "ge2e",
-        help="ge2e: a GRU on the pretrained speaker encoder (best with minutes of speech); "
-        "none: the network trained from scratch (the options from --cell to --features apply to it).",
+        help="ge2e (a GRU on the pretrained speaker encoder, best with minutes of speech) or none (the network "
+        "trained from scratch). An option whose help begins with ge2e: or none: applies to that encoder only; the "
+        "others apply to both.",
     ),
     windows: int = typer.Option(2, help="ge2e: staggered encoder windows (each restarts from zero in turn)."),
     window_frames: int = typer.Option(200, help="ge2e: length of an encoder window in 10-ms frames."),
@@ -107,22 +108,38 @@ def train(
         None, help="Regex with a named group 'speaker' for a flat folder, e.g. '_(?P<speaker>\\[a-z]+)_'."
     ),
     val: Path | None = typer.Option(None, help="Validation data (same layouts); default: a stratified split."),
-    noise_dir: Path | None = typer.Option(None, help="Folder of noise recordings to mix in (besides generated noise)."),
-    window: float = typer.Option(3.0, help="Training window in seconds; long recordings are cut into such windows."),
-    epochs: int | None = typer.Option(None, help="Maximum epochs (default: chosen from the amount of data)."),
-    patience: int | None = typer.Option(None, help="Early-stopping patience in epochs (default: from the data)."),
-    batch_size: int | None = typer.Option(None, help="Batch size (default: from the data)."),
-    lr: float = typer.Option(3e-3, help="Learning rate."),
-    weight_decay: float = typer.Option(1e-4, help="Weight decay."),
-    optimizer: str = typer.Option("adam", help="adam or rmsprop."),
-    cell: str = typer.Option("gru", help="Recurrent cell: gru or lstm."),
-    hidden: int = typer.Option(192, help="Recurrent units per layer."),
-    layers: int = typer.Option(2, help="Recurrent layers."),
-    dropout: float = typer.Option(0.2, help="Dropout."),
+    noise_dir: Path | None = typer.Option(
+        None, help="Folder of noise recordings to mix in with --augment (besides generated noise)."
+    ),
+    window: float = typer.Option(
+        3.0,
+        help="Window in seconds that the threshold's calibration and `spkidd evaluate` score; with --encoder none "
+        "also the training and validation window (long recordings are cut into such windows).",
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Maximum epochs (default: 60 with ge2e; chosen from the amount of data with none)."
+    ),
+    patience: int | None = typer.Option(
+        None, help="Early-stopping patience in epochs (default: 8 with ge2e; from the data with none)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Batch size (default: 32 joined sequences with ge2e; 32 or 64 windows, from the data, with none)."
+    ),
+    lr: float = typer.Option(3e-3, help="Learning rate (ge2e: a tuned top layer of the encoder gets a tenth)."),
+    weight_decay: float = typer.Option(1e-4, help="Weight decay (ge2e: the head gets 100 times this)."),
+    optimizer: str = typer.Option("adam", help="none: adam or rmsprop (ge2e always uses adam)."),
+    cell: str = typer.Option("gru", help="none: recurrent cell, gru or lstm."),
+    hidden: int = typer.Option(192, help="none: recurrent units per layer."),
+    layers: int = typer.Option(2, help="none: recurrent layers."),
+    dropout: float = typer.Option(0.2, help="none: dropout."),
     margin: float = typer.Option(0.2, help="Additive angular margin (radians) for similar voices; 0 = plain softmax."),
-    balance: str = typer.Option("weights", help="Imbalance handling: weights, sampling or none."),
-    augment: bool = typer.Option(True, help="Noise, reverberation, gain and SpecAugment."),
-    features: str = typer.Option("logmel", help="logmel or mfcc."),
+    balance: str = typer.Option(
+        "weights",
+        help="Imbalance handling: weights (the loss weighs each speaker inversely to its share), sampling "
+        "(--encoder none only: windows drawn evenly per speaker; with ge2e the same as none) or none.",
+    ),
+    augment: bool = typer.Option(True, help="Noise, reverberation and gain (none: also SpecAugment)."),
+    features: str = typer.Option("logmel", help="none: logmel or mfcc."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: int | None = typer.Option(
         None,

@@ -43,3 +43,21 @@ def test_every_train_option_is_an_input_or_a_setting() -> None:
 
     options = {param.name: param.default for param in _train_command().params if param.name}
     assert TrainSettings(**_train_settings(options)) == TrainSettings()
+
+
+GE2E_ONLY = {"windows", "window_frames", "head_hidden", "pools", "heads", "tune_top", "denoise"}
+"""Read by train.fit_head.HeadTrainer (and the model it builds) alone."""
+SCRATCH_ONLY = {"optimizer", "cell", "hidden", "layers", "dropout", "features"}
+"""Read by train.fit.Trainer alone: the ge2e heads always use AdamW, their own dropout and the encoder's features."""
+
+
+def test_each_option_says_which_encoder_it_applies_to() -> None:
+    """--encoder's help says an option beginning with `ge2e:` or `none:` applies to that encoder only."""
+    for param in _train_command().params:
+        help_text = param.help or ""
+        if param.name in GE2E_ONLY:
+            assert help_text.startswith("ge2e:"), f"--{param.name}: {help_text}"
+        elif param.name in SCRATCH_ONLY:
+            assert help_text.startswith("none:"), f"--{param.name}: {help_text}"
+        else:
+            assert not help_text.startswith(("ge2e:", "none:")), f"--{param.name} applies to both: {help_text}"
