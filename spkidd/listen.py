@@ -23,13 +23,11 @@ from rich.text import Text
 from spkidd.audio.sources import make_source
 from spkidd.events import Identification, SourceStatus, SpeechActivity, as_percent
 from spkidd.modelfile import ModelBundle
-from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.pipeline import SOURCE_FAILED, PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.turns import Turn, UtteranceTurns
 
 _BAR_WIDTH = 30
 _LOG_LINES = 10
-_SOURCE_FAILED = "source failed"
-"""How the pipeline's SourceStatus begins when its source ended with an error rather than at the end of its audio."""
 
 
 class SourceFailedError(Exception):
@@ -110,7 +108,7 @@ async def listen(
     failures: list[str] = []
 
     def emit(event: PipelineEvent) -> None:
-        if isinstance(event, SourceStatus) and event.detail.startswith(_SOURCE_FAILED):
+        if isinstance(event, SourceStatus) and event.detail.startswith(SOURCE_FAILED):
             failures.append(event.detail)
         if json_lines:
             if isinstance(event, Identification):
