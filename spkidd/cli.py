@@ -575,7 +575,7 @@ def enroll(
     action = "updated" if report.updated else "enrolled"
     typer.echo(
         f"{action} {speaker}: {report.speech_s:.1f} s of speech from {report.clips} clip(s) "
-        f"({report.pieces} piece(s)) in {time.monotonic() - started:.1f} s -> {target}"
+        f"in {time.monotonic() - started:.1f} s -> {target}"
     )
 
 

@@ -46,7 +46,6 @@ class EnrollmentReport:
     speaker: str
     speech_s: float
     clips: int
-    pieces: int
     updated: bool
     warnings: list[str] = field(default_factory=list)
 
@@ -155,12 +154,11 @@ def enroll_audio(
     else:
         labels.append(speaker)
         references = np.vstack([references, _unit(total)[None]])
-    report = EnrollmentReport(speaker, speech_s, len(clips), len(units), updated, warnings)
+    report = EnrollmentReport(speaker, speech_s, len(clips), updated, warnings)
     report.warnings.extend(_warnings(labels, references, speaker, units, per_clip, speech_s, list(clips)))
     enrollment[speaker] = {
         "source": "training+enrolled" if updated and previous.get("source") != "enrolled" else "enrolled",
         "seconds": round(float(previous.get("seconds", 0.0)) + speech_s, 2),
-        "pieces": int(previous.get("pieces", 0)) + len(units),
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     model = bundle.model.with_speakers(torch.from_numpy(references.astype(np.float32)))
