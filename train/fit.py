@@ -88,31 +88,15 @@ class TrainSettings:
     window_frames: int = 200
     step_frames: int = 5
     head_hidden: int = 128
-    """ge2e: units of the household GRU. Smaller heads were tried on a development set of P2's training audio
-    (models trained on the first 70% of every speaker's part, seeds 0 and 1, 193 2-s windows of the rest): 64 and 32
-    units were 1-3 points better in quiet, within two points with pink noise at 20 and 10 dB, within the spread of
-    the seeds. The benchmarks then measured 64 units 0.6 points worse on P2 and 1.4 / 5.9 points worse on P2N's
-    20 / 10 dB, so 128 stays."""
+    """ge2e: units of the household GRU; 64 measured worse on P2 and P2N (docs/benchmark-history.md, "Why the
+    head's defaults")."""
     pools: int = 6
-    """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once. Four
-    measured better than two on the development split (numbers at `heads`), most of all in noise (+5 points at 10 dB
-    SNR), 1.3 points worse after 2 s in quiet. Six (2026-11-27, the heads' loss skipping unheard steps, two seeds):
-    after 0.5 / 1 / 2 s 63.0 / 83.9 / 94.8% in quiet, 49.5 / 73.8 / 88.3% at 20 dB, 33.2 / 54.4 / 70.2% at 10 dB,
-    against 63.0 / 84.7 / 93.8%, 47.7 / 73.8 / 87.0%, 32.4 / 51.3 / 65.8% with four, both seeds better after 2 s
-    in every condition; the encoding takes half as long again."""
+    """ge2e: passes over the training audio joined and augmented anew, each run through the encoder once; six were
+    better than four after 2 s in every condition, most of all in noise (docs/benchmark-history.md)."""
     heads: int | None = None
     """ge2e: heads trained side by side and shipped as their average (train.ensemble); default
-    train.fit_head.HEADS, 1 with tune_top. On the development split (benchmarks/dev_split.py, mean of seeds 0 and
-    1, 2026-11-27), top-1 after 0.5 / 1 / 2 s in quiet; at 20 dB; at 10 dB, on batches drawn at random:
-    - 2 pools, 1 head: 53.4 / 81.9 / 94.6; 42.7 / 64.2 / 79.5; 22.3 / 42.5 / 58.3
-    - 2 pools, 2 heads: 56.7 / 86.0 / 95.3; 44.3 / 66.1 / 80.3; 23.1 / 44.3 / 59.3
-    - 4 pools, 1 head: 56.5 / 83.4 / 94.0; 42.7 / 69.4 / 81.9; 22.5 / 45.1 / 63.0
-    - 4 pools, 2 heads: 59.8 / 83.2 / 93.5; 45.6 / 70.5 / 83.9; 25.4 / 46.9 / 65.8
-    Two heads on 2 pools are better than one on every figure. With batches of sequences of similar length (half
-    the epoch time), 2 heads measured 57.0 / 84.2 / 95.3; 43.0 / 66.6 / 81.3; 20.7 / 41.5 / 59.3, and 3 heads
-    57.8 / 85.5 / 95.3; 43.0 / 66.1 / 81.1; 22.5 / 42.2 / 60.1: within the seeds' spread of each other, so 2.
-    With 4 pools and 2 heads on batches of similar length (the defaults then): 59.8 / 84.5 / 94.0; 44.3 / 71.0 / 83.4;
-    26.4 / 46.4 / 64.8, the best mean of the nine figures (63.8 against 61.0 for 2 pools)."""
+    train.fit_head.HEADS, 1 with tune_top. Two were better than one on every development figure, three no better
+    than two (docs/benchmark-history.md)."""
     tune_top: bool = False
     """ge2e: train the encoder's top layer (256 x 256) with the head; the LSTM below stays frozen."""
     denoise: bool = False
