@@ -5,7 +5,9 @@ The demo and the test suite use them so that spkidd can be shown and tested on a
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import soundfile as sf
@@ -13,25 +15,27 @@ import soundfile as sf
 from spkidd import SAMPLE_RATE
 from spkidd.features import int16_to_float
 
-VOICES: dict[str, list[str]] = {
-    "alice": ["-v", "en-us+f2", "-p", "70", "-s", "160"],
-    "bob": ["-v", "en-us+m3", "-p", "35", "-s", "140"],
-    "carol": ["-v", "en-gb+f4", "-p", "60", "-s", "175"],
-    "dave": ["-v", "en-gb-scotland+m1", "-p", "45", "-s", "150"],
-    "erin": ["-v", "en+f5", "-p", "80", "-s", "130"],
-    "frank": ["-v", "en-us+m7", "-p", "25", "-s", "165"],
-    "gina": ["-v", "en-us+f3", "-p", "50", "-s", "150"],
-    "hank": ["-v", "en+m5", "-p", "40", "-s", "120"],
-    "ivan": ["-v", "en-gb+m2", "-p", "30", "-s", "170"],
-    "june": ["-v", "en-us+f1", "-p", "90", "-s", "185"],
-    "kate": ["-v", "en-gb+f3", "-p", "75", "-s", "145"],
-    "liam": ["-v", "en+m6", "-p", "60", "-s", "155"],
-    "mona": ["-v", "en-029+f4", "-p", "65", "-s", "135"],
-    "nick": ["-v", "en-us+m4", "-p", "20", "-s", "175"],
-    "wendy": ["-v", "en+whisper", "-p", "50", "-s", "150"],
-}
+VOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "alice": ("-v", "en-us+f2", "-p", "70", "-s", "160"),
+        "bob": ("-v", "en-us+m3", "-p", "35", "-s", "140"),
+        "carol": ("-v", "en-gb+f4", "-p", "60", "-s", "175"),
+        "dave": ("-v", "en-gb-scotland+m1", "-p", "45", "-s", "150"),
+        "erin": ("-v", "en+f5", "-p", "80", "-s", "130"),
+        "frank": ("-v", "en-us+m7", "-p", "25", "-s", "165"),
+        "gina": ("-v", "en-us+f3", "-p", "50", "-s", "150"),
+        "hank": ("-v", "en+m5", "-p", "40", "-s", "120"),
+        "ivan": ("-v", "en-gb+m2", "-p", "30", "-s", "170"),
+        "june": ("-v", "en-us+f1", "-p", "90", "-s", "185"),
+        "kate": ("-v", "en-gb+f3", "-p", "75", "-s", "145"),
+        "liam": ("-v", "en+m6", "-p", "60", "-s", "155"),
+        "mona": ("-v", "en-029+f4", "-p", "65", "-s", "135"),
+        "nick": ("-v", "en-us+m4", "-p", "20", "-s", "175"),
+        "wendy": ("-v", "en+whisper", "-p", "50", "-s", "150"),
+    }
+)
 
-SENTENCES = [
+SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
     "Please turn on the kitchen lights and start the coffee machine.",
     "I think it is going to rain this afternoon, so take an umbrella.",
@@ -48,7 +52,7 @@ SENTENCES = [
     "Turn off the television when nobody is watching it, please.",
     "A gentle breeze moved through the tall grass in the meadow.",
     "What time does the supermarket close on Sunday afternoons?",
-]
+)
 
 
 def synth_audio(voice: str, text: str) -> np.ndarray:
@@ -70,7 +74,7 @@ def synth_speech(voice: str, text: str, path: Path) -> Path:
     return path
 
 
-def synth_corpus(root: Path, voices: list[str], sentences: list[str]) -> Path:
+def synth_corpus(root: Path, voices: Sequence[str], sentences: Sequence[str]) -> Path:
     """A folder per speaker, one clip per sentence: the layout `spkidd train` reads."""
     for voice in voices:
         (root / voice).mkdir(parents=True, exist_ok=True)

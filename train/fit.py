@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, cast
 
 import numpy as np
@@ -47,13 +48,15 @@ EARLY_PREFIX_S = (0.3, 0.6, 1.0)
 """Prefix lengths (seconds) whose outputs are trained as well as the whole window's, for early decisions."""
 
 
-CHOICES = {
-    "optimizer": ("adam", "rmsprop"),
-    "cell": ("gru", "lstm"),
-    "balance": ("weights", "sampling", "none"),
-    "features": ("logmel", "mfcc"),
-    "encoder": ("ge2e", "none"),
-}
+CHOICES = MappingProxyType(
+    {
+        "optimizer": ("adam", "rmsprop"),
+        "cell": ("gru", "lstm"),
+        "balance": ("weights", "sampling", "none"),
+        "features": ("logmel", "mfcc"),
+        "encoder": ("ge2e", "none"),
+    }
+)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from spkidd import __version__
@@ -181,7 +182,7 @@ def _source_device(node: str, source: str) -> dict[str, Any]:
     }
 
 
-ORIGIN = {"name": "spkidd", "sw_version": __version__}
+ORIGIN = MappingProxyType({"name": "spkidd", "sw_version": __version__})
 
 
 def speaker_options(speakers: Sequence[str]) -> list[str]:
