@@ -19,15 +19,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from evaluation import SPKIDD, timed_train
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p2, write_manifest
 
+from spkidd.audio.decode import load_audio
 from spkidd.audio_cache import AudioCache, default_cache_dir
-from spkidd.dataset import read_manifest
+from spkidd.dataset import Row, read_manifest
 from spkidd.enrollment import enroll
 from spkidd.evaluation import open_set_report, score_items
-from spkidd.modelfile import load_model, save_model
+from spkidd.modelfile import ModelBundle, load_model, save_model
 
 N_NEW = 51
 
@@ -47,82 +49,81 @@ def main() -> None:
     speakers = sorted({r.speaker for r in train_rows}, key=int)
     new = set(speakers[-N_NEW:])
     base = [(r.path, r.speaker, r.start, r.end) for r in train_rows if r.speaker not in new]
-    base_csv = write_manifest(out / "e1_train200.csv", MANIFEST_HEADER, base)
     model_path = out / "e1_200.safetensors"
-    train_s = timed_train(base_csv, model_path, args.train)
-    base = load_model(model_path)
-
-    # One enrollment through the command, as a user runs it (process start and model load included).
+    train_s = timed_train(write_manifest(out / "e1_train200.csv", MANIFEST_HEADER, base), model_path, args.train)
     new_rows = [r for r in train_rows if r.speaker in new]
     clip_dir = out / "enroll_clips"
     clip_dir.mkdir(exist_ok=True)
-    first = new_rows[0]
-    import soundfile as sf
-
-    from spkidd.audio.decode import load_audio
-
-    clip = clip_dir / f"{first.speaker}.wav"
-    sf.write(clip, load_audio(first.path, first.start, first.end), 16000)
-    started = time.monotonic()
-    subprocess.run(
-        [
-            *SPKIDD,
-            "enroll",
-            str(model_path),
-            str(clip),
-            "--speaker",
-            first.speaker,
-            "--out",
-            str(out / "one.safetensors"),
-        ],
-        check=True,
-    )
-    one_enroll_s = time.monotonic() - started
-
-    # One torch thread, as `spkidd enroll`, the daemon and its web page run enrollment: with two, whose second sleeps
-    # between the small LSTM steps (OMP_WAIT_POLICY=PASSIVE), one enrollment took 0.36-0.41 s instead of 0.06 s.
-    torch.set_num_threads(1)
-    enrolled = base
-    seconds = []
-    for row in new_rows:
-        clip = clip_dir / f"{row.speaker}.wav"
-        if not clip.exists():
-            sf.write(clip, load_audio(row.path, row.start, row.end), 16000)
-        t0 = time.monotonic()
-        enrolled, _ = enroll(enrolled, row.speaker, [clip])
-        seconds.append(time.monotonic() - t0)
+    one_enroll_s = enroll_by_command(model_path, new_rows[0], clip_dir, out / "one.safetensors")
+    trained = load_model(model_path)
+    enrolled, seconds = enroll_all(trained, new_rows, clip_dir)
     save_model(enrolled, out / "e1_251.safetensors")
-
     cache = AudioCache(default_cache_dir())
-    items = score_items(enrolled, test_rows, cache)
-    index = {label: i for i, label in enumerate(enrolled.labels)}
-    hits = {"old": [], "new": []}  # type: dict[str, list[bool]]
-    for speaker, scored in items:
-        hits["new" if speaker in new else "old"].append(int(scored.probs.argmax()) == index[speaker])
-    closed_all = float(np.mean(hits["old"] + hits["new"]))
-
-    open_items = score_items(base, test_rows, cache)
-    report = open_set_report(base, open_items, sorted(new, key=int))
+    closed = closed_set_top1(enrolled, test_rows, new, cache)
+    open_items = score_items(trained, test_rows, cache)
+    report = open_set_report(trained, open_items, sorted(new, key=int))
     figures = {
         "train_options": args.train,
         "train_200_wall_s": round(train_s, 1),
         "enroll_one_command_s": round(one_enroll_s, 2),
         "enroll_in_process_median_s": round(float(np.median(seconds)), 3),
-        "closed_251_top1": closed_all,
-        "closed_251_top1_old200": float(np.mean(hits["old"])),
-        "closed_251_top1_new51": float(np.mean(hits["new"])),
+        **closed,
         "open_eer": report["eer"],
         "open_threshold": report["operating_threshold"],
         "open_far": report["far"],
         "open_frr": report["frr"],
         "open_top1_among_200": report["top1_enrolled"],
-        "windows": len(items),
+        "windows": len(open_items),
     }
     (args.out / f"e1{tag}.json").write_text(json.dumps(figures, indent=2))
     print("\nE1 results")
     for key, value in figures.items():
         print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
     print(f"  {'goals':<28} EER <= 5%; FAR and FRR <= 6%; new51 within 1 point of P2; one enrollment < 3 s")
+
+
+def clip_of(row: Row, clip_dir: Path) -> Path:
+    """The row's training audio as a WAV file, as a user would enroll from."""
+    clip = clip_dir / f"{row.speaker}.wav"
+    if not clip.exists():
+        sf.write(clip, load_audio(row.path, row.start, row.end), 16000)
+    return clip
+
+
+def enroll_by_command(model_path: Path, row: Row, clip_dir: Path, out: Path) -> float:
+    """One enrollment through the command, as a user runs it (process start and model load included): seconds."""
+    clip = clip_of(row, clip_dir)
+    started = time.monotonic()
+    command = [*SPKIDD, "enroll", str(model_path), str(clip), "--speaker", row.speaker, "--out", str(out)]
+    subprocess.run(command, check=True)
+    return time.monotonic() - started
+
+
+def enroll_all(base: ModelBundle, rows: list[Row], clip_dir: Path) -> tuple[ModelBundle, list[float]]:
+    """Every new speaker enrolled in turn with the enrollment code; each enrollment's seconds. One torch thread, as
+    `spkidd enroll`, the daemon and its web page run enrollment: with two, whose second sleeps between the small
+    LSTM steps (OMP_WAIT_POLICY=PASSIVE), one enrollment took 0.36-0.41 s instead of 0.06 s."""
+    torch.set_num_threads(1)
+    enrolled, seconds = base, []
+    for row in rows:
+        clip = clip_of(row, clip_dir)
+        t0 = time.monotonic()
+        enrolled, _ = enroll(enrolled, row.speaker, [clip])
+        seconds.append(time.monotonic() - t0)
+    return enrolled, seconds
+
+
+def closed_set_top1(enrolled: ModelBundle, test_rows: list[Row], new: set[str], cache: AudioCache) -> dict[str, float]:
+    """Top-1 of every test window among all 251 voices, and apart for the 200 trained and the 51 enrolled."""
+    index = {label: i for i, label in enumerate(enrolled.labels)}
+    hits: dict[str, list[bool]] = {"old": [], "new": []}
+    for speaker, scored in score_items(enrolled, test_rows, cache):
+        hits["new" if speaker in new else "old"].append(int(scored.probs.argmax()) == index[speaker])
+    return {
+        "closed_251_top1": float(np.mean(hits["old"] + hits["new"])),
+        "closed_251_top1_old200": float(np.mean(hits["old"])),
+        "closed_251_top1_new51": float(np.mean(hits["new"])),
+    }
 
 
 if __name__ == "__main__":
