@@ -127,7 +127,7 @@ def train(
     ),
     lr: float = typer.Option(3e-3, help="Learning rate (ge2e: a tuned top layer of the encoder gets a tenth)."),
     weight_decay: float = typer.Option(1e-4, help="Weight decay (ge2e: the head gets 100 times this)."),
-    optimizer: str = typer.Option("adam", help="none: adam or rmsprop (ge2e always uses adam)."),
+    optimizer: str = typer.Option("adam", help="none: adam or rmsprop (ge2e always uses AdamW)."),
     cell: str = typer.Option("gru", help="none: recurrent cell, gru or lstm."),
     hidden: int = typer.Option(192, help="none: recurrent units per layer."),
     layers: int = typer.Option(2, help="none: recurrent layers."),
