@@ -82,7 +82,8 @@ class ListenView:
         bars = Table.grid(padding=(0, 1))
         for label, prob in self.live.items():
             filled = round(prob * _BAR_WIDTH)
-            bars.add_row(label, Text("█" * filled + "·" * (_BAR_WIDTH - filled), style="cyan"), f"{prob:6.1%}")
+            bar = Text("█" * filled + "·" * (_BAR_WIDTH - filled), style="cyan")
+            bars.add_row(label, bar, f"{as_percent(prob):>4}")
         log = Table("utterance", "audio s", "speaker", "confidence", box=None)
         for turn in self.turns:
             span = f"{turn.start:.1f}-{turn.end:.1f}"
