@@ -17,6 +17,7 @@ from spkidd.decide import DecisionSettings, final_answer
 from spkidd.features import FeatureExtractor
 from spkidd.inference import Scored, score_long, score_prefixes
 from spkidd.modelfile import ModelBundle
+from spkidd.plots import pyplot
 
 TOP_KS = (1, 3, 5)
 EARLY_S = (0.5, 1.0, 2.0)
@@ -149,17 +150,21 @@ def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], directory: Path) -> None:
+    _write(report, directory, "report.json", plot_confusion, "confusion.png")
+
+
+def _write(
+    report: dict[str, Any], directory: Path, name: str, plot: Callable[[dict[str, Any], Path], None], picture: str
+) -> None:
+    """A report as JSON and as the picture people would rather look at, side by side in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "report.json").write_text(json.dumps(report, indent=2))
-    plot_confusion(report, directory / "confusion.png")
+    (directory / name).write_text(json.dumps(report, indent=2))
+    plot(report, directory / picture)
 
 
 def plot_confusion(report: dict[str, Any], path: Path) -> None:
     """Row-normalized heat map; labels on the axes when they fit, and the top confusions listed beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels: list[str] = report["labels"]
     confusion = np.array(report["confusion_matrix"], dtype=float)
@@ -251,17 +256,12 @@ def open_set_report(bundle: ModelBundle, items: list[tuple[str, Scored]], held_o
 
 
 def write_open_set_report(report: dict[str, Any], directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "open_set.json").write_text(json.dumps(report, indent=2))
-    plot_open_set(report, directory / "open_set.png")
+    _write(report, directory, "open_set.json", plot_open_set, "open_set.png")
 
 
 def plot_open_set(report: dict[str, Any], path: Path) -> None:
     """Score distributions with the operating threshold, and the DET curve (false rejects vs false accepts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     genuine = np.array(report["genuine_scores"])
     stranger = np.array(report["stranger_scores"])

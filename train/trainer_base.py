@@ -23,6 +23,7 @@ from spkidd import SAMPLE_RATE, __version__
 from spkidd.atomic_file import replaced_atomically
 from spkidd.features import FeatureExtractor, FeatureParams
 from spkidd.modelfile import ModelBundle, SpeakerNet, check_writable, save_model
+from spkidd.plots import pyplot
 from train.distributed import Ranks
 
 if TYPE_CHECKING:
@@ -390,10 +391,7 @@ class _interrupts_as_exception:
 
 
 def plot_history(history: list[EpochRecord], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h.epoch for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
