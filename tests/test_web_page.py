@@ -34,6 +34,7 @@ from spkidd.synthetic import SENTENCES, synth_speech
 from tests.support.browser import DESKTOP, PHONE, chromium, wait_until
 from tests.support.daemon import DaemonProcess, conversation, write_config
 from tests.support.mosquitto import Mosquitto, free_port, kill_group, wait_port
+from tests.support.multipart import recording_form
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +152,8 @@ def _dave_clips(house: House) -> list[str]:
 def _clips_of(house: House, voice: str) -> list[str]:
     """The kept clips of `voice`'s turn in the earliest loop that has any (the gate may cut a turn in two)."""
     by_loop: dict[int, list[str]] = {}
+    if not house.clips.is_dir():
+        return []
     for sidecar in sorted(house.clips.glob("*.json")):
         start = json.loads(sidecar.read_text())["start"]
         if house.turn_of(start) == voice:
@@ -159,7 +162,9 @@ def _clips_of(house: House, voice: str) -> list[str]:
 
 
 def _state(house: House) -> tuple[str, list[str]]:
-    return hashlib.sha256(house.model.read_bytes()).hexdigest(), sorted(p.name for p in house.clips.iterdir())
+    """The model file's hash and the kept clips (none before the daemon keeps its first)."""
+    clips = sorted(p.name for p in house.clips.iterdir()) if house.clips.is_dir() else []
+    return hashlib.sha256(house.model.read_bytes()).hexdigest(), clips
 
 
 def _unchanged(before: tuple[str, list[str]], house: House) -> bool:
@@ -357,15 +362,7 @@ def test_speech_of_another_voice_is_not_added_to_a_speaker_unless_forced(house: 
     def upload(force: bool) -> tuple[int, dict]:
         boundary = "spkiddforce"
         fields = {"speaker": "alice", "new": "false", "force": str(force).lower()}
-        head = "".join(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-            for name, value in fields.items()
-        )
-        audio_head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="erin.wav"\r\n'
-            "Content-Type: audio/wav\r\n\r\n"
-        )
-        body = head.encode() + audio_head.encode() + speech + f"\r\n--{boundary}--\r\n".encode()
+        body = recording_form(speech, fields, boundary, "erin.wav")
         return _post(f"{house.base}/api/record", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     before = _state(house)

@@ -25,6 +25,7 @@ from spkidd.synthetic import SENTENCES, synth_audio
 from tests.support.browser import DESKTOP, chromium, wait_until
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
+from tests.support.multipart import recording_form
 
 MAX_MB = 0.2
 MAX_BYTES = 200_000
@@ -70,16 +71,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
 
 
 def _form(audio: bytes, speaker: str = "erin", new: str = "true") -> bytes:
-    fields = {"speaker": speaker, "new": new, "force": "false"}
-    head = "".join(
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        for name, value in fields.items()
-    )
-    audio_head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="audio"; filename="voice.wav"\r\n'
-        "Content-Type: audio/wav\r\n\r\n"
-    )
-    return head.encode() + audio_head.encode() + audio + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return recording_form(audio, {"speaker": speaker, "new": new, "force": "false"}, BOUNDARY)
 
 
 def _post(page: Page, path: str, body: bytes, content_type: str) -> tuple[int, dict]:
