@@ -266,7 +266,7 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
         table.add_row(
             "first name after",
             f"{bundle.decision['min_speech_s']:.1f} s of speech: a wrong first name for "
-            f"{cal['val_wrong_first']:.1%} of validation clips",
+            f"{cal['val_wrong_first']:.1%} of {training['data']['val_items']} validation clips",
         )
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
