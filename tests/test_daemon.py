@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,59 +55,81 @@ async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
         config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), mqtt, RELAXED)
+
+        def reconfigure(new_model: Path) -> None:
+            write_config(config, new_model, _sources(wav, loop=True), mqtt, RELAXED)
+
         async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
-                # The first pass through the conversation: each turn is named correctly, in order.
-                await sub.wait_for(lambda ms: len(_finals(ms)) >= 3, timeout=120)
-                first = _finals(sub.messages)[:3]
-                assert [e["speaker"] for e in first] == ["alice", "bob", "carol"], first
-                ids = [str(e["utterance_id"]) for e in first]
-                assert [i[-7:] for i in ids] == ["-000001", "-000002", "-000003"] and ids[0].startswith("kitchen-")
-                states = [json.loads(m.payload) for m in sub.on(f"{P}/kitchen/speaker")]
-                names = [s["speaker"] for s in states]
-                assert names[0] == "none" and _is_subsequence(["alice", "bob", "carol"], names), names
-                assert sub.on(f"{P}/status")[-1].payload == b"online"
-
-                # SIGHUP with a broken model: refused, the old one keeps running.
-                broken = tmp_path / "broken.safetensors"
-                broken.write_bytes(b"\0not a model" * 100)
-                write_config(config, broken, _sources(wav, loop=True), mqtt, RELAXED)
-                seen = len(_finals(sub.messages))
-                daemon.signal(signal.SIGHUP)
-                await asyncio.to_thread(daemon.wait_log, lambda t: "reload refused" in t)
-                assert "broken.safetensors" in daemon.text()
-                await sub.wait_for(lambda ms: len(_finals(ms)) >= seen + 1, timeout=60)
-                assert daemon.process.poll() is None
-
-                # SIGHUP with a good model whose speaker is renamed: discovery and the next utterances follow it.
+                await _each_turn_named_in_order(sub)
+                await _a_broken_model_is_refused(sub, daemon, tmp_path, reconfigure)
                 renamed = relabelled_model(trained_model, tmp_path / "renamed.safetensors", {"carol": "caroline"})
-                write_config(config, renamed, _sources(wav, loop=True), mqtt, RELAXED)
-                daemon.signal(signal.SIGHUP)
-                await asyncio.to_thread(daemon.wait_log, lambda t: "reloaded: model" in t)
-                sensor = "homeassistant/sensor/spkidd_testhouse_kitchen_speaker/config"
-                await sub.wait_for(lambda ms: "caroline" in json.loads(sub.on(sensor)[-1].payload)["options"])
-                await sub.wait_for(lambda ms: any(e["speaker"] == "caroline" for e in _finals(ms)), timeout=90)
-
-                # SIGTERM in the middle of an utterance: its final event, the queue flushed, `offline`, exit 0.
-                def open_utterance(ms: list[Received]) -> str | None:
-                    events = [json.loads(m.payload) for m in ms if m.topic == f"{P}/kitchen/event"]
-                    closed = {e["utterance_id"] for e in events if e["final"]}
-                    started = [e["utterance_id"] for e in events if not e["final"]]
-                    return started[-1] if started and started[-1] not in closed else None
-
-                await sub.wait_for(lambda ms: open_utterance(ms) is not None, timeout=60)
-                cut = open_utterance(sub.messages)
-                await asyncio.sleep(0.3)
-                daemon.signal(signal.SIGTERM)
-                assert await asyncio.to_thread(daemon.wait, 60) == 0
-                assert any(e["utterance_id"] == cut for e in _finals(sub.messages)), cut
-                await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
-                assert sub.on(f"{P}/kitchen/status")[-1].payload == b"offline"
+                await _a_renamed_speaker_is_followed(sub, daemon, renamed, reconfigure)
+                await _sigterm_mid_utterance_says_the_last_word(sub, daemon)
             finally:
                 daemon.kill()
     text = daemon.text()
     assert "Traceback" not in text, text[-3000:]
+
+
+async def _each_turn_named_in_order(sub: Collector) -> None:
+    """The first pass through the conversation: each turn is named correctly, in order."""
+    await sub.wait_for(lambda ms: len(_finals(ms)) >= 3, timeout=120)
+    first = _finals(sub.messages)[:3]
+    assert [e["speaker"] for e in first] == ["alice", "bob", "carol"], first
+    ids = [str(e["utterance_id"]) for e in first]
+    assert [i[-7:] for i in ids] == ["-000001", "-000002", "-000003"] and ids[0].startswith("kitchen-")
+    states = [json.loads(m.payload) for m in sub.on(f"{P}/kitchen/speaker")]
+    names = [s["speaker"] for s in states]
+    assert names[0] == "none" and _is_subsequence(["alice", "bob", "carol"], names), names
+    assert sub.on(f"{P}/status")[-1].payload == b"online"
+
+
+async def _a_broken_model_is_refused(
+    sub: Collector, daemon: DaemonProcess, tmp_path: Path, reconfigure: Callable[[Path], None]
+) -> None:
+    """SIGHUP with a broken model: refused, the old one keeps running."""
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\0not a model" * 100)
+    reconfigure(broken)
+    seen = len(_finals(sub.messages))
+    daemon.signal(signal.SIGHUP)
+    await asyncio.to_thread(daemon.wait_log, lambda t: "reload refused" in t)
+    assert "broken.safetensors" in daemon.text()
+    await sub.wait_for(lambda ms: len(_finals(ms)) >= seen + 1, timeout=60)
+    assert daemon.process.poll() is None
+
+
+async def _a_renamed_speaker_is_followed(
+    sub: Collector, daemon: DaemonProcess, renamed: Path, reconfigure: Callable[[Path], None]
+) -> None:
+    """SIGHUP with a good model whose speaker is renamed: discovery and the next utterances follow it."""
+    reconfigure(renamed)
+    daemon.signal(signal.SIGHUP)
+    await asyncio.to_thread(daemon.wait_log, lambda t: "reloaded: model" in t)
+    sensor = "homeassistant/sensor/spkidd_testhouse_kitchen_speaker/config"
+    await sub.wait_for(lambda ms: "caroline" in json.loads(sub.on(sensor)[-1].payload)["options"])
+    await sub.wait_for(lambda ms: any(e["speaker"] == "caroline" for e in _finals(ms)), timeout=90)
+
+
+async def _sigterm_mid_utterance_says_the_last_word(sub: Collector, daemon: DaemonProcess) -> None:
+    """SIGTERM in the middle of an utterance: its final event, the queue flushed, `offline`, exit 0."""
+
+    def open_utterance(ms: list[Received]) -> str | None:
+        events = [json.loads(m.payload) for m in ms if m.topic == f"{P}/kitchen/event"]
+        closed = {e["utterance_id"] for e in events if e["final"]}
+        started = [e["utterance_id"] for e in events if not e["final"]]
+        return started[-1] if started and started[-1] not in closed else None
+
+    await sub.wait_for(lambda ms: open_utterance(ms) is not None, timeout=60)
+    cut = open_utterance(sub.messages)
+    await asyncio.sleep(0.3)
+    daemon.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(daemon.wait, 60) == 0
+    assert any(e["utterance_id"] == cut for e in _finals(sub.messages)), cut
+    await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
+    assert sub.on(f"{P}/kitchen/status")[-1].payload == b"offline"
 
 
 def _notifications(sock: socket.socket, until: str, timeout: float = 90.0) -> list[str]:
