@@ -48,56 +48,70 @@ async def test_known_conversation_gives_the_frozen_topics_and_keys(tmp_path: Pat
         async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub:
             publisher = MqttPublisher(mqtt_settings(broker.port), "testnode", ["kitchen"], ["alice", "bob"])
             publisher.start()
-            await sub.wait_for(lambda ms: any(m.topic == f"{P}/status" for m in ms))
-            connect = [_summary(m) for m in sub.messages]
-            assert_discovery_accepted({m.topic: json.loads(m.payload) for m in sub.messages if m.topic in DISCOVERY})
-            assert all(q == 1 for q in (m.qos for m in sub.messages))
-            assert connect == [
-                *((t, "discovery", False) for t in DISCOVERY),
-                (f"{P}/kitchen/status", "offline", False),
-                (f"{P}/kitchen/speaking", "OFF", False),
-                (f"{P}/kitchen/speaker", "none:none", False),
-                (f"{P}/status", "online", False),
-            ]
+            await _connecting_announces_discovery_then_states(sub)
             sub.messages.clear()
-            publisher.handle(SourceStatus("kitchen", True))
-            publisher.handle(activity("kitchen", 1, True))
-            publisher.handle(identification("kitchen", 1, "identified", "alice", 0.8))
-            publisher.handle(identification("kitchen", 1, "final", "alice", 0.9))
-            publisher.handle(activity("kitchen", 1, False))
-            publisher.handle(activity("kitchen", 2, True))
-            publisher.handle(identification("kitchen", 2, "identified", "bob", 0.7))
-            publisher.handle(identification("kitchen", 2, "changed", "alice", 0.75))
-            publisher.handle(identification("kitchen", 2, "unknown", "unknown", 0.3))
-            publisher.handle(activity("kitchen", 2, False))
-            await sub.wait_for(lambda ms: any(_summary(m)[1] == "none:none" for m in ms), timeout=10)
-            await publisher.close()
-            await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status")
-            assert [_summary(m) for m in sub.messages] == [
-                (f"{P}/kitchen/status", "online", False),
-                (f"{P}/kitchen/speaking", "ON", False),
-                (f"{P}/kitchen/event", "identified:alice", False),
-                (f"{P}/kitchen/speaker", "identified:alice", False),
-                (f"{P}/kitchen/event", "final:alice", False),
-                (f"{P}/kitchen/speaking", "OFF", False),
-                (f"{P}/kitchen/speaking", "ON", False),
-                (f"{P}/kitchen/event", "identified:bob", False),
-                (f"{P}/kitchen/speaker", "identified:bob", False),
-                (f"{P}/kitchen/event", "changed:alice", False),
-                (f"{P}/kitchen/speaker", "identified:alice", False),
-                (f"{P}/kitchen/event", "unknown:unknown", False),
-                (f"{P}/kitchen/speaker", "unknown:unknown", False),
-                (f"{P}/kitchen/speaking", "OFF", False),
-                (f"{P}/kitchen/speaker", "none:none", False),
-                (f"{P}/status", "offline", False),
-            ]
-        # A late subscriber sees the retained state of every topic, and no events.
-        async with Collector(broker.port, ["spkidd/#"]) as late:
-            await late.wait_for(lambda ms: len(ms) >= 4)
-            await asyncio.sleep(0.3)
-            assert sorted(_summary(m) for m in late.messages) == [
-                (f"{P}/kitchen/speaker", "none:none", True),
-                (f"{P}/kitchen/speaking", "OFF", True),
-                (f"{P}/kitchen/status", "online", True),
-                (f"{P}/status", "offline", True),
-            ]
+            await _a_conversation_gives_the_frozen_sequence(sub, publisher)
+        await _a_late_subscriber_sees_the_retained_states_only(broker.port)
+
+
+async def _connecting_announces_discovery_then_states(sub: Collector) -> None:
+    """Discovery first (every config one Home Assistant accepts), then each topic's state, then `online`; QoS 1."""
+    await sub.wait_for(lambda ms: any(m.topic == f"{P}/status" for m in ms))
+    connect = [_summary(m) for m in sub.messages]
+    assert_discovery_accepted({m.topic: json.loads(m.payload) for m in sub.messages if m.topic in DISCOVERY})
+    assert all(q == 1 for q in (m.qos for m in sub.messages))
+    assert connect == [
+        *((t, "discovery", False) for t in DISCOVERY),
+        (f"{P}/kitchen/status", "offline", False),
+        (f"{P}/kitchen/speaking", "OFF", False),
+        (f"{P}/kitchen/speaker", "none:none", False),
+        (f"{P}/status", "online", False),
+    ]
+
+
+async def _a_conversation_gives_the_frozen_sequence(sub: Collector, publisher: MqttPublisher) -> None:
+    """Two utterances (named; named, changed, then unknown), then a clean close: every message in order."""
+    publisher.handle(SourceStatus("kitchen", True))
+    publisher.handle(activity("kitchen", 1, True))
+    publisher.handle(identification("kitchen", 1, "identified", "alice", 0.8))
+    publisher.handle(identification("kitchen", 1, "final", "alice", 0.9))
+    publisher.handle(activity("kitchen", 1, False))
+    publisher.handle(activity("kitchen", 2, True))
+    publisher.handle(identification("kitchen", 2, "identified", "bob", 0.7))
+    publisher.handle(identification("kitchen", 2, "changed", "alice", 0.75))
+    publisher.handle(identification("kitchen", 2, "unknown", "unknown", 0.3))
+    publisher.handle(activity("kitchen", 2, False))
+    await sub.wait_for(lambda ms: any(_summary(m)[1] == "none:none" for m in ms), timeout=10)
+    await publisher.close()
+    await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status")
+    assert [_summary(m) for m in sub.messages] == [
+        (f"{P}/kitchen/status", "online", False),
+        (f"{P}/kitchen/speaking", "ON", False),
+        (f"{P}/kitchen/event", "identified:alice", False),
+        (f"{P}/kitchen/speaker", "identified:alice", False),
+        (f"{P}/kitchen/event", "final:alice", False),
+        (f"{P}/kitchen/speaking", "OFF", False),
+        (f"{P}/kitchen/speaking", "ON", False),
+        (f"{P}/kitchen/event", "identified:bob", False),
+        (f"{P}/kitchen/speaker", "identified:bob", False),
+        (f"{P}/kitchen/event", "changed:alice", False),
+        (f"{P}/kitchen/speaker", "identified:alice", False),
+        (f"{P}/kitchen/event", "unknown:unknown", False),
+        (f"{P}/kitchen/speaker", "unknown:unknown", False),
+        (f"{P}/kitchen/speaking", "OFF", False),
+        (f"{P}/kitchen/speaker", "none:none", False),
+        (f"{P}/status", "offline", False),
+    ]
+
+
+async def _a_late_subscriber_sees_the_retained_states_only(port: int) -> None:
+    """A late subscriber sees the retained state of every topic, and no events."""
+    async with Collector(port, ["spkidd/#"]) as late:
+        await late.wait_for(lambda ms: len(ms) >= 4)
+        await asyncio.sleep(0.3)
+        assert sorted(_summary(m) for m in late.messages) == [
+            (f"{P}/kitchen/speaker", "none:none", True),
+            (f"{P}/kitchen/speaking", "OFF", True),
+            (f"{P}/kitchen/status", "online", True),
+            (f"{P}/status", "offline", True),
+        ]
