@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,13 @@ async def test_home_assistant_follows_the_daemon(tmp_path: Path, household_model
         sources = f'[[sources]]\nname = "{SOURCE}"\nkind = "file"\npath = "{wav}"\nrealtime = true\n'
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
         config = write_config(tmp_path / "config.toml", household_model, sources, mqtt, instance=NODE)
+        daemons: list[DaemonProcess] = []
+
+        def start_daemon() -> DaemonProcess:
+            daemons.append(DaemonProcess(config, tmp_path / "daemon.log"))
+            return daemons[-1]
+
         hass.start()
-        daemon: DaemonProcess | None = None
         try:
             await hass.onboard()
             await hass.add_mqtt(broker.port)
@@ -208,53 +214,80 @@ async def test_home_assistant_follows_the_daemon(tmp_path: Path, household_model
             (hass.directory / "automations.yaml").write_text(docs_automation())
             await hass.call_service("automation", "reload")
             async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub, ha.StateRecorder(hass) as rec:
-                # A conversation: the entities, their devices, the states it goes through, the automation.
-                daemon = DaemonProcess(config, tmp_path / "daemon.log")
-                await sub.wait_for(lambda ms: _conversation_done(ms, 1), timeout=180)
-                entities = await _entities(hass)
-                await _check_devices(hass, entities)
-                await asyncio.sleep(1.0)
-                _check_conversation(rec, entities, labels)
-                _check_discovery_schemas(sub.messages)
-                await _automation_runs_match_events(hass, sub)
-
-                # SIGTERM: a clean exit, and Home Assistant shows the source's entities unavailable.
-                daemon.signal(signal.SIGTERM)
-                assert await asyncio.to_thread(daemon.wait, 60) == 0
-                await _availability(hass, entities, available=False)
-                assert (await hass.states())[entities.status]["state"] == "off"
-
-                # Started again, and killed (-9) as soon as it has said "alice" (identified, no final yet): the last
-                # will makes the entities unavailable.
-                daemon = DaemonProcess(config, tmp_path / "daemon.log")
-                await _availability(hass, entities, available=True, timeout=90)
-                said = _alice_identified(sub.messages)
-                await sub.wait_for(lambda ms: _alice_identified(ms) > said, timeout=60)
-                daemon.kill()
-                await _availability(hass, entities, available=False)
-
-                # Started again: available, the event entity shows that "alice" again, and the automation does not
-                # run for it; the conversation is followed again.
-                daemon = DaemonProcess(config, tmp_path / "daemon.log")
-                await _availability(hass, entities, available=True, timeout=90)
-                await sub.wait_for(lambda ms: _conversation_done(ms, 2), timeout=180)
-                await _automation_runs_match_events(hass, sub)
-
-                # Home Assistant restarts while spkidd idles: spkidd rediscovers, entities come back, and the
-                # automation does not run for the event entity's restored last event.
-                counter_before = (await hass.states())[COUNTER]["state"]
-                configs_before = len([m for m in sub.messages if m.topic.endswith("/config")])
-                hass.stop()
-                hass.start()
-                await rec.resubscribed()
-                await sub.wait_for(lambda ms: any(m.topic == HA_STATUS and m.payload == b"online" for m in ms))
-                await sub.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/config")]) >= configs_before + 5)
-                await _availability(hass, entities, available=True)
-                await _automation_runs_match_events(hass, sub)
-                assert (await hass.states())[COUNTER]["state"] == counter_before
-                assert _alice_identified(sub.messages) >= 3
+                daemon = start_daemon()
+                entities = await _a_conversation_is_followed(hass, sub, rec, labels)
+                await _sigterm_makes_the_entities_unavailable(hass, daemon, entities)
+                await _a_killed_daemon_leaves_its_last_will(hass, sub, entities, start_daemon)
+                await _a_restarted_daemon_is_followed_again(hass, sub, entities, start_daemon)
+                await _a_restarted_home_assistant_rediscovers(hass, sub, rec, entities)
         finally:
-            if daemon is not None:
+            for daemon in daemons:
                 daemon.kill()
             hass.stop()
     assert _mqtt_complaints(hass.log_text()) == []
+
+
+async def _a_conversation_is_followed(
+    hass: ha.HomeAssistant, sub: Collector, rec: ha.StateRecorder, labels: list[str]
+) -> Entities:
+    """A conversation: the entities, their devices, the states it goes through, the automation."""
+    await sub.wait_for(lambda ms: _conversation_done(ms, 1), timeout=180)
+    entities = await _entities(hass)
+    await _check_devices(hass, entities)
+    await asyncio.sleep(1.0)
+    _check_conversation(rec, entities, labels)
+    _check_discovery_schemas(sub.messages)
+    await _automation_runs_match_events(hass, sub)
+    return entities
+
+
+async def _sigterm_makes_the_entities_unavailable(
+    hass: ha.HomeAssistant, daemon: DaemonProcess, entities: Entities
+) -> None:
+    """SIGTERM: a clean exit, and Home Assistant shows the source's entities unavailable."""
+    daemon.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(daemon.wait, 60) == 0
+    await _availability(hass, entities, available=False)
+    assert (await hass.states())[entities.status]["state"] == "off"
+
+
+async def _a_killed_daemon_leaves_its_last_will(
+    hass: ha.HomeAssistant, sub: Collector, entities: Entities, start_daemon: Callable[[], DaemonProcess]
+) -> None:
+    """Started again, and killed (-9) as soon as it has said "alice" (identified, no final yet): the last will
+    makes the entities unavailable."""
+    daemon = start_daemon()
+    await _availability(hass, entities, available=True, timeout=90)
+    said = _alice_identified(sub.messages)
+    await sub.wait_for(lambda ms: _alice_identified(ms) > said, timeout=60)
+    daemon.kill()
+    await _availability(hass, entities, available=False)
+
+
+async def _a_restarted_daemon_is_followed_again(
+    hass: ha.HomeAssistant, sub: Collector, entities: Entities, start_daemon: Callable[[], DaemonProcess]
+) -> None:
+    """Started again: available, the event entity shows that "alice" again, and the automation does not run for
+    it; the conversation is followed again."""
+    start_daemon()
+    await _availability(hass, entities, available=True, timeout=90)
+    await sub.wait_for(lambda ms: _conversation_done(ms, 2), timeout=180)
+    await _automation_runs_match_events(hass, sub)
+
+
+async def _a_restarted_home_assistant_rediscovers(
+    hass: ha.HomeAssistant, sub: Collector, rec: ha.StateRecorder, entities: Entities
+) -> None:
+    """Home Assistant restarts while spkidd idles: spkidd rediscovers, entities come back, and the automation does
+    not run for the event entity's restored last event."""
+    counter_before = (await hass.states())[COUNTER]["state"]
+    configs_before = len([m for m in sub.messages if m.topic.endswith("/config")])
+    hass.stop()
+    hass.start()
+    await rec.resubscribed()
+    await sub.wait_for(lambda ms: any(m.topic == HA_STATUS and m.payload == b"online" for m in ms))
+    await sub.wait_for(lambda ms: len([m for m in ms if m.topic.endswith("/config")]) >= configs_before + 5)
+    await _availability(hass, entities, available=True)
+    await _automation_runs_match_events(hass, sub)
+    assert (await hass.states())[COUNTER]["state"] == counter_before
+    assert _alice_identified(sub.messages) >= 3
