@@ -13,54 +13,23 @@ import numpy as np
 from spkidd.synthetic import synth_audio
 from tests.support.streaming import save_random_model, silence, trim, write_wav
 
+EVENT_KEYS = frozenset(
+    {"source", "utterance_id", "start", "end", "speaker", "confidence", "final", "top_k", "event_type", "speech_s"}
+    | {"time", "model"}
+)
+"""What every event line carries."""
+
 
 def test_listen_json_fast_prints_one_event_per_line(tmp_path: Path) -> None:
     model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob", "carol"])
     speech = trim(synth_audio("carol", "Set the thermostat to twenty one degrees for the evening."))
     wav = write_wav(tmp_path / "talk.wav", np.concatenate([silence(0.5), speech, silence(1.0), speech, silence(0.6)]))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "spkidd",
-            "listen",
-            str(model),
-            "--source",
-            str(wav),
-            "--json",
-            "--fast",
-            "--min-score",
-            "-1",
-            "--name",
-            "desk",
-            "--top",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    options = ["--json", "--fast", "--min-score", "-1", "--name", "desk", "--top", "2"]
+    command = [sys.executable, "-m", "spkidd", "listen", str(model), "--source", str(wav), *options]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert events and all(
-        set(e)
-        >= {
-            "source",
-            "utterance_id",
-            "start",
-            "end",
-            "speaker",
-            "confidence",
-            "final",
-            "top_k",
-            "event_type",
-            "speech_s",
-            "time",
-            "model",
-        }
-        for e in events
-    )
+    assert events and all(set(e) >= EVENT_KEYS for e in events)
     finals = [e for e in events if e["final"]]
     assert [f["utterance_id"] for f in finals] == ["desk-000001", "desk-000002"]
     assert all(e["source"] == "desk" and len(e["top_k"]) == 2 for e in events)
