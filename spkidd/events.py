@@ -64,3 +64,5 @@ class SourceStatus:
     source: str
     online: bool
     detail: str = ""
+    failed: bool = False
+    """The source ended with an error, not at the end of its audio (`spkidd listen` exits non-zero)."""

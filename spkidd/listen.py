@@ -23,7 +23,7 @@ from rich.text import Text
 from spkidd.audio.sources import make_source
 from spkidd.events import Identification, SourceStatus, SpeechActivity, as_percent
 from spkidd.modelfile import ModelBundle
-from spkidd.pipeline import SOURCE_FAILED, PipelineEvent, PipelineSettings, StreamPipeline
+from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.turns import Turn, UtteranceTurns
 
 _BAR_WIDTH = 30
@@ -109,7 +109,7 @@ async def listen(
     failures: list[str] = []
 
     def emit(event: PipelineEvent) -> None:
-        if isinstance(event, SourceStatus) and event.detail.startswith(SOURCE_FAILED):
+        if isinstance(event, SourceStatus) and event.failed:
             failures.append(event.detail)
         if json_lines:
             if isinstance(event, Identification):

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 PipelineEvent = Identification | SpeechActivity | SourceStatus
 Emit = Callable[[PipelineEvent], None]
 Progress = Callable[[str, dict[str, float]], None]
-SOURCE_FAILED = "source failed"
-"""How a SourceStatus's detail begins when its source ended with an error rather than at the end of its audio."""
 OverflowPolicy = Literal["auto", "drop_oldest", "block"]
 _DROP_LOG_INTERVAL_S = 10.0
 
@@ -195,7 +193,7 @@ class StreamPipeline:
             pass
         except Exception as exc:
             log.error("%s: source failed: %s", self.source.name, exc)
-            self._emit(emit, SourceStatus(self.source.name, False, f"{SOURCE_FAILED}: {exc}"))
+            self._emit(emit, SourceStatus(self.source.name, False, f"source failed: {exc}", failed=True))
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
