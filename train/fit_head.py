@@ -238,20 +238,20 @@ class HeadTrainer(TrainerBase):
                 assert upcoming is not None
                 frames = upcoming.result()
                 upcoming = ahead.submit(features, groups[index + 1]) if index + 1 < len(groups) else None
-                pool = self._encoded(model, group, frames, ages, pool)
+                self._add_encoded(pool, model, group, frames, ages)
                 if self.progress:
                     self.progress("advance", len(group))
         return pool
 
-    def _encoded(
+    def _add_encoded(
         self,
+        pool: EncodedPool,
         model: EncoderSpeakerModel,
         group: list[tuple[np.ndarray, np.ndarray]],
         frames: torch.Tensor,
         ages: np.ndarray,
-        pool: EncodedPool,
-    ) -> EncodedPool:
-        """`pool` with one batch's encoder outputs and step targets added."""
+    ) -> None:
+        """Adds one batch's encoder outputs and step targets to `pool`."""
         k = model.config.step_frames
         with torch.no_grad():
             usable = (frames.shape[1] // k) * k
@@ -260,7 +260,6 @@ class HeadTrainer(TrainerBase):
             n = self.params.n_frames(len(wave)) // k
             pool.hidden.append(at_steps[row, :n].clone())
             pool.targets.append(torch.from_numpy(step_targets(owners, ages[: n * k], self.params, k)))
-        return pool
 
     def _augment_rngs(self, settings: TrainSettings) -> tuple[np.random.Generator, np.random.Generator]:
         """Random numbers for the training pools' noise and the noisy validation's. With several processes every
