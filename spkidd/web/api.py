@@ -43,6 +43,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def upload_bytes(max_mb: float) -> int:
+    """[web] max_upload_mb in bytes: the limit UploadLimit counts against and aiohttp's client_max_size."""
     return round(max_mb * BYTES_PER_MB)
 
 
@@ -93,10 +94,6 @@ class WebApi:
         self.info = {**info, "max_upload_mb": max_upload_mb}
         self.max_upload_mb = max_upload_mb
         self._listing = asyncio.Lock()
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return upload_bytes(self.max_upload_mb)
 
     def routes(self) -> list[web.RouteDef]:
         return [

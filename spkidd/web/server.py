@@ -11,7 +11,7 @@ from aiohttp import web
 
 from spkidd.config import WebConfig
 from spkidd.healthserver import add_health_routes
-from spkidd.web.api import WebApi
+from spkidd.web.api import WebApi, upload_bytes
 from spkidd.web.auth import guard
 from spkidd.web.clips import ClipShelf
 from spkidd.web.control import DaemonControl
@@ -25,7 +25,9 @@ STATIC = Path(str(resources.files("spkidd.web") / "static"))
 
 
 def build_app(config: WebConfig, api: WebApi, control: DaemonControl) -> web.Application:
-    app = web.Application(middlewares=[WebApi.errors, guard(config)], client_max_size=api.max_upload_bytes)
+    app = web.Application(
+        middlewares=[WebApi.errors, guard(config)], client_max_size=upload_bytes(config.max_upload_mb)
+    )
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
