@@ -94,10 +94,11 @@ def test_a_household_of_three_short_clips_each_calibrates_its_threshold(tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation: 3 item(s)" in proc.stderr
     assert "best validation accuracy" in proc.stderr and "not calibrated" not in proc.stderr
-    calibration = _strict_metadata(out)["training"]["calibration"]
+    metadata = _strict_metadata(out)
+    calibration = metadata["training"]["calibration"]
     assert calibration["val_far"] is not None and calibration["impostor_scores"] > 0
     assert "too few to show a false-accept rate of 5%" in proc.stderr, "3 impostor scores cannot show 5%"
-    assert _strict_metadata(out)["decision"]["min_score"] >= 0.5, "so the threshold stays at the default or above"
+    assert metadata["decision"]["min_score"] >= 0.5, "so the threshold stays at the default or above"
 
 
 @pytest.mark.slow
