@@ -17,6 +17,7 @@ from aiohttp import BodyPartReader, web
 from spkidd.audio.decode import AudioDecodeError, load_audio
 from spkidd.web.auth import json_error
 from spkidd.web.clips import ClipError, ClipShelf
+from spkidd.web.errors import PageError
 from spkidd.web.live import LiveHub
 from spkidd.web.voices import VoiceError, VoiceKeeper, speaker_rows
 
@@ -116,7 +117,7 @@ class WebApi:
         try:
             response: web.StreamResponse = await handler(request)
             return response
-        except (VoiceError, ClipError) as exc:
+        except PageError as exc:
             return json_error(exc.status, str(exc))
 
     # ----- reading ----------------------------------------------------------------------------------------------
@@ -205,8 +206,6 @@ class WebApi:
     def _clip_audio(self, names: list[str]) -> dict[str, np.ndarray]:
         try:
             return self.clips.audio(names)
-        except ClipError as exc:
-            raise VoiceError(str(exc), exc.status) from exc
         except AudioDecodeError as exc:
             raise VoiceError(str(exc)) from exc
 

@@ -17,6 +17,7 @@ from spkidd.enrollment import voice_print
 from spkidd.modelfile import ModelBundle
 from spkidd.unknown_clips import CLIP_NAME, kept_clips
 from spkidd.web.control import DaemonControl
+from spkidd.web.errors import PageError
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,8 @@ had all of them in one group and 1 clip of 130 joined another voice's group (0.4
 voices, none). A household has one or two unknown voices at a time, not 49, so mixing is rarer still."""
 
 
-class ClipError(Exception):
-    """A clip name the page cannot use; the message is shown to the user, with `status` as the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+class ClipError(PageError):
+    """A clip name the page cannot use."""
 
 
 @dataclass(frozen=True)

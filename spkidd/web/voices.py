@@ -17,17 +17,13 @@ import numpy as np
 from spkidd.enrollment import DifferentVoiceError, check_name, enroll_audio, forget, rename
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model, save_model
 from spkidd.web.control import DaemonControl
+from spkidd.web.errors import PageError
 
 log = logging.getLogger(__name__)
 
 
-class VoiceError(Exception):
-    """A change the page asked for that cannot be made; the message is shown to the user as it is, with `status`
-    as the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+class VoiceError(PageError):
+    """A change of the household's voices that cannot be made."""
 
 
 @dataclass(frozen=True)
