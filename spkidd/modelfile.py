@@ -132,7 +132,17 @@ def _keep_owner_and_mode(old: Path, new: Path) -> None:
 
 
 def load_model(path: Path) -> ModelBundle:
+    """Every way a file can be unusable ends in a ModelFileError that names the file and says what to do."""
     path = Path(path)
+    tensors, meta, version = _read_model_file(path)
+    try:
+        return _bundle_from(path, meta, version, tensors)
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: inconsistent model file: {exc}") from exc
+
+
+def _read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """The tensors, spkidd's metadata and its format version, from a file this spkidd can read."""
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     if not os.access(path, os.R_OK):
@@ -155,33 +165,33 @@ def load_model(path: Path) -> ModelBundle:
             f"{path}: model file format {version} is newer than this spkidd understands ({FORMAT_VERSION}); "
             "upgrade spkidd"
         )
-    try:
-        features = parameters_from(FeatureParams, _table(meta, "features"), "feature")
-        labels = meta["labels"]
-        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-            raise TypeError("labels must be a list of names")
-        architecture = _table(meta, "architecture")
-        if architecture.get("kind") == "ge2e" and version < ENCODER_MODELS_SINCE:
-            raise ModelFileError(
-                f"{path}: written by an older spkidd (model file format {version}), whose encoder models scored "
-                "`unknown` differently; train it again with `spkidd train`"
-            )
-        model = _build_network(architecture, tensors)
-        if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
-            raise ValueError("labels or features do not match the network")
-        bundle = ModelBundle(
-            model=model.eval(),
-            labels=labels,
-            features=features,
-            name=str(meta.get("name", "spkidd")),
-            decision={str(k): float(v) for k, v in _table(meta, "decision").items()},
-            training=_table(meta, "training"),
-            enrollment={str(k): dict(v) for k, v in _table(meta, "enrollment").items()},
-            revision=int(meta.get("revision", 0)),
+    return tensors, meta, version
+
+
+def _bundle_from(path: Path, meta: dict[str, Any], version: int, tensors: dict[str, torch.Tensor]) -> ModelBundle:
+    features = parameters_from(FeatureParams, _table(meta, "features"), "feature")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise TypeError("labels must be a list of names")
+    architecture = _table(meta, "architecture")
+    if architecture.get("kind") == "ge2e" and version < ENCODER_MODELS_SINCE:
+        raise ModelFileError(
+            f"{path}: written by an older spkidd (model file format {version}), whose encoder models scored "
+            "`unknown` differently; train it again with `spkidd train`"
         )
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: inconsistent model file: {exc}") from exc
-    return bundle
+    model = _build_network(architecture, tensors)
+    if len(labels) != model.config.n_speakers or features.n_features != model.config.n_features:
+        raise ValueError("labels or features do not match the network")
+    return ModelBundle(
+        model=model.eval(),
+        labels=labels,
+        features=features,
+        name=str(meta.get("name", "spkidd")),
+        decision={str(k): float(v) for k, v in _table(meta, "decision").items()},
+        training=_table(meta, "training"),
+        enrollment={str(k): dict(v) for k, v in _table(meta, "enrollment").items()},
+        revision=int(meta.get("revision", 0)),
+    )
 
 
 def _table(meta: dict[str, Any], key: str) -> dict[str, Any]:
