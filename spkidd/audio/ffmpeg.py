@@ -162,48 +162,12 @@ class FfmpegSource(QueuedSource):
 
     async def _session(self, queue: ChunkQueue, gap: bool) -> _SessionEnd:
         """One ffmpeg run: spawn, read exact chunks until EOF or stall, then terminate and reap it."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise SourceError(f"cannot run {self.ffmpeg!r}: {exc.strerror}") from exc
-        assert proc.stdout is not None and proc.stderr is not None
-        self._log.debug("started ffmpeg pid %d for %s", proc.pid, self.shown_url)
+        proc = await self._spawn()
+        assert proc.stderr is not None
         stderr_task = asyncio.create_task(self._pump_stderr(proc.stderr))
-        first_audio: float | None = None
-        detail = ""
         eof = False
         try:
-            while True:
-                try:
-                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
-                    # arrives together with data, and the source would then never stop.
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        data = await proc.stdout.readexactly(CHUNK_BYTES)
-                except TimeoutError:
-                    detail = f"stalled: no audio for {self.stall_timeout_s:g} s"
-                    _send_signal(proc, signal.SIGKILL)
-                    break
-                except asyncio.IncompleteReadError as exc:
-                    data, eof = exc.partial, True
-                if data:
-                    samples = np.zeros(CHUNK_SAMPLES, dtype=np.int16)
-                    samples[: len(data) // 2] = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
-                    if first_audio is None:
-                        first_audio = time.monotonic()
-                        self._set_status(True, "receiving audio")
-                    if self.live:
-                        queue.put(samples, gap)
-                    else:
-                        await queue.put_wait(samples, gap)
-                    gap = False
-                if eof:
-                    break
+            first_audio, detail, eof = await self._read_chunks(proc, queue, gap)
         finally:
             await self._stop(proc, exiting=eof)
             with contextlib.suppress(TimeoutError):
@@ -215,6 +179,53 @@ class FfmpegSource(QueuedSource):
             detail = "end of input" if rc == 0 and not self.live else f"ffmpeg exited with status {rc}{last}"
         audio_s = 0.0 if first_audio is None else time.monotonic() - first_audio
         return _SessionEnd(detail, audio_s, eof=eof and rc == 0, delivered=first_audio is not None)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise SourceError(f"cannot run {self.ffmpeg!r}: {exc.strerror}") from exc
+        self._log.debug("started ffmpeg pid %d for %s", proc.pid, self.shown_url)
+        return proc
+
+    async def _read_chunks(
+        self, proc: asyncio.subprocess.Process, queue: ChunkQueue, gap: bool
+    ) -> tuple[float | None, str, bool]:
+        """Chunks into the queue until ffmpeg's output ends or stalls (then it is killed): when the first audio came
+        (monotonic), why reading stopped, and whether the output ended."""
+        assert proc.stdout is not None
+        first_audio: float | None = None
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                # arrives together with data, and the source would then never stop.
+                async with asyncio.timeout(self.stall_timeout_s):
+                    data = await proc.stdout.readexactly(CHUNK_BYTES)
+                eof = False
+            except TimeoutError:
+                _send_signal(proc, signal.SIGKILL)
+                return first_audio, f"stalled: no audio for {self.stall_timeout_s:g} s", False
+            except asyncio.IncompleteReadError as exc:
+                data, eof = exc.partial, True
+            if data:
+                samples = np.zeros(CHUNK_SAMPLES, dtype=np.int16)
+                samples[: len(data) // 2] = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
+                if first_audio is None:
+                    first_audio = time.monotonic()
+                    self._set_status(True, "receiving audio")
+                if self.live:
+                    queue.put(samples, gap)
+                else:
+                    await queue.put_wait(samples, gap)
+                gap = False
+            if eof:
+                return first_audio, "", True
 
     async def _stop(self, proc: asyncio.subprocess.Process, exiting: bool) -> None:
         """Reap ffmpeg, no zombies: let it finish if it is `exiting` (its stdout ended), then SIGTERM (so it
