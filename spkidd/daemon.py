@@ -453,6 +453,15 @@ class Daemon:
             notify("READY=1")
 
     async def _reload(self) -> bool:
+        prepared = await self._prepare_reload()
+        if prepared is None:
+            return False
+        await self._apply_reload(*prepared)
+        return True
+
+    async def _prepare_reload(self) -> tuple[DaemonConfig, ModelBundle] | None:
+        """The new configuration and model, every new or changed source checked; None (logged) when anything is
+        wrong, so that the daemon goes on with what it runs."""
         path = self.config.path
         log.info("SIGHUP: reloading %s", path)
         try:
@@ -464,10 +473,15 @@ class Daemon:
                     await asyncio.to_thread(make_source, source, self._on_status)
         except (ConfigError, ModelFileError, StartupError) as exc:
             log.error("reload refused, still running the previous configuration: %s", exc)
-            return False
+            return None
         except Exception as exc:
             log.exception("reload refused, still running the previous configuration: unexpected %r", exc)
-            return False
+            return None
+        return config, bundle
+
+    async def _apply_reload(self, config: DaemonConfig, bundle: ModelBundle) -> None:
+        """Streams whose source or pipeline settings changed restart, the others take the new model where they
+        are; what only a restart can change (broker, MQTT, health, web) is kept and warned about."""
         for key in ("instance", "mqtt", "embedded_broker", "health", "web"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: changes to %r take effect only after a restart", key)
@@ -501,7 +515,6 @@ class Daemon:
         self._live.set_sources(s.name for s in config.sources)
         self.reloads += 1
         log.info("reloaded: model %s, speakers %s, %d source(s)", self._model_name(), bundle.labels, len(wanted))
-        return True
 
     # ----- status ---------------------------------------------------------------------------------------------
 
