@@ -412,6 +412,37 @@ def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:
     return dataclasses.replace(rest, gate=gate, decision=overrides, unknown_clips=clips)
 
 
+def _sources(top: _TopLevel, path: Path, base: Path) -> list[SourceConfig]:
+    """At least one source, each named once, file paths relative to the config file's folder."""
+    sources = []
+    for i, table in enumerate(top.sources):
+        source = from_table(SourceConfig, table, file=path, where=f"sources[{i}]")
+        sources.append(dataclasses.replace(source, path=_resolve(base, source.path)))
+    if not sources:
+        raise ConfigError(f"{path}: no [[sources]]: configure at least one audio source")
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: [[sources]] name {duplicates[0]!r} is used more than once")
+    return sources
+
+
+def _mqtt_settings(top: _TopLevel, path: Path, base: Path, mode: int) -> MqttConfig:
+    """File paths relative to the config file's folder, and the password read (and warned about) as configured."""
+    mqtt = from_table(MqttConfig, top.mqtt, file=path, where="mqtt")
+    tls = mqtt.tls
+    mqtt = dataclasses.replace(
+        mqtt,
+        password_file=_resolve(base, mqtt.password_file),
+        tls=dataclasses.replace(
+            tls, ca=_resolve(base, tls.ca), cert=_resolve(base, tls.cert), key=_resolve(base, tls.key)
+        ),
+    )
+    mqtt = _resolve_password(mqtt, path, mode)
+    _warn_plaintext_password(mqtt, path)
+    return mqtt
+
+
 def load_config(path: Path) -> DaemonConfig:
     """Reads and validates the whole file; raises ConfigError with the file and key on any problem."""
     path = Path(path)
@@ -426,27 +457,8 @@ def load_config(path: Path) -> DaemonConfig:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     top = from_table(_TopLevel, raw, file=path, where="")
     base = path.resolve().parent
-    sources = []
-    for i, table in enumerate(top.sources):
-        source = from_table(SourceConfig, table, file=path, where=f"sources[{i}]")
-        sources.append(dataclasses.replace(source, path=_resolve(base, source.path)))
-    if not sources:
-        raise ConfigError(f"{path}: no [[sources]]: configure at least one audio source")
-    names = [s.name for s in sources]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{path}: [[sources]] name {duplicates[0]!r} is used more than once")
-    mqtt = from_table(MqttConfig, top.mqtt, file=path, where="mqtt")
-    tls = mqtt.tls
-    mqtt = dataclasses.replace(
-        mqtt,
-        password_file=_resolve(base, mqtt.password_file),
-        tls=dataclasses.replace(
-            tls, ca=_resolve(base, tls.ca), cert=_resolve(base, tls.cert), key=_resolve(base, tls.key)
-        ),
-    )
-    mqtt = _resolve_password(mqtt, path, mode)
-    _warn_plaintext_password(mqtt, path)
+    sources = _sources(top, path, base)
+    mqtt = _mqtt_settings(top, path, base, mode)
     instance = sanitize_id(top.instance) if top.instance else default_instance()
     model = _resolve(base, top.model)
     assert model is not None
