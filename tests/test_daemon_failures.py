@@ -20,7 +20,7 @@ from spkidd.daemon import Daemon
 from spkidd.steprunner import StepRunner
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import conversation, random_model, write_config
-from tests.support.mosquitto import Collector, Received, free_port
+from tests.support.mosquitto import Collector, Received, free_port, wait_port
 from tests.support.procs import alive, command, descendants
 
 P = "spkidd/testhouse/kitchen"
@@ -68,7 +68,8 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
     daemon = Daemon(load_config(config))
     run = asyncio.create_task(daemon.run())
     try:
-        await asyncio.wait_for(asyncio.to_thread(_wait_listening, port), 60)
+        # The deadline is wait_port's own: a thread cannot be cancelled, so it must end by itself.
+        await asyncio.to_thread(wait_port, port, lambda: not run.done(), 60.0)
         async with Collector(port, [f"{P}/#"]) as sub:
             children = descendants(os.getpid()) - before
             assert any("mosquitto" in command(pid) for pid in children)
@@ -104,15 +105,3 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
             await asyncio.wait_for(run, 60)
     assert not alive(children), [command(p) for p in alive(children)]
     assert "source kitchen: audio ended" in caplog.text and "mosquitto stopped" in caplog.text
-
-
-def _wait_listening(port: int) -> None:
-    import socket
-    import time
-
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
