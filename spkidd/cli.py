@@ -211,7 +211,7 @@ def evaluate(
         out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
 
 
-def _check_report_folder(report: Path, console: Console) -> None:
+def _check_report_folder(report: Path, console: Console, what: str = "the report") -> None:
     """Scoring a data set takes minutes: a report folder that cannot be written is refused before it, not after.
     A file is created and removed in it, as only that shows (as root too) that it can be written."""
     import tempfile
@@ -221,7 +221,7 @@ def _check_report_folder(report: Path, console: Console) -> None:
         with tempfile.TemporaryFile(dir=report):
             pass
     except OSError as exc:
-        console.print(f"[red]error: cannot write the report in {report}: {exc.strerror or exc}")
+        console.print(f"[red]error: cannot write {what} in {report}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
 
 
@@ -382,6 +382,9 @@ def identify(
         help=f"Chunk length in seconds (at least {MIN_CHUNK_S:g}) for the answer about a long recording as a whole.",
     ),
     top: int = typer.Option(5, help="How many candidates to show."),
+    plot: Path | None = typer.Option(
+        None, help="Folder for a picture of each long recording's timeline (NAME.timeline.png): a lane a voice."
+    ),
 ) -> None:
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
     import dataclasses
@@ -392,6 +395,8 @@ def identify(
     from spkidd.modelfile import ModelFileError, load_model
 
     console = Console(stderr=True, soft_wrap=True)
+    if plot is not None:
+        _check_report_folder(plot, console, "the timelines' pictures")
     _one_torch_thread()
     try:
         bundle = load_model(model)
@@ -404,6 +409,8 @@ def identify(
             typer.echo(json.dumps(dataclasses.asdict(r)))
     else:
         _print_identified(results)
+    if plot is not None:
+        _draw_timelines(results, plot, chunk, console)
     if any(r.error for r in results):
         raise typer.Exit(1)
 
@@ -434,6 +441,22 @@ def _identify_files(
             if results[-1].warning:
                 console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
     return results
+
+
+def _draw_timelines(results: list[FileResult], folder: Path, chunk_s: float, console: Console) -> None:
+    """A picture of each recording that has a timeline; said on stderr, so that --json's output stays JSON."""
+    from functools import partial
+
+    from spkidd.timeline_picture import draw_timeline, picture_name
+
+    taken: set[str] = set()
+    pictures = [(r, folder / picture_name(Path(r.path), taken)) for r in results if r.timeline]
+    for result, picture in pictures:
+        _write_report(partial(draw_timeline, result, picture), folder, console)
+        console.print(f"timeline of {result.path}: {picture}")
+    if not pictures:
+        longer = f"{1.5 * chunk_s:g} s (1.5 times --chunk)"
+        console.print(f"no timeline to draw: a recording gets one when it holds speech and is longer than {longer}")
 
 
 def _print_identified(results: list[FileResult]) -> None:

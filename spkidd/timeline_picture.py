@@ -1,0 +1,66 @@
+"""A picture of who spoke when in a long recording (`spkidd identify --plot`): a lane a voice, a bar a turn, which
+shows at a glance who spoke most, who interrupted whom and where the model was unsure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spkidd.events import UNKNOWN, as_percent
+from spkidd.identify import FileResult
+from spkidd.plots import pyplot
+
+
+@dataclass(frozen=True)
+class Lane:
+    speaker: str
+    seconds: float
+    turns: tuple[tuple[float, float], ...]
+    """(start, length) of each turn, in seconds from the start of the recording."""
+
+
+def timeline_lanes(result: FileResult) -> list[Lane]:
+    """One lane a voice, the one that spoke most at the top and `unknown` at the bottom, whatever its share."""
+    order = sorted(result.speakers, key=lambda speaker: (speaker == UNKNOWN, -result.speakers[speaker]))
+    return [
+        Lane(
+            speaker,
+            result.speakers[speaker],
+            tuple(
+                (turn["start"], turn["end"] - turn["start"]) for turn in result.timeline if turn["speaker"] == speaker
+            ),
+        )
+        for speaker in order
+    ]
+
+
+def picture_name(path: Path, taken: set[str]) -> str:
+    """`NAME.timeline.png` after the recording's file name; two recordings of one name in different folders get
+    `NAME-2.timeline.png` and so on rather than one picture over the other."""
+    name, n = f"{path.stem}.timeline.png", 1
+    while name in taken:
+        n += 1
+        name = f"{path.stem}-{n}.timeline.png"
+    taken.add(name)
+    return name
+
+
+def draw_timeline(result: FileResult, picture: Path) -> None:
+    plt = pyplot()
+    lanes = timeline_lanes(result)
+    width = min(20.0, max(8.0, result.duration_s / 15))
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.5 * len(lanes)))
+    colours = plt.get_cmap("tab10")
+    for row, lane in enumerate(reversed(lanes)):
+        colour = "lightgrey" if lane.speaker == UNKNOWN else colours((len(lanes) - 1 - row) % 10)
+        ax.broken_barh(lane.turns, (row - 0.35, 0.7), facecolors=colour)
+    ax.set_yticks(range(len(lanes)), [f"{lane.speaker} ({lane.seconds:.1f} s)" for lane in reversed(lanes)])
+    ax.set_xlim(0, max(result.duration_s, 1e-3))
+    ax.set_ylim(-0.6, len(lanes) - 0.4)
+    ax.set_xlabel("seconds")
+    ax.grid(True, axis="x", alpha=0.3)
+    answer = f"{result.speaker} ({as_percent(result.confidence)})"
+    ax.set_title(f"{Path(result.path).name}: who spoke when; the file as a whole: {answer}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(picture, dpi=90)
+    plt.close(fig)
