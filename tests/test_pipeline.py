@@ -15,9 +15,9 @@ import torch
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
-from spkidd.decide import StepScores, fallback_step
+from spkidd.decide import DecisionSettings, StepScores, fallback_step, final_answer
 from spkidd.encoder_model import EncoderSpeakerModel
-from spkidd.events import Identification, SourceStatus, SpeechActivity
+from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.inference import score_audio, score_prefixes, step_scores
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
@@ -102,8 +102,9 @@ def test_offline_scores_carry_the_final_s_fallback_step_as_the_stream_has_it(
         assert chosen == len(streamed.speech_s) - 1 and scored.fallback is None
 
 
-async def test_the_runner_s_steps_carry_the_offline_context(speech: np.ndarray, bundle: ModelBundle) -> None:
-    """The daemon's steps say how much audio each rests on exactly as the offline pass does."""
+async def test_the_runner_s_steps_equal_the_offline_pass_step_by_step(speech: np.ndarray, bundle: ModelBundle) -> None:
+    """Every step the daemon computes (the cosines that decide `unknown`, the probabilities, how much speech it has
+    heard and how much audio its embedding rests on) is the offline pass's step, not only the last one."""
     audio = np.concatenate([silence(0.5), speech, silence(0.8)])
     seen: list[StepScores] = []
     runner = StepRunner()
@@ -121,7 +122,50 @@ async def test_the_runner_s_steps_carry_the_offline_context(speech: np.ndarray, 
     await asyncio.to_thread(runner.close)
     (utterance,) = gate_utterances(audio, settings.gate)
     (offline,) = step_scores(bundle.model, bundle.extractor(), [utterance.astype(np.float32) / 32768.0])
+    assert len(offline.speech_s) > 10
     np.testing.assert_allclose(np.concatenate([s.context_s for s in seen]), offline.context_s)
+    np.testing.assert_allclose(np.concatenate([s.speech_s for s in seen]), offline.speech_s)
+    np.testing.assert_allclose(np.concatenate([s.scores for s in seen]), offline.scores, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([s.probs for s in seen]), offline.probs, atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", ["below every score", "between the last step and its fallback", "above all"])
+async def test_the_final_with_real_thresholds_is_the_offline_answer(
+    speech: np.ndarray, bundle: ModelBundle, threshold: str
+) -> None:
+    """The final the daemon publishes is what `identify` and `evaluate` answer for the same utterance
+    (decide.final_answer on the offline pass, its fallback step included), named or `unknown` with the same
+    confidence, at a score threshold below, between and above the cosines that decide it (2.49 s of speech end
+    just after an encoder window restarted, so the encoder's last step scores below the step it falls back to)."""
+    audio = np.concatenate([silence(0.5), speech[: int(2.49 * SAMPLE_RATE)], silence(0.8)])
+    gate = PipelineSettings().gate
+    (utterance,) = gate_utterances(audio, gate)
+    offline = score_audio(bundle, utterance.astype(np.float32) / 32768.0)
+    assert offline is not None
+    last_best = float(offline.scores[np.argmax(offline.probs)])
+    fallback_best = (
+        last_best if offline.fallback is None else float(offline.fallback[0][np.argmax(offline.fallback[1])])
+    )
+    apart = fallback_best - last_best > 2e-4
+    min_score = {
+        "below every score": -1.0,
+        "between the last step and its fallback": (last_best + fallback_best) / 2 if apart else last_best + 0.01,
+        "above all": 1.0,
+    }[threshold]
+    decision = {"min_score": min_score, "min_confidence": 0.0, "min_margin": 0.0, "top_k": float(len(LABELS))}
+    events = await run_pipeline(StreamPipeline(replay_of("desk", audio), bundle, PipelineSettings(decision=decision)))
+    (final,) = [e for e in events if isinstance(e, Identification) and e.final]
+    settings = DecisionSettings.from_model(bundle.decision | decision)
+    index, named, confidence, _ = final_answer(
+        settings, bundle.model.config.scale, (offline.scores, offline.probs), offline.fallback
+    )
+    assert final.speaker == (LABELS[index] if named else UNKNOWN)
+    assert final.confidence == pytest.approx(confidence, abs=1e-4)
+    if threshold == "above all":
+        assert final.speaker == UNKNOWN and final.confidence < 1.0
+    if threshold == "between the last step and its fallback":
+        assert final.speaker == (LABELS[index] if apart else UNKNOWN), "the encoder's final is named by its fallback"
+        assert apart == isinstance(bundle.model, EncoderSpeakerModel), "2.49 s ends just after a window restarted"
 
 
 @pytest.mark.parametrize("step_ms", [30, 150, 700])
