@@ -80,6 +80,8 @@ class PipelineStats:
     lag_s: float = 0.0
     events: int = 0
     dropped_chunks: int = 0
+    """Chunks lost because processing lagged: dropped from this queue, plus those the source's own bounded queue
+    dropped (a live source under "block" cannot be held back, so it loses its oldest audio there)."""
     reconnects: int = 0
     speech_s: float = 0.0
     processed_s: float = 0.0
@@ -122,6 +124,7 @@ class StreamPipeline:
         self._ids = utterance_ids if utterance_ids is not None else UtteranceIds(source.name)
         self._utterance_start_s = 0.0
         self._last_drop_log = 0.0
+        self._dropped_here = 0
         self._step_samples = int(settings.step_ms * SAMPLE_RATE / 1000)
         if settings.overflow == "auto":
             self._drop = bool(getattr(source, "realtime", getattr(source, "live", True)))
@@ -178,7 +181,7 @@ class StreamPipeline:
         chunks = self.source.chunks()
         try:
             async for chunk in chunks:
-                self.stats.reconnects = self.source.reconnects
+                self._count_source()
                 if self._drop:
                     if len(self._queue) >= limit:
                         self._drop_oldest()
@@ -199,11 +202,17 @@ class StreamPipeline:
             if close is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await close()
+            self._count_source()
             self._queue.append(None)
             self._changed.set()
 
+    def _count_source(self) -> None:
+        self.stats.reconnects = self.source.reconnects
+        self.stats.dropped_chunks = self._dropped_here + int(getattr(self.source, "dropped_chunks", 0))
+
     def _drop_oldest(self) -> None:
         self._queue.popleft()
+        self._dropped_here += 1
         self.stats.dropped_chunks += 1
         head = self._queue[0] if self._queue else None
         if head is not None:
