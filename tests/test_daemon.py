@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import DaemonProcess, conversation, random_model, relabelled_model, write_config
+from tests.support.browser import wait_until
+from tests.support.daemon import (
+    LONG_UTTERANCES,
+    DaemonProcess,
+    conversation,
+    random_model,
+    relabelled_model,
+    sigterm_mid_utterance,
+    write_config,
+)
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 
 P = "spkidd/testhouse"
@@ -56,8 +65,8 @@ async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
         config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), mqtt, RELAXED)
 
-        def reconfigure(new_model: Path) -> None:
-            write_config(config, new_model, _sources(wav, loop=True), mqtt, RELAXED)
+        def reconfigure(new_model: Path, extra: str = "") -> None:
+            write_config(config, new_model, _sources(wav, loop=True), mqtt, RELAXED + extra)
 
         async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
@@ -66,7 +75,7 @@ async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained
                 await _a_broken_model_is_refused(sub, daemon, tmp_path, reconfigure)
                 renamed = relabelled_model(trained_model, tmp_path / "renamed.safetensors", {"carol": "caroline"})
                 await _a_renamed_speaker_is_followed(sub, daemon, renamed, reconfigure)
-                await _sigterm_mid_utterance_says_the_last_word(sub, daemon)
+                await _sigterm_mid_utterance_says_the_last_word(sub, daemon, renamed, reconfigure)
             finally:
                 daemon.kill()
     text = daemon.text()
@@ -113,23 +122,18 @@ async def _a_renamed_speaker_is_followed(
     await sub.wait_for(lambda ms: any(e["speaker"] == "caroline" for e in _finals(ms)), timeout=90)
 
 
-async def _sigterm_mid_utterance_says_the_last_word(sub: Collector, daemon: DaemonProcess) -> None:
-    """SIGTERM in the middle of an utterance: its final event, the queue flushed, `offline`, exit 0."""
-
-    def open_utterance(ms: list[Received]) -> str | None:
-        events = [json.loads(m.payload) for m in ms if m.topic == f"{P}/kitchen/event"]
-        closed = {e["utterance_id"] for e in events if e["final"]}
-        started = [e["utterance_id"] for e in events if not e["final"]]
-        return started[-1] if started and started[-1] not in closed else None
-
-    await sub.wait_for(lambda ms: open_utterance(ms) is not None, timeout=60)
-    cut = open_utterance(sub.messages)
-    await asyncio.sleep(0.3)
-    daemon.signal(signal.SIGTERM)
-    assert await asyncio.to_thread(daemon.wait, 60) == 0
-    assert any(e["utterance_id"] == cut for e in _finals(sub.messages)), cut
-    await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
-    assert sub.on(f"{P}/kitchen/status")[-1].payload == b"offline"
+async def _sigterm_mid_utterance_says_the_last_word(
+    sub: Collector, daemon: DaemonProcess, model: Path, reconfigure: Callable[[Path, str], None]
+) -> None:
+    """SIGTERM in the middle of an utterance: its final event, made after the signal, the queue flushed, `offline`,
+    exit 0. The gate is first reloaded to keep utterances open, so the signal surely lands inside one."""
+    reconfigure(model, LONG_UTTERANCES)
+    seen = len(sub.messages)
+    daemon.signal(signal.SIGHUP)
+    statuses = f"{P}/kitchen/status"
+    await sub.wait_for(lambda ms: [m.payload for m in ms[seen:] if m.topic == statuses] == [b"offline", b"online"])
+    _, after = await sigterm_mid_utterance(sub, daemon, P, "kitchen", len(sub.messages))
+    assert [m.payload for m in after if m.topic == statuses] == [b"offline"]
 
 
 def _notifications(sock: socket.socket, until: str, timeout: float = 90.0) -> list[str]:
@@ -148,6 +152,13 @@ def _http(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _healthy(url: str) -> tuple[int, str]:
+    """/healthz's answer; raises until it is 200, for wait_until."""
+    status, body = _http(url)
+    assert status == 200, body
+    return status, body
+
+
 async def test_embedded_broker_notify_watchdog_and_health(tmp_path: Path) -> None:
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[3])], lead_s=0.5)
@@ -163,26 +174,33 @@ async def test_embedded_broker_notify_watchdog_and_health(tmp_path: Path) -> Non
         env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
         daemon = DaemonProcess(config, tmp_path / "daemon.log", env)
         try:
-            got = await asyncio.to_thread(_notifications, notify_socket, "READY=1")
-            got = await asyncio.to_thread(_notifications, notify_socket, "WATCHDOG=1", 10)
+            ready = await asyncio.to_thread(_notifications, notify_socket, "READY=1")
+            assert "STATUS=identifying speakers on 1 source(s)" in ready, ready
+            await asyncio.to_thread(_notifications, notify_socket, "WATCHDOG=1", 10)
             async with Collector(mqtt_port, [f"{P}/status", "homeassistant/+/+/config"]) as sub:
                 await sub.wait_for(lambda ms: len(ms) >= 6)
                 # READY=1 does not wait for MQTT, so these may come retained or live.
                 assert sub.on(f"{P}/status")[0].payload == b"online"
                 assert len([m for m in sub.messages if m.topic.endswith("/config")]) == 5
-                status, body = await asyncio.to_thread(_http, f"http://127.0.0.1:{health_port}/healthz")
+                # Broker connected and the source online: healthy. The source may not be online yet at the first
+                # look, so poll (a daemon that never gets healthy fails here).
+                healthz = f"http://127.0.0.1:{health_port}/healthz"
+                status, body = await asyncio.to_thread(wait_until, lambda: _healthy(healthz), 30, "a healthy /healthz")
                 health = json.loads(body)
-                assert status in (200, 503) and health["mqtt"]["connected"] is True
-                assert "kitchen" in health["streams"]
+                assert status == 200 and health["status"] == "ok", health
+                assert health["mqtt"]["connected"] is True and health["mqtt"]["published"] >= 6, health
+                kitchen = health["streams"]["kitchen"]
+                assert list(health["streams"]) == ["kitchen"] and kitchen["online"] is True, health
+                assert kitchen["dropped_chunks"] == 0, health
                 _, metrics = await asyncio.to_thread(_http, f"http://127.0.0.1:{health_port}/metrics")
                 assert 'spkidd_stream_realtime_factor{source="kitchen"}' in metrics
                 daemon.signal(signal.SIGTERM)
-                got = await asyncio.to_thread(_notifications, notify_socket, "STOPPING=1", 30)
+                await asyncio.to_thread(_notifications, notify_socket, "STOPPING=1", 30)
                 assert await asyncio.to_thread(daemon.wait, 60) == 0
                 await sub.wait_for(lambda ms: sub.on(f"{P}/status")[-1].payload == b"offline")
         finally:
             daemon.kill()
-    assert "embedded broker: mosquitto stopped" in daemon.text() and got
+    assert "embedded broker: mosquitto stopped" in daemon.text()
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import (
+    LONG_UTTERANCES,
+    DaemonProcess,
+    conversation,
+    open_utterance,
+    random_model,
+    sigterm_mid_utterance,
+    write_config,
+)
 from tests.support.http_stream import HttpStream
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 from tests.support.procs import alive, command, descendants
@@ -35,23 +44,13 @@ def _events(messages: list[Received]) -> list[dict[str, object]]:
     return [json.loads(m.payload) for m in messages if m.topic == f"{KITCHEN}/event"]
 
 
-def _open_utterance(messages: list[Received]) -> str | None:
-    """The id of an utterance that has started (speaking ON) and not ended yet."""
-    speaking = [m for m in messages if m.topic == f"{KITCHEN}/speaking"]
-    events = _events(messages)
-    if not speaking or speaking[-1].payload != b"ON" or not events:
-        return None
-    started = str(events[-1]["utterance_id"])
-    return None if events[-1]["final"] else started
-
-
 def _statuses(messages: list[Received]) -> list[bytes]:
     return [m.payload for m in messages if m.topic == f"{KITCHEN}/status"]
 
 
 async def _wait_open_utterance(sub: Collector, after: int = 0) -> str:
-    await sub.wait_for(lambda ms: _open_utterance(ms[after:]) is not None, timeout=60)
-    found = _open_utterance(sub.messages[after:])
+    await sub.wait_for(lambda ms: open_utterance(ms[after:], P, "kitchen") is not None, timeout=60)
+    found = open_utterance(sub.messages[after:], P, "kitchen")
     assert found is not None
     return found
 
@@ -94,18 +93,11 @@ async def test_threshold_reload_keeps_the_stream_and_a_stop_says_the_last_words_
                 assert daemon.text().count("source kitchen: online") == 1
 
                 seen = len(sub.messages)
-                write_config(config, model, _source(household_wav), mqtt, RELAXED + "[vad]\nhangover_ms = 450\n")
+                write_config(config, model, _source(household_wav), mqtt, RELAXED + LONG_UTTERANCES)
                 daemon.signal(signal.SIGHUP)
                 await sub.wait_for(lambda ms: _statuses(ms[seen:]) == [b"offline", b"online"], timeout=30)
 
-                seen = len(sub.messages)
-                last = await _wait_open_utterance(sub, seen)
-                await asyncio.sleep(0.3)
-                seen = len(sub.messages)
-                daemon.signal(signal.SIGTERM)
-                assert await asyncio.to_thread(daemon.wait, 30) == 0
-                await sub.wait_for(lambda ms: ms[-1].topic == f"{P}/status" and ms[-1].payload == b"offline")
-                after = sub.messages[seen:]
+                last, after = await sigterm_mid_utterance(sub, daemon, P, "kitchen", len(sub.messages))
                 assert _statuses(after) == [b"offline"]
                 offline = next(i for i, m in enumerate(after) if m.topic == f"{KITCHEN}/status")
                 speaking_off = [i for i, m in enumerate(after) if m.topic == f"{KITCHEN}/speaking"]
@@ -270,7 +262,8 @@ async def test_sighup_during_shutdown_restarts_nothing(tmp_path: Path, household
 @pytest.mark.parametrize("speech", [False, True])
 async def test_an_unreachable_broker_does_not_hold_up_a_stop(tmp_path: Path, household_wav: Path, speech: bool) -> None:
     """Issue 10 item 9: with nothing queued Ctrl-C stops at once (it waited 15 s); with events queued it waits
-    a bounded time and says how many were lost."""
+    a bounded time (the daemon's 10 s MQTT close timeout) and says how many were lost. Timed between the daemon's
+    own log lines, from the signal to the publisher's verdict, so start-up and interpreter exit do not count."""
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = household_wav if speech else conversation(tmp_path, [], lead_s=3.0)
     mqtt = f'broker = "external"\nport = {free_port()}\n'
@@ -279,18 +272,24 @@ async def test_an_unreachable_broker_does_not_hold_up_a_stop(tmp_path: Path, hou
     try:
         await asyncio.to_thread(daemon.wait_log, lambda t: "ready:" in t)
         if speech:
-            await asyncio.to_thread(daemon.wait_log, lambda t: re.search(r"\(([1-9]\d*) events queued\)", t), 60)
+            await asyncio.to_thread(daemon.wait_log, lambda t: bool(re.search(r"\(([1-9]\d*) events queued\)", t)), 60)
         else:
-            await asyncio.sleep(1.0)
-        began = time.monotonic()
+            await asyncio.to_thread(daemon.wait_log, lambda t: "MQTT: connection to" in t)
         daemon.signal(signal.SIGINT)
         assert await asyncio.to_thread(daemon.wait, 30) == 0
-        took = time.monotonic() - began
     finally:
         daemon.kill()
     text = daemon.text()
     if speech:
         lost = re.search(r"(\d+) queued events lost", text)
-        assert lost is not None and int(lost.group(1)) > 0 and took < 15.0, (took, text[-2000:])
+        took = _logged_s(text, "queued events lost") - _logged_s(text, "SIGINT: shutting down")
+        assert lost is not None and int(lost.group(1)) > 0 and 9.0 < took < 15.0, (took, text[-2000:])
     else:
-        assert "no events lost" in text and took < 3.0, (took, text[-2000:])
+        took = _logged_s(text, "no events lost") - _logged_s(text, "SIGINT: shutting down")
+        assert took < 5.0, (took, text[-2000:])
+
+
+def _logged_s(text: str, marker: str) -> float:
+    """When the daemon logged the first line with `marker` (its asctime), in seconds since the epoch."""
+    line = next(line for line in text.splitlines() if marker in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -18,10 +22,15 @@ from spkidd.features import FeatureParams
 from spkidd.model import ModelConfig, SpeakerModel
 from spkidd.modelfile import ModelBundle, load_model, save_model
 from spkidd.synthetic import synth_speech
-from tests.support.mosquitto import kill_group
+from tests.support.mosquitto import Collector, Received, kill_group
 
 SPKIDD = str(Path(sys.executable).parent / "spkidd")
 REPO = Path(__file__).resolve().parents[2]
+
+
+LONG_UTTERANCES = "[vad]\nhangover_ms = 5000\nmax_utterance_s = 120\n"
+"""Gate settings under which a test conversation's pauses never end an utterance: once one is open it stays open
+for far longer than a test needs, so a signal sent then is certain to land in the middle of it."""
 
 
 def random_model(path: Path, labels: list[str]) -> Path:
@@ -104,3 +113,42 @@ class DaemonProcess:
 
     def kill(self) -> None:
         kill_group(self.process, signal.SIGKILL)
+
+
+def _events(messages: list[Received], prefix: str, source: str) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in messages if m.topic == f"{prefix}/{source}/event"]
+
+
+def open_utterance(messages: list[Received], prefix: str, source: str) -> str | None:
+    """The utterance that has events and no final yet, while `speaking` is ON."""
+    speaking = [m.payload for m in messages if m.topic == f"{prefix}/{source}/speaking"]
+    events = _events(messages, prefix, source)
+    if speaking[-1:] != [b"ON"] or not events or events[-1]["final"]:
+        return None
+    return str(events[-1]["utterance_id"])
+
+
+async def sigterm_mid_utterance(
+    sub: Collector, daemon: DaemonProcess, prefix: str, source: str, after: int = 0
+) -> tuple[str, list[Received]]:
+    """SIGTERM while an utterance of `source` is open (run the daemon with LONG_UTTERANCES, so it cannot close by
+    itself meanwhile); proves its final was made after the signal (the event's own `time`) and reached the broker
+    before the daemon's `offline`, and that the daemon exited 0. Returns the utterance and what came after the
+    signal, up to and including that `offline`."""
+    await sub.wait_for(lambda ms: open_utterance(ms[after:], prefix, source) is not None, timeout=60)
+    utterance = open_utterance(sub.messages[after:], prefix, source)
+    assert utterance is not None
+    seen = len(sub.messages)
+    now = datetime.now(UTC)
+    signalled = now.replace(microsecond=now.microsecond // 1000 * 1000)  # events' times have milliseconds
+    daemon.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(daemon.wait, 60) == 0
+    await sub.wait_for(lambda ms: any(m.topic == f"{prefix}/status" and m.payload == b"offline" for m in ms[seen:]))
+    after_signal = sub.messages[seen:]
+    offline = next(i for i, m in enumerate(after_signal) if m.topic == f"{prefix}/status" and m.payload == b"offline")
+    after_signal = after_signal[: offline + 1]
+    finals = [e for e in _events(after_signal, prefix, source) if e["utterance_id"] == utterance and e["final"]]
+    assert len(finals) == 1, (utterance, _events(sub.messages[after:], prefix, source))
+    made = datetime.fromisoformat(finals[0]["time"].replace("Z", "+00:00"))
+    assert made >= signalled, (utterance, finals[0]["time"], signalled.isoformat())
+    return utterance, after_signal
