@@ -4,7 +4,7 @@ event loop that closed with a job in flight never stops the worker for the other
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from typing import Any
 
 import numpy as np
@@ -52,20 +52,29 @@ async def test_a_stream_whose_step_fails_does_not_fail_the_streams_batched_with_
 
 
 def test_a_closed_event_loop_does_not_stop_the_runner_for_other_loops() -> None:
+    """The worker computes a job only once its event loop is closed, so the hand-back surely meets a closed loop;
+    the test goes on once that hand-back has returned, and another loop's job must still be served."""
     model, extractor = _model()
     runner = StepRunner()
-    compute = runner.run_batch
+    compute, hand_back = runner.run_batch, runner._hand_back
+    loop_closed, handed_back = threading.Event(), threading.Event()
 
-    def slowly(jobs: list[Any]) -> list[Any]:
-        time.sleep(0.3)
+    def once_the_loop_is_closed(jobs: list[Any]) -> list[Any]:
+        assert loop_closed.wait(30)
         return compute(jobs)
 
-    runner.run_batch = slowly  # type: ignore[method-assign]
+    def observed(jobs: list[Any], results: list[Any]) -> None:
+        hand_back(jobs, results)
+        handed_back.set()
+
+    runner.run_batch = once_the_loop_is_closed  # type: ignore[method-assign]
+    runner._hand_back = observed  # type: ignore[method-assign]
     gone = asyncio.new_event_loop()
     with pytest.raises(TimeoutError):
         gone.run_until_complete(asyncio.wait_for(runner.compute(Utterance("a", model, extractor), _speech(1)), 0.05))
     gone.close()
-    time.sleep(0.5)  # the worker now delivers to the closed loop
+    loop_closed.set()
+    assert handed_back.wait(30), "the worker never handed the first job back"
 
     async def later() -> StepScores | None:
         return await asyncio.wait_for(runner.compute(Utterance("b", model, extractor), _speech(2)), 10)
