@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from spkidd.mqtt import MqttPublisher
 from tests.support.mosquitto import Collector, Mosquitto, running_mosquitto
 from tests.support.mqtt_events import activity, mqtt_settings
+from tests.support.polling import until
 
 NODE = "raspberrypi"
 BASE = f"spkidd/{NODE}"
@@ -20,7 +22,9 @@ BASE = f"spkidd/{NODE}"
 
 async def test_a_client_id_takeover_backs_off_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Two hosts called raspberrypi share the default client id: each connect kicks the other out. The backoff
-    used to restart at every successful connect (about 15 connects per 20 s each, all with a full republish)."""
+    used to restart at every successful connect (about 15 connects per 20 s each, all with a full republish), so
+    no wait ever grew past backoff_initial_s (0.1 s). Now the waits between these short-lived connections grow:
+    one reaches 0.8 s (the fifth step), however fast or slow the machine is."""
     caplog.set_level(logging.INFO)
     with running_mosquitto(tmp_path) as broker:
         settings = mqtt_settings(broker.port, backoff_initial_s=0.1, backoff_max_s=2.0)
@@ -28,13 +32,17 @@ async def test_a_client_id_takeover_backs_off_and_says_why(tmp_path: Path, caplo
         for host in hosts:
             host.start()
         try:
-            await asyncio.sleep(8.0)
+            await until(lambda: max(_backoffs(caplog.text), default=0.0) >= 0.8, "a backoff of 0.8 s or more")
         finally:
             for host in hosts:
                 await host.close(timeout=2)
-    connects = sum(host.stats.connects for host in hosts)
-    assert connects <= 20, connects
+    assert sum(host.stats.connects for host in hosts) >= 4
     assert "client id 'spkidd-raspberrypi'" in caplog.text
+
+
+def _backoffs(log: str) -> list[float]:
+    """The waits the publishers announced before reconnecting."""
+    return [float(s) for s in re.findall(r"MQTT: reconnecting in (\d+\.\d) s", log)]
 
 
 async def test_a_removed_source_is_deleted_from_the_broker_and_never_republished(tmp_path: Path) -> None:
