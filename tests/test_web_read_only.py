@@ -1,12 +1,11 @@
-"""The household page listening beyond loopback (`[web] host = "0.0.0.0"`), reached over HTTP through this machine's
-own network address, as a phone on the home network would reach it: without `[web] token` it is read-only (every
-change refused with 403 and the documented message, nothing written), with a token the same changes go through.
+"""The household page listening beyond loopback (`[web] host = "0.0.0.0"`), as a phone on the home network would
+reach it: without `[web] token` it is read-only (every change refused with 403 and the documented message, nothing
+written), with a token the same changes go through.
 
 Who may change the voices is decided by the address the page LISTENS on (spkidd/web/auth.py: `loopback_only` is
-the configured host), not by the caller's address and never by a header such as X-Forwarded-For, so the refusal is
-also checked through 127.0.0.1 with a forged X-Forwarded-For. On a machine whose only address is loopback the
-"network" requests go to 127.0.0.1: the page listening on 0.0.0.0 is the same read-only page there, which is
-exactly the rule under test."""
+the configured host), not by the caller's address and never by a header such as X-Forwarded-For, so the requests go
+to 127.0.0.1 (tests send traffic to loopback only): the page listening on 0.0.0.0 is the same read-only page there,
+which is exactly the rule under test, and a forged X-Forwarded-For does not change it."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
-from tests.support.page_http import change, http, network_address, record
+from tests.support.page_http import change, http, record
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +31,7 @@ READ_ONLY = (
 
 @dataclass
 class Page:
-    """A running daemon with its page on 0.0.0.0; `base` is its URL through this machine's network address."""
+    """A running daemon with its page on 0.0.0.0; `base` is its URL through loopback."""
 
     base: str
     port: int
@@ -55,8 +54,7 @@ def _start(tmp: Path, token: str | None) -> Page:
     except BaseException:
         daemon.kill()
         raise
-    host = network_address() or "127.0.0.1"
-    return Page(f"http://{host}:{port}", port, daemon, model, clip)
+    return Page(f"http://127.0.0.1:{port}", port, daemon, model, clip)
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +116,11 @@ def test_without_a_token_every_change_is_refused(open_page: Page) -> None:
 
 
 def test_the_rule_is_the_listening_address_not_the_caller(open_page: Page) -> None:
-    """Through 127.0.0.1, and claiming to come from loopback with X-Forwarded-For, the page on 0.0.0.0 is just as
-    read-only: nothing the caller says about itself opens it."""
-    local = f"http://127.0.0.1:{open_page.port}"
-    status, body = change(local, "/api/voices/forget", {"speaker": "carol"}, extra={"X-Forwarded-For": "127.0.0.1"})
+    """Claiming to come from loopback with X-Forwarded-For, a caller finds the page on 0.0.0.0 just as read-only:
+    nothing the caller says about itself opens it."""
+    status, body = change(
+        open_page.base, "/api/voices/forget", {"speaker": "carol"}, extra={"X-Forwarded-For": "127.0.0.1"}
+    )
     assert status == 403 and body == {"error": READ_ONLY}
     assert _names(open_page) == ["alice", "bob", "carol"]
 

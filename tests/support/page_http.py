@@ -1,12 +1,8 @@
-"""The household page's HTTP API as a test calls it: reading, changes sent as the page's own scripts send them, and
-an address of this machine other than loopback."""
+"""The household page's HTTP API as a test calls it: reading, and changes sent as the page's own scripts send them."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
-import subprocess
 import urllib.error
 import urllib.request
 from typing import Any
@@ -51,28 +47,3 @@ def record(base: str, speaker: str, wav: bytes, token: str | None = None, new: b
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return http(f"{base}/api/record", form, headers, timeout=120)
-
-
-def network_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (what another host on the network would connect to),
-    or None on a machine with only loopback."""
-    candidates: list[str] = []
-    try:
-        found = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10, check=False)
-        candidates += found.stdout.split()
-    except OSError:
-        pass
-    try:  # the address the kernel would send from: no packet leaves for a UDP "connect"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))
-            candidates.append(probe.getsockname()[0])
-    except OSError:
-        pass
-    for text in candidates:
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.version == 4 and not address.is_loopback and not address.is_unspecified:
-            return text
-    return None
