@@ -25,6 +25,7 @@ from tests.conftest import TRAIN_SENTENCES
 from tests.support import hass as ha
 from tests.support.daemon import REPO, DaemonProcess, conversation, write_config
 from tests.support.mosquitto import Collector, Received, running_mosquitto
+from tests.support.polling import until
 
 DOCS = REPO / "docs" / "mqtt-and-home-assistant.md"
 NODE, SOURCE = "livingroom", "kitchen"
@@ -131,11 +132,19 @@ async def _availability(hass: ha.HomeAssistant, entities: Entities, available: b
     await hass.wait_states(matches, timeout)
 
 
+SETTLE_S = 2.0
+"""How long a count must stay put to prove "exactly once": a late automation run (for a restored entity or a
+replayed event) follows its trigger within well under this."""
+
+
 async def _automation_runs_match_events(hass: ha.HomeAssistant, sub: Collector) -> None:
-    """The light was turned on once per `identified` event naming alice: never for a restored or old one."""
-    await asyncio.sleep(3.0)  # anything late (a restored entity, a replayed event) has arrived by now
+    """The light was turned on once per `identified` event naming alice: never for a restored or old one. Waits
+    for the runs the events call for, then proves no other one follows."""
+    expected = _alice_identified(sub.messages)
+    await hass.wait_states(lambda states: int(float(states[COUNTER]["state"])) >= expected, timeout=30)
+    await asyncio.sleep(SETTLE_S)
     states = await hass.states()
-    assert int(float(states[COUNTER]["state"])) == _alice_identified(sub.messages), (
+    assert int(float(states[COUNTER]["state"])) == expected, (
         states[COUNTER],
         [(e["event_type"], e["speaker"], e["utterance_id"]) for e in _events(sub.messages)],
     )
@@ -152,6 +161,13 @@ async def _check_devices(hass: ha.HomeAssistant, entities: Entities) -> None:
     assert len(source_devices) == 1
     source = devices[source_devices.pop()]
     assert source["name"] == f"spkidd {NODE} {SOURCE}" and source["via_device_id"] == bridge["id"]
+
+
+def _conversation_ended(recorder: ha.StateRecorder, entities: Entities) -> bool:
+    """Home Assistant has shown bob, the last speaker, and then `speaking` off."""
+    changes = recorder.changes
+    speaking = [c.new for c in changes if c.entity_id == entities.speaking and c.new in ("on", "off")]
+    return speaking[-1:] == ["off"] and any(c.entity_id == entities.speaker and c.new == "bob" for c in changes)
 
 
 def _check_conversation(recorder: ha.StateRecorder, entities: Entities, labels: list[str]) -> None:
@@ -234,7 +250,7 @@ async def _a_conversation_is_followed(
     await sub.wait_for(lambda ms: _conversation_done(ms, 1), timeout=180)
     entities = await _entities(hass)
     await _check_devices(hass, entities)
-    await asyncio.sleep(1.0)
+    await until(lambda: _conversation_ended(rec, entities), "Home Assistant to show the conversation's end", 30)
     _check_conversation(rec, entities, labels)
     _check_discovery_schemas(sub.messages)
     await _automation_runs_match_events(hass, sub)
