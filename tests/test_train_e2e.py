@@ -48,7 +48,9 @@ def test_model_file_records_what_training_chose(trained_model: Path) -> None:
     assert training["data"]["speakers"] == 3 and training["data"]["skipped"] == 0
     assert 0.0 < bundle.decision["min_score"] < 1.0
     assert bundle.decision["min_speech_s"] in MIN_SPEECH_CANDIDATES_S, "the wait before a first name is calibrated"
-    assert 0.0 <= training["calibration"]["val_wrong_first"] <= 1.0
+    # The validation set is a handful of utterances (one wrong would be 0.25), and the synthetic voices are far
+    # apart (other speakers score below 0): none is named as someone else first.
+    assert training["calibration"]["val_wrong_first"] == 0.0, training["calibration"]
     assert trained_model.with_name(trained_model.stem + ".training.png").is_file()
     assert not trained_model.with_name(trained_model.name + ".ckpt").exists()
 
