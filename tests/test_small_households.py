@@ -121,7 +121,11 @@ def test_a_household_with_nothing_to_hold_out_says_so_and_writes_valid_json(tmp_
     clip = synth_speech("bob", SENTENCES[5], tmp_path / "new.wav")
     identified = subprocess.run([*SPKIDD, "identify", str(out), str(clip), "--json"], capture_output=True, text=True)
     assert identified.returncode == 0, identified.stderr[-2000:]
-    assert json.loads(identified.stdout)["speaker"] in [*VOICES, "unknown"]
+    # The network tells bob apart (top_k: bob 1.0, the others 0.0); whether it also clears the uncalibrated default
+    # threshold is a coin toss (measured score 0.525 against 0.5), so `unknown` is as right an answer as bob.
+    answer = json.loads(identified.stdout)
+    assert max(answer["top_k"], key=answer["top_k"].get) == "bob", answer
+    assert answer["speaker"] in ("bob", "unknown"), answer
 
 
 @pytest.mark.parametrize("encoder", ["ge2e", "none"])
