@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tests.support.mosquitto import free_port
 from tests.support.training import tone_split
 from train.fit import Trainer, TrainSettings
 from train.fit_head import HeadTrainer
@@ -93,18 +93,22 @@ def _rank_of_two(rank: int, port: int, directory: Path, settings: TrainSettings,
 
 
 def _two_ranks(directory: Path, settings: TrainSettings, stop_after: int = 0) -> dict[str, Any]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     ranks = [
         context.Process(target=_rank_of_two, args=(rank, port, directory, settings, stop_after)) for rank in (0, 1)
     ]
     for process in ranks:
         process.start()
-    for process in ranks:
-        process.join(timeout=240)
-        assert process.exitcode == 0
+    try:
+        for process in ranks:
+            process.join(timeout=240)
+        assert [process.exitcode for process in ranks] == [0, 0]
+    finally:
+        for process in ranks:  # a rank that hangs (its peer died) must not outlive the test
+            if process.is_alive():
+                process.kill()
+                process.join()
     outcome: dict[str, Any] = torch.load(directory / f"{'resumed' if stop_after else 'whole'}.pt", weights_only=True)
     return outcome
 

@@ -19,7 +19,8 @@ from spkidd.audio.ffmpeg import FfmpegSource, SourceError, is_live_url, redact_u
 from spkidd.events import SourceStatus
 from tests.support.ffmpeg_procs import ffmpeg_children
 from tests.support.http_stream import HttpStream
-from tests.support.rtsp_server import RtspServer, free_port
+from tests.support.mosquitto import free_port
+from tests.support.rtsp_server import RtspServer
 from tests.support.source_audio import best_alignment, synth_speech
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.rtsp_server import free_port
+from tests.support.mosquitto import free_port
 
 
 class HttpStream:

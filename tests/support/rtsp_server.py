@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,6 @@ from types import TracebackType
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 MOUNT = "/test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launch_line(wav: str, loop: bool) -> str:
@@ -64,6 +57,9 @@ class RtspServer:
     """The server process for one WAV on one port; `start`, `kill`, `freeze`/`thaw`, `stop` (idempotent)."""
 
     def __init__(self, source: Path, *, loop: bool = True, port: int | None = None) -> None:
+        # Imported here: the script role runs under Debian's python3, which has neither the venv nor `tests`.
+        from tests.support.mosquitto import free_port
+
         self.source = source
         self.loop = loop
         self.port = port or free_port()
