@@ -208,12 +208,12 @@ class StreamPipeline:
 
     def _count_source(self) -> None:
         self.stats.reconnects = self.source.reconnects
-        self.stats.dropped_chunks = self._dropped_here + int(getattr(self.source, "dropped_chunks", 0))
+        self.stats.dropped_chunks = self._dropped_here + self.source.dropped_chunks
 
     def _drop_oldest(self) -> None:
         self._queue.popleft()
         self._dropped_here += 1
-        self.stats.dropped_chunks += 1
+        self._count_source()
         head = self._queue[0] if self._queue else None
         if head is not None:
             self._queue[0] = (replace(head[0], discontinuity=True), head[1])

@@ -62,6 +62,7 @@ class CountedSource:
         self.name = inner.name
         self.reconnects = 0
         """A replay never reconnects."""
+        self.dropped_chunks = 0
         self.pulled = 0
         self.ended = False
 

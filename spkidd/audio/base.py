@@ -35,4 +35,9 @@ class AudioSource(Protocol):
     reconnects: int
     """How many times the source reopened its audio (health and metrics count these, not every gap)."""
 
+    @property
+    def dropped_chunks(self) -> int:
+        """Chunks the source's own queue lost because its consumer lagged (a live source cannot be held back)."""
+        ...
+
     def chunks(self) -> AsyncIterator[AudioChunk]: ...

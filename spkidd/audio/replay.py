@@ -72,6 +72,8 @@ class ReplaySource:
         self.started_at: float | None = None
         self.reconnects = 0
         """Always 0: a replay has nothing to reconnect to."""
+        self.dropped_chunks = 0
+        """Always 0: a replay is read only as fast as it is consumed."""
         self._pcm: np.ndarray | None = None
         self._delivered = 0
         self._pass_chunks = 0
