@@ -58,11 +58,13 @@ class ReferenceEmbeddings:
         for v, t in sorted(split.cut_from.items()):
             audio.append(np.concatenate([split.train_audio[t], split.val_audio[v]]))
             item_labels.append(split.train_labels[t])
-        seconds = sum(len(clip) for clip in audio) / SAMPLE_RATE
+        seconds = sum(len(clip) for clip in [*split.train_audio, *split.val_audio]) / SAMPLE_RATE
         log.info(
-            "speaker references from %d pieces of audio (%.0f s), then the unknown threshold",
-            len(audio),
+            "speaker references from %d recordings (%.0f s; %d of them embedded both as cut for validation and "
+            "whole), then the unknown threshold",
+            n_train + len(held_whole),
             seconds,
+            len(split.cut_from),
         )
         raws = ranks.unshare(reference_embeddings(model, extractor, ranks.share(audio)))
         counts = [len(raw) for raw in raws]

@@ -277,7 +277,7 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
             f"[yellow]warning: the unknown-speaker threshold was calibrated on {cal['impostor_scores']} impostor "
             f"score(s), too few to show a false-accept rate of {cal['target_far']:.0%}, so it is kept at least at the "
             f"default ({DEFAULT_THRESHOLD:.3f}): a stranger may be named, or a voice of the household answered "
-            "`unknown`, more often. More or longer recordings per speaker give more"
+            "`unknown`, more often. More or longer recordings per speaker give more scores to calibrate it on."
         )
 
 
