@@ -4,6 +4,7 @@ who may change the voices: a token when one is configured, the page's own header
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -18,11 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import wait_until
 from tests.support.daemon import REPO, SPKIDD, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, kill_group, wait_port
 
 TOKEN = "correct horse battery staple"
 OPEN_FILES = 1024
+MAX_CONNECTIONS = 40
+"""[web] max_connections, not the default 128: a listener that ignored the setting would hold more."""
+FD_SLACK = 8
+"""Files the daemon may open meanwhile for its own work (a kept clip, a log line's rotation)."""
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 @dataclass
@@ -42,7 +49,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     web_port = free_port()
     extra = (
         f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n'
-        f'[web]\nenabled = true\nport = {web_port}\ntoken = "{TOKEN}"\n'
+        f'[web]\nenabled = true\nport = {web_port}\ntoken = "{TOKEN}"\nmax_connections = {MAX_CONNECTIONS}\n'
     )
     sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nloop = true\n'
     config = write_config(tmp / "config.toml", model, sources, 'broker = "embedded"', extra)
@@ -57,7 +64,9 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
         )
     try:
         wait_port(web_port, lambda: process.poll() is None, timeout=60)
-        yield Page(f"http://127.0.0.1:{web_port}", process, log, model)
+        base = f"http://127.0.0.1:{web_port}"
+        wait_until(lambda: _request(f"{base}/healthz")[0] == 200, 60, "the daemon healthy (its source online)")
+        yield Page(base, process, log, model)
     finally:
         kill_group(process)
 
@@ -99,33 +108,66 @@ def _daemon_pid(process: subprocess.Popen[bytes]) -> int:
     return process.pid
 
 
-def test_idle_connections_oversized_headers_and_bare_newlines(page: Page) -> None:
+def _served(connection: http.client.HTTPConnection) -> int:
+    """The status of GET /healthz on a kept-alive connection, which stays open (and counted) afterwards."""
+    connection.request("GET", "/healthz")
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def _refused(sock: socket.socket) -> bool:
+    """What a client over the bound sees: the connection closed at once, its request unanswered."""
+    try:
+        sock.sendall(HEALTHZ)
+        return sock.recv(4096) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def test_connections_over_the_bound_are_closed_and_the_kept_ones_stay_served(page: Page) -> None:
+    """The listener holds `max_connections` open (each answered and kept alive) and closes every one beyond them as
+    soon as it is accepted, so a flood of idle clients costs the daemon no more open files than the bound."""
     port = int(page.base.rsplit(":", 1)[1])
     pid = _daemon_pid(page.process)
-    idle = []
+    before = _open_files(pid)
+    kept = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(MAX_CONNECTIONS)]
+    flood: list[socket.socket] = []
     try:
+        assert [_served(connection) for connection in kept] == [200] * MAX_CONNECTIONS
         for _ in range(1500):
             try:
-                idle.append(socket.create_connection(("127.0.0.1", port), 5))
+                flood.append(socket.create_connection(("127.0.0.1", port), 5))
             except OSError:
-                break  # the listen backlog is full while the daemon closes connections over its bound: fine
-        time.sleep(2.0)
+                break  # the listen backlog is full while the daemon closes the connections over its bound: fine
+        assert len(flood) >= MAX_CONNECTIONS, f"only {len(flood)} connections over the bound got through"
+        assert all(_refused(sock) for sock in flood), "every connection over the bound is closed unanswered"
         assert page.process.poll() is None, "the daemon survived 1,500 idle connections"
-        assert _open_files(pid) < OPEN_FILES - 100, "connections over the bound are closed, not held open"
+        assert _open_files(pid) <= before + MAX_CONNECTIONS + FD_SLACK < OPEN_FILES - 100, (
+            f"{_open_files(pid)} files open: connections over the bound are closed, not held open"
+        )
+        assert [_served(connection) for connection in kept] == [200] * MAX_CONNECTIONS, "the kept ones still work"
+        assert f"web: {MAX_CONNECTIONS} connections open, refusing more" in page.log.read_text()
+        kept.pop().close()
+        wait_until(lambda: _raw(port, HEALTHZ).startswith(b"HTTP/1.1 200 "), 10, "a connection freed for a new one")
     finally:
-        for sock in idle:
+        for connection in kept:
+            connection.close()
+        for sock in flood:
             sock.close()
-    time.sleep(1.0)
 
+
+def test_oversized_headers_and_bare_newlines(page: Page) -> None:
+    port = int(page.base.rsplit(":", 1)[1])
     status, health = _request(f"{page.base}/healthz")
-    assert status in (200, 503) and "streams" in health, "the page answers again once the flood is gone"
+    assert status == 200 and "streams" in health, "the page answers again once a flood is gone"
 
     oversized = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
     answer = _raw(port, oversized)
     assert re.match(rb"HTTP/1\.[01] 4\d\d ", answer), f"a 20-KB header gets a 4xx: {answer[:80]!r}"
 
     bare = _raw(port, b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n")
-    assert re.match(rb"HTTP/1\.[01] (200|503|400) ", bare), f"bare \\n answered or refused: {bare[:80]!r}"
+    assert re.match(rb"HTTP/1\.[01] 400 ", bare), f"lines must end in CRLF: bare \\n is refused: {bare[:80]!r}"
 
     log = page.log.read_text()
     assert "Too many open files" not in log and "Traceback" not in log, log[-3000:]
