@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from spkidd import SAMPLE_RATE
-from spkidd.enrollment import check_name, embed_clips, enroll_audio, speech_pieces
+from spkidd.enrollment import check_name, embed_clips, enroll_audio, rename, speech_pieces
 from spkidd.features import FeatureExtractor
 from spkidd.inference import unit_embeddings
 from spkidd.modelfile import load_model
@@ -67,9 +67,9 @@ def test_enrolled_voice_becomes_identifiable_strangers_stay_unknown_and_forget_r
     assert "erin" not in load_model(household_model).labels, "--out leaves the original alone"
 
 
-def test_enrolling_again_updates_in_place(trained_model: Path, new_voice_clips: Path, tmp_path: Path) -> None:
+def test_enrolling_again_updates_in_place(household_model: Path, new_voice_clips: Path, tmp_path: Path) -> None:
     model = tmp_path / "m.safetensors"
-    model.write_bytes(trained_model.read_bytes())
+    model.write_bytes(household_model.read_bytes())
     clips = sorted(new_voice_clips.glob("*.wav"))
     assert _run("enroll", str(model), *map(str, clips[:3]), "-s", "erin").returncode == 0
     first = load_model(model).enrollment["erin"]
@@ -190,3 +190,43 @@ def test_a_name_with_a_space_inside_is_enrolled_one_with_a_space_around_is_refus
     assert load_model(model).labels == ["alice", "bob"], "no second alice"
     bundle, report = enroll_audio(load_model(model), "Mary Ann", {"clip": synth_audio("erin", TRAIN_SENTENCES[0])})
     assert bundle.labels == ["alice", "bob", "Mary Ann"] and not report.updated
+
+
+def test_a_known_voice_under_a_second_name_is_refused_unless_forced(household_model: Path, tmp_path: Path) -> None:
+    """A user enrolled one recording as "Aunt Nina" and again as "Nina2": every later utterance was `unknown` at
+    0.5 / 0.5. The second name is refused (the CLI says --force); forced, it is enrolled with a warning, and the
+    clip is not said to hold more than one voice (its pieces are close to the first name because it is that voice)."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(household_model.read_bytes())
+    erin = synth_speech("erin", " ".join(TRAIN_SENTENCES[:6]), tmp_path / "erin.wav")
+    assert _run("enroll", str(model), str(erin), "-s", "Aunt Nina").returncode == 0
+    enrolled = model.read_bytes()
+
+    refused = _run("enroll", str(model), str(erin), "-s", "Nina2")
+    assert refused.returncode == 2 and "already pass as Aunt Nina" in refused.stderr, refused.stderr
+    assert "sound like Aunt Nina's own voice" in refused.stderr and "--force" in refused.stderr
+    assert model.read_bytes() == enrolled, "nothing written"
+
+    bundle, report = enroll_audio(load_model(model), "Nina2", {"erin.wav": sf.read(erin)[0]}, force=True)
+    assert bundle.labels[-2:] == ["Aunt Nina", "Nina2"]
+    assert any("already pass as Aunt Nina" in w and "may confuse Nina2 and Aunt Nina" in w for w in report.warnings)
+    assert not any("more than one voice" in w for w in report.warnings), report.warnings
+
+
+def test_a_stranger_is_enrolled_without_a_warning_about_known_voices(household_model: Path, tmp_path: Path) -> None:
+    clip = synth_audio("wendy", " ".join(TRAIN_SENTENCES[:6]))
+    bundle, report = enroll_audio(load_model(household_model), "wendy", {"wendy.wav": clip})
+    assert bundle.labels[-1] == "wendy"
+    assert not any("already pass as" in w for w in report.warnings), report.warnings
+
+
+def test_a_name_that_differs_from_another_only_in_case_is_refused(tmp_path: Path) -> None:
+    """Home Assistant would list "aunt nina" beside "Aunt Nina", and automations would match the wrong one; a
+    speaker may still be renamed to its own name in another case."""
+    bundle = load_model(random_model(tmp_path / "m.safetensors", ["Aunt Nina", "bob"]))
+    clip = {"clip": synth_audio("erin", TRAIN_SENTENCES[0])}
+    with pytest.raises(ValueError, match="'aunt nina' differs from the speaker 'Aunt Nina' only in case"):
+        enroll_audio(bundle, "aunt nina", clip)
+    with pytest.raises(ValueError, match="'BOB' differs from the speaker 'bob' only in case"):
+        rename(bundle, "Aunt Nina", "BOB")
+    assert rename(bundle, "Aunt Nina", "aunt nina").labels == ["aunt nina", "bob"]

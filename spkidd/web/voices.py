@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.enrollment import DifferentVoiceError, check_name, enroll_audio, forget, rename
+from spkidd.enrollment import (
+    DifferentVoiceError,
+    check_name,
+    check_not_a_case_twin,
+    enroll_audio,
+    forget,
+    rename,
+)
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model, save_model
 from spkidd.web.control import DaemonControl
 from spkidd.web.errors import PageError
@@ -58,15 +65,20 @@ def speaker_rows(bundle: ModelBundle) -> list[dict[str, Any]]:
     return rows
 
 
-def check_new_name(name: str, bundle: ModelBundle) -> None:
-    """A name for a new or renamed speaker: enrollment's own rule (`check_name`, as `spkidd enroll` applies it),
-    and free in the model (409 here, where `spkidd enroll` would update the speaker of that name instead)."""
+def check_new_name(name: str, bundle: ModelBundle, renaming: str | None = None) -> None:
+    """A name for a new or renamed speaker (`renaming`: its name now): enrollment's own rule (`check_name`, as
+    `spkidd enroll` applies it), and free in the model, in any case (409 here, where `spkidd enroll` would update
+    the speaker of that name instead)."""
     try:
         check_name(name)
     except ValueError as exc:
         raise VoiceError(str(exc)) from exc
     if name in bundle.labels:
         raise VoiceError(f"there is already a speaker called {name!r}", status=409)
+    try:
+        check_not_a_case_twin(name, bundle.labels, renaming)
+    except ValueError as exc:
+        raise VoiceError(str(exc), status=409) from exc
 
 
 class VoiceKeeper:
@@ -84,7 +96,8 @@ class VoiceKeeper:
         self, speaker: str, new: bool, clips: Callable[[], dict[str, np.ndarray]], force: bool = False
     ) -> EnrollResult:
         """`new`: a new speaker (the name must be free), else an existing one gets more speech (`force`: even if
-        it sounds like another speaker). `clips` loads the audio (blocking; it runs in the worker thread)."""
+        it sounds like another speaker, or a new name for a known voice). `clips` loads the audio (blocking; it runs
+        in the worker thread)."""
         async with self._lock:
             bundle = await self._read()
             if new:
@@ -108,7 +121,7 @@ class VoiceKeeper:
             bundle = await self._read()
             if speaker not in bundle.labels:
                 raise VoiceError(f"no speaker {speaker!r} in the model", status=404)
-            check_new_name(new_name, bundle)
+            check_new_name(new_name, bundle, renaming=speaker)
             updated = await asyncio.to_thread(self._edit, rename, bundle, speaker, new_name)
             await self._write(updated)
             log.info("web: renamed %s to %s", speaker, new_name)

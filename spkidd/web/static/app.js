@@ -252,7 +252,7 @@ function clipRow(clip) {
 
 function enrollTarget(mode, nameInput, select, force) {
   const isNew = $(`input[name="${mode}"]:checked`).value === "new";
-  return { speaker: isNew ? nameInput.value : select.value, new: isNew, force: !isNew && force.checked };
+  return { speaker: isNew ? nameInput.value : select.value, new: isNew, force: force.checked };
 }
 
 function showReport(message, warnings, report) {
