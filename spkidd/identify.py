@@ -14,6 +14,7 @@ from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import DecisionSettings, final_answer
+from spkidd.enrollment import speech_pieces
 from spkidd.events import UNKNOWN, Identification
 from spkidd.inference import Scored, score_long
 from spkidd.modelfile import ModelBundle
@@ -103,6 +104,8 @@ def identify_audio(
     bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: float, k: int = 5, report: Report | None = None
 ) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
+    if not speech_pieces(audio):
+        return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error="no speech found")
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
         return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
@@ -112,14 +115,22 @@ def identify_audio(
     if len(segments) > 1:
         result.timeline = timeline(bundle, audio, report)
         result.speakers = speech_per_speaker(result.timeline)
-        if result.speakers and speaker not in result.speakers:
+        if is_conversation(result):
             return named_by_timeline(result, bundle.labels, scored.scores)
     return result
 
 
+def is_conversation(result: FileResult) -> bool:
+    """Whether the timeline, not the chunk-averaged answer, names the file: it heard two or more known voices (the
+    average of two voices names neither, or the one most chunks favour), or the average names a voice the timeline
+    never gave a turn. One known voice with some `unknown` turns keeps the average: over a long recording of one
+    speaker it rests on more speech than any one utterance."""
+    named = [speaker for speaker in result.speakers if speaker != UNKNOWN]
+    return len(named) > 1 or (bool(result.speakers) and result.speaker not in result.speakers)
+
+
 def named_by_timeline(result: FileResult, labels: list[str], scores: np.ndarray) -> FileResult:
-    """The file named after the voice that spoke most, for when the chunk-averaged answer is not in the timeline
-    (two voices averaged can make `unknown`, or the one a third of the chunks favour): with the speech-weighted
+    """The file named after the voice that spoke most (see is_conversation): with the speech-weighted
     confidence of that voice's turns, its own cosine, and as candidates each voice's share of the speech, so that
     nothing beside the answer speaks for another voice."""
     name = next(iter(result.speakers))
