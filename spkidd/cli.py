@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from spkidd import __version__
+from spkidd.terminal import error, warning
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -172,7 +173,7 @@ def train(
     try:
         code = run_training(inputs, settings, console)
     except (DataError, ModelFileError, EncoderWeightsError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -221,7 +222,7 @@ def _check_report_folder(report: Path, console: Console, what: str = "the report
         with tempfile.TemporaryFile(dir=report):
             pass
     except OSError as exc:
-        console.print(f"[red]error: cannot write {what} in {report}: {exc.strerror or exc}")
+        error(console, f"cannot write {what} in {report}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
 
 
@@ -230,7 +231,7 @@ def _write_report(write: Callable[[], None], report: Path, console: Console) -> 
     try:
         write()
     except OSError as exc:
-        console.print(f"[red]error: the figures above could not be written to {report}: {exc}")
+        error(console, f"the figures above could not be written to {report}: {exc}")
         raise typer.Exit(2) from None
 
 
@@ -260,12 +261,13 @@ def _closed_set_result(
             )
         return closed_set_report(bundle, scoring)
     except (ModelFileError, DataError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(2) from None
 
 
 def _print_closed_set(out: Console, result: dict[str, Any], title: str) -> None:
     """The figures, then per-speaker recall of the 20 worst-recognised speakers."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
@@ -281,7 +283,7 @@ def _print_closed_set(out: Console, result: dict[str, Any], title: str) -> None:
         table.add_row(f"top-1 after {seconds} s of speech", f"{value:.2%}")
     table.add_row("skipped items", str(result["skipped"]))
     for speaker, n in result["unknown_speakers"].items():
-        table.add_row(f"items of unknown speaker {speaker}", str(n))
+        table.add_row(f"items of unknown speaker {escape(speaker)}", str(n))
     out.print(table)
     recall = Table(title="per-speaker recall (worst first)")
     recall.add_column("speaker")
@@ -289,7 +291,7 @@ def _print_closed_set(out: Console, result: dict[str, Any], title: str) -> None:
     recall.add_column("recall", justify="right")
     ranked = sorted((v["recall"], s, v["n"]) for s, v in result["per_speaker"].items() if v["n"])
     for value, speaker, n in ranked[:20]:
-        recall.add_row(speaker, str(n), f"{value:.2%}")
+        recall.add_row(escape(speaker), str(n), f"{value:.2%}")
     out.print(recall)
 
 
@@ -338,7 +340,7 @@ def _open_set_result(
             )
         return open_set_report(bundle, items, strangers)
     except (ModelFileError, DataError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(2) from None
 
 
@@ -355,9 +357,10 @@ def _with_strangers(
     known = [s for s in speakers if s in bundle.labels]
     strangers = known[::5] if len(known) >= 2 else []
     bundle = hold_out(bundle, strangers)
-    console.print(
-        f"[yellow]no unknown speakers in {data}; holding out {len(strangers)} known speaker(s) as strangers "
-        "(the network has heard them in training, so this is optimistic)"
+    warning(
+        console,
+        f"no unknown speakers in {data}; holding out {len(strangers)} known speaker(s) as strangers "
+        "(the network has heard them in training, so this is optimistic)",
     )
     return bundle, strangers
 
@@ -401,7 +404,7 @@ def identify(
     try:
         bundle = load_model(model)
     except ModelFileError as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(2) from None
     results = _identify_files(bundle, audio, chunk, top, console)
     if json_output:
@@ -439,7 +442,7 @@ def _identify_files(
                 results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
             bar.remove_task(task)
             if results[-1].warning:
-                console.print(f"[yellow]warning: {results[-1].warning}; identified from what is there")
+                warning(console, f"{results[-1].warning}; identified from what is there")
     return results
 
 
@@ -462,6 +465,7 @@ def _draw_timelines(results: list[FileResult], folder: Path, chunk_s: float, con
 def _print_identified(results: list[FileResult]) -> None:
     """A table of every file's answer, then the timeline of each long one."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from spkidd.events import as_percent
@@ -472,18 +476,17 @@ def _print_identified(results: list[FileResult]) -> None:
         table.add_column(column)
     for r in results:
         candidates = ", ".join(f"{s} {as_percent(p)}" for s, p in r.top_k.items())
-        table.add_row(
-            r.path, r.speaker or f"[red]{r.error}", as_percent(r.confidence) if not r.error else "", candidates
-        )
+        answer = f"[red]{escape(r.error)}" if r.error else escape(r.speaker)
+        table.add_row(escape(r.path), answer, "" if r.error else as_percent(r.confidence), escape(candidates))
     out.print(table)
     for r in results:
         if r.timeline:
-            out.print(f"[bold]{r.path}[/bold] timeline:")
+            out.print(f"[bold]{escape(r.path)}[/bold] timeline:")
             for turn in r.timeline:
                 span = f"{turn['start']:7.1f}-{turn['end']:7.1f} s"
-                out.print(f"  {span}  {turn['speaker']} ({as_percent(turn['confidence'])})")
+                out.print(f"  {span}  {escape(turn['speaker'])} ({as_percent(turn['confidence'])})")
             spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
-            out.print(f"  who spoke (seconds of speech): {spoke}")
+            out.print(f"  who spoke (seconds of speech): {escape(spoke)}")
 
 
 @app.command()
@@ -521,10 +524,10 @@ def listen(
         settings = PipelineSettings(decision=overrides, unknown_clips=UnknownClipSettings(folder=keep_unknown))
         asyncio.run(run_listen(bundle, source, settings, name=name, realtime=not fast, json_lines=json_output))
     except (ModelFileError, SourceSpecError, ValueError) as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(2) from None
     except SourceFailedError as exc:
-        console.print(f"[red]error: {exc}")
+        error(console, str(exc))
         raise typer.Exit(1) from None
 
 
@@ -567,7 +570,10 @@ def enroll(
     speaker: str = typer.Option(..., "--speaker", "-s", help="Name of the speaker to add or update."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of updating MODEL in place."),
     force: bool = typer.Option(
-        False, "--force", help="Add the clips to an existing speaker even if they sound more like another one."
+        False,
+        "--force",
+        help="Add the clips to an existing speaker even if they sound more like another one, or enroll a new name "
+        "for clips that sound like a known speaker's voice.",
     ),
 ) -> None:
     """Add or update a speaker from a few clips, in seconds, without retraining. A running daemon picks the
@@ -591,10 +597,10 @@ def enroll(
         save_model(bundle, target)
     except (ModelFileError, AudioDecodeError, ValueError) as exc:
         hint = " (--force)" if isinstance(exc, DifferentVoiceError) else ""
-        console.print(f"[red]error: {exc}{hint}")
+        error(console, f"{exc}{hint}")
         raise typer.Exit(2) from None
-    for warning in report.warnings:
-        console.print(f"[yellow]warning: {warning}")
+    for said in report.warnings:
+        warning(console, said)
     action = "updated" if report.updated else "enrolled"
     typer.echo(
         f"{action} {speaker}: {report.speech_s:.1f} s of speech from {report.clips} clip(s) "
@@ -606,6 +612,7 @@ def enroll(
 def speakers(model: Path = typer.Argument(..., help="Model file.")) -> None:
     """List the speakers a model knows, with how much speech each was trained or enrolled on."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from spkidd.modelfile import ModelFileError, load_model
@@ -613,7 +620,7 @@ def speakers(model: Path = typer.Argument(..., help="Model file.")) -> None:
     try:
         bundle = load_model(model)
     except ModelFileError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error: {exc}")
+        error(Console(stderr=True, soft_wrap=True), str(exc))
         raise typer.Exit(2) from None
     table = Table(title=f"{model.name}: {len(bundle.labels)} speakers")
     for column in ("speaker", "from", "speech (s)", "updated"):
@@ -621,7 +628,10 @@ def speakers(model: Path = typer.Argument(..., help="Model file.")) -> None:
     for label in bundle.labels:
         info = bundle.enrollment.get(label, {})
         table.add_row(
-            label, str(info.get("source", "training")), f"{info.get('seconds', 0):.1f}", str(info.get("updated", ""))
+            escape(label),
+            str(info.get("source", "training")),
+            f"{info.get('seconds', 0):.1f}",
+            str(info.get("updated", "")),
         )
     Console().print(table)
 
@@ -643,7 +653,7 @@ def forget(
         check_writable(target)
         save_model(forget_speaker(load_model(model), speaker), target)
     except (ModelFileError, ValueError) as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error: {exc}")
+        error(Console(stderr=True, soft_wrap=True), str(exc))
         raise typer.Exit(2) from None
     typer.echo(f"forgot {speaker} -> {target}")
 
@@ -653,6 +663,7 @@ def devices() -> None:
     """List the audio input devices a microphone can record from (a source's `device` in config.toml, or
     `--source mic:NAME` / `mic:INDEX` for `spkidd listen`); * marks the default."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from spkidd.audio.microphone import list_input_devices
@@ -674,7 +685,7 @@ def devices() -> None:
     for device in found:
         table.add_row(
             str(device.index),
-            device.name,
+            escape(device.name),
             str(device.channels),
             f"{device.default_rate:g}",
             "*" if device.is_default else "",

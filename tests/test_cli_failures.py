@@ -1,15 +1,18 @@
 """Commands that fail say why and exit non-zero, without a traceback, and before long work where they can: a
-`--chunk` that cannot cut a recording, an unwritable `--report` folder, a `--noise-dir` that is not there, and a
-noise folder without audio."""
+`--chunk` that cannot cut a recording, an unwritable `--report` folder, a `--noise-dir` that is not there, a
+noise folder without audio, a file without speech; and messages with brackets printed as they are."""
 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from rich.console import Console
 
 from spkidd.audio_cache import AudioCache
@@ -81,3 +84,29 @@ def test_a_noise_folder_without_audio_is_warned_about(tmp_path: Path) -> None:
     clips = _noise_clips(noise, AudioCache(tmp_path / "cache"), Console(file=shown, width=200))
     assert clips == []
     assert f"no usable audio in --noise-dir {noise} (1 file(s))" in shown.getvalue()
+
+
+def test_a_file_without_speech_is_said_to_have_none(corpus: Path, tmp_path: Path) -> None:
+    """A silent doorbell clip was answered `unknown 99%` with made-up candidates; it now says there is no speech,
+    in the table and in --json, and the command exits 1 as for any file it could not identify."""
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(5 * 16000, dtype=np.float32), 16000)
+    speech = corpus / "alice" / "alice_00.wav"
+    table = _run("identify", str(model), str(silence), str(speech))
+    assert table.returncode == 1 and "no speech found" in table.stdout, table.stdout
+    as_json = _run("identify", str(model), str(silence), "--json")
+    answer = json.loads(as_json.stdout)
+    assert (answer["speaker"], answer["error"], answer["top_k"]) == ("", "no speech found", {})
+
+
+def test_brackets_in_messages_and_names_are_printed_as_they_are(corpus: Path, tmp_path: Path) -> None:
+    """The terminal's markup once swallowed `[a-z]` from the --label-pattern hint (copied, it failed as a regular
+    expression) and showed a speaker called `[b]Nina` as a bold `Nina`."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.wav").write_bytes((corpus / "alice" / "alice_00.wav").read_bytes())
+    refused = _run("train", str(flat), "--out", str(tmp_path / "x.safetensors"))
+    assert refused.returncode == 2 and "'^(?P<speaker>[a-z]+)_'" in refused.stderr, refused.stderr
+    model = save_random_model(tmp_path / "m.safetensors", ["[b]Nina", "bob"])
+    assert "[b]Nina" in _run("speakers", str(model)).stdout

@@ -18,6 +18,7 @@ from spkidd.dataset import DataError, Row, discover, speaker_counts
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from spkidd.progress import progress_bar
+from spkidd.terminal import error, warning
 from train.calibrate import DEFAULT_THRESHOLD, too_few_impostors
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
@@ -53,11 +54,10 @@ def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str)
         task = progress.add_task(f"decoding {what}", total=len(rows), status="")
         prepared = prepare(rows, cache, on_progress=lambda n: progress.advance(task, n))
     if prepared.skipped:
-        console.print(f"[yellow]skipped {len(prepared.skipped)} unusable file(s):")
-        for _row, reason in prepared.skipped[:10]:
-            console.print(f"  [yellow]{reason}")
+        reasons = [f"  {reason}" for _row, reason in prepared.skipped[:10]]
         if len(prepared.skipped) > 10:
-            console.print(f"  [yellow]... and {len(prepared.skipped) - 10} more")
+            reasons.append(f"  ... and {len(prepared.skipped) - 10} more")
+        warning(console, "\n".join([f"skipped {len(prepared.skipped)} unusable file(s):", *reasons]))
     return prepared
 
 
@@ -68,9 +68,10 @@ def _warn_small_speakers(prepared: Prepared, console: Console) -> None:
         seconds[row.speaker] = seconds.get(row.speaker, 0.0) + len(audio) / 16000
     for speaker in sorted(counts):
         if counts[speaker] < MIN_CLIPS_WARNING and seconds[speaker] < MIN_SECONDS_WARNING:
-            console.print(
-                f"[yellow]warning: speaker {speaker!r} has only {counts[speaker]} clip(s), "
-                f"{seconds[speaker]:.1f} s of sound; expect it to be recognised poorly"
+            warning(
+                console,
+                f"speaker {speaker!r} has only {counts[speaker]} clip(s), "
+                f"{seconds[speaker]:.1f} s of sound; expect it to be recognised poorly",
             )
 
 
@@ -97,11 +98,12 @@ def _warn_unvalidated(split: Split, labels: list[str], console: Console, val_dat
         return
     advice = MORE_AUDIO if val_data is None else f"Add their recordings to {val_data}, and train again"
     if len(missing) == len(labels):
-        console.print(f"[yellow]warning: no validation audio; {UNCALIBRATED}. {advice}")
+        warning(console, f"no validation audio; {UNCALIBRATED}. {advice}")
         return
-    console.print(
-        f"[yellow]warning: no validation audio of {', '.join(repr(m) for m in missing)}; the unknown-speaker "
-        f"threshold is calibrated without their voice(s). {advice}"
+    warning(
+        console,
+        f"no validation audio of {', '.join(repr(m) for m in missing)}; the unknown-speaker "
+        f"threshold is calibrated without their voice(s). {advice}",
     )
 
 
@@ -119,9 +121,9 @@ def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) ->
     rows = [Row(path=p, speaker="noise") for p in sorted(noise_dir.rglob("*")) if p.is_file()]
     clips = decode_rows(rows, cache, console, "noise clips").audio
     if not clips:
-        console.print(
-            f"[yellow]warning: no usable audio in --noise-dir {noise_dir} ({len(rows)} file(s)); only generated "
-            "noise is mixed in"
+        warning(
+            console,
+            f"no usable audio in --noise-dir {noise_dir} ({len(rows)} file(s)); only generated noise is mixed in",
         )
     return clips
 
@@ -237,14 +239,14 @@ def _fit(trainer: TrainerBase, resume: bool, validated: bool, console: Console) 
         try:
             return trainer.run(resume=resume, on_epoch=on_epoch)
         except TrainingInterrupted:
-            console.print(
-                f"[red]interrupted: no model written; the last finished epoch is in {trainer.checkpoint_path} "
-                "(continue with --resume)"
+            error(
+                console,
+                f"interrupted: no model written; the last finished epoch is in {trainer.checkpoint_path} "
+                "(continue with --resume)",
             )
             return 130
         except WorkerFailed as failure:
-            console.print(f"[red]error: {failure}")
-            console.print(f"[red]no model written; {_kept(trainer.checkpoint_path)}")
+            error(console, f"{failure}; no model written; {_kept(trainer.checkpoint_path)}")
             return 1
 
 
@@ -271,13 +273,14 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
     if cal["val_far"] is None:
-        console.print(f"[yellow]warning: {UNCALIBRATED}. {MORE_AUDIO}")
+        warning(console, f"{UNCALIBRATED}. {MORE_AUDIO}")
     elif cal.get("impostor_scores") is not None and too_few_impostors(cal["impostor_scores"], cal["target_far"]):
-        console.print(
-            f"[yellow]warning: the unknown-speaker threshold was calibrated on {cal['impostor_scores']} impostor "
+        warning(
+            console,
+            f"the unknown-speaker threshold was calibrated on {cal['impostor_scores']} impostor "
             f"score(s), too few to show a false-accept rate of {cal['target_far']:.0%}, so it is kept at least at the "
             f"default ({DEFAULT_THRESHOLD:.3f}): a stranger may be named, or a voice of the household answered "
-            "`unknown`, more often. More or longer recordings per speaker give more scores to calibrate it on."
+            "`unknown`, more often. More or longer recordings per speaker give more scores to calibrate it on.",
         )
 
 
