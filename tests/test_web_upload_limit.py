@@ -26,6 +26,7 @@ from tests.support.browser import DESKTOP, chromium, wait_until
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
 from tests.support.multipart import recording_form
+from tests.support.page_http import PAGE_HEADER, change, http
 
 MAX_MB = 0.2
 MAX_BYTES = 200_000
@@ -74,18 +75,9 @@ def _form(audio: bytes, speaker: str = "erin", new: str = "true") -> bytes:
     return recording_form(audio, {"speaker": speaker, "new": new, "force": "false"}, BOUNDARY)
 
 
-def _post(page: Page, path: str, body: bytes, content_type: str) -> tuple[int, dict]:
-    headers = {"X-Spkidd-Request": "1", "Content-Type": content_type}
-    request = urllib.request.Request(f"{page.base}{path}", data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def _upload(page: Page, audio: bytes, speaker: str = "erin") -> tuple[int, dict]:
-    return _post(page, "/api/record", _form(audio, speaker), f"multipart/form-data; boundary={BOUNDARY}")
+    headers = {**PAGE_HEADER, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    return http(f"{page.base}/api/record", _form(audio, speaker), headers, timeout=60)
 
 
 def _speech_wav(path: Path, size: int) -> bytes:
@@ -152,8 +144,7 @@ def test_names_get_the_answer_spkidd_enroll_gives(page: Page) -> None:
             enroll_audio(bundle, name, {"clip": synth_audio("erin", SENTENCES[0])})
         status, body = _upload(page, _speech_wav(page.work / "name.wav", 180_000), speaker=name)
         assert (status, body["error"]) == (400, str(cli.value))
-        renamed = json.dumps({"speaker": "bob", "new_name": name}).encode()
-        status, body = _post(page, "/api/voices/rename", renamed, "application/json")
+        status, body = change(page.base, "/api/voices/rename", {"speaker": "bob", "new_name": name})
         assert (status, body["error"]) == (400, str(cli.value))
     assert load_model(page.model).labels == bundle.labels, "no second alice, no renamed bob"
 
