@@ -13,7 +13,7 @@ from tests.support.hass import assert_discovery_accepted
 from tests.support.mosquitto import Collector, Received, running_mosquitto
 from tests.support.mqtt_events import activity, identification, mqtt_settings
 
-STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since"]
+STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since", "speakers"]
 EVENT_KEYS = [
     "v", "event_type", "source", "utterance_id", "speaker", "confidence", "top_k", "final",
     "start", "end", "speech_s", "time", "model",
@@ -32,7 +32,7 @@ def _summary(m: Received) -> tuple[str, str, bool]:
     """Topic, the payload's kind (its state, event type or raw text) and the retain flag."""
     if m.topic.endswith("/speaker"):
         body = json.loads(m.payload)
-        assert list(body) == STATE_KEYS and body["v"] == 1
+        assert list(body) == STATE_KEYS and body["v"] == 1 and body["speakers"] == ["alice", "bob"]
         return m.topic, f"{body['state']}:{body['speaker']}", m.retain
     if m.topic.endswith("/event"):
         body = json.loads(m.payload)

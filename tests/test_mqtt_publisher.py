@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,59 @@ async def test_home_assistant_online_and_new_speakers_trigger_rediscovery(tmp_pa
                 publisher.set_sources(["hall"])
                 gone = f"homeassistant/event/spkidd_{NODE}_kitchen_event/config"
                 await sub.wait_for(lambda ms: any(m.topic == gone and m.payload == b"" for m in ms), timeout=10)
+        finally:
+            await publisher.close(timeout=5)
+
+
+async def test_new_speakers_republish_every_sources_state_after_the_options(tmp_path: Path) -> None:
+    """The speaker list travels in the retained state (Home Assistant 2024.1 keeps a sensor's first attributes
+    template): a change of speakers republishes the options, then each source's state, decision and `since`
+    unchanged, with the new list."""
+    kitchen, hall = (f"spkidd/{NODE}/{source}/speaker" for source in ("kitchen", "hall"))
+    with running_mosquitto(tmp_path) as broker:
+        publisher = MqttPublisher(mqtt_settings(broker.port), NODE, ["kitchen", "hall"], ["alice", "bob"])
+        try:
+            async with Collector(broker.port, ["homeassistant/sensor/+/config", kitchen, hall, STATUS]) as sub:
+                publisher.start()
+                await sub.wait_for(lambda ms: any(m.topic == STATUS for m in ms))
+                publisher.handle(identification("kitchen", 1, "identified", "alice", 0.9))
+                await sub.wait_for(lambda ms: json.loads(sub.on(kitchen)[-1].payload)["speaker"] == "alice")
+                before = {topic: json.loads(sub.on(topic)[-1].payload) for topic in (kitchen, hall)}
+                assert before[kitchen]["speakers"] == before[hall]["speakers"] == ["alice", "bob"]
+                sub.messages.clear()
+                publisher.set_speakers(["alice", "Zoë"])
+                await sub.wait_for(lambda ms: bool(sub.on(kitchen) and sub.on(hall)))
+                topics = [m.topic for m in sub.messages]
+                assert all(t.endswith("/config") for t in topics[:4]) and sorted(topics[4:]) == [hall, kitchen]
+                for topic in (kitchen, hall):
+                    assert json.loads(sub.on(topic)[-1].payload) == {**before[topic], "speakers": ["alice", "Zoë"]}
+        finally:
+            await publisher.close(timeout=5)
+
+
+async def test_a_removed_sources_topics_are_emptied_only_after_its_entities_are_removed(tmp_path: Path) -> None:
+    """Home Assistant removes an entity in a task of its own: the source's state topics are emptied a while after
+    the removal of its entities, never before, so no empty payload reaches the entities' templates."""
+    state_topics = [f"spkidd/{NODE}/hall/{name}" for name in ("status", "speaking", "speaker")]
+    with running_mosquitto(tmp_path) as broker:
+        publisher = MqttPublisher(mqtt_settings(broker.port), NODE, ["kitchen", "hall"], ["alice"])
+        try:
+            async with Collector(broker.port, ["homeassistant/+/+/config", *state_topics, STATUS]) as sub:
+                publisher.start()
+                await sub.wait_for(lambda ms: any(m.topic == STATUS for m in ms))
+                sub.messages.clear()
+                publisher.set_sources(["kitchen"])
+                await sub.wait_for(lambda ms: sum(m.topic.endswith("/config") and not m.payload for m in ms) == 4)
+                removed = time.monotonic()
+                await sub.wait_for(lambda ms: all(sub.on(topic) for topic in state_topics), timeout=10)
+                held_s = time.monotonic() - removed
+                emptied = [m for m in sub.messages if m.topic in state_topics]
+                assert [m.payload for m in emptied] == [b""] * 3 and held_s > 1.0, (emptied, held_s)
+                first = sub.messages.index(emptied[0])
+                assert [m.topic for m in sub.messages[:first] if m.payload == b""] == [
+                    f"homeassistant/{c}/spkidd_{NODE}_hall_{e}/config"
+                    for c, e in (("binary_sensor", "speaking"), ("event", "event"), ("sensor", "confidence"))
+                ] + [f"homeassistant/sensor/spkidd_{NODE}_hall_speaker/config"]
         finally:
             await publisher.close(timeout=5)
 

@@ -1,12 +1,11 @@
 """A change made on the household page reaches Home Assistant: after a voice is enrolled, forgotten or renamed through
 the page's HTTP API, the running daemon republishes its discovery over a real Mosquitto, and the "Current speaker"
-sensor's options and `speakers` attribute (what Home Assistant shows) name the voices as they are now. No restart,
-no SIGHUP (README: "Home Assistant's list of speakers is republished")."""
+sensor's options and the retained state's `speakers` (the sensor's `speakers` attribute in Home Assistant) name the
+voices as they are now. No restart, no SIGHUP (README: "Home Assistant's list of speakers is republished")."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,31 +18,22 @@ from tests.support.page_http import change, http, record
 pytestmark = pytest.mark.timeout(120)
 
 SENSOR = "homeassistant/sensor/spkidd_testhouse_kitchen_speaker/config"
+STATE = "spkidd/testhouse/kitchen/speaker"
 EXTRA = ["unrecognized", "none"]
 
 
-def speaker_list(config: dict[str, object]) -> list[str]:
-    """The enrolled speakers written into the sensor's attributes template (its `speakers` attribute)."""
-    template = config["json_attributes_template"]
-    assert isinstance(template, str)
-    found = re.search(r"'speakers': (\[[^\]]*\])", template)
-    assert found is not None, template
-    return list(json.loads(found.group(1)))
-
-
-def sensor_configs(messages: list[Received]) -> list[dict[str, object]]:
-    return [json.loads(m.payload) for m in messages if m.topic == SENSOR and m.payload]
+def latest(messages: list[Received], topic: str) -> dict[str, object] | None:
+    payloads = [json.loads(m.payload) for m in messages if m.topic == topic and m.payload]
+    return payloads[-1] if payloads else None
 
 
 def announces(speakers: list[str]) -> Callable[[list[Received]], bool]:
-    """A predicate: the latest "Current speaker" discovery names exactly `speakers`, in options and attribute."""
+    """A predicate: the latest "Current speaker" discovery's options and the latest retained state's `speakers`
+    (what the sensor's `speakers` attribute shows) name exactly `speakers`."""
 
     def check(messages: list[Received]) -> bool:
-        configs = sensor_configs(messages)
-        if not configs:
-            return False
-        latest = configs[-1]
-        return latest["options"] == [*speakers, *EXTRA] and speaker_list(latest) == speakers
+        config, state = latest(messages, SENSOR), latest(messages, STATE)
+        return bool(config and state and config["options"] == [*speakers, *EXTRA] and state["speakers"] == speakers)
 
     return check
 
@@ -58,7 +48,7 @@ async def test_enroll_forget_and_rename_on_the_page_are_republished_to_home_assi
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
         config = write_config(tmp_path / "config.toml", model, sources, mqtt, extra)
-        async with Collector(broker.port, ["homeassistant/#"]) as sub:
+        async with Collector(broker.port, ["homeassistant/#", STATE]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
                 wait_port(web_port, lambda: daemon.process.poll() is None, timeout=90)
@@ -82,9 +72,10 @@ async def test_enroll_forget_and_rename_on_the_page_are_republished_to_home_assi
                 assert "reload" not in daemon.text().lower(), "the page's changes need no reload"
 
                 # Retained: a Home Assistant that connects only now is told the current list, not the trained one.
-                async with Collector(broker.port, [SENSOR]) as late:
-                    await late.wait_for(lambda ms: bool(ms), timeout=10)
-                    assert late.messages[0].retain and announces(["alice", "caroline", "dave"])(late.messages)
+                async with Collector(broker.port, [SENSOR, STATE]) as late:
+                    await late.wait_for(lambda ms: len(ms) == 2, timeout=10)
+                    assert all(m.retain for m in late.messages)
+                    assert announces(["alice", "caroline", "dave"])(late.messages)
             finally:
                 daemon.kill()
     assert "Traceback" not in daemon.text(), daemon.text()[-3000:]

@@ -109,7 +109,9 @@ def none_state(source: str, utterance_id: str | None = None) -> SpeakerState:
     return SpeakerState(source=source, state="none", speaker=NONE, confidence=None, utterance_id=utterance_id)
 
 
-def state_payload(state: SpeakerState) -> dict[str, Any]:
+def state_payload(state: SpeakerState, speakers: Sequence[str]) -> dict[str, Any]:
+    """The state JSON. `speakers`, the enrolled speakers, extends the contract's keys: the sensor's `speakers`
+    attribute is read from it (SPEAKER_ATTRIBUTES_TEMPLATE), so a change of the list is a new state message."""
     return {
         "v": PAYLOAD_VERSION,
         "source": state.source,
@@ -119,6 +121,7 @@ def state_payload(state: SpeakerState) -> dict[str, Any]:
         "top_k": {k: _round(v) for k, v in state.top_k.items()},
         "utterance_id": state.utterance_id,
         "since": state.since,
+        "speakers": list(speakers),
     }
 
 
@@ -200,13 +203,16 @@ SPEAKER_ATTRIBUTES = ("decision", "speaker", "confidence", "top_k", "utterance_i
 the sensor's `options`, so this is the list every supported version shows)."""
 
 
-def speaker_attributes_template(speakers: Sequence[str]) -> str:
-    """A Jinja template from the state JSON to SPEAKER_ATTRIBUTES; discovery is republished when the speakers
-    change, so the list is written into it."""
+def _speaker_attributes_template() -> str:
+    """A Jinja template from the state JSON to SPEAKER_ATTRIBUTES. Everything, the speaker list included, comes
+    from the payload: Home Assistant 2024.1 keeps the template it first saw, so a list written into the template
+    would stay stale until Home Assistant restarts."""
     renamed = {"decision": "state"}
-    pairs = [f"'{name}': value_json.{renamed.get(name, name)}" for name in SPEAKER_ATTRIBUTES[:-1]]
-    pairs.append(f"'speakers': {json.dumps(list(speakers))}")
+    pairs = [f"'{name}': value_json.{renamed.get(name, name)}" for name in SPEAKER_ATTRIBUTES]
     return "{{ {" + ", ".join(pairs) + "} | tojson }}"
+
+
+SPEAKER_ATTRIBUTES_TEMPLATE = _speaker_attributes_template()
 
 
 def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -258,7 +264,7 @@ def _source_entities(topics: Topics, source: str, speakers: Sequence[str]) -> di
                 f"{{{{ '{UNRECOGNIZED}' if value_json.speaker == '{UNKNOWN}' else value_json.speaker }}}}"
             ),
             "json_attributes_topic": speaker_topic,
-            "json_attributes_template": speaker_attributes_template(speakers),
+            "json_attributes_template": SPEAKER_ATTRIBUTES_TEMPLATE,
             "device_class": "enum",
             "options": speaker_options(speakers),
             "icon": "mdi:account-voice",

@@ -11,6 +11,8 @@ Why it looks like this:
 - While connected every state change is sent in order. Across an outage retained topics are coalesced (the
   latest value wins), so a reconnect replays one state per topic, not a history of flip-flops. Events are
   bounded by `queue_size`; what the bound drops is counted and logged.
+- A removed source's entities are removed from Home Assistant first; its retained topics are emptied only a while
+  later, so no empty payload reaches templates of entities Home Assistant has not let go of yet.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ StatsProvider = Callable[[], dict[str, dict[str, Any]]]
 _DROP_LOG_INTERVAL_S = 10.0
 _STABLE_S = 30.0
 """A connection that stayed up this long was healthy: the next loss starts the backoff from the beginning."""
+_CLEAR_AFTER_REMOVAL_S = 2.0
+"""How long a removed source's retained topics wait to be emptied after its entities' removal was acknowledged:
+Home Assistant removes an entity in a task of its own, so an empty state sent at once still reaches the entity's
+templates (`'value_json' is undefined`, `Erroneous JSON`). It takes milliseconds; this leaves a wide margin."""
 
 
 @dataclass
@@ -101,7 +107,9 @@ class MqttPublisher:
         self._started = time.monotonic()
         self._retained: dict[str, bytes] = {}
         self._cleared: set[str] = set()
-        """Retained topics of removed sources, deleted on the broker at the next connect if not yet."""
+        """Retained topics of removed sources, deleted on the broker once their entities have been removed."""
+        self._clear_due = 0.0
+        """When `_cleared` may be sent: _CLEAR_AFTER_REMOVAL_S after the last entity removal was published."""
         self._session_open = False
         self._queue_retained = False
         self._queue: deque[_Item] = deque()
@@ -130,10 +138,13 @@ class MqttPublisher:
             self._set_retained(self.topics.source_status(event.source), status_payload(event.online))
 
     def set_speakers(self, speakers: Sequence[str]) -> None:
-        """Enrolled speakers changed (a reload): Home Assistant's enum options are republished."""
+        """Enrolled speakers changed (a reload, the web page): the enum options are republished, then every source's
+        state with the new list in it (what Home Assistant's `speakers` attribute shows)."""
         if list(speakers) != self._speakers:
             self._speakers = list(speakers)
             self.request_discovery()
+            for state in list(self._states.values()):
+                self._set_state(state)
 
     def set_sources(self, sources: Sequence[str]) -> None:
         """The configured sources changed: new ones are announced, removed ones deleted from Home Assistant."""
@@ -196,7 +207,7 @@ class MqttPublisher:
 
     def _set_state(self, state: SpeakerState) -> None:
         self._states[state.source] = state
-        self._set_retained(self.topics.speaker(state.source), encode(state_payload(state)))
+        self._set_retained(self.topics.speaker(state.source), encode(state_payload(state, self._speakers)))
 
     def _set_retained(self, topic: str, payload: bytes) -> None:
         """Remembers the latest value for the next (re)connect, and queues the change itself while connected
@@ -340,9 +351,6 @@ class MqttPublisher:
         await client.subscribe(self.topics.ha_status, qos=1)
         self._queue_retained = True
         self._queue = deque(item for item in self._queue if not item.retain)
-        for topic in sorted(self._cleared):
-            await self._publish(client, topic, b"", retain=True)
-            self._cleared.discard(topic)
         await self._publish_discovery(client)
         for topic, payload in list(self._retained.items()):
             await self._publish(client, topic, payload, retain=True)
@@ -369,11 +377,16 @@ class MqttPublisher:
         self.stats.published += 1
 
     async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        """Removed entities first (their sources' topics are emptied only _CLEAR_AFTER_REMOVAL_S later), then every
+        entity's config."""
         self._discovery_pending = False
         messages = discovery_messages(self.topics, self._sources, self._speakers)
-        for topic in sorted(self._announced - set(messages)):
+        removed = sorted(self._announced - set(messages))
+        for topic in removed:
             await self._publish(client, topic, b"", retain=True)
             self._announced.discard(topic)
+        if removed:
+            self._clear_due = time.monotonic() + _CLEAR_AFTER_REMOVAL_S
         for topic, config in messages.items():
             await self._publish(client, topic, encode(config), retain=True)
             self._announced.add(topic)
@@ -384,7 +397,7 @@ class MqttPublisher:
             if self._discovery_pending:
                 await self._publish_discovery(client)
                 continue
-            if self._cleared:
+            if self._cleared and time.monotonic() >= self._clear_due:
                 topic = min(self._cleared)
                 await self._publish(client, topic, b"", retain=True)
                 self._cleared.discard(topic)
@@ -399,12 +412,18 @@ class MqttPublisher:
                 if not item.retain:
                     self._events_queued -= 1
                 continue
-            if self._closing:
+            if self._closing and not self._cleared:
                 await self._publish(client, self.topics.status, OFFLINE, retain=True)
                 log.info("MQTT: published offline, disconnecting")
                 return
             self._wake.clear()
-            await self._wake.wait()
+            await self._work_or_clear_due()
+
+    async def _work_or_clear_due(self) -> None:
+        """Sleeps until something is queued, or until the topics held back for `_clear_due` may be emptied."""
+        timeout = max(0.0, self._clear_due - time.monotonic()) if self._cleared else None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
