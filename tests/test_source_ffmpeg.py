@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spkidd.audio.backoff import BackoffConfig
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
 from spkidd.audio.ffmpeg import FfmpegSource, SourceError, is_live_url, redact_url
 from spkidd.events import SourceStatus
@@ -22,10 +21,10 @@ from tests.support.http_stream import HttpStream
 from tests.support.mosquitto import free_port
 from tests.support.rtsp_server import RtspServer
 from tests.support.source_audio import best_alignment, synth_speech
+from tests.support.source_recorder import FAST_BACKOFF, SourceRecorder, assert_timestamps, audio_of
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST_BACKOFF = BackoffConfig(initial_s=0.2, max_s=1.0, jitter=0.2)
 TEXT = "The quick brown fox jumps over the lazy dog, then listens to the streaming source."
 
 
@@ -41,74 +40,31 @@ def looping_server(speech_wav: tuple[Path, np.ndarray]) -> Iterator[RtspServer]:
         yield server
 
 
-class Collector:
-    """Consumes a source in a task, keeping every chunk and status so the test can act on the server meanwhile."""
-
-    def __init__(self) -> None:
-        self.chunks: list[AudioChunk] = []
-        self.statuses: list[tuple[float, SourceStatus]] = []
-        self.changed = asyncio.Event()
-
-    def on_status(self, status: SourceStatus) -> None:
-        self.statuses.append((time.monotonic(), status))
-        self.changed.set()
-
-    async def consume(self, source: FfmpegSource) -> None:
-        async with contextlib.aclosing(source.chunks()) as chunks:
-            async for chunk in chunks:
-                self.chunks.append(chunk)
-                self.changed.set()
-
-    async def wait_for(self, predicate: object, timeout_s: float = 20.0) -> None:
-        assert callable(predicate)
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def assert_timestamps(chunks: list[AudioChunk]) -> None:
-    for i, chunk in enumerate(chunks):
-        assert chunk.samples.dtype == np.int16
-        assert chunk.samples.shape == (CHUNK_SAMPLES,)
-        assert chunk.start_s == pytest.approx(i * CHUNK_SAMPLES / 16000)
-
-
-def audio_of(chunks: list[AudioChunk]) -> np.ndarray:
-    return np.concatenate([c.samples for c in chunks])
-
-
 async def test_rtsp_stream_delivers_the_wav_samples(speech_wav: tuple[Path, np.ndarray]) -> None:
     path, reference = speech_wav
-    collector = Collector()
+    recorder = SourceRecorder()
     with RtspServer(path, loop=False) as server:
-        source = FfmpegSource("cam", server.url, on_status=collector.on_status, backoff=FAST_BACKOFF)
+        source = FfmpegSource("cam", server.url, on_status=recorder.on_status, backoff=FAST_BACKOFF)
         assert source.live
-        task = asyncio.create_task(collector.consume(source))
+        recorder.start(source)
         try:
             # Until the whole clip is in, or the one-shot stream ended (RTP may drop a last partial packet).
-            await collector.wait_for(
+            await recorder.wait_for(
                 lambda: (
-                    len(collector.chunks) * CHUNK_SAMPLES >= len(reference)
-                    or (len(collector.statuses) > 1 and not collector.statuses[-1][1].online)
+                    len(recorder.chunks) * CHUNK_SAMPLES >= len(reference)
+                    or (len(recorder.statuses) > 1 and not recorder.statuses[-1].online)
                 )
             )
         finally:
-            await stop_task(task)
-    chunks = collector.chunks
+            await recorder.stop()
+    chunks = recorder.chunks
     assert_timestamps(chunks)
     assert not chunks[0].discontinuity
     assert len(chunks) * CHUNK_SAMPLES > 0.95 * len(reference)
     lag, corr = best_alignment(audio_of(chunks), reference[: len(chunks) * CHUNK_SAMPLES - 1600])
     assert corr > 0.99, corr
     assert lag < 1600, lag
-    assert collector.statuses[0][1] == SourceStatus("cam", True, "receiving audio")
+    assert recorder.statuses[0] == SourceStatus("cam", True, "receiving audio")
     assert ffmpeg_children() == {}
 
 
@@ -116,26 +72,26 @@ async def test_rtsp_server_killed_and_restarted_reconnects(
     speech_wav: tuple[Path, np.ndarray], looping_server: RtspServer
 ) -> None:
     _, reference = speech_wav
-    collector = Collector()
-    source = FfmpegSource("cam", looping_server.url, on_status=collector.on_status, backoff=FAST_BACKOFF)
-    task = asyncio.create_task(collector.consume(source))
+    recorder = SourceRecorder()
+    source = FfmpegSource("cam", looping_server.url, on_status=recorder.on_status, backoff=FAST_BACKOFF)
+    recorder.start(source)
     try:
-        await collector.wait_for(lambda: len(collector.chunks) >= 30)
+        await recorder.wait_for(lambda: len(recorder.chunks) >= 30)
         looping_server.kill()
-        await collector.wait_for(lambda: not collector.statuses[-1][1].online)
-        assert "exited" in collector.statuses[-1][1].detail
-        before = len(collector.chunks)
+        await recorder.wait_for(lambda: not recorder.statuses[-1].online)
+        assert "exited" in recorder.statuses[-1].detail
+        before = len(recorder.chunks)
         await asyncio.sleep(0.5)  # let a reconnect attempt or two fail against the dead port
         await asyncio.to_thread(looping_server.start)
-        await collector.wait_for(lambda: len(collector.chunks) >= before + 60)
-        assert collector.statuses[-1][1].online
+        await recorder.wait_for(lambda: len(recorder.chunks) >= before + 60)
+        assert recorder.statuses[-1].online
         assert source.reconnects >= 1
         children = ffmpeg_children()
         assert len(children) == 1 and "Z" not in children.values(), children
     finally:
-        await stop_task(task)
+        await recorder.stop()
     assert ffmpeg_children() == {}
-    chunks = collector.chunks
+    chunks = recorder.chunks
     assert_timestamps(chunks)
     assert [c.discontinuity for c in chunks].count(True) == 1
     assert chunks[before].discontinuity
@@ -144,29 +100,29 @@ async def test_rtsp_server_killed_and_restarted_reconnects(
 
 
 async def test_stalled_server_is_detected_and_reconnected(looping_server: RtspServer) -> None:
-    collector = Collector()
+    recorder = SourceRecorder()
     stall_s = 1.5
     source = FfmpegSource(
-        "cam", looping_server.url, on_status=collector.on_status, backoff=FAST_BACKOFF, stall_timeout_s=stall_s
+        "cam", looping_server.url, on_status=recorder.on_status, backoff=FAST_BACKOFF, stall_timeout_s=stall_s
     )
-    task = asyncio.create_task(collector.consume(source))
+    recorder.start(source)
     try:
-        await collector.wait_for(lambda: len(collector.chunks) >= 20)
+        await recorder.wait_for(lambda: len(recorder.chunks) >= 20)
         looping_server.freeze()
         frozen_at = time.monotonic()
-        await collector.wait_for(lambda: not collector.statuses[-1][1].online, timeout_s=stall_s + 10)
-        went_offline, status = collector.statuses[-1]
+        await recorder.wait_for(lambda: not recorder.statuses[-1].online, timeout_s=stall_s + 10)
+        went_offline, status = recorder.status_at[-1], recorder.statuses[-1]
         # Generous bound (a loaded 2-core machine), but far below "never" which is what no timeout gives.
         assert went_offline - frozen_at < stall_s + 5
         assert status.detail, status
-        before = len(collector.chunks)
+        before = len(recorder.chunks)
         await asyncio.sleep(stall_s)
         looping_server.thaw()
-        await collector.wait_for(lambda: len(collector.chunks) >= before + 30, timeout_s=25)
+        await recorder.wait_for(lambda: len(recorder.chunks) >= before + 30, timeout_s=25)
         assert source.reconnects >= 1
     finally:
-        await stop_task(task)
-    assert collector.chunks[before].discontinuity
+        await recorder.stop()
+    assert recorder.chunks[before].discontinuity
     assert ffmpeg_children() == {}
 
 
@@ -246,22 +202,22 @@ def test_live_url_detection_and_command() -> None:
 
 async def test_http_stream_is_pulled_and_reconnected(speech_wav: tuple[Path, np.ndarray]) -> None:
     wav, reference = speech_wav
-    collector = Collector()
+    recorder = SourceRecorder()
     with HttpStream(wav) as server:
-        source = FfmpegSource("radio", server.url, on_status=collector.on_status, backoff=FAST_BACKOFF)
+        source = FfmpegSource("radio", server.url, on_status=recorder.on_status, backoff=FAST_BACKOFF)
         assert source.live and "-rw_timeout" in source.command()
-        task = asyncio.create_task(collector.consume(source))
+        recorder.start(source)
         try:
-            await collector.wait_for(lambda: len(collector.chunks) >= 60)
+            await recorder.wait_for(lambda: len(recorder.chunks) >= 60)
             server.kill()
-            await collector.wait_for(lambda: not collector.statuses[-1][1].online)
-            before = len(collector.chunks)
+            await recorder.wait_for(lambda: not recorder.statuses[-1].online)
+            before = len(recorder.chunks)
             await asyncio.to_thread(server.start)
-            await collector.wait_for(lambda: len(collector.chunks) >= before + 60)
+            await recorder.wait_for(lambda: len(recorder.chunks) >= before + 60)
         finally:
-            await stop_task(task)
+            await recorder.stop()
     assert ffmpeg_children() == {}
-    chunks = collector.chunks
+    chunks = recorder.chunks
     assert_timestamps(chunks)
     assert chunks[before].discontinuity and source.reconnects >= 1
     for piece in (audio_of(chunks[:60]), audio_of(chunks[before:])):

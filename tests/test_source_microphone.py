@@ -5,23 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spkidd.audio.backoff import BackoffConfig
-from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk
+from spkidd.audio.base import AudioChunk
 from spkidd.audio.microphone import DeviceError, InputDevice, MicrophoneSource, list_input_devices, resolve_device
 from spkidd.events import SourceStatus
+from tests.support.daemon import SPKIDD
 from tests.support.pulse import PulseServer, running_pulse
 from tests.support.source_audio import best_alignment, dominant_frequency, synth_speech, tone, write_wav
+from tests.support.source_recorder import FAST_BACKOFF, SourceRecorder, assert_timestamps, audio_of
 
 pytestmark = pytest.mark.timeout(120)
-
-FAST_BACKOFF = BackoffConfig(initial_s=0.2, max_s=1.0, jitter=0.2)
 
 
 @pytest.fixture
@@ -30,57 +28,9 @@ def pulse16k() -> Iterator[PulseServer]:
         yield pulse
 
 
-class Recorder:
-    """Consumes a source in a task, keeping chunks and statuses, so the test can play and kill meanwhile."""
-
-    def __init__(self) -> None:
-        self.chunks: list[AudioChunk] = []
-        self.statuses: list[SourceStatus] = []
-        self.changed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, source: MicrophoneSource) -> Recorder:
-        self.task = asyncio.create_task(self._consume(source))
-        return self
-
-    def on_status(self, status: SourceStatus) -> None:
-        self.statuses.append(status)
-        self.changed.set()
-
-    async def _consume(self, source: MicrophoneSource) -> None:
-        async with contextlib.aclosing(source.chunks()) as chunks:
-            async for chunk in chunks:
-                self.chunks.append(chunk)
-                self.changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                assert self.task is not None
-                if self.task.done():
-                    self.task.result()
-                    raise AssertionError("the source ended")
-                self.changed.clear()
-                with contextlib.suppress(TimeoutError):  # also re-check counters that set no event
-                    await asyncio.wait_for(self.changed.wait(), 0.1)
-
-    async def stop(self) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-    def audio(self, start: int = 0) -> np.ndarray:
-        return np.concatenate([c.samples for c in self.chunks[start:]])
-
-
-def assert_timestamps(chunks: list[AudioChunk]) -> None:
-    for i, chunk in enumerate(chunks):
-        assert chunk.samples.dtype == np.int16 and chunk.samples.shape == (CHUNK_SAMPLES,)
-        assert chunk.start_s == pytest.approx(i * CHUNK_SAMPLES / 16000)
-
-
-async def record_while_playing(pulse: PulseServer, recorder: Recorder, source: MicrophoneSource, wav: Path) -> None:
+async def record_while_playing(
+    pulse: PulseServer, recorder: SourceRecorder, source: MicrophoneSource, wav: Path
+) -> None:
     """Start recording, wait until audio flows (PulseAudio's first read can take ~1-2 s), play, keep 0.5 s."""
     recorder.start(source)
     try:
@@ -94,16 +44,16 @@ async def record_while_playing(pulse: PulseServer, recorder: Recorder, source: M
 
 async def test_records_what_is_played_into_the_virtual_microphone(pulse16k: PulseServer, tmp_path: Path) -> None:
     reference = synth_speech(tmp_path / "speech.wav", "Somebody is talking to the kitchen microphone right now.")
-    recorder = Recorder()
+    recorder = SourceRecorder()
     source = MicrophoneSource("kitchen", None, on_status=recorder.on_status, backoff=FAST_BACKOFF)
     await record_while_playing(pulse16k, recorder, source, tmp_path / "speech.wav")
     assert_timestamps(recorder.chunks)
     assert not any(c.discontinuity for c in recorder.chunks)
     assert source.opened_rate == 16000 and source.opened_device is not None
     assert source.opened_device.is_default
-    lag, corr = best_alignment(recorder.audio(), reference)
+    lag, corr = best_alignment(audio_of(recorder.chunks), reference)
     assert corr > 0.98, corr
-    assert lag + len(reference) <= len(recorder.audio())
+    assert lag + len(reference) <= len(audio_of(recorder.chunks))
     assert recorder.statuses[0] == SourceStatus("kitchen", True, "receiving audio")
 
 
@@ -111,13 +61,13 @@ async def test_native_48k_device_is_resampled_to_16k(tmp_path: Path) -> None:
     wav = tmp_path / "tone48k.wav"
     write_wav(wav, tone(440.0, 1.5, rate=48000), rate=48000)
     with running_pulse(rate=48000) as pulse:
-        recorder = Recorder()
+        recorder = SourceRecorder()
         source = MicrophoneSource("hall", "pulse", rate=48000, backoff=FAST_BACKOFF)
         await record_while_playing(pulse, recorder, source, wav)
     assert source.opened_rate == 48000
     assert source.opened_device is not None and source.opened_device.name == "pulse"
     assert_timestamps(recorder.chunks)
-    audio = recorder.audio()
+    audio = audio_of(recorder.chunks)
     assert abs(dominant_frequency(audio) - 440.0) < 3.0
     # The tone lasts 1.5 s of 16 kHz samples: a wrong rate ratio would stretch or squeeze it.
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 8000)
@@ -126,7 +76,7 @@ async def test_native_48k_device_is_resampled_to_16k(tmp_path: Path) -> None:
 
 async def test_vanished_device_is_reopened_with_a_discontinuity() -> None:
     with running_pulse(rate=16000) as pulse:
-        recorder = Recorder()
+        recorder = SourceRecorder()
         source = MicrophoneSource("den", "pulse", on_status=recorder.on_status, backoff=FAST_BACKOFF)
         recorder.start(source)
         try:
@@ -147,7 +97,7 @@ async def test_vanished_device_is_reopened_with_a_discontinuity() -> None:
 
 
 async def test_missing_device_is_retried_and_reported_offline(pulse16k: PulseServer) -> None:
-    recorder = Recorder()
+    recorder = SourceRecorder()
     source = MicrophoneSource("attic", "no-such-microphone", on_status=recorder.on_status, backoff=FAST_BACKOFF)
     recorder.start(source)
     try:
@@ -165,9 +115,7 @@ def test_list_input_devices_and_the_devices_command(pulse16k: PulseServer) -> No
     assert "pulse" in names and "default" in names
     assert [d.name for d in devices if d.is_default] == ["default"]
     assert all(d.channels > 0 and d.default_rate > 0 for d in devices)
-    result = subprocess.run(
-        [sys.executable, "-m", "spkidd", "devices"], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = subprocess.run([SPKIDD, "devices"], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "│" in line]
     assert [("*" in row) for row in rows if "pulse" in row] == [False]
