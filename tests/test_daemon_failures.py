@@ -21,6 +21,7 @@ from spkidd.steprunner import StepRunner
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import conversation, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, wait_port
+from tests.support.polling import until
 from tests.support.procs import alive, command, descendants
 
 P = "spkidd/testhouse/kitchen"
@@ -96,7 +97,10 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
             wav.rename(tmp_path / "moved.wav")
             fault.arm()
             await sub.wait_for(lambda ms: any(m.topic == f"{P}/status" and m.payload == b"offline" for m in ms[cut:]))
-            await asyncio.sleep(3.0)
+            # The rebuilt pipeline (after its backoff) finds the file gone: the source fails and the stream stays
+            # ended, which is the state the stop below must cope with.
+            await until(lambda: "source kitchen: audio ended" in caplog.text, "the rebuilt pipeline to end", 30)
+            assert "kitchen: source failed" in caplog.text
             daemon.stop()
             assert await asyncio.wait_for(run, 60) == 0
     finally:
