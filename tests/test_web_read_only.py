@@ -10,12 +10,15 @@ which is exactly the rule under test, and a forged X-Forwarded-For does not chan
 from __future__ import annotations
 
 import hashlib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
 
+from tests.support.browser import DESKTOP, chromium, wait_until
 from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
 from tests.support.page_http import change, http, record
@@ -38,6 +41,11 @@ class Page:
     daemon: DaemonProcess
     model: Path
     clip: Path
+    kept: Path
+    """The folder of kept `unknown` clips (the random model names nobody, so every utterance is kept)."""
+
+    def first_kept_clip(self) -> str:
+        return wait_until(lambda: sorted(p.name for p in self.kept.glob("*.wav")), 60, "a kept clip")[0]
 
 
 def _start(tmp: Path, token: str | None) -> Page:
@@ -45,7 +53,8 @@ def _start(tmp: Path, token: str | None) -> Page:
     clip = conversation(tmp, [("dave", "My name is Dave and this is my voice for the household.")], lead_s=0.3)
     port = free_port()
     web = f'[web]\nenabled = true\nhost = "0.0.0.0"\nport = {port}\n' + (f'token = "{token}"\n' if token else "")
-    extra = f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n{web}'
+    clips = f'[unknown_clips]\nfolder = "{tmp / "unknown"}"\n'
+    extra = f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n{clips}{web}'
     sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{clip}"\nrealtime = true\nloop = true\n'
     config = write_config(tmp / "config.toml", model, sources, 'broker = "embedded"', extra)
     daemon = DaemonProcess(config, tmp / "daemon.log")
@@ -54,7 +63,7 @@ def _start(tmp: Path, token: str | None) -> Page:
     except BaseException:
         daemon.kill()
         raise
-    return Page(f"http://127.0.0.1:{port}", port, daemon, model, clip)
+    return Page(f"http://127.0.0.1:{port}", port, daemon, model, clip, tmp / "unknown")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,16 @@ def open_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
 @pytest.fixture(scope="module")
 def token_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     page = _start(tmp_path_factory.mktemp("with_token"), token=TOKEN)
+    try:
+        yield page
+    finally:
+        page.daemon.kill()
+
+
+@pytest.fixture(scope="module")
+def listening_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """A page with a token whose voices no test changes: dave stays a stranger, so his utterances keep being kept."""
+    page = _start(tmp_path_factory.mktemp("listening"), token=TOKEN)
     try:
         yield page
     finally:
@@ -143,3 +162,52 @@ def test_with_a_token_the_network_may_change_voices(token_page: Page) -> None:
     assert status == 200 and body["speaker"] == "dave", body
     assert _names(token_page) == ["alice", "robert", "dave"]
     assert _digest(token_page.model) != before
+
+
+PRIVATE = (
+    "the kept recordings are private: the page listens on 0.0.0.0 without a password; set [web] token in the "
+    "daemon's config.toml to hear and enroll them from the network"
+)
+
+
+def test_without_a_token_the_kept_recordings_are_not_served(open_page: Page) -> None:
+    """A guest on the home network could download the clips of guests and family the daemon kept: beyond loopback
+    without a password neither their list nor their audio is served."""
+    name = open_page.first_kept_clip()
+    for path in ("/api/clips", f"/api/clips/{name}"):
+        status, body = http(f"{open_page.base}{path}")
+        assert status == 403 and body == {"error": PRIVATE}, (path, status, body)
+
+
+def test_with_a_token_the_kept_recordings_need_it(listening_page: Page) -> None:
+    name = listening_page.first_kept_clip()
+    for path in ("/api/clips", f"/api/clips/{name}"):
+        status, body = http(f"{listening_page.base}{path}")
+        assert status == 401 and "a password is needed" in body["error"], (path, status, body)
+    status, listing = http(f"{listening_page.base}/api/clips", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (
+        status == 200 and listing["enabled"] and any(c["name"] == name for g in listing["groups"] for c in g["clips"])
+    )
+    request = urllib.request.Request(
+        f"{listening_page.base}/api/clips/{name}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200 and response.read(4) == b"RIFF"
+
+
+def test_the_page_plays_a_kept_clip_with_its_password(listening_page: Page) -> None:
+    """An <audio> element cannot send the password: the page fetches the clip with it when asked to play."""
+    listening_page.first_kept_clip()
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{listening_page.base}/#unknown")
+        wait_until(lambda: driver.find_element(By.ID, "token").is_displayed(), 30, "the password box")
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.execute_script("loadClips()")
+        listen = wait_until(lambda: driver.find_element(By.CSS_SELECTOR, ".clip button.listen"), 30, "a listen button")
+        listen.click()
+        source = wait_until(
+            lambda: driver.execute_script("const a = document.querySelector('.clip audio'); return a && a.src"),
+            30,
+            "the clip's audio in the page",
+        )
+        assert source.startswith("blob:"), source

@@ -1,10 +1,12 @@
-"""Who may change the voices: a middleware in front of every request that is not a GET.
+"""Who may change the voices, and who may hear the kept recordings: a middleware in front of every request.
 
 - Every change must carry the `X-Spkidd-Request` header. A browser sends it only from the page's own scripts
   (another site's form or script cannot add it without a CORS preflight, which is never granted), so a page
   elsewhere cannot make the user's browser enroll or forget a voice.
 - With a token configured, a change must also carry `Authorization: Bearer <token>`.
 - Without a token, only a page that listens on loopback accepts changes.
+- The kept `unknown` clips (`/api/clips...`) are recordings of guests and family: beyond loopback they are served
+  only with the token, like a change, and not at all without one. The live view and the voices stay readable.
 """
 
 from __future__ import annotations
@@ -26,17 +28,15 @@ def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+PRIVATE_PREFIX = "/api/clips"
+
+
 def refusal(config: WebConfig, request: web.Request) -> web.Response | None:
     """None when the change may go ahead, else the response that refuses it."""
     if request.headers.get(REQUEST_HEADER) != "1":
         return json_error(403, f"refused: changes must come from the spkidd page itself (no {REQUEST_HEADER} header)")
     if config.token is not None:
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.token.encode()):
-            what = "wrong password" if given else "a password is needed"
-            return json_error(401, f"{what}: enter the page's password ([web] token in the daemon's config.toml)")
-        return None
+        return _password_refusal(config.token, request)
     if not config.loopback_only:
         return json_error(
             403,
@@ -46,13 +46,38 @@ def refusal(config: WebConfig, request: web.Request) -> web.Response | None:
     return None
 
 
+def _password_refusal(token: str, request: web.Request) -> web.Response | None:
+    given = request.headers.get("Authorization", "")
+    scheme, _, offered = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), token.encode()):
+        what = "wrong password" if given else "a password is needed"
+        return json_error(401, f"{what}: enter the page's password ([web] token in the daemon's config.toml)")
+    return None
+
+
+def private_refusal(config: WebConfig, request: web.Request) -> web.Response | None:
+    """None when the kept recordings may be read, else the response that refuses it."""
+    if config.token is not None:
+        return _password_refusal(config.token, request)
+    if not config.loopback_only:
+        return json_error(
+            403,
+            f"the kept recordings are private: the page listens on {config.host} without a password; set [web] token "
+            "in the daemon's config.toml to hear and enroll them from the network",
+        )
+    return None
+
+
 def guard(config: WebConfig) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = None
         if request.method not in ("GET", "HEAD"):
             refused = refusal(config, request)
-            if refused is not None:
-                return refused
+        elif request.path.startswith(PRIVATE_PREFIX):
+            refused = private_refusal(config, request)
+        if refused is not None:
+            return refused
         return await handler(request)
 
     return middleware

@@ -26,13 +26,15 @@ function show(el, text, kind) {
   el.className = "message " + (kind || "");
 }
 
+// The password goes with every request: changes need it, and so do the kept recordings beyond loopback.
+function withPassword(headers) {
+  const token = $("#token").value || sessionStorage.getItem("spkidd-token") || "";
+  return token ? Object.assign(headers, { Authorization: "Bearer " + token }) : headers;
+}
+
 async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
-  if (options.method && options.method !== "GET") {
-    headers["X-Spkidd-Request"] = "1";
-    const token = $("#token").value || sessionStorage.getItem("spkidd-token") || "";
-    if (token) headers["Authorization"] = "Bearer " + token;
-  }
+  const headers = withPassword(Object.assign({}, options.headers || {}));
+  if (options.method && options.method !== "GET") headers["X-Spkidd-Request"] = "1";
   const response = await fetch(path, Object.assign({}, options, { headers }));
   let body = {};
   try { body = await response.json(); } catch (e) { body = { error: `${response.status} ${response.statusText}` }; }
@@ -239,8 +241,7 @@ function clipRow(clip) {
   const row = document.createElement("label");
   row.className = "clip";
   const box = Object.assign(document.createElement("input"), { type: "checkbox", name: "clip", value: clip.name });
-  const audio = Object.assign(document.createElement("audio"), { controls: true, preload: "none" });
-  audio.src = "/api/clips/" + encodeURIComponent(clip.name);
+  const audio = clipPlayer(clip);
   const meta = document.createElement("span");
   meta.className = "meta";
   const when = clip.time ? new Date(clip.time).toLocaleString() : clip.name;
@@ -248,6 +249,28 @@ function clipRow(clip) {
   meta.textContent = `${when} · ${clip.source} · ${clip.speech_s.toFixed(1)} s of speech` + (near ? ` · closest: ${near}` : "");
   row.append(box, audio, meta);
   return row;
+}
+
+// A page with a password cannot hand it to an <audio> element: it fetches the clip itself when asked to play it.
+function clipPlayer(clip) {
+  const url = "/api/clips/" + encodeURIComponent(clip.name);
+  const audio = Object.assign(document.createElement("audio"), { controls: true, preload: "none" });
+  if (!info.token_required) {
+    audio.src = url;
+    return audio;
+  }
+  const button = Object.assign(document.createElement("button"), { type: "button", className: "listen", textContent: "▶ listen" });
+  button.onclick = async () => {
+    const response = await fetch(url, { headers: withPassword({}) });
+    if (!response.ok) {
+      button.textContent = response.status === 401 ? "▶ listen (password?)" : `▶ listen (${response.status})`;
+      return;
+    }
+    audio.src = URL.createObjectURL(await response.blob());
+    button.replaceWith(audio);
+    audio.play().catch(() => {});
+  };
+  return button;
 }
 
 function enrollTarget(mode, nameInput, select, force) {
