@@ -20,8 +20,8 @@ from spkidd.audio_cache import AudioCache
 from spkidd.dataset import Row
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
+from tests.support.daemon import SPKIDD
 
-SPKIDD = [sys.executable, "-m", "spkidd"]
 SMALL = ["--pools", "1", "--seed", "1"]
 SMALL_SCRATCH = ["--encoder", "none", "--hidden", "32", "--layers", "1", "--seed", "1"]
 
@@ -44,7 +44,7 @@ def test_bad_files_are_skipped_counted_and_small_speakers_warned(speech_corpus: 
     shutil.copy(data / "carol" / "carol_00.wav", data / "zoe" / "only.wav")
     out = tmp_path / "m.safetensors"
     proc = subprocess.run(
-        [*SPKIDD, "train", str(data), "--out", str(out), "--epochs", "2", *SMALL, "--cache-dir", str(tmp_path / "c")],
+        [SPKIDD, "train", str(data), "--out", str(out), "--epochs", "2", *SMALL, "--cache-dir", str(tmp_path / "c")],
         capture_output=True,
         text=True,
     )
@@ -64,7 +64,7 @@ def test_tiny_manifest_trains_one_epoch(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("path,speaker\na.wav,alice\nb.wav,bob\n")
     out = tmp_path / "m.safetensors"
     proc = subprocess.run(
-        [*SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--epochs", "1", *SMALL],
+        [SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--epochs", "1", *SMALL],
         capture_output=True,
         text=True,
     )
@@ -75,7 +75,7 @@ def test_tiny_manifest_trains_one_epoch(tmp_path: Path) -> None:
 def test_unwritable_output_fails_before_training(speech_corpus: Path, tmp_path: Path) -> None:
     start = time.monotonic()
     proc = subprocess.run(
-        [*SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "missing" / "m.safetensors")],
+        [SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "missing" / "m.safetensors")],
         capture_output=True,
         text=True,
     )
@@ -86,7 +86,7 @@ def test_unwritable_output_fails_before_training(speech_corpus: Path, tmp_path: 
 
 def test_bad_option_value_is_refused(speech_corpus: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [*SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "m"), "--cell", "transformer"],
+        [SPKIDD, "train", str(speech_corpus), "--out", str(tmp_path / "m"), "--cell", "transformer"],
         capture_output=True,
         text=True,
     )
@@ -96,7 +96,7 @@ def test_bad_option_value_is_refused(speech_corpus: Path, tmp_path: Path) -> Non
 def _training_past_its_first_epoch(corpus: Path, out: Path, cache: Path) -> tuple[list[str], subprocess.Popen[str]]:
     """`spkidd train` (the command, and the process) once its first checkpoint is written, with its one head
     worker running; stderr is piped."""
-    cmd = [*SPKIDD, "train", str(corpus), "--out", str(out), *SMALL, "--cache-dir", str(cache)]
+    cmd = [SPKIDD, "train", str(corpus), "--out", str(out), *SMALL, "--cache-dir", str(cache)]
     proc = subprocess.Popen([*cmd, "--epochs", "200", "--patience", "200"], stderr=subprocess.PIPE, text=True)
     checkpoint = out.with_name(out.name + ".ckpt")
     deadline = time.monotonic() + 240
@@ -221,7 +221,7 @@ def test_two_process_training_of_the_head_on_the_pretrained_encoder_under_torchr
     assert bundle.training["epochs_run"] == 3 and bundle.training["encoder"].startswith("ge2e")
     report_dir = tmp_path / "report"
     evaluated = subprocess.run(
-        [*SPKIDD, "evaluate", str(out), str(held_out_corpus), "--report", str(report_dir)],
+        [SPKIDD, "evaluate", str(out), str(held_out_corpus), "--report", str(report_dir)],
         capture_output=True,
         text=True,
     )
@@ -245,3 +245,31 @@ def test_second_run_reads_the_decode_cache(tmp_path: Path, monkeypatch: pytest.M
     sf.write(wav, 0.5 * np.sin(2 * np.pi * 500 * t), 48000)
     with pytest.raises(AssertionError, match="decoded again"):
         cache.load(Row(path=wav, speaker="a"))
+
+
+def test_ctrl_c_before_the_first_epoch_says_so_and_resume_says_it_starts_over(
+    speech_corpus: Path, tmp_path: Path
+) -> None:
+    """A user's Ctrl-C while training was still encoding ended it silently (exit 130, no word), and a later
+    --resume started over without saying so."""
+    out = tmp_path / "m.safetensors"
+    cmd = [SPKIDD, "train", str(speech_corpus), "--out", str(out), *SMALL, "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    try:
+        for line in proc.stderr:
+            said.append(line)
+            if "plan: up to" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        said.append(proc.communicate(timeout=120)[1])
+    finally:
+        proc.kill()
+    stderr = "".join(said)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: no model written; no epoch had finished" in stderr, stderr
+    assert not out.exists() and not out.with_name(out.name + ".ckpt").exists()
+    resumed = subprocess.run([*cmd, "--epochs", "1", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--resume: no checkpoint at" in resumed.stderr and "training from the start" in resumed.stderr

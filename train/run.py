@@ -23,7 +23,14 @@ from train.calibrate import DEFAULT_THRESHOLD, too_few_impostors
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.head_parallel import WorkerFailed
-from train.trainer_base import HELD_OUT, EpochRecord, TrainerBase, TrainingInterrupted, TrainResult
+from train.trainer_base import (
+    HELD_OUT,
+    EpochRecord,
+    TrainerBase,
+    TrainingInterrupted,
+    TrainResult,
+    checkpoint_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +136,8 @@ def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) ->
 
 
 def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console | None = None) -> int:
-    """Returns the process exit code: 0 written, 130 interrupted (checkpoint kept)."""
+    """Returns the process exit code: 0 written, 130 interrupted (checkpoint kept). Ctrl-C while the audio is
+    decoded or encoded, before any epoch, says so too instead of ending without a word."""
     console = console or Console(stderr=True, soft_wrap=True)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
@@ -137,6 +145,19 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     quiet = distributed and dist.get_rank() != 0
     if quiet:
         console = Console(quiet=True)
+    try:
+        code = _train(inputs, settings, console, quiet)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        error(console, f"interrupted: no model written; {_kept(checkpoint_of(inputs.out))}")
+        return 130
+    if distributed:
+        dist.destroy_process_group()
+    return code
+
+
+def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet: bool) -> int:
+    """The data checked and decoded, the model trained, written and summed up: 0, or the exit code of a run that
+    did not write one."""
     check_writable(inputs.out)
     check_noise_dir(inputs.noise_dir)
     rows = discover(inputs.data, inputs.label_pattern)
@@ -156,8 +177,6 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     trainer.finish(outcome)
     if not quiet:
         _print_summary(console, outcome.bundle, inputs.out)
-    if distributed:
-        dist.destroy_process_group()
     return 0
 
 
@@ -217,8 +236,8 @@ def _summary(
 
 
 def _fit(trainer: TrainerBase, resume: bool, validated: bool, console: Console) -> TrainResult | int:
-    """The training run with a progress bar and a line per epoch; the exit code instead of a result when it was
-    interrupted (130) or a head worker died (1), the checkpoint kept in both cases."""
+    """The training run with a progress bar and a line per epoch; the exit code instead of a result when a head
+    worker died (1), the checkpoint kept."""
     with progress_bar(console) as progress:
         task = progress.add_task(trainer.progress_label, total=None, status="")
 
@@ -238,13 +257,6 @@ def _fit(trainer: TrainerBase, resume: bool, validated: bool, console: Console) 
         trainer.progress = on_progress
         try:
             return trainer.run(resume=resume, on_epoch=on_epoch)
-        except TrainingInterrupted:
-            error(
-                console,
-                f"interrupted: no model written; the last finished epoch is in {trainer.checkpoint_path} "
-                "(continue with --resume)",
-            )
-            return 130
         except WorkerFailed as failure:
             error(console, f"{failure}; no model written; {_kept(trainer.checkpoint_path)}")
             return 1

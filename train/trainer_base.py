@@ -167,7 +167,7 @@ class TrainerBase(ABC):
         self.extractor = FeatureExtractor(self.params)
         self.rng = np.random.default_rng(settings.seed)
         torch.manual_seed(settings.seed)
-        self.checkpoint_path = out.with_name(out.name + ".ckpt")
+        self.checkpoint_path = checkpoint_of(out)
         self._read_inputs()
 
     def _read_inputs(self) -> None:
@@ -296,6 +296,9 @@ class TrainerBase(ABC):
         exactly as an uninterrupted run would (in one process, the heads' processes, or torchrun's ranks)."""
         state = self._load_checkpoint()
         if state is None:
+            log.warning(
+                "--resume: no checkpoint at %s (no epoch had finished); training from the start", self.checkpoint_path
+            )
             return None
         try:
             model.load_state_dict(state["model"])
@@ -371,6 +374,11 @@ class TrainerBase(ABC):
         save_model(result.bundle, self.out)
         plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
         self.checkpoint_path.unlink(missing_ok=True)
+
+
+def checkpoint_of(out: Path) -> Path:
+    """Where training keeps its last finished epoch until the model file is written."""
+    return out.with_name(out.name + ".ckpt")
 
 
 class _interrupts_as_exception:
