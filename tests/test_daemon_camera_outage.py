@@ -6,6 +6,7 @@ exactly the reconnection attempts the daemon logged."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from spkidd.synthetic import synth_audio
 from tests.support.daemon import DaemonProcess, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 from tests.support.page_http import http
+from tests.support.polling import until
 from tests.support.rtsp_server import RtspServer
 from tests.support.streaming import silence, trim, write_wav
 
@@ -36,15 +38,20 @@ def stream(health_port: int) -> tuple[int, dict[str, Any]]:
     return status, body["streams"]["kitchen"]
 
 
-async def until_health(health_port: int, check: Any, what: str, timeout_s: float = 30.0) -> tuple[int, dict]:
-    """Polls /healthz (off the loop, so the MQTT collector keeps receiving) until `check(status, stream)` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        status, kitchen = await asyncio.to_thread(stream, health_port)
-        if check(status, kitchen):
-            return status, kitchen
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {status} {kitchen}"
-        await asyncio.sleep(0.2)
+async def until_health(health_port: int, check: Callable[[int, dict], bool], what: str) -> tuple[int, dict]:
+    """Polls /healthz (off the loop, so the MQTT collector keeps receiving) until `check(status, stream)` holds;
+    returns the answer that satisfied it."""
+    seen: list[tuple[int, dict]] = []
+
+    async def probe() -> bool:
+        seen.append(await asyncio.to_thread(stream, health_port))
+        return check(*seen[-1])
+
+    try:
+        await until(probe, what, timeout_s=30.0, every_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; /healthz said {seen[-1]}") from None
+    return seen[-1]
 
 
 async def test_a_camera_outage_goes_offline_then_online_and_is_counted(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.steprunner import Outcome, StepRunner
 from spkidd.synthetic import synth_audio
+from tests.support.polling import until
 from tests.support.rtsp_server import RtspServer
 from tests.support.streaming import random_bundle, silence, trim, write_wav
 
@@ -92,14 +93,6 @@ def held() -> Iterator[HeldRunner]:
     finally:
         runner.release.set()
         runner.close()
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    """Polls `check` on the event loop (the pipeline runs meanwhile) until it holds."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def starts(events: list[PipelineEvent]) -> list[SpeechActivity]:
