@@ -1,14 +1,21 @@
 """The unknown-clips shelf behind the page (a unit test of spkidd.web.clips): only the keeper's own clip names
-inside its folder are ever opened, and clips are grouped by how alike their voice prints are."""
+inside its folder are ever opened, clips are grouped by how alike their voice prints are, and a clip's closest
+speakers are those of the model as it is now."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from spkidd.enrollment import enroll_audio, forget, rename
+from spkidd.modelfile import load_model
+from spkidd.synthetic import SENTENCES, synth_audio
 from spkidd.web.clips import ClipError, ClipShelf, group_by_voice
+from tests.support.daemon import random_model
 
 
 class _Control:
@@ -57,3 +64,23 @@ def test_clips_of_one_real_voice_are_as_alike_as_a_cosine_of_one_half() -> None:
     """Two 2-s clips of one real voice give voice prints with a cosine around 0.5 (0.54 median on E1's voices)."""
     prints = {"a1": _unit(1, 0, 0), "a2": _unit(0.6, 0.8, 0), "b1": _unit(0.4, 0, 0.92)}
     assert group_by_voice(prints, ["a1", "a2", "b1"]) == [["a1", "a2"], ["b1"]]
+
+
+def test_a_clip_s_closest_speakers_are_those_of_the_model_as_it_is_now(tmp_path: Path) -> None:
+    """A user renamed Mum to Mom and forgot Nina2, and the page still listed `closest: Nina2 50 %, Mum 0 %` (the
+    daemon's answer when it kept the clip): the closest speakers now come from the current model."""
+    folder = tmp_path / "unknown"
+    folder.mkdir()
+    clip = folder / "20261126T101010.123Z_kitchen-000001.wav"
+    speech = synth_audio("erin", SENTENCES[0])
+    sf.write(clip, speech, 16000)
+    clip.with_suffix(".json").write_text(json.dumps({"top_k": {"Nina2": 0.5, "Mum": 0.0}, "speech_s": 2.0}))
+    bundle = load_model(random_model(tmp_path / "m.safetensors", ["Mum", "bob"]))
+    bundle, _ = enroll_audio(bundle, "Nina2", {"erin": speech}, force=True)
+    shelf = ClipShelf(_Control(folder))
+    assert "Nina2" in shelf.listing(bundle)[0]["clips"][0]["candidates"]
+
+    changed = rename(forget(bundle, "Nina2"), "Mum", "Mom")
+    (listed,) = shelf.listing(changed)[0]["clips"]
+    assert set(listed["candidates"]) == {"Mom", "bob"} and listed["speech_s"] == 2.0
+    assert abs(sum(listed["candidates"].values()) - 1.0) < 1e-4

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spkidd.audio.decode import AudioDecodeError, load_audio
+from spkidd.decide import top_candidates
 from spkidd.enrollment import voice_print
 from spkidd.modelfile import ModelBundle
 from spkidd.unknown_clips import CLIP_NAME, kept_clips
@@ -41,6 +43,8 @@ class ClipInfo:
     audio_s: float
     speech_s: float
     candidates: dict[str, float]
+    """The closest speakers of the model as it is now (not the daemon's answer when it kept the clip: the voices
+    may have been renamed or forgotten since), with the probabilities the daemon would give the whole clip."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,22 +57,21 @@ class ClipInfo:
         }
 
 
-def clip_info(path: Path) -> ClipInfo:
-    """A clip with what its JSON sidecar says about it (what the daemon decided when it heard it)."""
+def clip_info(path: Path, candidates: dict[str, float]) -> ClipInfo:
+    """A clip with what its JSON sidecar says about it (when and where it was heard, how much speech it holds)."""
     try:
         sidecar = json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         sidecar = {}
     if not isinstance(sidecar, dict):
         sidecar = {}
-    top_k = sidecar.get("top_k")
     return ClipInfo(
         name=path.name,
         time=str(sidecar.get("time", "")),
         source=str(sidecar.get("source", "")),
         audio_s=float(sidecar.get("audio_s", 0.0)),
         speech_s=float(sidecar.get("speech_s", 0.0)),
-        candidates={str(k): float(v) for k, v in top_k.items()} if isinstance(top_k, dict) else {},
+        candidates=candidates,
     )
 
 
@@ -133,7 +136,7 @@ class ClipShelf:
         clips = self.newest_first()
         names = [c.name for c in clips]
         self._update_prints(bundle, clips)
-        infos = {c.name: clip_info(c).to_dict() for c in clips}
+        infos = {c.name: clip_info(c, self._closest(bundle, c.name)).to_dict() for c in clips}
         return [{"clips": [infos[n] for n in group]} for group in group_by_voice(self._prints, names)]
 
     def audio(self, names: list[str]) -> dict[str, np.ndarray]:
@@ -154,6 +157,15 @@ class ClipShelf:
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
             self._prints.pop(name, None)
+
+    def _closest(self, bundle: ModelBundle, name: str, k: int = 3) -> dict[str, float]:
+        unit = self._prints.get(name)
+        if unit is None:
+            return {}
+        with torch.no_grad():
+            units = torch.from_numpy(unit.astype(np.float32))[None]
+            probs = bundle.model.output_of_units(units, units).probs[0].numpy()
+        return top_candidates(bundle.labels, probs, k)
 
     def _update_prints(self, bundle: ModelBundle, clips: list[Path]) -> None:
         if self._prints_model is not bundle:
