@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.mosquitto import free_port
+from tests.support.mosquitto import free_port, wait_port
 
 
 class HttpStream:
@@ -32,22 +31,8 @@ class HttpStream:
              "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3", "-listen", "1", self.url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        # ffmpeg prints nothing when it listens: wait until the port is bound (visible in /proc/net/tcp).
-        deadline = time.monotonic() + 10
-        while not self._listening():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"HTTP stream did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def _listening(self) -> bool:
-        hex_port = f":{self.port:04X}"
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(table) as handle:
-                for line in handle.readlines()[1:]:
-                    fields = line.split()
-                    if fields[1].endswith(hex_port) and fields[3] == "0A":  # 0A: LISTEN
-                        return True
-        return False
+        # ffmpeg prints nothing when it listens, and serves a single client: wait_port does not connect.
+        wait_port(self.port, lambda: self.proc is not None and self.proc.poll() is None)
 
     def kill(self) -> None:
         if self.proc is None:

@@ -42,17 +42,25 @@ def free_port() -> int:
 
 
 def wait_port(port: int, alive: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until something listens on `port`, read from the kernel's socket tables instead of connecting: a server that
+    takes one client only (ffmpeg -listen 1) would spend it on the probe. Gives up as soon as `alive()` is false."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            if not alive():
-                raise RuntimeError(f"process died before listening on {port}") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {port}") from None
-            time.sleep(0.02)
+    while not _listening(port):
+        if not alive():
+            raise RuntimeError(f"process died before listening on {port}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listening on {port}")
+        time.sleep(0.02)
+
+
+def _listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+                    return True
+    return False
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
