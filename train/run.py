@@ -308,4 +308,8 @@ def _accuracy_row(training: dict[str, Any]) -> tuple[str, str]:
 def _threshold_text(threshold: float, cal: dict[str, Any]) -> str:
     if cal["val_far"] is None:
         return f"{threshold:.3f}: the default, not calibrated (no held-out audio)"
-    return f"{threshold:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}"
+    return (
+        f"{threshold:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}: of the held-out "
+        f"pieces, {cal['val_far']:.0%} of other voices' would be taken for a speaker and {cal['val_frr']:.0%} of "
+        "the speakers' own answered unknown"
+    )
