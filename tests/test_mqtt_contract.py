@@ -11,13 +11,8 @@ from spkidd.events import SourceStatus
 from spkidd.mqtt import MqttPublisher
 from tests.support.hass import assert_discovery_accepted
 from tests.support.mosquitto import Collector, Received, running_mosquitto
-from tests.support.mqtt_events import activity, identification, mqtt_settings
+from tests.support.mqtt_events import EVENT_KEYS, STATE_KEYS, activity, identification, mqtt_settings
 
-STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since", "speakers"]
-EVENT_KEYS = [
-    "v", "event_type", "source", "utterance_id", "speaker", "confidence", "top_k", "final",
-    "start", "end", "speech_s", "time", "model",
-]  # fmt: skip
 DISCOVERY = [
     "homeassistant/binary_sensor/spkidd_testnode_status/config",
     "homeassistant/sensor/spkidd_testnode_kitchen_speaker/config",

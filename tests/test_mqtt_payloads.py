@@ -16,16 +16,10 @@ from spkidd.mqtt.payloads import (
     state_payload,
 )
 from tests.support import hass
-from tests.support.mqtt_events import identification
+from tests.support.mqtt_events import EVENT_KEYS, STATE_KEYS, identification
 
 TOPICS = Topics("spkidd", "node1", "homeassistant")
 SPEAKER_SENSOR = "homeassistant/sensor/spkidd_node1_kitchen_speaker/config"
-
-STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since", "speakers"]
-EVENT_KEYS = [
-    "v", "event_type", "source", "utterance_id", "speaker", "confidence", "top_k", "final",
-    "start", "end", "speech_s", "time", "model",
-]  # fmt: skip
 
 
 def test_state_and_event_payload_keys() -> None:

@@ -8,6 +8,14 @@ from typing import Any
 from spkidd.config import MqttConfig
 from spkidd.events import Identification, SpeechActivity
 
+STATE_KEYS = ["v", "source", "state", "speaker", "confidence", "top_k", "utterance_id", "since", "speakers"]
+"""The retained state JSON's keys, in order (docs/mqtt-and-home-assistant.md; `speakers` feeds an attribute)."""
+EVENT_KEYS = [
+    "v", "event_type", "source", "utterance_id", "speaker", "confidence", "top_k", "final",
+    "start", "end", "speech_s", "time", "model",
+]  # fmt: skip
+"""An event JSON's keys, in order (docs/mqtt-and-home-assistant.md)."""
+
 
 def mqtt_settings(port: int, **overrides: Any) -> MqttConfig:
     """Fast timings for tests: short backoff, no rediscovery delay unless asked for."""
