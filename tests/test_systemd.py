@@ -1,4 +1,5 @@
-"""The systemd unit passes `systemd-analyze verify` cleanly, and sd_notify reaches a real datagram socket."""
+"""The systemd unit passes `systemd-analyze verify` cleanly, restarts only what a restart can mend, and sd_notify
+reaches a real datagram socket."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def test_unit_is_notify_with_watchdog_and_hardened(tmp_path: Path) -> None:
         "ConfigurationDirectory=spkidd",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "RestartPreventExitStatus=2",
+        "StartLimitIntervalSec=300",
+        "StartLimitBurst=10",
     ]:
         assert f"\n{line}\n" in text, line
     result = subprocess.run(
@@ -91,3 +95,20 @@ def test_watchdog_interval() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({}) is None
+
+
+def test_a_configuration_error_exits_2_and_a_missing_model_exits_1(tmp_path: Path) -> None:
+    """What the unit's RestartPreventExitStatus=2 rests on: a config error stays one until mended (no restart), while
+    a daemon that cannot start for another reason (here a model file not there yet) exits 1 and is tried again."""
+    spkidd = [sys.executable, "-m", "spkidd", "run", "--config"]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[sources]]\nname = 1\n")
+    config_error = subprocess.run([*spkidd, str(broken)], capture_output=True, text=True, timeout=120)
+    assert config_error.returncode == 2, config_error.stderr
+    no_model = tmp_path / "config.toml"
+    no_model.write_text(
+        f'model = "{tmp_path / "absent.safetensors"}"\n[[sources]]\nname = "kitchen"\nkind = "file"\n'
+        f'path = "{tmp_path / "absent.wav"}"\n[mqtt]\nbroker = "external"\nport = 1\n'
+    )
+    missing = subprocess.run([*spkidd, str(no_model)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "cannot start" in missing.stderr, missing.stderr
