@@ -420,10 +420,13 @@ class MqttPublisher:
             await self._work_or_clear_due()
 
     async def _work_or_clear_due(self) -> None:
-        """Sleeps until something is queued, or until the topics held back for `_clear_due` may be emptied."""
+        """Sleeps until something is queued, or until the topics held back for `_clear_due` may be emptied.
+        asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that comes as the wait
+        ends, and the publisher would not stop."""
         timeout = max(0.0, self._clear_due - time.monotonic()) if self._cleared else None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
