@@ -5,7 +5,8 @@ Two implementations, chosen by `[embedded_broker] implementation`; "auto" prefer
 made on evidence (tests/test_broker.py runs both against the same tests):
 - A private `mosquitto` child process (Debian's 2.0.11), supervised from the daemon's event loop and restarted
   with backoff if it dies. It passes every retained-message and ordering test: a late subscriber gets exactly
-  one copy of each retained topic and a client that subscribed to nothing gets nothing.
+  one copy of each retained topic and a client that subscribed to nothing gets nothing. It never outlives the
+  daemon, even one killed with SIGKILL (spkidd.lifetime): an orphan would hold the port, and the next start fail.
 - amqtt 0.12.1 inside the daemon's loop, the fallback where no mosquitto binary exists. Ordered QoS 1 delivery
   works, but it replays retained messages on every CONNECT for every filter any client ever subscribed to:
   clients receive retained messages they never asked for, and subscribers get duplicates (the test
@@ -18,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pwd
 import random
 import shutil
 import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from spkidd.config import EmbeddedBrokerConfig
+from spkidd.lifetime import die_with_this_process
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,53 @@ class EmbeddedBroker(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def _start_error(what: str, host: str, port: int, detail: str) -> BrokerError:
+    """Why `what` could not start; a taken port is said plainly, without the broker's own noise: the fix is
+    elsewhere (stop the other process, or choose another port)."""
+    if "address already in use" in detail.lower():
+        detail = f"port {port} is already in use by another process"
+    return BrokerError(f"{what} on {host}:{port}: {detail}")
+
+
+def _config_file(host: str, port: int) -> IO[bytes]:
+    """The config in an unlinked temporary file that mosquitto opens as /proc/self/fd/N: nothing is left on disk
+    however the daemon ends, and an unprivileged mosquitto can read it even inside a TMPDIR it cannot enter."""
+    config = tempfile.TemporaryFile()  # noqa: SIM115 - open while the broker lives: every restart reads it
+    config.write(
+        f"listener {port} {host}\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "log_dest stderr\n"
+        "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n".encode()
+    )
+    config.flush()
+    os.fchmod(config.fileno(), 0o644)
+    return config
+
+
+def _unprivileged() -> dict[str, Any]:
+    """Popen's user, group and groups for mosquitto when the daemon runs as root: the account mosquitto would
+    switch to by itself ("mosquitto", else "nobody"), set before it starts, because a switch after the start
+    would clear its parent-death signal. Nothing when not root."""
+    if os.geteuid() != 0:
+        return {}
+    for name in ("mosquitto", "nobody"):
+        with contextlib.suppress(KeyError):
+            account = pwd.getpwnam(name)
+            return {
+                "user": account.pw_uid,
+                "group": account.pw_gid,
+                "extra_groups": os.getgrouplist(name, account.pw_gid),
+            }
+    raise BrokerError("running as root, and neither a 'mosquitto' nor a 'nobody' account exists to run mosquitto as")
+
+
+def _prepare(host: str, port: int) -> tuple[IO[bytes], dict[str, Any]]:
+    """The config file and the account, off the event loop: account lookups may ask a directory server."""
+    privileges = _unprivileged()
+    return _config_file(host, port), privileges
 
 
 async def _wait_listening(host: str, port: int, alive: Any, timeout: float) -> None:
@@ -67,47 +118,49 @@ async def _wait_listening(host: str, port: int, alive: Any, timeout: float) -> N
 
 class MosquittoBroker:
     """A private mosquitto on host:port (no persistence: the publisher republishes retained state on every
-    reconnect), restarted with capped backoff if it dies."""
+    reconnect), restarted with capped backoff if it dies, and signalled to stop if the daemon dies.
+
+    Start and stop it from the event loop's thread: that thread's end is what the child's death signal follows.
+    """
 
     def __init__(self, host: str, port: int, binary: str = "mosquitto") -> None:
         self.host = host
         self.port = port
         self.binary = binary
         self.restarts = 0
-        self._dir: Path | None = None
+        self._config: IO[bytes] | None = None
+        self._privileges: dict[str, Any] = {}
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="spkidd-mosquitto-"))
-        (self._dir / "mosquitto.conf").write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "log_dest stderr\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-        )
+        config, self._privileges = await asyncio.to_thread(_prepare, self.host, self.port)
+        self._config = config
         try:
             await self._spawn()
         except BaseException:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            config.close()
             raise
         self._supervisor = asyncio.create_task(self._supervise(), name="mosquitto-supervisor")
 
     async def _spawn(self) -> None:
-        assert self._dir is not None
+        assert self._config is not None
+        config = self._config.fileno()
         try:
             process = await asyncio.create_subprocess_exec(
                 self.binary,
                 "-c",
-                str(self._dir / "mosquitto.conf"),
+                f"/proc/self/fd/{config}",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                pass_fds=(config,),
                 # Its own process group: a Ctrl-C or `timeout` aimed at the daemon's group must not stop the
                 # broker before the daemon has published `offline` through it.
                 process_group=0,
+                preexec_fn=die_with_this_process(),
+                **self._privileges,
             )
         except OSError as exc:
             raise BrokerError(f"cannot run {self.binary}: {exc}") from exc
@@ -128,7 +181,7 @@ class MosquittoBroker:
         except BrokerError as exc:
             await self._terminate(process)
             await logger
-            raise BrokerError(f"mosquitto on {self.host}:{self.port}: {exc}; {' '.join(lines[-3:])}") from None
+            raise _start_error("mosquitto", self.host, self.port, f"{exc}; {' '.join(lines[-3:])}") from None
         log.info("embedded broker: mosquitto (pid %d) listening on %s:%d", process.pid, self.host, self.port)
 
     @staticmethod
@@ -185,13 +238,13 @@ class MosquittoBroker:
         if self._process is not None:
             await self._terminate(self._process)
             log.info("embedded broker: mosquitto stopped (exit %s)", self._process.returncode)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self._config is not None:
+            self._config.close()
 
 
 class AmqttBroker:
     """amqtt in the daemon's own loop, with only the anonymous-auth plugin (no $SYS or packet-logging plugins,
-    which warn and log every packet)."""
+    which warn and log every packet). Being no child process, it cannot outlive the daemon."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -209,7 +262,7 @@ class AmqttBroker:
         try:
             await self._broker.start()
         except Exception as exc:
-            raise BrokerError(f"amqtt on {self.host}:{self.port}: {exc}") from exc
+            raise _start_error("amqtt", self.host, self.port, str(exc)) from exc
         await _wait_listening(self.host, self.port, lambda: True, _READY_TIMEOUT_S)
         log.info("embedded broker: amqtt listening on %s:%d", self.host, self.port)
 

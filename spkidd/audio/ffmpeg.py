@@ -4,6 +4,7 @@ ffmpeg runs as a child process writing s16le to stdout, so decoding never touche
 codec or camera can only kill ffmpeg, never the daemon. A live URL is pulled forever: ANY exit of ffmpeg
 (even rc 0, which is what ffmpeg does when an RTSP server dies) or a stall is a disconnect, followed by a
 respawn after a capped, jittered backoff. A plain file is read once and the iterator ends at its end.
+ffmpeg never outlives the daemon, even one killed with SIGKILL (spkidd.lifetime).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spkidd import SAMPLE_RATE
 from spkidd.audio.backoff import Backoff, BackoffConfig
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
 from spkidd.audio.chunkqueue import ChunkQueue, QueuedSource, stream_chunks
+from spkidd.lifetime import die_with_this_process
 
 CHUNK_BYTES = CHUNK_SAMPLES * 2
 TERMINATE_GRACE_S = 2.0
@@ -188,6 +190,9 @@ class FfmpegSource(QueuedSource):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                # A closed stdout stops ffmpeg only at its next write: one listening for a UDP stream that
+                # never comes would outlive a killed daemon for good, and keep holding its port.
+                preexec_fn=die_with_this_process(),
             )
         except FileNotFoundError as exc:
             raise SourceError(f"cannot run {self.ffmpeg!r}: {exc.strerror}") from exc
