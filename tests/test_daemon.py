@@ -27,6 +27,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
+from tests.support.sequences import is_subsequence
 
 P = "spkidd/testhouse"
 RELAXED = "[decision]\nmin_score = 0.0\n"
@@ -42,11 +43,6 @@ def _finals(messages: list[Received]) -> list[dict[str, object]]:
             if event["event_type"] in FINAL_TYPES:
                 out.append(event)
     return out
-
-
-def _is_subsequence(wanted: list[str], seen: list[str]) -> bool:
-    remaining = iter(seen)
-    return all(name in remaining for name in wanted)
 
 
 def _sources(path: Path, loop: bool) -> str:
@@ -91,7 +87,7 @@ async def _each_turn_named_in_order(sub: Collector) -> None:
     assert [i[-7:] for i in ids] == ["-000001", "-000002", "-000003"] and ids[0].startswith("kitchen-")
     states = [json.loads(m.payload) for m in sub.on(f"{P}/kitchen/speaker")]
     names = [s["speaker"] for s in states]
-    assert names[0] == "none" and _is_subsequence(["alice", "bob", "carol"], names), names
+    assert names[0] == "none" and is_subsequence(["alice", "bob", "carol"], names), names
     assert sub.on(f"{P}/status")[-1].payload == b"online"
 
 

@@ -26,6 +26,7 @@ from tests.support import hass as ha
 from tests.support.daemon import REPO, DaemonProcess, conversation, write_config
 from tests.support.mosquitto import Collector, Received, running_mosquitto
 from tests.support.polling import until
+from tests.support.sequences import is_subsequence
 
 DOCS = REPO / "docs" / "mqtt-and-home-assistant.md"
 NODE, SOURCE = "livingroom", "kitchen"
@@ -107,11 +108,6 @@ def _conversation_done(messages: list[Received], runs: int) -> bool:
     return sum(e["final"] and e["utterance_id"].endswith(f"{len(TURNS):06d}") for e in _events(messages)) >= runs
 
 
-def _is_subsequence(wanted: list[str], seen: list[str]) -> bool:
-    remaining = iter(seen)
-    return all(name in remaining for name in wanted)
-
-
 async def _entities(hass: ha.HomeAssistant) -> Entities:
     by_unique_id = {e["unique_id"]: e["entity_id"] for e in await hass.entity_registry() if e["platform"] == "mqtt"}
     uid = f"spkidd_{NODE}_{SOURCE}"
@@ -173,7 +169,7 @@ def _conversation_ended(recorder: ha.StateRecorder, entities: Entities) -> bool:
 def _check_conversation(recorder: ha.StateRecorder, entities: Entities, labels: list[str]) -> None:
     changes = recorder.changes
     names = [c.new for c in changes if c.entity_id == entities.speaker and c.new not in ("unavailable", "unknown")]
-    assert _is_subsequence(["alice", "unrecognized", "bob"], names), names
+    assert is_subsequence(["alice", "unrecognized", "bob"], names), names
     assert names[-1] in ("bob", "none"), names
     speaking = [c.new for c in changes if c.entity_id == entities.speaking and c.new in ("on", "off")]
     assert speaking.count("on") >= len(TURNS) - 1 and speaking[-1] == "off", speaking
