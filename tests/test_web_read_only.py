@@ -9,6 +9,7 @@ which is exactly the rule under test, and a forged X-Forwarded-For does not chan
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import urllib.request
 from collections.abc import Iterator
@@ -66,32 +67,32 @@ def _start(tmp: Path, token: str | None) -> Page:
     return Page(f"http://127.0.0.1:{port}", port, daemon, model, clip, tmp / "unknown")
 
 
-@pytest.fixture(scope="module")
-def open_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    page = _start(tmp_path_factory.mktemp("read_only"), token=None)
+@contextlib.contextmanager
+def _running(tmp: Path, token: str | None) -> Iterator[Page]:
+    page = _start(tmp, token)
     try:
         yield page
     finally:
         page.daemon.kill()
+
+
+@pytest.fixture(scope="module")
+def open_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    with _running(tmp_path_factory.mktemp("read_only"), token=None) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
 def token_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    page = _start(tmp_path_factory.mktemp("with_token"), token=TOKEN)
-    try:
+    with _running(tmp_path_factory.mktemp("with_token"), token=TOKEN) as page:
         yield page
-    finally:
-        page.daemon.kill()
 
 
 @pytest.fixture(scope="module")
 def listening_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """A page with a token whose voices no test changes: dave stays a stranger, so his utterances keep being kept."""
-    page = _start(tmp_path_factory.mktemp("listening"), token=TOKEN)
-    try:
+    with _running(tmp_path_factory.mktemp("listening"), token=TOKEN) as page:
         yield page
-    finally:
-        page.daemon.kill()
 
 
 def _names(page: Page) -> list[str]:

@@ -35,14 +35,24 @@ def refusal(config: WebConfig, request: web.Request) -> web.Response | None:
     """None when the change may go ahead, else the response that refuses it."""
     if request.headers.get(REQUEST_HEADER) != "1":
         return json_error(403, f"refused: changes must come from the spkidd page itself (no {REQUEST_HEADER} header)")
+    without = f"read-only: the page listens on {config.host} without a password; set [web] token in the daemon's "
+    return _access_refusal(config, request, without + "config.toml to change voices from the network")
+
+
+def private_refusal(config: WebConfig, request: web.Request) -> web.Response | None:
+    """None when the kept recordings may be read, else the response that refuses it."""
+    without = f"the kept recordings are private: the page listens on {config.host} without a password; set [web] "
+    return _access_refusal(
+        config, request, without + "token in the daemon's config.toml to hear and enroll them from the network"
+    )
+
+
+def _access_refusal(config: WebConfig, request: web.Request, without_password: str) -> web.Response | None:
+    """The password when one is set; without one, loopback only (else 403 with `without_password`)."""
     if config.token is not None:
         return _password_refusal(config.token, request)
     if not config.loopback_only:
-        return json_error(
-            403,
-            f"read-only: the page listens on {config.host} without a password; set [web] token in the daemon's "
-            "config.toml to change voices from the network",
-        )
+        return json_error(403, without_password)
     return None
 
 
@@ -52,19 +62,6 @@ def _password_refusal(token: str, request: web.Request) -> web.Response | None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), token.encode()):
         what = "wrong password" if given else "a password is needed"
         return json_error(401, f"{what}: enter the page's password ([web] token in the daemon's config.toml)")
-    return None
-
-
-def private_refusal(config: WebConfig, request: web.Request) -> web.Response | None:
-    """None when the kept recordings may be read, else the response that refuses it."""
-    if config.token is not None:
-        return _password_refusal(config.token, request)
-    if not config.loopback_only:
-        return json_error(
-            403,
-            f"the kept recordings are private: the page listens on {config.host} without a password; set [web] token "
-            "in the daemon's config.toml to hear and enroll them from the network",
-        )
     return None
 
 
