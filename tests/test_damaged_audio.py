@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import soundfile as sf
 from spkidd.audio.decode import AudioDecodeError, DamagedAudioError, _read_frames, load_audio
 from spkidd.synthetic import synth_audio
 from tests.conftest import HELD_OUT_SENTENCES
+from tests.support.daemon import SPKIDD
 
-SPKIDD = [sys.executable, "-m", "spkidd"]
 FORMATS = [("wav", "PCM_16"), ("flac", "PCM_16"), ("ogg", "VORBIS")]
 
 
@@ -60,7 +59,7 @@ def test_identify_warns_about_a_truncated_flac_and_answers_from_what_is_there(
 ) -> None:
     _, truncated = whole_and_truncated(tmp_path, "flac", "PCM_16")
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(trained_model), str(truncated), "--json"], capture_output=True, text=True
+        [SPKIDD, "identify", str(trained_model), str(truncated), "--json"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert f"warning: {truncated}: damaged (truncated or corrupt): the audio stops at" in proc.stderr
@@ -72,7 +71,7 @@ def test_enroll_refuses_a_truncated_ogg(trained_model: Path, tmp_path: Path) -> 
     _, truncated = whole_and_truncated(tmp_path, "ogg", "VORBIS", voice="erin")
     out = tmp_path / "m.safetensors"
     proc = subprocess.run(
-        [*SPKIDD, "enroll", str(trained_model), str(truncated), "-s", "erin", "--out", str(out)],
+        [SPKIDD, "enroll", str(trained_model), str(truncated), "-s", "erin", "--out", str(out)],
         capture_output=True,
         text=True,
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from spkidd.synthetic import synth_audio
+from tests.support.daemon import SPKIDD
 from tests.support.streaming import save_random_model, silence, trim, write_wav
 
 EVENT_KEYS = frozenset(
@@ -25,7 +25,7 @@ def test_listen_json_fast_prints_one_event_per_line(tmp_path: Path) -> None:
     speech = trim(synth_audio("carol", "Set the thermostat to twenty one degrees for the evening."))
     wav = write_wav(tmp_path / "talk.wav", np.concatenate([silence(0.5), speech, silence(1.0), speech, silence(0.6)]))
     options = ["--json", "--fast", "--min-score", "-1", "--name", "desk", "--top", "2"]
-    command = [sys.executable, "-m", "spkidd", "listen", str(model), "--source", str(wav), *options]
+    command = [SPKIDD, "listen", str(model), "--source", str(wav), *options]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -41,7 +41,7 @@ def test_listen_json_fast_prints_one_event_per_line(tmp_path: Path) -> None:
 def test_listen_refuses_an_unknown_source(tmp_path: Path) -> None:
     model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
     proc = subprocess.run(
-        [sys.executable, "-m", "spkidd", "listen", str(model), "--source", "nosuch:thing", "--json"],
+        [SPKIDD, "listen", str(model), "--source", "nosuch:thing", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -93,7 +93,7 @@ def test_listen_fails_with_the_reason_when_its_source_fails(tmp_path: Path) -> N
     notes = tmp_path / "notes.wav"
     notes.write_text("a shopping list, not a recording")
     proc = subprocess.run(
-        [sys.executable, "-m", "spkidd", "listen", str(model), "--source", str(notes), "--json", "--fast"],
+        [SPKIDD, "listen", str(model), "--source", str(notes), "--json", "--fast"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ from spkidd.encoder import GE2E_FEATURES
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureExtractor
 from spkidd.synthetic import SENTENCES, synth_speech
+from tests.support.daemon import SPKIDD
 from train.fit import stratified_split, window_scores
 
-SPKIDD = [sys.executable, "-m", "spkidd"]
 SMALL = ["--pools", "1", "--seed", "1", "--epochs", "2"]
 WIDE = {**os.environ, "COLUMNS": "200"}
 """The summary table on one line per row, so that its words can be looked for."""
@@ -72,7 +71,7 @@ def _manifest(directory: Path, clips_per_voice: int) -> Path:
 
 def _train(manifest: Path, out: Path) -> subprocess.CompletedProcess[str]:
     cache = ["--cache-dir", str(out.parent / "cache")]
-    command = [*SPKIDD, "train", str(manifest), "--out", str(out), *SMALL, *cache]
+    command = [SPKIDD, "train", str(manifest), "--out", str(out), *SMALL, *cache]
     return subprocess.run(command, capture_output=True, text=True, env=WIDE)
 
 
@@ -119,7 +118,7 @@ def test_a_household_with_nothing_to_hold_out_says_so_and_writes_valid_json(tmp_
     assert metadata["training"]["val_acc_centroids"] is None
     assert metadata["training"]["validated_on"] == "training audio"
     clip = synth_speech("bob", SENTENCES[5], tmp_path / "new.wav")
-    identified = subprocess.run([*SPKIDD, "identify", str(out), str(clip), "--json"], capture_output=True, text=True)
+    identified = subprocess.run([SPKIDD, "identify", str(out), str(clip), "--json"], capture_output=True, text=True)
     assert identified.returncode == 0, identified.stderr[-2000:]
     # The network tells bob apart (top_k: bob 1.0, the others 0.0); whether it also clears the uncalibrated default
     # threshold is a coin toss (measured score 0.525 against 0.5), so `unknown` is as right an answer as bob.
@@ -133,7 +132,7 @@ def test_one_speaker_is_refused_before_anything_is_decoded(tmp_path: Path, encod
     synth_speech("alice", SENTENCES[0], tmp_path / "a.wav")
     (tmp_path / "m.csv").write_text("path,speaker\na.wav,alice\n")
     out = tmp_path / "m.safetensors"
-    command = [*SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--encoder", encoder]
+    command = [SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--encoder", encoder]
     proc = subprocess.run(command, capture_output=True, text=True, env=WIDE)
     assert proc.returncode == 2
     assert "only one speaker ('alice')" in proc.stderr and "at least two speakers" in proc.stderr
@@ -147,7 +146,7 @@ def test_a_second_speaker_whose_files_are_all_unusable_leaves_one_and_is_refused
     (tmp_path / "m.csv").write_text("path,speaker\na.wav,alice\nb.wav,bob\n")
     out = tmp_path / "m.safetensors"
     proc = subprocess.run(
-        [*SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--cache-dir", str(tmp_path / "c")],
+        [SPKIDD, "train", str(tmp_path / "m.csv"), "--out", str(out), "--cache-dir", str(tmp_path / "c")],
         capture_output=True,
         text=True,
         env=WIDE,

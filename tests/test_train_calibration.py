@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,8 @@ import pytest
 import soundfile as sf
 
 from spkidd.modelfile import load_model
+from tests.support.daemon import SPKIDD
 from train.fit import Split, pseudo_strangers
-
-SPKIDD = [sys.executable, "-m", "spkidd"]
 
 
 def _voice(f0: float, formant: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -60,7 +58,7 @@ def test_the_threshold_is_calibrated_on_speed_changed_voices_and_says_so(tmp_pat
     out = tmp_path / "m.safetensors"
     small = ["--encoder", "none", "--hidden", "32", "--layers", "1", "--epochs", "20", "--threads", "1"]
     proc = subprocess.run(
-        [*SPKIDD, "train", str(tmp_path / "data"), "--out", str(out), *small, "--cache-dir", str(tmp_path / "c")],
+        [SPKIDD, "train", str(tmp_path / "data"), "--out", str(out), *small, "--cache-dir", str(tmp_path / "c")],
         capture_output=True,
         text=True,
     )

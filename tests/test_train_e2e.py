@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,8 @@ from spkidd.modelfile import load_model
 from spkidd.synthetic import synth_speech
 from spkidd.turns import CHANGE_LAG_S
 from tests.conftest import TRAINED_VOICES
+from tests.support.daemon import SPKIDD
 from train.calibrate import MIN_SPEECH_CANDIDATES_S
-
-SPKIDD = [sys.executable, "-m", "spkidd"]
 
 
 def test_trained_model_identifies_held_out_sentences(
@@ -23,7 +21,7 @@ def test_trained_model_identifies_held_out_sentences(
 ) -> None:
     report_dir = tmp_path / "report"
     proc = subprocess.run(
-        [*SPKIDD, "evaluate", str(trained_model), str(held_out_corpus), "--report", str(report_dir)],
+        [SPKIDD, "evaluate", str(trained_model), str(held_out_corpus), "--report", str(report_dir)],
         capture_output=True,
         text=True,
         check=False,
@@ -65,7 +63,7 @@ def test_identify_names_speakers_and_draws_a_timeline(household_model: Path, tmp
     sf.write(long_path, np.concatenate(clips), 16000)
     single = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "alice.wav")
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(household_model), str(single), str(long_path), "--json"],
+        [SPKIDD, "identify", str(household_model), str(single), str(long_path), "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -100,7 +98,7 @@ def test_identify_cuts_an_utterance_where_a_second_voice_takes_over(trained_mode
     path = tmp_path / "back_to_back.wav"
     sf.write(path, np.concatenate(clips), 16000)
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(trained_model), str(path), "--json"], capture_output=True, text=True, check=True
+        [SPKIDD, "identify", str(trained_model), str(path), "--json"], capture_output=True, text=True, check=True
     )
     timeline = json.loads(proc.stdout)["timeline"]
     join = len(clips[0]) / 16000
@@ -117,7 +115,7 @@ def test_identify_reports_unusable_files_without_dying(trained_model: Path, tmp_
     bad.write_bytes(b"RIFF nonsense")
     good = synth_speech("bob", "Hello there, how are you doing today?", tmp_path / "bob.wav")
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(trained_model), str(bad), str(good), "--json"], capture_output=True, text=True
+        [SPKIDD, "identify", str(trained_model), str(bad), str(good), "--json"], capture_output=True, text=True
     )
     assert proc.returncode == 1
     results = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.synthetic import synth_speech
 from spkidd.unknown_clips import UnknownClipSettings, kept_clips, save_unknown_clip
 from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
+from tests.support.daemon import SPKIDD
 from tests.support.streaming import silence, write_wav
-
-SPKIDD = [sys.executable, "-m", "spkidd"]
 
 
 def _unknown(utterance_id: str, speech_s: float = 2.0) -> Identification:
@@ -126,14 +124,14 @@ async def test_a_new_member_heard_as_unknown_is_enrolled_from_the_kept_clips(
 
     enrolled = tmp_path / "with_erin.safetensors"
     proc = subprocess.run(
-        [*SPKIDD, "enroll", str(household_model), "--speaker", "erin", "--out", str(enrolled), *map(str, clips)],
+        [SPKIDD, "enroll", str(household_model), "--speaker", "erin", "--out", str(enrolled), *map(str, clips)],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
     held_out = [synth_speech("erin", s, tmp_path / f"erin_test{i}.wav") for i, s in enumerate(HELD_OUT_SENTENCES[:2])]
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(enrolled), *map(str, held_out), "--json"], capture_output=True, text=True
+        [SPKIDD, "identify", str(enrolled), *map(str, held_out), "--json"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["speaker"] for line in proc.stdout.splitlines()] == ["erin", "erin"]

@@ -25,6 +25,7 @@ from spkidd.synthetic import synth_speech
 from tests.support.mosquitto import Collector, Received, kill_group
 
 SPKIDD = str(Path(sys.executable).parent / "spkidd")
+"""The console script the package installs, beside this interpreter: the venv's spkidd however pytest was started."""
 REPO = Path(__file__).resolve().parents[2]
 
 
