@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,11 @@ from spkidd.inference import unit_embeddings
 from spkidd.modelfile import load_model
 from spkidd.synthetic import synth_audio, synth_corpus, synth_speech
 from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
-from tests.support.daemon import random_model
-
-SPKIDD = [sys.executable, "-m", "spkidd"]
+from tests.support.daemon import SPKIDD, random_model
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SPKIDD, *args], capture_output=True, text=True)
+    return subprocess.run([SPKIDD, *args], capture_output=True, text=True)
 
 
 def _identify(model: Path, clips: list[Path]) -> list[str]:
