@@ -7,12 +7,11 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from spkidd.sdnotify import notify, watchdog_interval
+from tests.support.daemon import REPO, SPKIDD
 
-REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "spkidd.service"
 INSTALLED_EXEC = "/opt/spkidd/.venv/bin/spkidd"
 
@@ -21,7 +20,7 @@ def _local_unit(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's spkidd, since verify checks that it exists."""
     text = UNIT.read_text()
     assert f"ExecStart={INSTALLED_EXEC} run --config /etc/spkidd/config.toml" in text
-    spkidd = Path(sys.executable).parent / "spkidd"
+    spkidd = Path(SPKIDD)
     assert spkidd.is_file()
     unit = tmp_path / "spkidd.service"
     unit.write_text(text.replace(INSTALLED_EXEC, str(spkidd)))
@@ -100,7 +99,7 @@ def test_watchdog_interval() -> None:
 def test_a_configuration_error_exits_2_and_a_missing_model_exits_1(tmp_path: Path) -> None:
     """What the unit's RestartPreventExitStatus=2 rests on: a config error stays one until mended (no restart), while
     a daemon that cannot start for another reason (here a model file not there yet) exits 1 and is tried again."""
-    spkidd = [sys.executable, "-m", "spkidd", "run", "--config"]
+    spkidd = [SPKIDD, "run", "--config"]
     broken = tmp_path / "broken.toml"
     broken.write_text("[[sources]]\nname = 1\n")
     config_error = subprocess.run([*spkidd, str(broken)], capture_output=True, text=True, timeout=120)
