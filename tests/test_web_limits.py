@@ -11,14 +11,13 @@ import re
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support import page_http
 from tests.support.browser import wait_until
 from tests.support.daemon import REPO, SPKIDD, conversation, random_model, write_config
 from tests.support.mosquitto import free_port, kill_group, wait_port
@@ -65,19 +64,10 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     try:
         wait_port(web_port, lambda: process.poll() is None, timeout=60)
         base = f"http://127.0.0.1:{web_port}"
-        wait_until(lambda: _request(f"{base}/healthz")[0] == 200, 60, "the daemon healthy (its source online)")
+        wait_until(lambda: page_http.http(f"{base}/healthz")[0] == 200, 60, "the daemon healthy (its source online)")
         yield Page(base, process, log, model)
     finally:
         kill_group(process)
-
-
-def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _raw(port: int, request: bytes, timeout: float = 5.0) -> bytes:
@@ -159,7 +149,7 @@ def test_connections_over_the_bound_are_closed_and_the_kept_ones_stay_served(pag
 
 def test_oversized_headers_and_bare_newlines(page: Page) -> None:
     port = int(page.base.rsplit(":", 1)[1])
-    status, health = _request(f"{page.base}/healthz")
+    status, health = page_http.http(f"{page.base}/healthz")
     assert status == 200 and "streams" in health, "the page answers again once a flood is gone"
 
     oversized = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
@@ -179,16 +169,18 @@ def test_changing_voices_needs_the_token_and_the_page_header(page: Page) -> None
     url = f"{page.base}/api/voices/forget"
     json_type = {"Content-Type": "application/json"}
 
-    status, body = _request(url, forget, {**json_type, "X-Spkidd-Request": "1"})
+    status, body = page_http.http(url, forget, {**json_type, "X-Spkidd-Request": "1"})
     assert status == 401 and "password is needed" in body["error"] and "[web] token" in body["error"]
-    status, body = _request(url, forget, {**json_type, "X-Spkidd-Request": "1", "Authorization": "Bearer nope"})
+    status, body = page_http.http(url, forget, {**json_type, "X-Spkidd-Request": "1", "Authorization": "Bearer nope"})
     assert status == 401 and "wrong password" in body["error"]
-    status, body = _request(url, forget, {**json_type, "Authorization": f"Bearer {TOKEN}"})
+    status, body = page_http.http(url, forget, {**json_type, "Authorization": f"Bearer {TOKEN}"})
     assert status == 403 and "X-Spkidd-Request" in body["error"], "another site's form cannot change voices"
     assert hashlib.sha256(page.model.read_bytes()).hexdigest() == before, "a refused change changes nothing"
     assert TOKEN not in page.log.read_text(), "the token is never logged"
 
-    status, body = _request(url, forget, {**json_type, "X-Spkidd-Request": "1", "Authorization": f"Bearer {TOKEN}"})
+    status, body = page_http.http(
+        url, forget, {**json_type, "X-Spkidd-Request": "1", "Authorization": f"Bearer {TOKEN}"}
+    )
     assert status == 200 and [s["name"] for s in body["speakers"]] == ["alice", "bob"]
-    status, voices = _request(f"{page.base}/api/voices")
+    status, voices = page_http.http(f"{page.base}/api/voices")
     assert [s["name"] for s in voices["speakers"]] == ["alice", "bob"]
