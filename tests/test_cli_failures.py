@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,13 @@ from rich.console import Console
 
 from spkidd.audio_cache import AudioCache
 from spkidd.synthetic import SENTENCES, synth_corpus
+from tests.support.daemon import SPKIDD
 from tests.support.streaming import save_random_model
 from train.run import _noise_clips
 
-SPKIDD = [sys.executable, "-m", "spkidd"]
-
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SPKIDD, *args], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run([SPKIDD, *args], capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import soundfile as sf
 from spkidd.identify import FileResult, named_by_timeline, speech_per_speaker
 from spkidd.synthetic import synth_speech
 from tests.conftest import HELD_OUT_SENTENCES
+from tests.support.daemon import SPKIDD
 
-SPKIDD = [sys.executable, "-m", "spkidd"]
 VOICES = ("carol", "bob")
 
 
@@ -80,7 +79,7 @@ def test_identify_draws_the_timeline_of_a_conversation(household_model: Path, tm
     single = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "alice.wav")
     pictures = tmp_path / "pictures"
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(household_model), str(single), str(conversation), "--json", "--plot", str(pictures)],
+        [SPKIDD, "identify", str(household_model), str(single), str(conversation), "--json", "--plot", str(pictures)],
         capture_output=True,
         text=True,
         check=True,
@@ -99,7 +98,7 @@ def test_identify_draws_the_timeline_of_a_conversation(household_model: Path, tm
 def test_identify_says_when_there_is_no_timeline_to_draw(household_model: Path, tmp_path: Path) -> None:
     single = synth_speech("alice", HELD_OUT_SENTENCES[3], tmp_path / "alice.wav")
     proc = subprocess.run(
-        [*SPKIDD, "identify", str(household_model), str(single), "--plot", str(tmp_path / "pictures")],
+        [SPKIDD, "identify", str(household_model), str(single), "--plot", str(tmp_path / "pictures")],
         capture_output=True,
         text=True,
         check=True,
