@@ -412,3 +412,31 @@ def test_speech_of_another_voice_is_not_added_to_a_speaker_unless_forced(house: 
     assert load_model(house.model).enrollment["alice"]["source"] == "training+enrolled"
     status, body = upload(force=True)
     assert status == 200 and body["updated"] and body["speaker"] == "alice", body
+
+
+def test_a_new_name_for_a_known_voice_is_refused_unless_forced(house: House) -> None:
+    """Erin's voice under a second name would leave neither name said again: the recording API refuses it with the
+    reason, and takes it with force (and a warning); the page sends its force box for a new speaker too."""
+    _ensure_enrolled(house, "erin")
+    speech = synth_speech("erin", SENTENCES[6], house.work / "erin_again.wav").read_bytes()
+
+    def upload(force: bool) -> tuple[int, dict]:
+        fields = {"speaker": "Erin Two", "new": "true", "force": str(force).lower()}
+        headers = {**page_http.PAGE_HEADER, "Content-Type": "multipart/form-data; boundary=spkiddtwo"}
+        form = recording_form(speech, fields, "spkiddtwo", "erin.wav")
+        return page_http.http(f"{house.base}/api/record", form, headers, timeout=60)
+
+    before = _state(house)
+    status, body = upload(force=False)
+    assert status == 409 and "already pass as erin" in body["error"] and "own voice" in body["error"], body
+    assert _unchanged(before, house)
+    status, body = upload(force=True)
+    assert status == 200 and body["speaker"] == "Erin Two" and not body["updated"], body
+    assert any("may confuse Erin Two and erin" in w for w in body["warnings"]), body["warnings"]
+    with chromium(DESKTOP) as driver:
+        driver.get(f"{house.base}/#unknown")
+        wait_until(lambda: driver.find_element(By.ID, "enroll-force"), 30).click()
+        target = driver.execute_script(
+            "return enrollTarget('enroll-mode', $('#enroll-name'), $('#enroll-existing'), $('#enroll-force'))"
+        )
+        assert target["new"] is True and target["force"] is True, target
