@@ -209,7 +209,7 @@ def evaluate(
         from spkidd.evaluation import write_report
 
         _write_report(lambda: write_report(result, report), report, console)
-        out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}")
+        out.print(f"report: {report / 'report.json'}, {report / 'confusion.png'}", markup=False)
 
 
 def _check_report_folder(report: Path, console: Console, what: str = "the report") -> None:
@@ -315,7 +315,7 @@ def _evaluate_open_set(
     )
     if report is not None:
         _write_report(lambda: write_open_set_report(result, report), report, console)
-        out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}")
+        out.print(f"report: {report / 'open_set.json'}, {report / 'open_set.png'}", markup=False)
 
 
 def _open_set_result(
@@ -456,7 +456,7 @@ def _draw_timelines(results: list[FileResult], folder: Path, chunk_s: float, con
     pictures = [(r, folder / picture_name(Path(r.path), taken)) for r in results if r.timeline]
     for result, picture in pictures:
         _write_report(partial(draw_timeline, result, picture), folder, console)
-        console.print(f"timeline of {result.path}: {picture}")
+        console.print(f"timeline of {result.path}: {picture}", markup=False)
     if not pictures:
         longer = f"{1.5 * chunk_s:g} s (1.5 times --chunk)"
         console.print(f"no timeline to draw: a recording gets one when it holds speech and is longer than {longer}")
