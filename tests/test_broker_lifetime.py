@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.browser import wait_until
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import free_port
 from tests.support.procs import command, descendants
 
@@ -114,10 +114,10 @@ def test_a_killed_daemon_leaves_no_broker_or_ffmpeg_and_restarts(tmp_path: Path,
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[3])], lead_s=0.5)
     port = free_port()
     sources = (
-        f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nrealtime = true\nloop = true\n'
+        file_source(wav)
         # A UDP stream nobody sends: its ffmpeg waits for input with no timeout and never writes to its stdout,
         # so a closed pipe would not stop it.
-        f'[[sources]]\nname = "hall"\nkind = "url"\nurl = "udp://127.0.0.1:{_free_udp_port()}"\n'
+        + f'[[sources]]\nname = "hall"\nkind = "url"\nurl = "udp://127.0.0.1:{_free_udp_port()}"\n'
     )
     extra = f'[embedded_broker]\nport = {port}\nimplementation = "mosquitto"\n'
     config = write_config(tmp_path / "config.toml", model, sources, 'broker = "embedded"', extra)
@@ -150,7 +150,7 @@ def test_a_taken_port_is_named_with_the_setting_that_changes_it(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\n'
+        sources = file_source(wav, loop=None)
         extra = f'[embedded_broker]\nport = {port}\nimplementation = "{implementation}"\n'
         config = write_config(tmp_path / "config.toml", model, sources, 'broker = "embedded"', extra)
         daemon = _daemon(children, config, tmp_path / "daemon.log")

@@ -21,6 +21,7 @@ from tests.support.daemon import (
     LONG_UTTERANCES,
     DaemonProcess,
     conversation,
+    file_source,
     random_model,
     relabelled_model,
     sigterm_mid_utterance,
@@ -45,12 +46,6 @@ def _finals(messages: list[Received]) -> list[dict[str, object]]:
     return out
 
 
-def _sources(path: Path, loop: bool) -> str:
-    return (
-        f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = {str(loop).lower()}\n'
-    )
-
-
 @pytest.mark.slow
 async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained_model: Path) -> None:
     turns = [("alice", HELD_OUT_SENTENCES[0]), ("bob", HELD_OUT_SENTENCES[1]), ("carol", HELD_OUT_SENTENCES[2])]
@@ -59,10 +54,10 @@ async def test_replayed_conversation_reload_and_shutdown(tmp_path: Path, trained
     shutil.copy(trained_model, model)
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
-        config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), mqtt, RELAXED)
+        config = write_config(tmp_path / "config.toml", model, file_source(wav), mqtt, RELAXED)
 
         def reconfigure(new_model: Path, extra: str = "") -> None:
-            write_config(config, new_model, _sources(wav, loop=True), mqtt, RELAXED + extra)
+            write_config(config, new_model, file_source(wav), mqtt, RELAXED + extra)
 
         async with Collector(broker.port, ["spkidd/#", "homeassistant/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
@@ -163,7 +158,7 @@ async def test_embedded_broker_notify_watchdog_and_health(tmp_path: Path) -> Non
         f'[embedded_broker]\nport = {mqtt_port}\nimplementation = "mosquitto"\n'
         f"[health]\nenabled = true\nport = {health_port}\n"
     )
-    config = write_config(tmp_path / "config.toml", model, _sources(wav, loop=True), 'broker = "embedded"', extra)
+    config = write_config(tmp_path / "config.toml", model, file_source(wav), 'broker = "embedded"', extra)
     notify_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
         notify_socket.bind(str(notify_path))

@@ -19,7 +19,7 @@ from spkidd.config import load_config
 from spkidd.daemon import Daemon
 from spkidd.steprunner import StepRunner
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import conversation, random_model, write_config
+from tests.support.daemon import conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, wait_port
 from tests.support.polling import until
 from tests.support.procs import alive, command, descendants
@@ -62,7 +62,7 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
     turns = [("alice", HELD_OUT_SENTENCES[0]), ("bob", HELD_OUT_SENTENCES[1])]
     wav = conversation(tmp_path, turns, lead_s=0.5, gap_s=1.0)
     port = free_port()
-    source = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nrealtime = true\nloop = true\n'
+    source = file_source(wav)
     extra = f'[embedded_broker]\nport = {port}\nimplementation = "mosquitto"\n[decision]\nmin_score = 0.0\n'
     config = write_config(tmp_path / "config.toml", model, source, 'broker = "embedded"\nclear_after_s = 1.0', extra)
     before = descendants(os.getpid())

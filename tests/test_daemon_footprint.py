@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import REPO, conversation, random_model, write_config
+from tests.support.daemon import REPO, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import free_port
 
 WATCHED = ("aiohttp", "prometheus_client", "spkidd.healthserver", "spkidd.web.server", "sympy", "torch._dynamo")
@@ -52,7 +52,7 @@ def test_the_http_stack_is_imported_only_when_an_endpoint_is_on(
 ) -> None:
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.5)
-    source = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nrealtime = true\nloop = true\n'
+    source = file_source(wav)
     mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {free_port()}'
     config = write_config(tmp_path / "config.toml", model, source, mqtt, extra.format(port=free_port()))
     probe = PROBE.format(watched=WATCHED, notify=str(tmp_path / "notify.sock"), config=str(config))

@@ -12,12 +12,8 @@ from pathlib import Path
 from spkidd.config import load_config
 from spkidd.daemon import Daemon, root_level
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import conversation, random_model, write_config
+from tests.support.daemon import conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, running_mosquitto
-
-
-def _file_source(name: str, path: Path) -> str:
-    return f'[[sources]]\nname = "{name}"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = true\n'
 
 
 async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
@@ -28,7 +24,7 @@ async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.3)
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nport = {broker.port}\n'
-        path = write_config(tmp_path / "config.toml", model, _file_source("kitchen", wav), mqtt)
+        path = write_config(tmp_path / "config.toml", model, file_source(wav, "kitchen"), mqtt)
         async with Collector(broker.port, ["homeassistant/+/+/config", "spkidd/testhouse/+/status"]) as sub:
             daemon = Daemon(load_config(path), command_line_level=logging.DEBUG)
             run = asyncio.create_task(daemon.run())
@@ -36,14 +32,14 @@ async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
                 await sub.wait_for(lambda ms: any(m.topic.endswith("kitchen/status") for m in ms))
                 kitchen = daemon.streams["kitchen"]
 
-                write_config(path, model, _file_source("kitchen", wav) + _file_source("hall", wav), mqtt)
+                write_config(path, model, file_source(wav, "kitchen") + file_source(wav, "hall"), mqtt)
                 assert await daemon.reload()
                 assert set(daemon.streams) == {"kitchen", "hall"} and daemon.streams["kitchen"] is kitchen
                 assert root.level == logging.DEBUG
                 hall_sensor = "homeassistant/sensor/spkidd_testhouse_hall_speaker/config"
                 await sub.wait_for(lambda ms: any(m.topic == hall_sensor for m in ms))
 
-                write_config(path, model, _file_source("hall", wav), mqtt, "[vad]\nhangover_ms = 450\n")
+                write_config(path, model, file_source(wav, "hall"), mqtt, "[vad]\nhangover_ms = 450\n")
                 hall = daemon.streams["hall"]
                 assert await daemon.reload()
                 assert set(daemon.streams) == {"hall"} and daemon.streams["hall"] is not hall
@@ -53,7 +49,7 @@ async def test_reload_adds_changes_and_removes_sources(tmp_path: Path) -> None:
                 kitchen_status = "spkidd/testhouse/kitchen/status"
                 await sub.wait_for(lambda ms: sub.on(kitchen_status)[-1].payload == b"")  # deleted from the broker
 
-                write_config(path, model, _file_source("hall", wav), mqtt, "[vad]\nhangover = 1\n")
+                write_config(path, model, file_source(wav, "hall"), mqtt, "[vad]\nhangover = 1\n")
                 assert not await daemon.reload()
                 assert set(daemon.streams) == {"hall"} and daemon.reloads == 2
 

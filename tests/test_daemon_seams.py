@@ -21,6 +21,7 @@ from tests.support.daemon import (
     LONG_UTTERANCES,
     DaemonProcess,
     conversation,
+    file_source,
     open_utterance,
     random_model,
     sigterm_mid_utterance,
@@ -34,10 +35,6 @@ P = "spkidd/testhouse"
 KITCHEN = f"{P}/kitchen"
 RELAXED = "[decision]\nmin_score = 0.0\n"
 RUN_ID = re.compile(r"^kitchen-\d{8}T\d{6}-\d{6}$")
-
-
-def _source(path: Path) -> str:
-    return f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = true\n'
 
 
 def _events(messages: list[Received]) -> list[dict[str, object]]:
@@ -80,12 +77,12 @@ async def test_threshold_reload_keeps_the_stream_and_a_stop_says_the_last_words_
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nport = {broker.port}\n'
-        config = write_config(tmp_path / "config.toml", model, _source(household_wav), mqtt, RELAXED)
+        config = write_config(tmp_path / "config.toml", model, file_source(household_wav), mqtt, RELAXED)
         async with Collector(broker.port, ["spkidd/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
                 cut = await _wait_open_utterance(sub)
-                write_config(config, model, _source(household_wav), mqtt, "[decision]\nmin_score = 0.01\n")
+                write_config(config, model, file_source(household_wav), mqtt, "[decision]\nmin_score = 0.01\n")
                 daemon.signal(signal.SIGHUP)
                 await asyncio.to_thread(daemon.wait_log, lambda t: "reloaded: model" in t)
                 await sub.wait_for(lambda ms: any(e["utterance_id"] == cut and e["final"] for e in _events(ms)))
@@ -93,7 +90,7 @@ async def test_threshold_reload_keeps_the_stream_and_a_stop_says_the_last_words_
                 assert daemon.text().count("source kitchen: online") == 1
 
                 seen = len(sub.messages)
-                write_config(config, model, _source(household_wav), mqtt, RELAXED + LONG_UTTERANCES)
+                write_config(config, model, file_source(household_wav), mqtt, RELAXED + LONG_UTTERANCES)
                 daemon.signal(signal.SIGHUP)
                 await sub.wait_for(lambda ms: _statuses(ms[seen:]) == [b"offline", b"online"], timeout=30)
 
@@ -144,7 +141,7 @@ def test_an_unusable_model_at_start_up_is_refused_in_one_line(tmp_path: Path, ch
     bad = _with_metadata(model, tmp_path / "bad.safetensors", **changes)
     wav = conversation(tmp_path, [("alice", HELD_OUT_SENTENCES[0])], lead_s=0.5)
     mqtt, extra = _embedded(free_port())
-    daemon = DaemonProcess(write_config(tmp_path / "c.toml", bad, _source(wav), mqtt, extra), tmp_path / "d.log")
+    daemon = DaemonProcess(write_config(tmp_path / "c.toml", bad, file_source(wav), mqtt, extra), tmp_path / "d.log")
     try:
         assert daemon.wait(60) == 1
     finally:
@@ -163,7 +160,7 @@ async def test_an_unusable_model_at_reload_is_refused_and_shutdown_still_runs_to
     mqtt, extra = _embedded(port)
     stream = HttpStream(wav)
     stream.start()
-    sources = _source(wav) + f'[[sources]]\nname = "hall"\nkind = "url"\nurl = "{stream.url}"\n'
+    sources = file_source(wav) + f'[[sources]]\nname = "hall"\nkind = "url"\nurl = "{stream.url}"\n'
     config = write_config(tmp_path / "config.toml", model, sources, mqtt, extra)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
@@ -211,7 +208,7 @@ async def test_sighup_during_start_up_neither_kills_the_daemon_nor_starts_a_seco
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nport = {broker.port}\n'
-        config = write_config(tmp_path / "config.toml", model, _source(household_wav), mqtt, RELAXED)
+        config = write_config(tmp_path / "config.toml", model, file_source(household_wav), mqtt, RELAXED)
         async with Collector(broker.port, [f"{KITCHEN}/#"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
@@ -238,7 +235,7 @@ async def test_sighup_during_shutdown_restarts_nothing(tmp_path: Path, household
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nport = {broker.port}\n'
-        config = write_config(tmp_path / "config.toml", model, _source(household_wav), mqtt, RELAXED)
+        config = write_config(tmp_path / "config.toml", model, file_source(household_wav), mqtt, RELAXED)
         async with Collector(broker.port, [f"{KITCHEN}/status"]) as sub:
             daemon = DaemonProcess(config, tmp_path / "daemon.log")
             try:
@@ -267,7 +264,7 @@ async def test_an_unreachable_broker_does_not_hold_up_a_stop(tmp_path: Path, hou
     model = random_model(tmp_path / "random.safetensors", ["alice", "bob"])
     wav = household_wav if speech else conversation(tmp_path, [], lead_s=3.0)
     mqtt = f'broker = "external"\nport = {free_port()}\n'
-    config = write_config(tmp_path / "config.toml", model, _source(wav), mqtt, RELAXED)
+    config = write_config(tmp_path / "config.toml", model, file_source(wav), mqtt, RELAXED)
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         await asyncio.to_thread(daemon.wait_log, lambda t: "ready:" in t)

@@ -23,7 +23,7 @@ from spkidd.modelfile import load_model
 from spkidd.mqtt.payloads import SPEAKER_ATTRIBUTES
 from tests.conftest import TRAIN_SENTENCES
 from tests.support import hass as ha
-from tests.support.daemon import REPO, DaemonProcess, conversation, write_config
+from tests.support.daemon import REPO, DaemonProcess, conversation, file_source, write_config
 from tests.support.mosquitto import Collector, Received, running_mosquitto
 from tests.support.polling import until
 from tests.support.sequences import is_subsequence
@@ -209,7 +209,7 @@ async def test_home_assistant_follows_the_daemon(tmp_path: Path, household_model
     with running_mosquitto(tmp_path) as broker:
         hass = ha.HomeAssistant(tmp_path / "homeassistant", HELPERS)
         (hass.directory / "automations.yaml").write_text("[]\n")
-        sources = f'[[sources]]\nname = "{SOURCE}"\nkind = "file"\npath = "{wav}"\nrealtime = true\n'
+        sources = file_source(wav, SOURCE, loop=None)
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
         config = write_config(tmp_path / "config.toml", household_model, sources, mqtt, instance=NODE)
         daemons: list[DaemonProcess] = []

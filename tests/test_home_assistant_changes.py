@@ -25,7 +25,7 @@ import soundfile as sf
 from spkidd.modelfile import load_model
 from tests.conftest import TRAIN_SENTENCES
 from tests.support import hass as ha
-from tests.support.daemon import SPKIDD, DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import SPKIDD, DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, free_port, running_mosquitto, wait_port
 from tests.support.page_http import change
 from tests.support.polling import until
@@ -55,9 +55,7 @@ def silence(path: Path, seconds: float = 2.0) -> Path:
 
 
 def file_sources(wav: Path, names: tuple[str, ...]) -> str:
-    return "".join(
-        f'[[sources]]\nname = "{name}"\nkind = "file"\npath = "{wav}"\nrealtime = true\nloop = true\n' for name in names
-    )
+    return "".join(file_source(wav, name) for name in names)
 
 
 async def registry(hass: ha.HomeAssistant, source: str) -> dict[str, dict[str, Any]]:

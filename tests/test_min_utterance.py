@@ -17,7 +17,7 @@ from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.synthetic import synth_audio
 from spkidd.vad import GateSettings, SpeechGate, UtteranceEnd
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import DaemonProcess, random_model, write_config
+from tests.support.daemon import DaemonProcess, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, Received, running_mosquitto
 from tests.support.streaming import random_bundle, silence, trim, write_wav
 
@@ -59,7 +59,7 @@ async def test_an_utterance_shorter_than_min_utterance_s_gets_no_final(tmp_path:
     assert sum(isinstance(e, Identification) and e.final for e in control) == 2
 
     model = random_model(tmp_path / "voices.safetensors", ["alice", "bob"])
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nrealtime = false\nloop = false\n'
+    sources = file_source(wav, realtime=False, loop=False)
     extra = "[decision]\nmin_score = -1.0\nmin_confidence = 0.0\nmin_margin = 0.0\n"
     extra += f"[vad]\nmin_utterance_s = {bound}\n"
     with running_mosquitto(tmp_path) as broker:

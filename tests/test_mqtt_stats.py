@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 from tests.support.page_http import http
 
@@ -41,10 +41,7 @@ async def test_stats_payload_counts_each_source(tmp_path: Path) -> None:
     quiet = tmp_path / "quiet.wav"
     sf.write(quiet, np.zeros(16000 * 3, dtype=np.float32), 16000, subtype="PCM_16")
     model = random_model(tmp_path / "voices.safetensors", ["alice", "bob"])
-    sources = "".join(
-        f'[[sources]]\nname = "{name}"\nkind = "file"\npath = "{path}"\nrealtime = true\nloop = true\n'
-        for name, path in (("kitchen", talk), ("hall", quiet))
-    )
+    sources = "".join(file_source(path, name) for name, path in (("kitchen", talk), ("hall", quiet)))
     health_port = free_port()
     with running_mosquitto(tmp_path) as broker:
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\nstats_interval_s = 1.0\n'

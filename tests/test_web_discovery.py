@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto, wait_port
 from tests.support.page_http import change, http, record
 
@@ -42,7 +42,7 @@ async def test_enroll_forget_and_rename_on_the_page_are_republished_to_home_assi
     model = random_model(tmp_path / "voices.safetensors", ["alice", "bob", "carol"])
     wav = conversation(tmp_path, [("dave", "My name is Dave and this is my voice for the household.")], lead_s=0.3)
     web_port = free_port()
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nrealtime = true\nloop = true\n'
+    sources = file_source(wav)
     extra = f"[web]\nenabled = true\nport = {web_port}\n"
     base = f"http://127.0.0.1:{web_port}"
     with running_mosquitto(tmp_path) as broker:

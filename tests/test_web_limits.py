@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import page_http
 from tests.support.browser import wait_until
-from tests.support.daemon import REPO, SPKIDD, conversation, random_model, write_config
+from tests.support.daemon import REPO, SPKIDD, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import free_port, kill_group, wait_port
 
 TOKEN = "correct horse battery staple"
@@ -50,7 +50,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
         f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n'
         f'[web]\nenabled = true\nport = {web_port}\ntoken = "{TOKEN}"\nmax_connections = {MAX_CONNECTIONS}\n'
     )
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nloop = true\n'
+    sources = file_source(wav)
     config = write_config(tmp / "config.toml", model, sources, 'broker = "embedded"', extra)
     log = tmp / "daemon.log"
     with log.open("ab") as out:

@@ -34,7 +34,7 @@ from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
 from tests.support import page_http
 from tests.support.browser import DESKTOP, PHONE, chromium, wait_until
-from tests.support.daemon import DaemonProcess, conversation, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, write_config
 from tests.support.mosquitto import Mosquitto, free_port, kill_group, wait_port
 from tests.support.multipart import recording_form
 
@@ -111,7 +111,7 @@ def house(household_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
              "%t %p"], stdout=out, start_new_session=True,
         )  # fmt: skip
     web_port = free_port()
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nloop = true\n'
+    sources = file_source(wav)
     extra = f'[unknown_clips]\nfolder = "{work / "unknown"}"\n[web]\nenabled = true\nport = {web_port}\n'
     config = write_config(work / "config.toml", model, sources, f'broker = "external"\nport = {broker.port}', extra)
     daemon = DaemonProcess(config, work / "daemon.log")

@@ -20,7 +20,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.support.browser import DESKTOP, chromium, wait_until
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
 from tests.support.page_http import change, http, record
 
@@ -56,7 +56,7 @@ def _start(tmp: Path, token: str | None) -> Page:
     web = f'[web]\nenabled = true\nhost = "0.0.0.0"\nport = {port}\n' + (f'token = "{token}"\n' if token else "")
     clips = f'[unknown_clips]\nfolder = "{tmp / "unknown"}"\n'
     extra = f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n{clips}{web}'
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{clip}"\nrealtime = true\nloop = true\n'
+    sources = file_source(clip)
     config = write_config(tmp / "config.toml", model, sources, 'broker = "embedded"', extra)
     daemon = DaemonProcess(config, tmp / "daemon.log")
     try:

@@ -23,7 +23,7 @@ from spkidd.enrollment import enroll_audio
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_audio
 from tests.support.browser import DESKTOP, chromium, wait_until
-from tests.support.daemon import DaemonProcess, conversation, random_model, write_config
+from tests.support.daemon import DaemonProcess, conversation, file_source, random_model, write_config
 from tests.support.mosquitto import free_port, wait_port
 from tests.support.multipart import recording_form
 from tests.support.page_http import PAGE_HEADER, change, http
@@ -60,7 +60,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
         f'[embedded_broker]\nport = {free_port()}\nimplementation = "mosquitto"\n'
         f"[web]\nenabled = true\nport = {web_port}\nmax_upload_mb = {MAX_MB}\n"
     )
-    sources = f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{wav}"\nloop = true\n'
+    sources = file_source(wav)
     config = write_config(work / "config.toml", model, sources, 'broker = "embedded"', extra)
     daemon = DaemonProcess(config, work / "daemon.log", env={"TMPDIR": str(temp)})
     try:

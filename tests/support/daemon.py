@@ -64,6 +64,12 @@ def conversation(directory: Path, turns: list[tuple[str, str]], lead_s: float = 
     return path
 
 
+def file_source(path: Path, name: str = "kitchen", *, realtime: bool = True, loop: bool | None = True) -> str:
+    """A `[[sources]]` table replaying `path` (`loop` None: the key left out, as a user may)."""
+    table = f'[[sources]]\nname = "{name}"\nkind = "file"\npath = "{path}"\nrealtime = {str(realtime).lower()}\n'
+    return table if loop is None else table + f"loop = {str(loop).lower()}\n"
+
+
 def write_config(
     path: Path, model: Path, sources: str, mqtt: str, extra: str = "", instance: str = "testhouse"
 ) -> Path:
