@@ -186,14 +186,19 @@ def enroll_audio(
     return bundle.edited(model, labels, enrollment), report
 
 
+def _open_set_scores(bundle: ModelBundle, clips_unit: np.ndarray) -> np.ndarray:
+    """The clips' scores against every speaker as the daemon's `unknown` threshold sees them."""
+    with torch.no_grad():
+        return bundle.model.acceptance_of_units(torch.from_numpy(clips_unit.astype(np.float32))[None])[0].numpy()
+
+
 def _check_same_voice(
     bundle: ModelBundle, speaker: str, clips_unit: np.ndarray, speech_s: float, force: bool
 ) -> list[str]:
     """Refuses speech for `speaker` that the open-set scores (the daemon's test of whether a voice is anyone it
     knows) put closer to another speaker; says so when it would not pass as `speaker` (speech the daemon answered
     `unknown` to, added from the web page, is expected to). Compared with the voice print before the update."""
-    with torch.no_grad():
-        scores = bundle.model.acceptance_of_units(torch.from_numpy(clips_unit.astype(np.float32))[None])[0].numpy()
+    scores = _open_set_scores(bundle, clips_unit)
     row = bundle.labels.index(speaker)
     best = int(np.argmax(scores))
     own = float(scores[row])
@@ -218,8 +223,7 @@ def _check_new_voice(bundle: ModelBundle, speaker: str, clips_unit: np.ndarray, 
     probability between them, and neither is named again (a user's walk-through: the same recording under a
     second name, then `unknown` at 0.5 / 0.5 for every utterance of that person). Clips that merely pass the
     daemon's threshold for a known speaker are enrolled with a warning: other voices do that too."""
-    with torch.no_grad():
-        scores = bundle.model.acceptance_of_units(torch.from_numpy(clips_unit.astype(np.float32))[None])[0].numpy()
+    scores = _open_set_scores(bundle, clips_unit)
     best = int(np.argmax(scores))
     threshold = DecisionSettings.from_model(bundle.decision).min_score
     if scores[best] < threshold:
