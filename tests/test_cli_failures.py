@@ -108,3 +108,15 @@ def test_brackets_in_messages_and_names_are_printed_as_they_are(corpus: Path, tm
     assert refused.returncode == 2 and "'^(?P<speaker>[a-z]+)_'" in refused.stderr, refused.stderr
     model = save_random_model(tmp_path / "m.safetensors", ["[b]Nina", "bob"])
     assert "[b]Nina" in _run("speakers", str(model)).stdout
+
+
+def test_train_refuses_a_folder_as_the_model_file_before_decoding(corpus: Path, tmp_path: Path) -> None:
+    """`--out models/` trained to the end and then failed with a traceback (IsADirectoryError) as the model was
+    written, its checkpoint left beside the folder."""
+    models = tmp_path / "models"
+    models.mkdir()
+    proc = _run("train", str(corpus), "--out", str(models))
+    assert proc.returncode == 2
+    assert f"--out {models} is a folder" in proc.stderr and str(models / "voices.safetensors") in proc.stderr
+    assert "Traceback" not in proc.stderr and "decoding" not in proc.stderr
+    assert list(models.iterdir()) == [] and not (tmp_path / "models.ckpt").exists()
