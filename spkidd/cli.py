@@ -241,14 +241,14 @@ def _closed_set_result(
     """Every item of a speaker the model knows decoded and scored, with progress; input that cannot be evaluated
     ends the command with the reason."""
     from spkidd.audio_cache import AudioCache, default_cache_dir
-    from spkidd.dataset import DataError, discover
+    from spkidd.dataset import DataError, discover_and_tell
     from spkidd.evaluation import closed_set_report, score_rows
     from spkidd.modelfile import ModelFileError, load_model
     from spkidd.progress import progress_bar
 
     try:
         bundle = load_model(model)
-        rows = discover(data, label_pattern)
+        rows = discover_and_tell(data, label_pattern, console)
         with progress_bar(console) as bar:
             decoding = bar.add_task("decoding", total=len(rows), status="")
             scored = bar.add_task("scoring", total=len(rows), status="")
@@ -324,14 +324,14 @@ def _open_set_result(
     """Every item scored against the enrolled speakers, strangers' too; input that cannot be evaluated ends the
     command with the reason."""
     from spkidd.audio_cache import AudioCache, default_cache_dir
-    from spkidd.dataset import DataError, discover
+    from spkidd.dataset import DataError, discover_and_tell
     from spkidd.evaluation import open_set_report, score_items
     from spkidd.modelfile import ModelFileError, load_model
     from spkidd.progress import progress_bar
 
     try:
         bundle = load_model(model)
-        rows = discover(data, label_pattern)
+        rows = discover_and_tell(data, label_pattern, console)
         bundle, strangers = _with_strangers(bundle, sorted({r.speaker for r in rows}), data, console)
         with progress_bar(console) as bar:
             task = bar.add_task("scoring", total=len(rows), status="")

@@ -78,10 +78,13 @@ def test_a_noise_folder_without_audio_is_warned_about(tmp_path: Path) -> None:
     noise = tmp_path / "noise"
     noise.mkdir()
     (noise / "readme.txt").write_text("the recordings are on the other disk")
+    (noise / "._fan.wav").write_bytes(b"\x00\x05\x16\x07")
+    (noise / "hum.wav").write_bytes(b"RIFF")
     shown = io.StringIO()
     clips = _noise_clips(noise, AudioCache(tmp_path / "cache"), Console(file=shown, width=200))
     assert clips == []
-    assert f"no usable audio in --noise-dir {noise} (1 file(s))" in shown.getvalue()
+    assert f"no usable audio in --noise-dir {noise} (1 audio file(s))" in shown.getvalue()
+    assert "readme.txt" not in shown.getvalue() and "._fan.wav" not in shown.getvalue(), "neither is audio"
 
 
 def test_a_file_without_speech_is_said_to_have_none(corpus: Path, tmp_path: Path) -> None:

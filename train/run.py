@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare
-from spkidd.dataset import DataError, Row, discover, speaker_counts
+from spkidd.dataset import DataError, Row, audio_files, discover_and_tell, speaker_counts
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from spkidd.progress import progress_bar
@@ -132,12 +132,12 @@ def check_out_path(out: Path) -> None:
 def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) -> list[np.ndarray]:
     if noise_dir is None:
         return []
-    rows = [Row(path=p, speaker="noise") for p in sorted(noise_dir.rglob("*")) if p.is_file()]
+    rows = [Row(path=p, speaker="noise") for p in audio_files(noise_dir)]
     clips = decode_rows(rows, cache, console, "noise clips").audio
     if not clips:
         warning(
             console,
-            f"no usable audio in --noise-dir {noise_dir} ({len(rows)} file(s)); only generated noise is mixed in",
+            f"no usable audio in --noise-dir {noise_dir} ({len(rows)} audio file(s)); only generated noise is mixed in",
         )
     return clips
 
@@ -168,7 +168,7 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     check_out_path(inputs.out)
     check_writable(inputs.out)
     check_noise_dir(inputs.noise_dir)
-    rows = discover(inputs.data, inputs.label_pattern)
+    rows = discover_and_tell(inputs.data, inputs.label_pattern, console)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
     cache = AudioCache(inputs.cache_dir or default_cache_dir())
     prepared, labels = _training_audio(rows, inputs.data, cache, console)
@@ -216,7 +216,8 @@ def _split(
     if inputs.val_data is None:
         rng = np.random.default_rng(settings.seed)
         return stratified_split(prepared.audio, train_labels, settings.val_fraction, rng)
-    val = decode_rows(discover(inputs.val_data, inputs.label_pattern), cache, console, "validation audio")
+    val_rows = discover_and_tell(inputs.val_data, inputs.label_pattern, console)
+    val = decode_rows(val_rows, cache, console, "validation audio")
     unknown = sorted({r.speaker for r in val.rows} - set(labels))
     if unknown:
         raise ValueError(f"{inputs.val_data}: speakers not in the training data: {', '.join(unknown[:5])}")
