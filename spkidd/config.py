@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import stat
 import tomllib
 import types
@@ -154,18 +155,24 @@ class HealthConfig:
 @dataclass(frozen=True)
 class WebConfig:
     """The household's page (live view, voices, unknown clips, enrollment) plus /healthz and /metrics.
-    Changing the voices needs `token` (or `token_file`) when the page listens beyond loopback."""
+    Changing the voices needs `token` (or `token_file`) when the page listens beyond loopback. `tls_cert` (and
+    `tls_key` unless the certificate file holds the key) serve it over https: browsers give a page the microphone
+    only there or on loopback, and the token then does not cross the network in plain text."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8730
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     max_upload_mb: float = 20.0
     max_connections: int = 128
 
     def __post_init__(self) -> None:
         check_port(self.port, any_free=True)
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
         if self.max_upload_mb <= 0 or self.max_connections < 1:
@@ -174,7 +181,15 @@ class WebConfig:
     @property
     def loopback_only(self) -> bool:
         """True when only this machine can reach the page."""
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, None without `tls_cert`; OSError or ssl.SSLError for files it cannot use."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
 
 
 @dataclass(frozen=True)
@@ -346,8 +361,9 @@ def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
     return mqtt
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str) -> bool:
+    """A name or address only this machine reaches (browsers resolve localhost and *.localhost to loopback)."""
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -357,7 +373,7 @@ def _is_loopback(host: str) -> bool:
 
 def _warn_plaintext_password(mqtt: MqttConfig, file: Path) -> None:
     """A password sent to another host without TLS can be read by anyone on the network path."""
-    if mqtt.broker == "external" and mqtt.password and not mqtt.tls.enabled and not _is_loopback(mqtt.host):
+    if mqtt.broker == "external" and mqtt.password and not mqtt.tls.enabled and not is_loopback(mqtt.host):
         log.warning(
             "%s: [mqtt] the password goes to %s in plain text; enable [mqtt.tls] (and the broker's TLS listener)",
             file,
@@ -372,7 +388,8 @@ def _web_settings(top: _TopLevel, file: Path, mode: int) -> WebConfig:
         raise ConfigError(f"{file}: [web] give only one of token, token_file")
     if web.token is not None and mode & stat.S_IROTH:
         log.warning("%s holds the web page's token and is readable by everyone; chmod o-r it", file)
-    token_file = _resolve(file.resolve().parent, web.token_file)
+    base = file.resolve().parent
+    token_file = _resolve(base, web.token_file)
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -381,14 +398,44 @@ def _web_settings(top: _TopLevel, file: Path, mode: int) -> WebConfig:
         if not token:
             raise ConfigError(f"{file}: [web] token_file: {token_file} is empty")
         web = dataclasses.replace(web, token=token, token_file=token_file)
-    if web.enabled and not web.loopback_only and web.token is None:
+    web = dataclasses.replace(web, tls_cert=_resolve(base, web.tls_cert), tls_key=_resolve(base, web.tls_key))
+    try:
+        if web.enabled:
+            web.tls_context()
+    except OSError as exc:  # ssl.SSLError is one
+        files = f"tls_cert {web.tls_cert}" + (f", tls_key {web.tls_key}" if web.tls_key else "")
+        raise ConfigError(f"{file}: [web] cannot use {files}: {_tls_reason(exc)}") from exc
+    _warn_open_page(web, file)
+    return web
+
+
+def _tls_reason(exc: OSError) -> str:
+    """OpenSSL's reason in words a user can act on (its own say "[SSL] PEM lib (_ssl.c:3900)")."""
+    if isinstance(exc, ssl.SSLError):
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            return "the key does not belong to the certificate"
+        return "not a PEM certificate and private key (without tls_key the certificate file must hold the key too)"
+    return exc.strerror or str(exc)
+
+
+def _warn_open_page(web: WebConfig, file: Path) -> None:
+    """A page beyond loopback is read-only without a token, and sends the token in plain text without TLS."""
+    if not web.enabled or web.loopback_only:
+        return
+    if web.token is None:
         log.warning(
             "%s: [web] listens on %s without a token: the page is read-only (set token or token_file to enroll, "
             "forget or rename from it)",
             file,
             web.host,
         )
-    return web
+    elif web.tls_cert is None:
+        log.warning(
+            "%s: [web] listens on %s without tls_cert: the page's password crosses the network in plain text, and "
+            "browsers on other devices give it no microphone (recording files can still be uploaded)",
+            file,
+            web.host,
+        )
 
 
 def _pipeline_settings(top: _TopLevel, file: Path) -> PipelineSettings:

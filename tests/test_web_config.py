@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from spkidd.config import ConfigError, WebConfig, load_config
+from tests.support.tls import self_signed
 
 BASE = 'model = "m.safetensors"\n[[sources]]\nname = "k"\nkind = "mic"\n'
 
@@ -28,7 +30,17 @@ def test_the_repository_config_documents_every_web_key() -> None:
     shipped = load_config(repo / "config.toml").web
     text = (repo / "config.toml").read_text()
     section = text[text.index("[web]") :]
-    for key in ("enabled", "host", "port", "token", "token_file", "max_upload_mb", "max_connections"):
+    for key in (
+        "enabled",
+        "host",
+        "port",
+        "token",
+        "token_file",
+        "tls_cert",
+        "tls_key",
+        "max_upload_mb",
+        "max_connections",
+    ):
         assert f"{key} =" in section, key
     assert shipped.enabled is False and shipped.loopback_only
 
@@ -53,3 +65,45 @@ def test_bad_web_settings_name_the_key(tmp_path: Path, web: str, message: str) -
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, web)
     assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_tls_files_are_relative_to_the_config_and_make_a_server_context(tmp_path: Path) -> None:
+    self_signed(tmp_path)
+    web = _load(tmp_path, '[web]\nenabled = true\ntls_cert = "web.crt"\ntls_key = "web.key"\n')
+    assert web.tls_cert == tmp_path / "web.crt" and web.tls_key == tmp_path / "web.key"
+    assert web.tls_context() is not None
+
+
+def test_tls_files_it_cannot_use_are_refused_at_load_in_words(tmp_path: Path) -> None:
+    """A broken certificate is a configuration error (exit 2: systemd does not restart it for ever), said in words
+    rather than OpenSSL's "[SSL] PEM lib"."""
+    cert, key = self_signed(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = self_signed(other)
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    cases = {
+        f'tls_cert = "{tmp_path / "absent.crt"}"': "No such file or directory",
+        'tls_cert = "notes.txt"': "not a PEM certificate and private key",
+        f'tls_cert = "{cert}"': "not a PEM certificate and private key (without tls_key",
+        f'tls_cert = "{cert}"\ntls_key = "{other_key}"': "the key does not belong to the certificate",
+        f'tls_key = "{key}"': "tls_key needs tls_cert",
+    }
+    for lines, reason in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            _load(tmp_path, f"[web]\nenabled = true\n{lines}\n")
+        assert reason in str(caught.value) and "[web]" in str(caught.value), (lines, str(caught.value))
+
+
+def test_a_password_over_the_network_without_tls_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = self_signed(tmp_path)
+    network = '[web]\nenabled = true\nhost = "0.0.0.0"\ntoken = "s3cret"\n'
+    with caplog.at_level(logging.WARNING, logger="spkidd.config"):
+        _load(tmp_path, network)
+    assert "crosses the network in plain text" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spkidd.config"):
+        _load(tmp_path, network + f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    assert "plain text" not in caplog.text

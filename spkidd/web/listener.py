@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,21 @@ class _Refuse(asyncio.Protocol):
 
 
 class HttpListener:
-    """Serves `app` on host:port (port 0 picks a free one; `port` tells which after start())."""
+    """Serves `app` on host:port (port 0 picks a free one; `port` tells which after start()), over TLS when
+    `tls` is given."""
 
-    def __init__(self, app: web.Application, host: str, port: int, limits: ListenerLimits = ListenerLimits()) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        limits: ListenerLimits = ListenerLimits(),
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.limits = limits
+        self.tls = tls
         self.refused = 0
         self._runner = web.AppRunner(
             app,
@@ -68,7 +78,7 @@ class HttpListener:
         await self._runner.setup()
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                self._protocol, self.host, self.port, reuse_address=True
+                self._protocol, self.host, self.port, reuse_address=True, ssl=self.tls
             )
         except OSError:
             await self._runner.cleanup()

@@ -53,7 +53,8 @@ class WebServer:
         }
         self.api = WebApi(hub, VoiceKeeper(control), ClipShelf(control), info, config.max_upload_mb)
         limits = ListenerLimits(max_connections=config.max_connections)
-        self._listener = HttpListener(build_app(config, self.api, control), config.host, config.port, limits)
+        app = build_app(config, self.api, control)
+        self._listener = HttpListener(app, config.host, config.port, limits, tls=config.tls_context())
 
     @property
     def port(self) -> int:
@@ -62,7 +63,8 @@ class WebServer:
     @property
     def address(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.config.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     async def start(self) -> None:
         """Raises OSError when the address cannot be bound."""
