@@ -306,7 +306,36 @@ async function enrollClips(event) {
 
 // ----- recording -----------------------------------------------------------------------------------------------
 
-const recording = { recorder: null, chunks: [], blob: null, stream: null, context: null, started: 0 };
+const recording = { recorder: null, chunks: [], blob: null, name: "", stream: null, context: null, started: 0 };
+
+// Browsers give a page the microphone only in a secure context (https, or this machine's own address): elsewhere
+// `navigator.mediaDevices` is missing, so the page says why and offers the file picker, which a phone fills from
+// its voice recorder.
+function offerMicrophone() {
+  const available = window.isSecureContext && navigator.mediaDevices && window.MediaRecorder;
+  $("#record-start").disabled = !available;
+  $("#record-unavailable").hidden = Boolean(available);
+}
+
+// A recording the user already has: played back and enrolled as a recording made here would be.
+function chooseFile() {
+  const file = $("#record-file").files[0];
+  if (!file) return;
+  const message = $("#record-message");
+  const refusal = tooLarge(file);
+  if (refusal) {
+    recording.blob = null;
+    $("#record-enroll").disabled = true;
+    return show(message, refusal, "error");
+  }
+  recording.blob = file;
+  recording.name = file.name;
+  const playback = $("#record-playback");
+  playback.src = URL.createObjectURL(file);
+  playback.hidden = false;
+  $("#record-enroll").disabled = false;
+  show(message, `Chose ${file.name} (${Number((file.size / 1e6).toPrecision(2))} MB). Name it and enroll.`);
+}
 
 async function startRecording() {
   const message = $("#record-message");
@@ -356,6 +385,8 @@ function finishRecording() {
   recording.stream.getTracks().forEach((t) => t.stop());
   if (recording.context) recording.context.close();
   recording.blob = new Blob(recording.chunks, { type: recording.recorder.mimeType || "audio/webm" });
+  recording.name = "recording.webm";
+  $("#record-file").value = "";
   const playback = $("#record-playback");
   playback.src = URL.createObjectURL(recording.blob);
   playback.hidden = false;
@@ -379,7 +410,7 @@ async function enrollRecording(event) {
   const message = $("#record-message");
   const warnings = $("#record-warnings");
   warnings.replaceChildren();
-  if (!recording.blob) return show(message, "Record something first.", "error");
+  if (!recording.blob) return show(message, "Record something or choose a recording first.", "error");
   const refusal = tooLarge(recording.blob);
   if (refusal) return show(message, refusal, "error");
   const target = enrollTarget("record-mode", $("#record-name"), $("#record-existing"), $("#record-force"));
@@ -387,7 +418,7 @@ async function enrollRecording(event) {
   form.append("speaker", target.speaker);
   form.append("new", String(target.new));
   form.append("force", String(target.force));
-  form.append("audio", recording.blob, "recording.webm");
+  form.append("audio", recording.blob, recording.name);
   show(message, "Enrolling…");
   $("#record-enroll").disabled = true;
   try {
@@ -421,6 +452,8 @@ async function start() {
   $("#record-form").onsubmit = enrollRecording;
   $("#record-start").onclick = startRecording;
   $("#record-stop").onclick = stopRecording;
+  $("#record-file").onchange = chooseFile;
+  offerMicrophone();
   window.addEventListener("hashchange", selectTab);
   selectTab();
   connectLive();
