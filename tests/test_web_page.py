@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import re
 import shutil
 import socket
@@ -33,7 +32,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from spkidd.modelfile import load_model
 from spkidd.synthetic import SENTENCES, synth_speech
 from tests.support import page_http
-from tests.support.browser import DESKTOP, PHONE, chromium, wait_until
+from tests.support.browser import DESKTOP, PHONE, chromium, screenshot, wait_until
 from tests.support.daemon import DaemonProcess, conversation, file_source, write_config
 from tests.support.mosquitto import Mosquitto, free_port, kill_group, wait_port
 from tests.support.multipart import recording_form
@@ -48,9 +47,6 @@ TURNS = [
 ]
 LEAD_S, GAP_S = 1.0, 1.2
 LOOP_ORDER = ["alice", "unknown", "bob", "unknown"]
-SCREENSHOTS_ENV = "SPKIDD_SCREENSHOTS"
-"""A folder for the page's screenshots (`SPKIDD_SCREENSHOTS=docs` refreshes the README's); else the test's own
-folder, so a test run leaves the repository as it was."""
 
 
 @dataclass
@@ -224,12 +220,6 @@ def test_live_events_reach_the_browser_within_200_ms(house: House) -> None:
     assert max(delays) < 0.2, f"event-to-browser delays {delays}"
 
 
-def _screenshot(driver: WebDriver, house: House, name: str) -> None:
-    folder = Path(os.environ.get(SCREENSHOTS_ENV) or house.work)
-    folder.mkdir(parents=True, exist_ok=True)
-    assert driver.save_screenshot(str(folder / name)), f"no screenshot {name}"
-
-
 def test_the_live_view_names_the_speakers_in_turn(house: House) -> None:
     with chromium(DESKTOP) as driver:
         driver.get(f"{house.base}/#live")
@@ -242,12 +232,12 @@ def test_the_live_view_names_the_speakers_in_turn(house: House) -> None:
         segments = driver.find_elements(By.CSS_SELECTOR, ".source[data-source=kitchen] .timeline .segment")
         assert {s.get_attribute("data-speaker") for s in segments} >= {"alice", "bob", "unknown"}
         wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
-        _screenshot(driver, house, "web-live-desktop.png")
+        screenshot(driver, house.work, "web-live-desktop.png")
     with chromium(PHONE) as driver:
         driver.get(f"{house.base}/#live")
         wait_until(lambda: len(_recent_finals(driver)) >= 4, 30, "the finals so far on a phone")
         wait_until(lambda: _text(driver, ".source[data-source=kitchen] .speaker") in ("alice", "bob"), 60)
-        _screenshot(driver, house, "web-live-phone.png")
+        screenshot(driver, house.work, "web-live-phone.png")
 
 
 def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> None:
@@ -297,13 +287,30 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> Non
     assert _unchanged(before, house), "nothing changed: the model file and the clips are as they were"
 
 
+def test_a_site_whose_name_points_at_loopback_can_change_nothing(house: House) -> None:
+    """DNS rebinding: a site that points its own name at 127.0.0.1 is same-origin with itself, so its scripts could
+    send the page's header; without a password the page takes changes and serves kept clips only when opened by a
+    loopback name or address."""
+    wait_until(lambda: _dave_clips(house), 120, "a kept clip of dave")
+    before = _state(house)
+    rebound = {"Host": f"rebind.test:{house.port}"}
+    status, body = page_http.change(house.base, "/api/voices/forget", {"speaker": "alice"}, extra=rebound)
+    assert status == 403 and body["error"].startswith("refused: the page was opened as 'rebind.test'"), body
+    status, body = page_http.http(f"{house.base}/api/clips/{_dave_clips(house)[0]}", headers=rebound)
+    assert status == 403 and "only a page opened at 127.0.0.1 or localhost" in body["error"], body
+    assert _unchanged(before, house)
+    for host in (f"localhost:{house.port}", f"127.0.0.1:{house.port}"):
+        status, body = page_http.http(f"{house.base}/api/clips", headers={"Host": host})
+        assert status == 200 and body["groups"], (host, body)
+
+
 def test_a_kept_unknown_clip_is_enrolled_from_the_page_and_then_named(house: House) -> None:
     dave = wait_until(lambda: _dave_clips(house), 60, "a kept clip of dave")
     for size, label in ((PHONE, "phone"), (DESKTOP, "desktop")):
         with chromium(size) as driver:
             driver.get(f"{house.base}/#unknown")
             wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'input[name="clip"]'), 60, "kept clips")
-            _screenshot(driver, house, f"web-unknown-{label}.png")
+            screenshot(driver, house.work, f"web-unknown-{label}.png")
     with chromium(DESKTOP) as driver:
         driver.get(f"{house.base}/#unknown")
         for clip in dave:

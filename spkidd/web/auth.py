@@ -4,7 +4,9 @@
   (another site's form or script cannot add it without a CORS preflight, which is never granted), so a page
   elsewhere cannot make the user's browser enroll or forget a voice.
 - With a token configured, a change must also carry `Authorization: Bearer <token>`.
-- Without a token, only a page that listens on loopback accepts changes.
+- Without a token, only a page that listens on loopback accepts changes, and only when the browser reached it by a
+  loopback name or address: a site whose name an attacker points at 127.0.0.1 (DNS rebinding) is same-origin with
+  itself, so its scripts could add the header, but its requests carry its own name as Host.
 - The kept `unknown` clips (`/api/clips...`) are recordings of guests and family: beyond loopback they are served
   only with the token, like a change, and not at all without one. The live view and the voices stay readable.
 """
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from spkidd.config import WebConfig
+from spkidd.config import WebConfig, is_loopback
 
 REQUEST_HEADER = "X-Spkidd-Request"
 
@@ -53,7 +55,21 @@ def _access_refusal(config: WebConfig, request: web.Request, without_password: s
         return _password_refusal(config.token, request)
     if not config.loopback_only:
         return json_error(403, without_password)
+    host = _host_name(request.host)
+    if not is_loopback(host):
+        return json_error(
+            403,
+            f"refused: the page was opened as {host!r}; without a password ([web] token) only a page opened at "
+            "127.0.0.1 or localhost may do this",
+        )
     return None
+
+
+def _host_name(host: str) -> str:
+    """The Host header without its port ("[::1]:8730" -> "::1")."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def _password_refusal(token: str, request: web.Request) -> web.Response | None:
