@@ -18,7 +18,7 @@ from spkidd.audio_cache import AudioCache
 from spkidd.synthetic import SENTENCES, synth_corpus
 from tests.support.daemon import SPKIDD
 from tests.support.streaming import save_random_model
-from train.run import _noise_clips
+from train.run import TrainInputs, _noise_clips, _warn_starting_over
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,3 +123,18 @@ def test_train_refuses_a_folder_as_the_model_file_before_decoding(corpus: Path, 
     assert f"--out {models} is a folder" in proc.stderr and str(models / "voices.safetensors") in proc.stderr
     assert "Traceback" not in proc.stderr and "decoding" not in proc.stderr
     assert list(models.iterdir()) == [] and not (tmp_path / "models.ckpt").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_starting_over_an_interrupted_run_is_warned_about_before_it_is_replaced(tmp_path: Path, resume: bool) -> None:
+    """Run again without --resume after Ctrl-C, training replaced the interrupted run's checkpoint at its first epoch
+    without a word."""
+    out = tmp_path / "m.safetensors"
+    out.with_name("m.safetensors.ckpt").write_bytes(b"epochs")
+    shown = io.StringIO()
+    _warn_starting_over(TrainInputs(tmp_path, out, resume=resume), Console(file=shown, width=300))
+    if resume:
+        assert shown.getvalue() == ""
+    else:
+        assert "m.safetensors.ckpt holds an interrupted run; this one starts over" in shown.getvalue()
+        assert "add --resume to go on from it" in shown.getvalue()

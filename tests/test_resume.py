@@ -118,3 +118,45 @@ def test_resumed_heads_under_two_ranks_train_the_model_of_an_uninterrupted_run(t
     for both, the model differs)."""
     settings = TrainSettings(epochs=4, patience=4, pools=1, threads=1, seed=1)
     _assert_same_training(_two_ranks(tmp_path, settings), _two_ranks(tmp_path, settings, stop_after=2))
+
+
+SCRATCH = TrainSettings(
+    encoder="none", epochs=2, patience=2, batch_size=4, hidden=16, layers=1, embedding_dim=16, seed=1, threads=1
+)
+
+
+def _interrupted_scratch_run(out: Path) -> None:
+    def ctrl_c(record: EpochRecord) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        Trainer(SCRATCH, LABELS, tone_split(), out, {}).run(on_epoch=ctrl_c)
+
+
+def test_a_checkpoint_of_the_other_encoder_is_refused_before_the_audio_is_encoded(tmp_path: Path) -> None:
+    """`--resume` after a run with `--encoder none` was refused only once the default encoder had encoded all the
+    audio, and without saying what differed."""
+    out = tmp_path / "m.safetensors"
+    _interrupted_scratch_run(out)
+    trainer = HeadTrainer(TrainSettings(epochs=2, pools=1, threads=1), LABELS, tone_split(), out, {})
+    with pytest.raises(ValueError, match="trained with --encoder none, this one with --encoder ge2e") as refused:
+        trainer.check_resumable()
+    assert "give --encoder none, or train without --resume to start over" in str(refused.value)
+
+
+def test_a_checkpoint_of_other_speakers_says_which(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    _interrupted_scratch_run(out)
+    trainer = Trainer(SCRATCH, ["a", "b", "d"], tone_split(), out, {})
+    with pytest.raises(ValueError, match=r"other speakers \(not in this run: c; new in this run: d\)"):
+        trainer.check_resumable()
+
+
+def test_a_damaged_checkpoint_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    _interrupted_scratch_run(out)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    trainer = Trainer(SCRATCH, LABELS, tone_split(), out, {})
+    with pytest.raises(ValueError, match=r"not a readable checkpoint .*train without --resume to start over"):
+        trainer.check_resumable()

@@ -168,6 +168,7 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     check_out_path(inputs.out)
     check_writable(inputs.out)
     check_noise_dir(inputs.noise_dir)
+    _warn_starting_over(inputs, console)
     rows = discover_and_tell(inputs.data, inputs.label_pattern, console)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
     cache = AudioCache(inputs.cache_dir or default_cache_dir())
@@ -178,6 +179,8 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     trainer_class: type[TrainerBase] = HeadTrainer if settings.encoder == "ge2e" else Trainer
     noise = _noise_clips(inputs.noise_dir, cache, console)
     trainer = trainer_class(settings, labels, split, inputs.out, summary, noise)
+    if inputs.resume:
+        trainer.check_resumable()
     console.print(trainer.plan_text(trainer.resolved()))
     outcome = _fit(trainer, inputs.resume, bool(split.val_audio), console)
     if isinstance(outcome, int):
@@ -186,6 +189,18 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     if not quiet:
         _print_summary(console, outcome.bundle, inputs.out)
     return 0
+
+
+def _warn_starting_over(inputs: TrainInputs, console: Console) -> None:
+    """A run without --resume replaces the checkpoint of an interrupted one at its first epoch: said while there is
+    time to stop and add --resume, as a forgotten flag otherwise lost the interrupted run's epochs unnoticed."""
+    checkpoint = checkpoint_of(inputs.out)
+    if not inputs.resume and checkpoint.is_file():
+        warning(
+            console,
+            f"{checkpoint} holds an interrupted run; this one starts over and replaces it after its first epoch "
+            "(stop now with Ctrl-C and add --resume to go on from it)",
+        )
 
 
 def _training_audio(rows: list[Row], data: Path, cache: AudioCache, console: Console) -> tuple[Prepared, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -278,12 +279,32 @@ class TrainerBase(ABC):
             torch.save(state, temporary)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint, None without one; one of another run (other speakers, the other encoder) or a damaged
+        file is refused with what is wrong and how to start over."""
         if not self.checkpoint_path.is_file():
             return None
-        state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
-        if state.get("labels") != self.labels or state.get("encoder") != self.checkpoint_encoder:
-            raise ValueError(f"{self.checkpoint_path}: checkpoint was made for another model; cannot resume")
+        start_over = f"train without --resume to start over (it replaces {self.checkpoint_path.name})"
+        try:
+            state: dict[str, Any] = torch.load(self.checkpoint_path, weights_only=True)
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{self.checkpoint_path}: not a readable checkpoint ({exc}); {start_over}") from None
+        theirs, ours = state.get("encoder") or "none", self.checkpoint_encoder or "none"
+        if theirs != ours:
+            raise ValueError(
+                f"{self.checkpoint_path}: the interrupted run trained with --encoder {theirs}, this one with "
+                f"--encoder {ours}; cannot resume: give --encoder {theirs}, or {start_over}"
+            )
+        if state.get("labels") != self.labels:
+            raise ValueError(
+                f"{self.checkpoint_path}: the interrupted run trained on other speakers "
+                f"({_speaker_difference(state.get('labels') or [], self.labels)}); cannot resume: {start_over}"
+            )
         return state
+
+    def check_resumable(self) -> None:
+        """Before the audio is encoded (minutes on a large set): a checkpoint `--resume` cannot go on from is
+        refused now, not when the epochs would start."""
+        self._load_checkpoint()
 
     def _resume(
         self,
@@ -374,6 +395,16 @@ class TrainerBase(ABC):
         save_model(result.bundle, self.out)
         plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
         self.checkpoint_path.unlink(missing_ok=True)
+
+
+def _speaker_difference(theirs: list[str], ours: list[str]) -> str:
+    """What the speakers of an interrupted run and of this one differ in, in a few names."""
+    parts = []
+    if missing := sorted(set(theirs) - set(ours)):
+        parts.append(f"not in this run: {', '.join(missing[:5])}")
+    if new := sorted(set(ours) - set(theirs)):
+        parts.append(f"new in this run: {', '.join(new[:5])}")
+    return "; ".join(parts) or "in another order"
 
 
 def checkpoint_of(out: Path) -> Path:
