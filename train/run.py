@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from spkidd import SAMPLE_RATE
 from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare
 from spkidd.dataset import DataError, Row, audio_files, discover_and_tell, speaker_counts
 from spkidd.enrollment import check_name
@@ -68,18 +70,73 @@ def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str)
     return prepared
 
 
-def _warn_small_speakers(prepared: Prepared, console: Console) -> None:
+@dataclass(frozen=True)
+class SpeakerAudio:
+    """One speaker's share of the usable training audio."""
+
+    name: str
+    files: int
+    seconds: float
+
+    @property
+    def scant(self) -> bool:
+        return self.files < MIN_CLIPS_WARNING and self.seconds < MIN_SECONDS_WARNING
+
+
+SHOWN_SPEAKERS = 20
+"""The speakers table lists a household whole; of a larger set, the speakers with the least audio."""
+NAMED_SCANT = 3
+"""Up to this many speakers with too little audio are warned about one by one; more are one warning."""
+
+
+def speaker_audio(prepared: Prepared) -> list[SpeakerAudio]:
+    """Each speaker's files and seconds of sound, by name."""
     counts = speaker_counts(prepared.rows)
     seconds: dict[str, float] = {}
     for row, audio in zip(prepared.rows, prepared.audio, strict=True):
-        seconds[row.speaker] = seconds.get(row.speaker, 0.0) + len(audio) / 16000
-    for speaker in sorted(counts):
-        if counts[speaker] < MIN_CLIPS_WARNING and seconds[speaker] < MIN_SECONDS_WARNING:
+        seconds[row.speaker] = seconds.get(row.speaker, 0.0) + len(audio) / SAMPLE_RATE
+    return [SpeakerAudio(name, counts[name], seconds[name]) for name in sorted(counts)]
+
+
+def _print_speakers(speakers: list[SpeakerAudio], console: Console) -> None:
+    """Who the model will know, with how much audio each: a folder named wrongly, or a --label-pattern that cuts
+    the wrong part of a file name, shows here before training, not in the model's labels after it."""
+    shown = sorted(speakers, key=lambda s: s.seconds)[:SHOWN_SPEAKERS] if len(speakers) > SHOWN_SPEAKERS else speakers
+    whole = shown is speakers
+    console.print(
+        f"{len(speakers)} speakers:" if whole else f"the {len(shown)} of {len(speakers)} speakers with the least audio:"
+    )
+    table = Table()
+    for column in ("speaker", "files", "seconds of sound"):
+        table.add_column(column, justify="left" if column == "speaker" else "right")
+    for speaker in shown:
+        table.add_row(escape(speaker.name), str(speaker.files), f"{speaker.seconds:.1f}")
+    console.print(table)
+
+
+def _warn_small_speakers(speakers: list[SpeakerAudio], label_pattern: str | None, console: Console) -> None:
+    """Speakers with too little audio to be recognised well; many of them are one warning, and a flat folder whose
+    every file became a speaker of its own points at --label-pattern."""
+    scant = [s for s in speakers if s.scant]
+    if len(scant) <= NAMED_SCANT:
+        for s in scant:
             warning(
                 console,
-                f"speaker {speaker!r} has only {counts[speaker]} clip(s), "
-                f"{seconds[speaker]:.1f} s of sound; expect it to be recognised poorly",
+                f"speaker {s.name!r} has only {s.files} clip(s), {s.seconds:.1f} s of sound; "
+                "expect it to be recognised poorly",
             )
+        return
+    names = ", ".join(repr(s.name) for s in scant[:5]) + (", ..." if len(scant) > 5 else "")
+    message = (
+        f"{len(scant)} of {len(speakers)} speakers have fewer than {MIN_CLIPS_WARNING} clips and under "
+        f"{MIN_SECONDS_WARNING:g} s of sound each ({names}); expect them to be recognised poorly"
+    )
+    if label_pattern and all(s.files == 1 for s in speakers):
+        message += (
+            f". Every file became a speaker of its own: does --label-pattern '{label_pattern}' capture only the "
+            "speaker's part of the file names in (?P<speaker>...)?"
+        )
+    warning(console, message)
 
 
 def check_speakers(speakers: list[str], data: Path) -> None:
@@ -172,7 +229,7 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     rows = discover_and_tell(inputs.data, inputs.label_pattern, console)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
     cache = AudioCache(inputs.cache_dir or default_cache_dir())
-    prepared, labels = _training_audio(rows, inputs.data, cache, console)
+    prepared, labels = _training_audio(rows, inputs, cache, console)
     split = _split(inputs, settings, prepared, labels, cache, console)
     summary = _summary(inputs, prepared, labels, split, console)
     _warn_unvalidated(split, labels, console, inputs.val_data)
@@ -203,15 +260,19 @@ def _warn_starting_over(inputs: TrainInputs, console: Console) -> None:
         )
 
 
-def _training_audio(rows: list[Row], data: Path, cache: AudioCache, console: Console) -> tuple[Prepared, list[str]]:
-    """The training data decoded, and its speakers' names (the labels), sorted; a set left with one speaker once
-    the others' files turned out unusable is refused."""
+def _training_audio(
+    rows: list[Row], inputs: TrainInputs, cache: AudioCache, console: Console
+) -> tuple[Prepared, list[str]]:
+    """The training data decoded, and its speakers' names (the labels), sorted, shown with their audio; a set left
+    with one speaker once the others' files turned out unusable is refused."""
     prepared = decode_rows(rows, cache, console, "training audio")
     if not prepared.audio:
-        raise ValueError(f"{data}: no usable audio ({len(prepared.skipped)} files skipped)")
-    _warn_small_speakers(prepared, console)
-    labels = sorted(speaker_counts(prepared.rows))
-    check_speakers(labels, data)
+        raise ValueError(f"{inputs.data}: no usable audio ({len(prepared.skipped)} files skipped)")
+    speakers = speaker_audio(prepared)
+    _print_speakers(speakers, console)
+    _warn_small_speakers(speakers, inputs.label_pattern, console)
+    labels = [s.name for s in speakers]
+    check_speakers(labels, inputs.data)
     for label in labels:
         check_name(label)
     return prepared, labels
