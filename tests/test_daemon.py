@@ -9,13 +9,14 @@ import json
 import shutil
 import signal
 import socket
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import HELD_OUT_SENTENCES
+from tests.support import page_http
 from tests.support.browser import wait_until
 from tests.support.daemon import (
     LONG_UTTERANCES,
@@ -135,17 +136,9 @@ def _notifications(sock: socket.socket, until: str, timeout: float = 90.0) -> li
     return got
 
 
-def _http(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def _healthy(url: str) -> tuple[int, str]:
+def _healthy(url: str) -> tuple[int, Any]:
     """/healthz's answer; raises until it is 200, for wait_until."""
-    status, body = _http(url)
+    status, body = page_http.http(url)
     assert status == 200, body
     return status, body
 
@@ -176,14 +169,15 @@ async def test_embedded_broker_notify_watchdog_and_health(tmp_path: Path) -> Non
                 # Broker connected and the source online: healthy. The source may not be online yet at the first
                 # look, so poll (a daemon that never gets healthy fails here).
                 healthz = f"http://127.0.0.1:{health_port}/healthz"
-                status, body = await asyncio.to_thread(wait_until, lambda: _healthy(healthz), 30, "a healthy /healthz")
-                health = json.loads(body)
+                status, health = await asyncio.to_thread(
+                    wait_until, lambda: _healthy(healthz), 30, "a healthy /healthz"
+                )
                 assert status == 200 and health["status"] == "ok", health
                 assert health["mqtt"]["connected"] is True and health["mqtt"]["published"] >= 6, health
                 kitchen = health["streams"]["kitchen"]
                 assert list(health["streams"]) == ["kitchen"] and kitchen["online"] is True, health
                 assert kitchen["dropped_chunks"] == 0, health
-                _, metrics = await asyncio.to_thread(_http, f"http://127.0.0.1:{health_port}/metrics")
+                _, metrics = await asyncio.to_thread(page_http.http, f"http://127.0.0.1:{health_port}/metrics")
                 assert 'spkidd_stream_realtime_factor{source="kitchen"}' in metrics
                 daemon.signal(signal.SIGTERM)
                 await asyncio.to_thread(_notifications, notify_socket, "STOPPING=1", 30)
