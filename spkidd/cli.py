@@ -377,7 +377,9 @@ def _report_seconds(bar: Progress, task: TaskID, done_s: float, total_s: float) 
 @app.command()
 def identify(
     model: Path = typer.Argument(..., help="Model file."),
-    audio: list[Path] = typer.Argument(..., help="Audio files (any format ffmpeg reads)."),
+    audio: list[Path] = typer.Argument(
+        ..., help="Audio files (any format ffmpeg reads), or folders: each audio file in them, subfolders too."
+    ),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per file and line."),
     chunk: float = typer.Option(
         3.0,
@@ -406,7 +408,7 @@ def identify(
     except ModelFileError as exc:
         error(console, str(exc))
         raise typer.Exit(2) from None
-    results = _identify_files(bundle, audio, chunk, top, console)
+    results = _identify_files(bundle, _audio_paths(audio), chunk, top, console)
     if json_output:
         for r in results:
             typer.echo(json.dumps(dataclasses.asdict(r)))
@@ -418,32 +420,51 @@ def identify(
         raise typer.Exit(1)
 
 
+def _audio_paths(paths: list[Path]) -> list[Path]:
+    """The files as given, and in place of a folder its audio files (a folder of a day's recordings was answered
+    'no such file'); a folder without any stays, to be answered as such."""
+    from spkidd.dataset import audio_files
+
+    expanded = []
+    for path in paths:
+        expanded += (audio_files(path) or [path]) if path.is_dir() else [path]
+    return expanded
+
+
 def _identify_files(
     bundle: ModelBundle, audio: list[Path], chunk: float, top: int, console: Console
 ) -> list[FileResult]:
-    """One result per file, in order, with a progress bar through each; a file that cannot be decoded is a result
-    with its error, so the others are still identified."""
+    """One result per file, in order, with a progress bar through each."""
     from functools import partial
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from spkidd.audio.decode import AudioDecodeError
-    from spkidd.identify import FileResult, identify_file
 
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         for path in audio:
             task = bar.add_task(f"who spoke when in {path.name}", total=None)
-            try:
-                report = partial(_report_seconds, bar, task)
-                results.append(identify_file(bundle, path, chunk, top, report))
-            except AudioDecodeError as exc:
-                results.append(FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc)))
+            results.append(_identify_one(bundle, path, chunk, top, partial(_report_seconds, bar, task)))
             bar.remove_task(task)
             if results[-1].warning:
                 warning(console, f"{results[-1].warning}; identified from what is there")
     return results
+
+
+def _identify_one(
+    bundle: ModelBundle, path: Path, chunk: float, top: int, report: Callable[[float, float], None]
+) -> FileResult:
+    """A file's result; a file that cannot be decoded (or a folder without audio) is a result with its error, so
+    that the others are still identified."""
+    from spkidd.audio.decode import AudioDecodeError
+    from spkidd.identify import FileResult, identify_file
+
+    if path.is_dir():
+        return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error="a folder without audio files")
+    try:
+        return identify_file(bundle, path, chunk, top, report)
+    except AudioDecodeError as exc:
+        return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc))
 
 
 def _draw_timelines(results: list[FileResult], folder: Path, chunk_s: float, console: Console) -> None:

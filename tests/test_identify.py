@@ -129,3 +129,31 @@ def test_a_conversation_of_known_voices_is_named_by_its_timeline_one_voice_by_it
     assert is_conversation(result("carol", ("alice", 0, 5), ("unknown", 6, 8)))
     assert not is_conversation(result("alice", ("alice", 0, 5), ("unknown", 6, 8), ("alice", 9, 15)))
     assert not is_conversation(result("unknown", ("unknown", 0, 5), ("alice", 6, 8)))
+
+
+def test_a_folder_is_identified_file_by_file(tmp_path: Path) -> None:
+    """`spkidd identify model calls/` answered 'calls: no such file'; now each audio file below the folder is
+    identified (hidden ones and other files left out), and a folder without audio says so."""
+    from tests.support.streaming import save_random_model
+
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    calls = tmp_path / "calls"
+    (calls / "monday").mkdir(parents=True)
+    monday = synth_speech("alice", HELD_OUT_SENTENCES[0], calls / "monday" / "call 1.wav")
+    tuesday = synth_speech("bob", HELD_OUT_SENTENCES[1], calls / "tuesday.wav")
+    (calls / "._tuesday.wav").write_bytes(b"\x00\x05\x16\x07")
+    (calls / "notes.txt").write_text("who called?")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [SPKIDD, "identify", str(model), str(calls), str(empty), "--json"], capture_output=True, text=True
+    )
+
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["path"], r["error"]) for r in results] == [
+        (str(monday), ""),
+        (str(tuesday), ""),
+        (str(empty), "a folder without audio files"),
+    ]
+    assert all(r["speaker"] for r in results[:2])
+    assert proc.returncode == 1, "a folder without audio is a file that could not be identified"
