@@ -1,5 +1,6 @@
 """Before training, `spkidd train` shows whom the model will know and with how much audio, so that a wrongly named
-folder or a --label-pattern that cuts the wrong part of the names shows before the model is trained on it."""
+folder or a --label-pattern that cuts the wrong part of the names shows before the model is trained on it; after it,
+the summary and the training curve say which epoch's model was kept."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from rich.console import Console
 from spkidd import SAMPLE_RATE
 from spkidd.audio_cache import Prepared
 from spkidd.dataset import Row
-from train.run import SHOWN_SPEAKERS, _print_speakers, _warn_small_speakers, speaker_audio
+from spkidd.plots import pyplot
+from train.run import SHOWN_SPEAKERS, _accuracy_row, _print_speakers, _warn_small_speakers, speaker_audio
+from train.trainer_base import HELD_OUT, EpochRecord, history_figure
 
 
 def _prepared(seconds_by_file: dict[str, list[float]]) -> Prepared:
@@ -63,3 +66,34 @@ def test_a_pattern_that_makes_every_file_a_speaker_is_one_warning_that_points_at
     assert shown.count("warning:") == 1
     assert "10 of 10 speakers have fewer than 3 clips and under 5 s of sound each ('0_george_5'," in shown
     assert r"Every file became a speaker of its own: does --label-pattern '(?P<speaker>\w+)' capture" in shown
+
+
+def _history(*val_accs: float) -> list[EpochRecord]:
+    return [EpochRecord(i + 1, 1.0 / (i + 1), 0.5, acc, 0.1, 1e-3) for i, acc in enumerate(val_accs)]
+
+
+def test_the_training_curve_marks_the_model_kept_even_from_before_the_first_epoch() -> None:
+    """A 3-epoch run kept the heads as they started (0.82), yet its curve showed only epochs scoring 0.07-0.44, on
+    an axis of quarter epochs."""
+    figure = history_figure(_history(0.43, 0.07, 0.44), kept=(0, 0.82))
+    accuracy = figure.axes[1]
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == [
+        "train",
+        "validation",
+        "model kept: before training, 0.820",
+    ]
+    star = accuracy.get_lines()[-1]
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([0], [0.82])
+    for axes in figure.axes:
+        ticks = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    pyplot().close(figure)
+
+
+def test_the_summary_says_what_epoch_0_is() -> None:
+    label, value = _accuracy_row({"best_epoch": 0, "best_val_acc": 0.8221, "validated_on": HELD_OUT})
+    assert label == "best validation accuracy"
+    assert value == (
+        "0.8221 (epoch 0: the pretrained encoder and the speakers' mean voices, before training; no epoch did better)"
+    )
+    assert _accuracy_row({"best_epoch": 4, "best_val_acc": 0.9674})[1] == "0.9674 (epoch 4)"

@@ -384,7 +384,10 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
 def _accuracy_row(training: dict[str, Any]) -> tuple[str, str]:
     """The best epoch's accuracy, named after what it was measured on: accuracy on the training audio is no
     validation."""
-    value = f"{training['best_val_acc']:.4f} (epoch {training['best_epoch']})"
+    epoch = training["best_epoch"]
+    before = "epoch 0: the pretrained encoder and the speakers' mean voices, before training; no epoch did better"
+    when = before if epoch == 0 else f"epoch {epoch}"
+    value = f"{training['best_val_acc']:.4f} ({when})"
     if training.get("validated_on", HELD_OUT) == HELD_OUT:
         return "best validation accuracy", value
     return "best accuracy on training audio (nothing held out)", value

@@ -28,6 +28,8 @@ from spkidd.plots import pyplot
 from train.distributed import Ranks
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from train.fit import Split, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -393,7 +395,8 @@ class TrainerBase(ABC):
             return
         check_writable(self.out)
         save_model(result.bundle, self.out)
-        plot_history(result.history, self.out.with_name(self.out.stem + ".training.png"))
+        kept = (result.bundle.training["best_epoch"], result.bundle.training["best_val_acc"])
+        plot_history(result.history, kept, self.out.with_name(self.out.stem + ".training.png"))
         self.checkpoint_path.unlink(missing_ok=True)
 
 
@@ -429,17 +432,31 @@ class _interrupts_as_exception:
         raise KeyboardInterrupt
 
 
-def plot_history(history: list[EpochRecord], path: Path) -> None:
+def plot_history(history: list[EpochRecord], kept: tuple[int, float], path: Path) -> None:
     plt = pyplot()
+    fig = history_figure(history, kept)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def history_figure(history: list[EpochRecord], kept: tuple[int, float]) -> Figure:
+    """Loss and accuracy per epoch (whole epochs on the axes), and the epoch whose model was kept (`kept`: epoch,
+    accuracy), which the summary names: without it a curve that ended low hid that an earlier epoch, or the heads
+    before any (epoch 0), won."""
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h.epoch for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h.loss for h in history], color="tab:red")
     ax_loss.set(title="training loss", xlabel="epoch")
     ax_acc.plot(epochs, [h.train_acc for h in history], label="train")
     ax_acc.plot(epochs, [h.val_acc for h in history], label="validation")
+    epoch, accuracy = kept
+    when = "before training" if epoch == 0 else f"epoch {epoch}"
+    ax_acc.plot([epoch], [accuracy], "k*", markersize=12, label=f"model kept: {when}, {accuracy:.3f}")
     ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
-    ax_acc.legend()
+    ax_acc.legend(loc="best")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
