@@ -48,7 +48,8 @@ def score_rows(
     on_progress: Callable[[int], None] | None = None,
     on_scored: Callable[[int], None] | None = None,
 ) -> Scoring:
-    """Decodes (`on_progress` per file) and scores (`on_scored` per item) every row of a known speaker."""
+    """Decodes (`on_progress` per file) and scores (`on_scored` per item) every row of a known speaker; the rows of
+    other speakers count as done for both at once, so that neither progress bar ends short of its total."""
     index = {label: i for i, label in enumerate(bundle.labels)}
     result = Scoring()
     known = []
@@ -57,6 +58,8 @@ def score_rows(
             known.append(row)
         else:
             result.unknown_speakers[row.speaker] = result.unknown_speakers.get(row.speaker, 0) + 1
+    if on_progress:
+        on_progress(len(rows) - len(known))
     prepared = prepare(known, cache, on_progress=on_progress)
     result.skipped = [reason for _, reason in prepared.skipped]
     if on_scored:
