@@ -15,7 +15,7 @@ from spkidd import SAMPLE_RATE
 from spkidd.audio_cache import Prepared
 from spkidd.dataset import Row
 from spkidd.plots import pyplot
-from train.run import SHOWN_SPEAKERS, _accuracy_row, _print_speakers, _warn_small_speakers, speaker_audio
+from train.run import SHOWN_SPEAKERS, _accuracy_row, _print_speakers, _recordings, _warn_small_speakers, speaker_audio
 from train.trainer_base import HELD_OUT, EpochRecord, history_figure
 
 
@@ -97,3 +97,10 @@ def test_the_summary_says_what_epoch_0_is() -> None:
         "0.8221 (epoch 0: the pretrained encoder and the speakers' mean voices, before training; no epoch did better)"
     )
     assert _accuracy_row({"best_epoch": 4, "best_val_acc": 0.9674})[1] == "0.9674 (epoch 4)"
+
+
+def test_pieces_of_a_long_recording_are_not_counted_as_files() -> None:
+    long = Path("meeting.mp3")
+    pieces = [Row(long, "alice", 0.0, 10.0), Row(long, "bob", 14.1, 24.7), Row(Path("b.wav"), "bob")]
+    assert _recordings(pieces) == "3 pieces of 2 file(s)"
+    assert _recordings(pieces[1:]) == "2 files"

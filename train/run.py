@@ -314,10 +314,17 @@ def _summary(
         "val_items": len(split.val_audio),
     }
     console.print(
-        f"{summary['files']} files, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
+        f"{_recordings(prepared.rows)}, {summary['seconds'] / 60:.1f} min of sound, {len(labels)} speakers; "
         f"{summary['skipped']} skipped; validation: {len(split.val_audio)} item(s)"
     )
     return summary
+
+
+def _recordings(rows: list[Row]) -> str:
+    """The rows counted as files, or as pieces of fewer files when a manifest cuts long recordings (its four
+    pieces of one recording were '4 files')."""
+    files = len({row.path for row in rows})
+    return f"{len(rows)} files" if files == len(rows) else f"{len(rows)} pieces of {files} file(s)"
 
 
 def _fit(trainer: TrainerBase, resume: bool, validated: bool, console: Console) -> TrainResult | int:
