@@ -97,7 +97,10 @@ def _metadata(bundle: ModelBundle) -> dict[str, Any]:
 
 
 def check_writable(path: Path) -> None:
-    """Fails early (before hours of training) if the model cannot be written to `path`."""
+    """Fails early (before hours of training) if the model cannot be written to `path`; a folder there was found
+    only when the model was written, after the whole training."""
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give the model file's name, e.g. {path / 'voices.safetensors'}")
     directory = path.resolve().parent
     if not directory.is_dir():
         raise ModelFileError(f"{path}: folder {directory} does not exist")

@@ -115,14 +115,19 @@ def test_brackets_in_messages_and_names_are_printed_as_they_are(corpus: Path, tm
 
 def test_train_refuses_a_folder_as_the_model_file_before_decoding(corpus: Path, tmp_path: Path) -> None:
     """`--out models/` trained to the end and then failed with a traceback (IsADirectoryError) as the model was
-    written, its checkpoint left beside the folder."""
+    written, its checkpoint left beside the folder; enroll and forget with such an --out follow the same rule."""
     models = tmp_path / "models"
     models.mkdir()
     proc = _run("train", str(corpus), "--out", str(models))
     assert proc.returncode == 2
-    assert f"--out {models} is a folder" in proc.stderr and str(models / "voices.safetensors") in proc.stderr
+    assert f"{models} is a folder" in proc.stderr and str(models / "voices.safetensors") in proc.stderr
     assert "Traceback" not in proc.stderr and "decoding" not in proc.stderr
     assert list(models.iterdir()) == [] and not (tmp_path / "models.ckpt").exists()
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    for command in (("forget", str(model), "bob"), ("enroll", str(model), "-s", "carol", str(model))):
+        proc = _run(*command, "--out", str(models))
+        assert proc.returncode == 2 and f"{models} is a folder" in proc.stderr, (command, proc.stderr)
+        assert list(models.iterdir()) == []
 
 
 @pytest.mark.parametrize("resume", [False, True])

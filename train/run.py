@@ -179,13 +179,6 @@ def check_noise_dir(noise_dir: Path | None) -> None:
         raise DataError(f"--noise-dir {noise_dir}: {what}")
 
 
-def check_out_path(out: Path) -> None:
-    """`--out` names the model file; a folder there was only found when the model was written, after the whole
-    training, which then ended in a traceback (and the checkpoint beside the folder, not in it)."""
-    if out.is_dir():
-        raise DataError(f"--out {out} is a folder; give the model file's name, e.g. --out {out / 'voices.safetensors'}")
-
-
 def _noise_clips(noise_dir: Path | None, cache: AudioCache, console: Console) -> list[np.ndarray]:
     if noise_dir is None:
         return []
@@ -222,7 +215,6 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
 def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet: bool) -> int:
     """The data checked and decoded, the model trained, written and summed up: 0, or the exit code of a run that
     did not write one."""
-    check_out_path(inputs.out)
     check_writable(inputs.out)
     check_noise_dir(inputs.noise_dir)
     _warn_starting_over(inputs, console)
