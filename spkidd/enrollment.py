@@ -33,6 +33,8 @@ NAME_RULE = (
     f"words), with no space at either end, and not {', '.join(sorted(RESERVED_NAMES))}"
 )
 MIN_PIECE_S = 0.5
+NO_SPEECH = f"no speech found (no stretch of {MIN_PIECE_S:g} s or more)"
+"""Shorter stretches (a spoken digit) are too short to tell a voice by; saying only "no speech" would be untrue."""
 RECOMMENDED_SPEECH_S = 10.0
 SIMILAR_SPEAKER_SCORE = 0.85
 SAME_VOICE_SCORE = 0.7
@@ -154,7 +156,7 @@ def enroll_audio(
     check_not_a_case_twin(speaker, bundle.labels)
     units, per_clip, speech_s = embed_clips(bundle, clips)
     if not units:
-        raise ValueError(f"no speech found in {len(clips)} clip(s); nothing enrolled")
+        raise ValueError(f"{NO_SPEECH} in {len(clips)} clip(s); nothing enrolled")
     references = bundle.model.speakers.detach().numpy().copy()
     labels = list(bundle.labels)
     enrollment = {k: dict(v) for k, v in bundle.enrollment.items()}
@@ -255,7 +257,7 @@ def _warnings(
     warnings = []
     silent = [c for c in clips if c not in per_clip]
     if silent:
-        warnings.append(f"no speech found in {', '.join(silent)}")
+        warnings.append(f"{NO_SPEECH} in {', '.join(silent)}")
     if speech_s < RECOMMENDED_SPEECH_S:
         warnings.append(
             f"only {speech_s:.1f} s of speech; {RECOMMENDED_SPEECH_S:.0f}-30 s makes a reliable voice print"

@@ -14,7 +14,7 @@ from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import DecisionSettings, final_answer
-from spkidd.enrollment import speech_pieces
+from spkidd.enrollment import NO_SPEECH, speech_pieces
 from spkidd.events import UNKNOWN, Identification
 from spkidd.inference import Scored, score_long
 from spkidd.modelfile import ModelBundle
@@ -105,7 +105,7 @@ def identify_audio(
 ) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
     if not speech_pieces(audio):
-        return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error="no speech found")
+        return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error=NO_SPEECH)
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
         return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")

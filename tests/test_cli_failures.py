@@ -15,6 +15,7 @@ import soundfile as sf
 from rich.console import Console
 
 from spkidd.audio_cache import AudioCache
+from spkidd.enrollment import NO_SPEECH
 from spkidd.synthetic import SENTENCES, synth_corpus
 from tests.support.daemon import SPKIDD
 from tests.support.streaming import save_random_model
@@ -98,7 +99,7 @@ def test_a_file_without_speech_is_said_to_have_none(corpus: Path, tmp_path: Path
     assert table.returncode == 1 and "no speech found" in table.stdout, table.stdout
     as_json = _run("identify", str(model), str(silence), "--json")
     answer = json.loads(as_json.stdout)
-    assert (answer["speaker"], answer["error"], answer["top_k"]) == ("", "no speech found", {})
+    assert (answer["speaker"], answer["error"], answer["top_k"]) == ("", NO_SPEECH, {})
 
 
 def test_brackets_in_messages_and_names_are_printed_as_they_are(corpus: Path, tmp_path: Path) -> None:
