@@ -497,6 +497,8 @@ def _print_identified(results: list[FileResult]) -> None:
         table.add_column(column)
     for r in results:
         candidates = ", ".join(f"{s} {as_percent(p)}" for s, p in r.top_k.items())
+        if r.by_timeline:
+            candidates = f"share of speech: {candidates}"
         answer = f"[red]{escape(r.error)}" if r.error else escape(r.speaker)
         table.add_row(escape(r.path), answer, "" if r.error else as_percent(r.confidence), escape(candidates))
     out.print(table)

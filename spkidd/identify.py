@@ -36,6 +36,8 @@ class FileResult:
     speakers: dict[str, float] = field(default_factory=dict)
     """Seconds of speech the timeline gives each name, most first: who took part in a conversation."""
     error: str = ""
+    by_timeline: bool = False
+    """Named after the timeline's main voice (a conversation): `top_k` holds shares of speech, not probabilities."""
     warning: str = ""
 
 
@@ -140,4 +142,6 @@ def named_by_timeline(result: FileResult, labels: list[str], scores: np.ndarray)
     score = float(scores[labels.index(name)]) if name in labels else result.score
     spoken = sum(result.speakers.values())
     shares = {voice: round(seconds / spoken, 4) for voice, seconds in result.speakers.items()} if spoken > 0 else {}
-    return replace(result, speaker=name, confidence=round(confidence, 4), score=round(score, 4), top_k=shares)
+    return replace(
+        result, speaker=name, confidence=round(confidence, 4), score=round(score, 4), top_k=shares, by_timeline=True
+    )

@@ -38,6 +38,7 @@ def test_the_voice_that_spoke_most_names_the_file_with_its_own_confidence_and_sc
     assert named.score == 0.42
     assert named.top_k == {"alice": round(5.0 / 7.0, 4), "bob": round(1.5 / 7.0, 4), "unknown": round(0.5 / 7.0, 4)}
     assert (named.timeline, named.duration_s) == (timeline, 9.0)
+    assert named.by_timeline and not averaged.by_timeline, "the table and --json say the candidates are shares"
 
 
 def test_a_confidence_short_of_certainty_never_reads_100_percent() -> None:
