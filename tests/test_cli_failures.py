@@ -19,7 +19,8 @@ from spkidd.enrollment import NO_SPEECH
 from spkidd.synthetic import SENTENCES, synth_corpus
 from tests.support.daemon import SPKIDD
 from tests.support.streaming import save_random_model
-from train.run import TrainInputs, _noise_clips, _warn_starting_over
+from train.fit import TrainSettings
+from train.run import TrainInputs, _noise_clips, _warn_starting_over, _warn_unused_noise
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,6 +87,19 @@ def test_a_noise_folder_without_audio_is_warned_about(tmp_path: Path) -> None:
     assert clips == []
     assert f"no usable audio in --noise-dir {noise} (1 audio file(s))" in shown.getvalue()
     assert "readme.txt" not in shown.getvalue() and "._fan.wav" not in shown.getvalue(), "neither is audio"
+
+
+def test_a_noise_folder_nothing_uses_is_warned_about(tmp_path: Path) -> None:
+    """Only the scratch network without augmentation has no use for the user's noise (the pretrained encoder's
+    training still validates on noisy audio with it)."""
+    inputs = TrainInputs(tmp_path, tmp_path / "m.safetensors", noise_dir=tmp_path)
+    said = {}
+    for encoder, augment in (("none", False), ("none", True), ("ge2e", False)):
+        shown = io.StringIO()
+        _warn_unused_noise(inputs, TrainSettings(encoder=encoder, augment=augment), Console(file=shown, width=200))
+        said[encoder, augment] = shown.getvalue()
+    assert f"--noise-dir {tmp_path} is not used" in said["none", False]
+    assert said["none", True] == said["ge2e", False] == ""
 
 
 def test_a_file_without_speech_is_said_to_have_none(corpus: Path, tmp_path: Path) -> None:

@@ -217,6 +217,7 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     did not write one."""
     check_writable(inputs.out)
     check_noise_dir(inputs.noise_dir)
+    _warn_unused_noise(inputs, settings, console)
     _warn_starting_over(inputs, console)
     rows = discover_and_tell(inputs.data, inputs.label_pattern, console)
     check_speakers(sorted({r.speaker for r in rows}), inputs.data)
@@ -238,6 +239,14 @@ def _train(inputs: TrainInputs, settings: TrainSettings, console: Console, quiet
     if not quiet:
         _print_summary(console, outcome.bundle, inputs.out)
     return 0
+
+
+def _warn_unused_noise(inputs: TrainInputs, settings: TrainSettings, console: Console) -> None:
+    """The user's noise goes into augmentation, and for the pretrained encoder into the noisy half of validation
+    too; the scratch network without augmentation has no use for it, which it would otherwise ignore unsaid."""
+    if inputs.noise_dir is not None and not settings.augment and settings.encoder != "ge2e":
+        unused = f"--noise-dir {inputs.noise_dir} is not used: --no-augment with --encoder none mixes in no noise"
+        warning(console, unused)
 
 
 def _warn_starting_over(inputs: TrainInputs, console: Console) -> None:
