@@ -599,8 +599,8 @@ def enroll(
         "for clips that sound like a known speaker's voice.",
     ),
 ) -> None:
-    """Add or update a speaker from a few clips, in seconds, without retraining. A running daemon picks the
-    change up on SIGHUP."""
+    """Add or update a speaker from a few clips, in seconds, without retraining. A running daemon on this model
+    file uses the change within seconds."""
     import time
 
     from rich.console import Console

@@ -10,6 +10,8 @@ signals and systemd notify/watchdog.
   restarted/started/stopped, and Home Assistant discovery follows the speakers and sources. [mqtt],
   [embedded_broker], [health] and the instance name need a restart (logged). A SIGHUP during start-up is applied
   once the daemon is ready; one during shutdown is ignored.
+- The model file replaced from outside (`spkidd enroll`, `forget`, a new training onto it) is taken up by every
+  stream from its next utterance, as a SIGHUP would, but without re-reading the config (spkidd/model_watch.py).
 - The watchdog pings come from the event loop itself, so a blocked loop is noticed by systemd.
 """
 
@@ -34,6 +36,7 @@ from spkidd.config import ConfigError, DaemonConfig, MqttConfig, SourceConfig, l
 from spkidd.decide import DecisionSettings
 from spkidd.events import SourceStatus
 from spkidd.health import DaemonHealth, MqttHealth, StreamHealth
+from spkidd.model_watch import ModelFileWatch
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model
 from spkidd.mqtt import MqttPublisher
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
@@ -153,6 +156,8 @@ class Daemon:
         self._streams: dict[str, _Stream] = {}
         self._stop = asyncio.Event()
         self._reloading: asyncio.Task[bool] | None = None
+        self._model_watch: ModelFileWatch | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._ready = False
         self._stopping = False
         self._reload_pending = False
@@ -180,6 +185,8 @@ class Daemon:
                 "spkidd %s ready: %d source(s), model %s", self.config.instance, len(self._streams), self._model_name()
             )
             self._became_ready()
+            if self._model_watch is not None:
+                self._watching = asyncio.create_task(self._model_watch.run(), name="model-watch")
             interval = watchdog_interval()
             if interval is not None:
                 watchdog = asyncio.create_task(self._watchdog(interval / 2), name="watchdog")
@@ -226,6 +233,7 @@ class Daemon:
             self.bundle = await asyncio.to_thread(_load_bundle, config)
         except ModelFileError as exc:
             raise StartupError(str(exc)) from exc
+        self._model_watch = ModelFileWatch(config.model, self._model_file_changed)
         if config.mqtt.broker == "embedded":
             self._broker = make_broker(config.embedded_broker)
             try:
@@ -262,6 +270,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         """Each step runs whatever the ones before it raised: streams, MQTT (`offline`), health, runner, broker."""
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("model watch", self._stop_watching),
             ("reload", self._cancel_reload),
             ("streams", self._stop_streams),
             ("MQTT", self._close_publisher),
@@ -276,6 +285,12 @@ class Daemon:
             except Exception:
                 log.exception("shutdown: stopping the %s failed", what)
         log.info("stopped")
+
+    async def _stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
 
     async def _cancel_reload(self) -> None:
         if self._reloading is not None:
@@ -339,8 +354,23 @@ class Daemon:
         for stream in self._streams.values():
             stream.pipeline.replace_model(bundle)
         self.bundle = bundle
+        if self._model_watch is not None:
+            self._model_watch.remember()
         if self.publisher is not None:
             self.publisher.set_speakers(bundle.labels)
+
+    async def _model_file_changed(self) -> None:
+        """The model file replaced from outside: used as the page's changes are; a file it cannot use is refused
+        and the running model stays. A reload under way reads the file itself."""
+        if self._reloading is not None and not self._reloading.done():
+            return
+        try:
+            bundle = await asyncio.to_thread(_load_bundle, self.config)
+        except ModelFileError as exc:
+            log.error("the model file changed but cannot be used; still running the previous model: %s", exc)
+            return
+        self.use_bundle(bundle)
+        log.info("the model file changed: model %s, speakers %s", self._model_name(), bundle.labels)
 
     def _source_status_changed(self, event: SourceStatus) -> bool:
         """Only changes of a source's status are published. While a stream stops its source's word is held back:
@@ -509,6 +539,9 @@ class Daemon:
             web=self.config.web,
         )
         self.bundle = bundle
+        if self._model_watch is not None:
+            self._model_watch.path = config.model
+            self._model_watch.remember()
         if self.publisher is not None:
             self.publisher.set_sources([s.name for s in config.sources])
             self.publisher.set_speakers(bundle.labels)
