@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CLIP_NAME = re.compile(r"^\d{8}T\d{6}\.\d{3}Z_[A-Za-z0-9_-]+\.wav$")
 """The names this module writes: a UTC time stamp (so names sort by age) and the utterance id."""
+_STAMP = "%Y%m%dT%H%M%S.%f"
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,23 @@ class UnknownClipSettings:
         return self.folder is not None
 
 
-def clip_stem(event: Identification) -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+def clip_stem(event: Identification, folder: Path) -> str:
+    """The new clip's name: its time stamp (see clip_time) and the utterance id."""
+    stamp = clip_time(folder).strftime(_STAMP)[:-3] + "Z"
     return f"{stamp}_{event.utterance_id}"
+
+
+def clip_time(folder: Path) -> datetime:
+    """Now, or a millisecond after the newest kept clip when the clock was set back since it was written (NTP
+    correcting a clock that ran ahead, a board without a battery-backed clock): names must keep sorting in the
+    order the clips were written, or the trim takes every new clip for the oldest and deletes it at once."""
+    now = datetime.now(UTC)
+    clips = kept_clips(folder)
+    try:
+        newest = datetime.strptime(clips[-1].name[: len("YYYYmmddTHHMMSS.fff")], _STAMP).replace(tzinfo=UTC)
+    except (IndexError, ValueError):  # no clip yet, or a name of the pattern that is no date (not ours)
+        return now
+    return max(now, newest + timedelta(milliseconds=1))
 
 
 def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: Identification) -> Path | None:
@@ -65,7 +80,7 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
     if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
         return None
     _private_folder(settings.folder)
-    stem = clip_stem(event)
+    stem = clip_stem(event, settings.folder)
     wav = settings.folder / f"{stem}.wav"
     partial = settings.folder / f".{stem}.wav.partial"
     try:
