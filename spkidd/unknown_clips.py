@@ -9,6 +9,7 @@ creates is 0700 and every file 0600, whatever the umask.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -74,24 +75,21 @@ def clip_time(folder: Path) -> datetime:
 
 
 def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: Identification) -> Path | None:
-    """Writes the clip (16-kHz int16 samples; atomically, so a reader never sees half a file) and its sidecar, then
-    trims the folder. Returns the WAV's path, or None when the utterance is too short to keep. Blocking: call it off
-    the event loop."""
+    """Writes the sidecar, then the clip (16-kHz int16 samples), each atomically, so a reader never sees half a file
+    or a clip without its decision; then trims the folder. Returns the WAV's path, or None when the utterance is too
+    short to keep. A disk without room is one OSError, and nothing of the clip is left. Blocking: call it off the
+    event loop."""
     if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
         return None
     _private_folder(settings.folder)
-    stem = clip_stem(event, settings.folder)
-    wav = settings.folder / f"{stem}.wav"
-    partial = settings.folder / f".{stem}.wav.partial"
-    try:
-        with _private_file(partial) as out:
-            sf.write(out, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(partial, wav)
-    finally:
-        partial.unlink(missing_ok=True)
+    wav = settings.folder / f"{clip_stem(event, settings.folder)}.wav"
     sidecar = {**event.to_dict(), "audio_s": round(len(audio) / SAMPLE_RATE, 3)}
-    with _private_file(wav.with_suffix(".json")) as out:
-        out.write((json.dumps(sidecar, indent=2) + "\n").encode())
+    try:
+        _write_private(wav.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+        _write_private(wav, _wav_bytes(audio))
+    except OSError:
+        wav.with_suffix(".json").unlink(missing_ok=True)
+        raise
     if wav in trim_folder(settings):
         log.warning(
             "unknown clips: the clip of %s is larger than max_mb = %g on its own; not kept",
@@ -100,6 +98,25 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
         )
         return None
     return wav
+
+
+def _wav_bytes(audio: np.ndarray) -> bytes:
+    """The WAV encoded in memory: soundfile writing to a file that meets a full disk prints a traceback per failed
+    write and then fails with an AssertionError, not an OSError."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return buffer.getvalue()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """`data` as `path`, atomically: a partial file first, renamed once complete, removed whatever fails."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with _private_file(partial) as out:
+            out.write(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _private_folder(folder: Path) -> None:
