@@ -123,6 +123,8 @@ class MqttPublisher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = 0.0
+        self._short_sessions = 0
+        """Connections in a row that the broker dropped within _STABLE_S, with no refused connect in between."""
         for source in self._sources:
             self._init_source(source)
 
@@ -334,17 +336,28 @@ class MqttPublisher:
 
     def _next_attempt(self, attempt: int, connected_at: float | None) -> int:
         """The backoff step after a failure: back to the first only after a connection that stayed up."""
-        if connected_at is not None:
-            up_s = time.monotonic() - connected_at
-            if up_s >= _STABLE_S:
-                return 1
-            log.warning(
-                "MQTT: the broker dropped the connection %.1f s after it was made; another client using the "
-                "client id %r takes it over? Give each daemon its own [mqtt] client_id",
-                up_s,
-                self.settings.client_id or f"spkidd-{self.topics.node}",
-            )
+        if connected_at is None:
+            self._short_sessions = 0
+            return min(attempt + 1, 30)
+        up_s = time.monotonic() - connected_at
+        if up_s >= _STABLE_S:
+            self._short_sessions = 0
+            return 1
+        self._short_sessions += 1
+        if self._short_sessions >= 2:
+            self._warn_takeover(up_s)
         return min(attempt + 1, 30)
+
+    def _warn_takeover(self, up_s: float) -> None:
+        """Said only after two short connections in a row with no refused connect between them: a broker that
+        restarted refuses us until it is back, one that hands our client id to another client never does."""
+        log.warning(
+            "MQTT: the broker dropped the connection %.1f s after it was made, %d times in a row; another client "
+            "using the client id %r takes it over? Give each daemon its own [mqtt] client_id",
+            up_s,
+            self._short_sessions,
+            self.settings.client_id or f"spkidd-{self.topics.node}",
+        )
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: returns after a requested close, raises when the connection fails."""
