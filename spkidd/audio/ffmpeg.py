@@ -112,6 +112,10 @@ class FfmpegSource(QueuedSource):
         self.ffmpeg = ffmpeg
         self.reconnects = 0
         self.stderr_tail: deque[str] = deque(maxlen=20)
+        self._outage_told = False
+        """ffmpeg's lines about a failed attempt were logged once in this outage: the next attempts' same lines go
+        to DEBUG (their last line is in each `reconnecting` warning), so a camera that is off for the night logs
+        one line per attempt, not three."""
 
     def command(self) -> list[str]:
         """The ffmpeg command line; timeouts matter: without one a hung RTSP server hangs ffmpeg forever."""
@@ -145,6 +149,7 @@ class FfmpegSource(QueuedSource):
                 attempt += 1
                 end = await self._session(queue, gap=delivered_before)
                 delivered_before = delivered_before or end.delivered
+                self._outage_told = not end.delivered
                 if not self.live:
                     self._set_status(False, end.detail)
                     queue.close(None if end.eof else SourceError(f"{self.shown_url}: {end.detail}"))
@@ -223,6 +228,7 @@ class FfmpegSource(QueuedSource):
                 samples[: len(data) // 2] = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2")
                 if first_audio is None:
                     first_audio = time.monotonic()
+                    self._outage_told = False
                     self._set_status(True, "receiving audio")
                 if self.live:
                     queue.put(samples, gap)
@@ -267,4 +273,4 @@ class FfmpegSource(QueuedSource):
                 line = line.replace(self._password, "***")
             if line:
                 self.stderr_tail.append(line)
-                self._log.warning("ffmpeg: %s", line)
+                self._log.log(logging.DEBUG if self._outage_told else logging.WARNING, "ffmpeg: %s", line)
