@@ -17,10 +17,17 @@ from typing import Any
 
 from spkidd.events import UNKNOWN, Identification, SourceStatus, SpeechActivity
 from spkidd.pipeline import PipelineEvent
-from spkidd.turns import Turn, UtteranceTurns
+from spkidd.turns import SHORTEST_TURN_S, Turn, UtteranceTurns
 
 TIMELINE_S = 600.0
 """How far back the timeline reaches (who spoke when)."""
+TIMELINE_SEGMENTS = 2 * int(TIMELINE_S / SHORTEST_TURN_S)
+"""Turns kept per source at most: more than TIMELINE_S of speech in turns of SHORTEST_TURN_S, so a live source never
+fills it, but a file replayed faster than real time (hours of audio in the ten minutes) cannot grow every page's
+snapshot to megabytes."""
+CLOCK_SLACK_S = 1.0
+"""A turn that ends later than this after now was stamped before the wall clock was set back: it is dropped, or it
+would hold every later turn in the timeline until the clock has caught up with it."""
 CLIENT_QUEUE = 256
 """Messages held per browser before the oldest are dropped."""
 
@@ -39,7 +46,7 @@ class SourceView:
     utterance_id: str = ""
     final: bool = False
     changed_at: float = 0.0
-    timeline: deque[dict[str, Any]] = field(default_factory=deque)
+    timeline: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=TIMELINE_SEGMENTS))
     utterance: UtteranceTurns = field(default_factory=UtteranceTurns)
     """The utterance being heard: cut into turns of the timeline when its final arrives."""
 
@@ -152,7 +159,7 @@ class LiveHub:
 
     def _trim(self, now: float) -> None:
         for view in self._views.values():
-            while view.timeline and view.timeline[0]["end"] < now - TIMELINE_S:
+            while view.timeline and not now - TIMELINE_S <= view.timeline[0]["end"] <= now + CLOCK_SLACK_S:
                 view.timeline.popleft()
 
     def _broadcast(self, message: dict[str, Any]) -> None:
