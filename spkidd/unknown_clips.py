@@ -152,8 +152,8 @@ def trim_folder(settings: UnknownClipSettings) -> list[Path]:
         oldest.with_suffix(".json").unlink(missing_ok=True)
         total -= sizes[oldest]
         removed.append(oldest)
-    if removed:
-        log.info("unknown clips: removed the %d oldest to stay within the folder's bounds", len(removed))
+    if removed:  # once the folder is full, every clip kept removes one: not worth a line of INFO each time
+        log.debug("unknown clips: removed the %d oldest to stay within the folder's bounds", len(removed))
     return removed
 
 
