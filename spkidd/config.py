@@ -166,6 +166,9 @@ class WebConfig:
     token_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    public_url: str | None = None
+    """The page's address as other devices open it (a page on 0.0.0.0 cannot know its own name): Home Assistant's
+    device pages link to it."""
     max_upload_mb: float = 20.0
     max_connections: int = 128
 
@@ -173,6 +176,8 @@ class WebConfig:
         check_port(self.port, any_free=True)
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("tls_key needs tls_cert")
+        if self.public_url is not None and not re.match(r"https?://[^/\s]+", self.public_url):
+            raise ValueError(f"public_url must be an http:// or https:// address, not {self.public_url!r}")
         if self.token is not None and not self.token.strip():
             raise ValueError("token must not be empty")
         if self.max_upload_mb <= 0 or self.max_connections < 1:
@@ -182,6 +187,23 @@ class WebConfig:
     def loopback_only(self) -> bool:
         """True when only this machine can reach the page."""
         return is_loopback(self.host)
+
+    @property
+    def page_url(self) -> str | None:
+        """Where other devices open the page: `public_url`, else the address it listens on when that is one
+        machine's own (not loopback, which is every device's own, nor 0.0.0.0); None when the page is off."""
+        if not self.enabled:
+            return None
+        if self.public_url is not None:
+            return self.public_url
+        if self.loopback_only or self.host in ("", "0.0.0.0", "::") or self.port == 0:
+            return None
+        return self.listen_url(self.port)
+
+    def listen_url(self, port: int) -> str:
+        """The page's address on the host it listens on."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls_cert is not None else 'http'}://{host}:{port}/"
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The server's TLS context, None without `tls_cert`; OSError or ssl.SSLError for files it cannot use."""

@@ -250,6 +250,7 @@ class Daemon:
             [s.name for s in config.sources],
             self.bundle.labels,
             stats_provider=self._stream_stats,
+            page_url=config.web.page_url,
         )
         self.publisher.start()
         if config.health.enabled:

@@ -24,12 +24,14 @@ from spkidd.mqtt.payloads import SPEAKER_ATTRIBUTES
 from tests.conftest import TRAIN_SENTENCES
 from tests.support import hass as ha
 from tests.support.daemon import REPO, DaemonProcess, conversation, file_source, write_config
-from tests.support.mosquitto import Collector, Received, running_mosquitto
+from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
 from tests.support.polling import until
 from tests.support.sequences import is_subsequence
 
 DOCS = REPO / "docs" / "mqtt-and-home-assistant.md"
 NODE, SOURCE = "livingroom", "kitchen"
+PAGE_URL = "http://spkidd.test:8730/"
+"""[web] public_url: where Home Assistant's device pages send a user ("Visit")."""
 """The docs' automation names this instance and source: the test uses them so it loads that YAML unchanged."""
 P = f"spkidd/{NODE}"
 TURNS = [("alice", TRAIN_SENTENCES[0]), ("erin", TRAIN_SENTENCES[1]), ("erin", TRAIN_SENTENCES[2])]
@@ -157,6 +159,7 @@ async def _check_devices(hass: ha.HomeAssistant, entities: Entities) -> None:
     assert len(source_devices) == 1
     source = devices[source_devices.pop()]
     assert source["name"] == f"spkidd {NODE} {SOURCE}" and source["via_device_id"] == bridge["id"]
+    assert bridge["configuration_url"] == source["configuration_url"] == PAGE_URL, "the devices link to the page"
 
 
 def _conversation_ended(recorder: ha.StateRecorder, entities: Entities) -> bool:
@@ -211,7 +214,8 @@ async def test_home_assistant_follows_the_daemon(tmp_path: Path, household_model
         (hass.directory / "automations.yaml").write_text("[]\n")
         sources = file_source(wav, SOURCE, loop=None)
         mqtt = f'broker = "external"\nhost = "127.0.0.1"\nport = {broker.port}\n'
-        config = write_config(tmp_path / "config.toml", household_model, sources, mqtt, instance=NODE)
+        page = f'[web]\nenabled = true\nport = {free_port()}\npublic_url = "{PAGE_URL}"\n'
+        config = write_config(tmp_path / "config.toml", household_model, sources, mqtt, page, instance=NODE)
         daemons: list[DaemonProcess] = []
 
         def start_daemon() -> DaemonProcess:

@@ -119,7 +119,12 @@ def test_a_large_household_keeps_the_state_small() -> None:
 
 
 def test_discovery_passes_home_assistants_own_schemas() -> None:
-    """Every discovery config through the installed Home Assistant's MQTT discovery schemas."""
+    """Every discovery config through the installed Home Assistant's MQTT discovery schemas, with and without the
+    web page's address on the devices."""
     messages = discovery_messages(TOPICS, ["kitchen", "hall"], ["alice", "bob"])
     assert len(messages) == 9
+    assert not any("configuration_url" in m["device"] for m in messages.values())
     hass.assert_discovery_accepted(messages)
+    linked = discovery_messages(TOPICS, ["kitchen", "hall"], ["alice", "bob"], "https://spkidd.local:8730/")
+    assert {m["device"]["configuration_url"] for m in linked.values()} == {"https://spkidd.local:8730/"}
+    hass.assert_discovery_accepted(linked)

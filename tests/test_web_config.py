@@ -107,3 +107,25 @@ def test_a_password_over_the_network_without_tls_is_warned_about(
     with caplog.at_level(logging.WARNING, logger="spkidd.config"):
         _load(tmp_path, network + f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
     assert "plain text" not in caplog.text
+
+
+def test_the_page_address_home_assistant_links_to(tmp_path: Path) -> None:
+    """Only an address other devices can open: the configured public_url, or the one machine address the page
+    listens on; never loopback (every device's own) or 0.0.0.0, and nothing while the page is off."""
+    cert, key = self_signed(tmp_path)
+    tls = f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+    cases = {
+        "": None,
+        'host = "0.0.0.0"\n': None,
+        'host = "::"\n': None,
+        'host = "192.168.1.20"\n': "http://192.168.1.20:8730/",
+        f'host = "192.168.1.20"\nport = 8443\n{tls}': "https://192.168.1.20:8443/",
+        'host = "fd00::20"\n': "http://[fd00::20]:8730/",
+        'host = "0.0.0.0"\npublic_url = "https://spkidd.local:8730/"\n': "https://spkidd.local:8730/",
+    }
+    for lines, url in cases.items():
+        assert _load(tmp_path, f"[web]\nenabled = true\n{lines}").page_url == url, lines
+    assert _load(tmp_path, '[web]\nhost = "192.168.1.20"\n').page_url is None, "the page is off"
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, '[web]\npublic_url = "spkidd.local:8730"\n')
+    assert "public_url must be an http:// or https:// address" in str(caught.value)

@@ -164,25 +164,36 @@ def stats_payload(
     }
 
 
-def _bridge_device(node: str) -> dict[str, Any]:
-    return {
-        "identifiers": [f"spkidd_{node}"],
-        "name": f"spkidd {node}",
-        "manufacturer": "spkidd",
-        "model": "Speaker identification daemon",
-        "sw_version": __version__,
-    }
+def _bridge_device(node: str, page_url: str | None) -> dict[str, Any]:
+    return _with_page(
+        {
+            "identifiers": [f"spkidd_{node}"],
+            "name": f"spkidd {node}",
+            "manufacturer": "spkidd",
+            "model": "Speaker identification daemon",
+            "sw_version": __version__,
+        },
+        page_url,
+    )
 
 
-def _source_device(node: str, source: str) -> dict[str, Any]:
-    return {
-        "identifiers": [f"spkidd_{node}_{source}"],
-        "name": f"spkidd {node} {source}",
-        "manufacturer": "spkidd",
-        "model": "Speaker identification stream",
-        "sw_version": __version__,
-        "via_device": f"spkidd_{node}",
-    }
+def _source_device(node: str, source: str, page_url: str | None) -> dict[str, Any]:
+    return _with_page(
+        {
+            "identifiers": [f"spkidd_{node}_{source}"],
+            "name": f"spkidd {node} {source}",
+            "manufacturer": "spkidd",
+            "model": "Speaker identification stream",
+            "sw_version": __version__,
+            "via_device": f"spkidd_{node}",
+        },
+        page_url,
+    )
+
+
+def _with_page(device: dict[str, Any], page_url: str | None) -> dict[str, Any]:
+    """Home Assistant's device page links to the household's page ("Visit") when it knows where that is."""
+    return device if page_url is None else {**device, "configuration_url": page_url}
 
 
 ORIGIN = MappingProxyType({"name": "spkidd", "sw_version": __version__})
@@ -215,15 +226,18 @@ def _speaker_attributes_template() -> str:
 SPEAKER_ATTRIBUTES_TEMPLATE = _speaker_attributes_template()
 
 
-def discovery_messages(topics: Topics, sources: Sequence[str], speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Home Assistant discovery configs by topic: the bridge's status, and four entities per source."""
-    messages = _bridge_status(topics)
+def discovery_messages(
+    topics: Topics, sources: Sequence[str], speakers: Sequence[str], page_url: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Home Assistant discovery configs by topic: the bridge's status, and four entities per source; `page_url`:
+    the household's web page as other devices open it."""
+    messages = _bridge_status(topics, page_url)
     for source in sources:
-        messages.update(_source_entities(topics, source, speakers))
+        messages.update(_source_entities(topics, source, speakers, page_url))
     return messages
 
 
-def _bridge_status(topics: Topics) -> dict[str, dict[str, Any]]:
+def _bridge_status(topics: Topics, page_url: str | None) -> dict[str, dict[str, Any]]:
     """The daemon's own connectivity sensor, on the bridge device every source's device hangs from."""
     bridge_id = f"spkidd_{topics.node}_status"
     return {
@@ -235,13 +249,15 @@ def _bridge_status(topics: Topics) -> dict[str, dict[str, Any]]:
             "payload_off": OFFLINE.decode(),
             "device_class": "connectivity",
             "entity_category": "diagnostic",
-            "device": _bridge_device(topics.node),
+            "device": _bridge_device(topics.node, page_url),
             "origin": dict(ORIGIN),
         }
     }
 
 
-def _source_entities(topics: Topics, source: str, speakers: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _source_entities(
+    topics: Topics, source: str, speakers: Sequence[str], page_url: str | None
+) -> dict[str, dict[str, Any]]:
     """One source's device: current speaker, someone speaking, the event entity and the confidence; each is
     available only while both the daemon and the source are online."""
     common = {
@@ -250,7 +266,7 @@ def _source_entities(topics: Topics, source: str, speakers: Sequence[str]) -> di
         "availability_mode": "all",
         "payload_available": ONLINE.decode(),
         "payload_not_available": OFFLINE.decode(),
-        "device": _source_device(topics.node, source),
+        "device": _source_device(topics.node, source, page_url),
         "origin": dict(ORIGIN),
     }
     uid = f"spkidd_{topics.node}_{source}"

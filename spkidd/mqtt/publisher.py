@@ -97,8 +97,10 @@ class MqttPublisher:
         sources: Sequence[str],
         speakers: Sequence[str],
         stats_provider: StatsProvider | None = None,
+        page_url: str | None = None,
     ) -> None:
         self.settings = settings
+        self.page_url = page_url
         self.topics = Topics(settings.topic_prefix, node, settings.discovery_prefix)
         self.stats = PublisherStats()
         self._sources = list(sources)
@@ -393,7 +395,7 @@ class MqttPublisher:
         """Removed entities first (their sources' topics are emptied only _CLEAR_AFTER_REMOVAL_S later), then every
         entity's config."""
         self._discovery_pending = False
-        messages = discovery_messages(self.topics, self._sources, self._speakers)
+        messages = discovery_messages(self.topics, self._sources, self._speakers, self.page_url)
         removed = sorted(self._announced - set(messages))
         for topic in removed:
             await self._publish(client, topic, b"", retain=True)

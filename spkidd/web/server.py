@@ -62,9 +62,7 @@ class WebServer:
 
     @property
     def address(self) -> str:
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        scheme = "https" if self.config.tls_cert is not None else "http"
-        return f"{scheme}://{host}:{self.port}/"
+        return self.config.listen_url(self.port)
 
     async def start(self) -> None:
         """Raises OSError when the address cannot be bound."""
