@@ -96,6 +96,7 @@ def test_over_https_another_device_gets_the_microphone(tmp_path: Path) -> None:
             assert driver.execute_script("return window.isSecureContext") is True
             assert driver.find_element(By.ID, "record-start").is_enabled()
             assert not driver.find_element(By.ID, "record-unavailable").is_displayed()
+            assert not driver.find_element(By.ID, "banner").is_displayed(), "over https nothing to warn about"
             driver.find_element(By.ID, "record-start").click()
             wait_until(lambda: _text(driver, "#record-message").startswith("Recording"), 30, "the recording to start")
             wait_until(lambda: float(_text(driver, "#record-time").split()[0]) >= 12, 60, "12 s of recording")
@@ -116,6 +117,7 @@ def test_over_plain_http_another_device_enrolls_a_recording_file(tmp_path: Path)
             wait_until(lambda: driver.find_element(By.ID, "record-unavailable").is_displayed(), 30, "the reason")
             assert driver.execute_script("return window.isSecureContext") is False
             assert not driver.find_element(By.ID, "record-start").is_enabled(), "no microphone to start"
+            assert "The password crosses the network unencrypted" in _text(driver, "#banner")
             assert "over https ([web] tls_cert)" in _text(driver, "#record-unavailable")
             driver.find_element(By.ID, "record-file").send_keys(str(memo))
             chosen = wait_until(lambda: _text(driver, "#record-message"), 30, "the file to be taken")

@@ -432,6 +432,12 @@ async function enrollRecording(event) {
 
 // ----- start ---------------------------------------------------------------------------------------------------
 
+function showBanner(text) {
+  const banner = $("#banner");
+  banner.textContent = text;
+  banner.hidden = false;
+}
+
 async function start() {
   try {
     info = await api("/api/info");
@@ -444,9 +450,9 @@ async function start() {
     $("#token").onchange = () => sessionStorage.setItem("spkidd-token", $("#token").value);
   }
   if (info.read_only) {
-    const banner = $("#banner");
-    banner.textContent = "Read-only: this page is reachable from the network without a password ([web] token).";
-    banner.hidden = false;
+    showBanner("Read-only: this page is reachable from the network without a password ([web] token).");
+  } else if (info.token_required && !window.isSecureContext) {
+    showBanner("The password crosses the network unencrypted here: give the daemon [web] tls_cert to use https.");
   }
   $("#enroll-form").onsubmit = enrollClips;
   $("#record-form").onsubmit = enrollRecording;
