@@ -128,6 +128,24 @@ def root_level(configured: str, command_line: int | None) -> int:
     return level if command_line is None else min(level, command_line)
 
 
+def speakers_change(before: list[str], after: list[str], most: int = 10) -> str:
+    """ "N speakers", with who was added and removed: a model of 250 voices listed in full on every reload was
+    2 kB of log each time."""
+
+    def names(which: list[str]) -> str:
+        more = f" and {len(which) - most} more" if len(which) > most else ""
+        return ", ".join(which[:most]) + more
+
+    added = [s for s in after if s not in before]
+    removed = [s for s in before if s not in after]
+    said = f"{len(after)} speakers"
+    if added:
+        said += f" (added {names(added)})"
+    if removed:
+        said += f" (removed {names(removed)})"
+    return said
+
+
 def _restart_delay(failures: int) -> float:
     return min(_RESTART_MAX_S, 2.0 ** (min(failures, 10) - 1)) * random.uniform(0.5, 1.0)
 
@@ -370,8 +388,9 @@ class Daemon:
         except ModelFileError as exc:
             log.error("the model file changed but cannot be used; still running the previous model: %s", exc)
             return
+        before = self.bundle.labels if self.bundle is not None else []
         self.use_bundle(bundle)
-        log.info("the model file changed: model %s, speakers %s", self._model_name(), bundle.labels)
+        log.info("the model file changed: model %s, %s", self._model_name(), speakers_change(before, bundle.labels))
 
     def _source_status_changed(self, event: SourceStatus) -> bool:
         """Only changes of a source's status are published. While a stream stops its source's word is held back:
@@ -539,6 +558,7 @@ class Daemon:
             health=self.config.health,
             web=self.config.web,
         )
+        before = self.bundle.labels if self.bundle is not None else []
         self.bundle = bundle
         if self._model_watch is not None:
             self._model_watch.path = config.model
@@ -548,7 +568,8 @@ class Daemon:
             self.publisher.set_speakers(bundle.labels)
         self._live.set_sources(s.name for s in config.sources)
         self.reloads += 1
-        log.info("reloaded: model %s, speakers %s, %d source(s)", self._model_name(), bundle.labels, len(wanted))
+        speakers = speakers_change(before, bundle.labels)
+        log.info("reloaded: model %s, %s, %d source(s)", self._model_name(), speakers, len(wanted))
 
     # ----- status ---------------------------------------------------------------------------------------------
 

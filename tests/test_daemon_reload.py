@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from spkidd.config import load_config
-from spkidd.daemon import Daemon, root_level
+from spkidd.daemon import Daemon, root_level, speakers_change
 from tests.conftest import HELD_OUT_SENTENCES
 from tests.support.daemon import conversation, file_source, random_model, write_config
 from tests.support.mosquitto import Collector, running_mosquitto
@@ -71,3 +71,12 @@ def test_the_command_lines_verbosity_outlives_the_configs_level() -> None:
     assert root_level("INFO", logging.DEBUG) == logging.DEBUG
     assert root_level("WARNING", None) == logging.WARNING
     assert root_level("DEBUG", None) == logging.DEBUG
+
+
+def test_a_reload_says_how_many_speakers_and_who_changed() -> None:
+    """A model of 250 voices listed in full on every reload was 2 kB of log each time."""
+    many = [f"s{i}" for i in range(250)]
+    assert speakers_change(many, many) == "250 speakers"
+    changed = speakers_change(["alice", "bob"], ["alice", "carol", "dave"])
+    assert changed == "3 speakers (added carol, dave) (removed bob)"
+    assert speakers_change([], many).endswith("s8, s9 and 240 more)")
