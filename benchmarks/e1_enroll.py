@@ -60,7 +60,7 @@ def main() -> None:
     save_model(enrolled, out / "e1_251.safetensors")
     cache = AudioCache(default_cache_dir())
     closed = closed_set_top1(enrolled, test_rows, new, cache)
-    open_items = score_items(trained, test_rows, cache)
+    open_items, _ = score_items(trained, test_rows, cache)
     report = open_set_report(trained, open_items, sorted(new, key=int))
     figures = {
         "train_options": args.train,
@@ -117,7 +117,7 @@ def closed_set_top1(enrolled: ModelBundle, test_rows: list[Row], new: set[str], 
     """Top-1 of every test window among all 251 voices, and apart for the 200 trained and the 51 enrolled."""
     index = {label: i for i, label in enumerate(enrolled.labels)}
     hits: dict[str, list[bool]] = {"old": [], "new": []}
-    for speaker, scored in score_items(enrolled, test_rows, cache):
+    for speaker, scored in score_items(enrolled, test_rows, cache)[0]:
         hits["new" if speaker in new else "old"].append(int(scored.probs.argmax()) == index[speaker])
     return {
         "closed_251_top1": float(np.mean(hits["old"] + hits["new"])),

@@ -106,6 +106,14 @@ class AudioCache:
         return audio
 
 
+def skipped_note(reasons: list[str], most: int = 10) -> str:
+    """The files a command could not use, said once after its progress bar: the first `most` with their reason."""
+    lines = [f"skipped {len(reasons)} unusable file(s):", *(f"  {reason}" for reason in reasons[:most])]
+    if len(reasons) > most:
+        lines.append(f"  ... and {len(reasons) - most} more")
+    return "\n".join(lines)
+
+
 def prepare(
     rows: list[Row],
     cache: AudioCache,
@@ -126,7 +134,7 @@ def prepare(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for row, audio, error in pool.map(one, rows):
             if audio is None:
-                log.warning("skipped %s", error)
+                log.debug("skipped %s", error)  # the commands say it once, with the others (skipped_note)
                 result.skipped.append((row, error))
             else:
                 result.audio.append(audio)

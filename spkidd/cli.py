@@ -240,7 +240,7 @@ def _closed_set_result(
 ) -> dict[str, Any]:
     """Every item of a speaker the model knows decoded and scored, with progress; input that cannot be evaluated
     ends the command with the reason."""
-    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.audio_cache import AudioCache, default_cache_dir, skipped_note
     from spkidd.dataset import DataError, discover_and_tell
     from spkidd.evaluation import closed_set_report, score_rows
     from spkidd.modelfile import ModelFileError, load_model
@@ -259,6 +259,8 @@ def _closed_set_result(
                 lambda n: bar.advance(decoding, n),
                 lambda n: bar.advance(scored, n),
             )
+        if scoring.skipped:
+            warning(console, skipped_note(scoring.skipped))
         return closed_set_report(bundle, scoring)
     except (ModelFileError, DataError, ValueError) as exc:
         error(console, str(exc))
@@ -323,7 +325,7 @@ def _open_set_result(
 ) -> dict[str, Any]:
     """Every item scored against the enrolled speakers, strangers' too; input that cannot be evaluated ends the
     command with the reason."""
-    from spkidd.audio_cache import AudioCache, default_cache_dir
+    from spkidd.audio_cache import AudioCache, default_cache_dir, skipped_note
     from spkidd.dataset import DataError, discover_and_tell
     from spkidd.evaluation import open_set_report, score_items
     from spkidd.modelfile import ModelFileError, load_model
@@ -335,9 +337,11 @@ def _open_set_result(
         bundle, strangers = _with_strangers(bundle, sorted({r.speaker for r in rows}), data, console)
         with progress_bar(console) as bar:
             task = bar.add_task("scoring", total=len(rows), status="")
-            items = score_items(
+            items, skipped = score_items(
                 bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
             )
+        if skipped:
+            warning(console, skipped_note(skipped))
         return open_set_report(bundle, items, strangers)
     except (ModelFileError, DataError, ValueError) as exc:
         error(console, str(exc))

@@ -290,17 +290,21 @@ def plot_open_set(report: dict[str, Any], path: Path) -> None:
 
 def score_items(
     bundle: ModelBundle, rows: list[Row], cache: AudioCache, on_progress: Callable[[int], None] | None = None
-) -> list[tuple[str, Scored]]:
-    """(speaker, scores) of every usable row, whether or not the model knows the speaker."""
+) -> tuple[list[tuple[str, Scored]], list[str]]:
+    """(speaker, scores) of every usable row, whether or not the model knows the speaker; and the rows skipped,
+    with the reason."""
     prepared = prepare(rows, cache, on_progress=on_progress)
+    skipped = [reason for _, reason in prepared.skipped]
     extractor = bundle.extractor()
     chunk_s = chunk_seconds(bundle)
     items = []
     for row, audio in zip(prepared.rows, prepared.audio, strict=True):
         scored, _ = score_long(bundle, audio, chunk_s, extractor)
-        if scored is not None:
+        if scored is None:
+            skipped.append(f"{row.path}: too short to score")
+        else:
             items.append((row.speaker, scored))
-    return items
+    return items, skipped
 
 
 def hold_out(bundle: ModelBundle, speakers: list[str]) -> ModelBundle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def test_identify_refuses_a_chunk_shorter_than_half_a_second(corpus: Path, tmp_p
     proc = _run("identify", str(model), str(corpus / "alice" / "alice_00.wav"), "--chunk", chunk)
     assert proc.returncode == 2, proc.stderr
     assert "--chunk" in proc.stderr and "0.5" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("open_set", [False, True])
+def test_evaluate_says_once_which_files_it_skipped(corpus: Path, tmp_path: Path, open_set: bool) -> None:
+    """A file it cannot use is named once, after the progress bar, with the others; it was also a log line of its
+    own in the middle of the bar (and the open-set figures dropped it without a word)."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data)
+    (data / "alice" / "notes.wav").write_text("this is not audio")
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    proc = _run("evaluate", str(model), str(data), "--cache-dir", str(tmp_path / "cache"), *["--open-set"] * open_set)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 unusable file(s)" in proc.stderr and proc.stderr.count("notes.wav") == 1, proc.stderr
 
 
 @pytest.mark.parametrize("open_set", [False, True])

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spkidd import SAMPLE_RATE
-from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare
+from spkidd.audio_cache import AudioCache, Prepared, default_cache_dir, prepare, skipped_note
 from spkidd.dataset import DataError, Row, audio_files, discover_and_tell, speaker_counts
 from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
@@ -63,10 +63,7 @@ def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str)
         task = progress.add_task(f"decoding {what}", total=len(rows), status="")
         prepared = prepare(rows, cache, on_progress=lambda n: progress.advance(task, n))
     if prepared.skipped:
-        reasons = [f"  {reason}" for _row, reason in prepared.skipped[:10]]
-        if len(prepared.skipped) > 10:
-            reasons.append(f"  ... and {len(prepared.skipped) - 10} more")
-        warning(console, "\n".join([f"skipped {len(prepared.skipped)} unusable file(s):", *reasons]))
+        warning(console, skipped_note([reason for _row, reason in prepared.skipped]))
     return prepared
 
 

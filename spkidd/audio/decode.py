@@ -104,7 +104,8 @@ def _read_ffmpeg(path: Path, start: float, end: float | None) -> np.ndarray:
     proc = subprocess.run(cmd, capture_output=True, check=False)
     reason = proc.stderr.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0:
-        raise AudioDecodeError(f"{path}: ffmpeg could not decode it: {reason[-1] if reason else proc.returncode}")
+        said = reason[-1].removeprefix(f"{path}: ") if reason else str(proc.returncode)
+        raise AudioDecodeError(f"{path}: ffmpeg could not decode it: {said}")
     audio = np.frombuffer(proc.stdout, dtype=np.int16).astype(np.float32) / 32768.0
     if reason:  # at -loglevel error, anything said while exiting 0 is a decode error mid-file
         raise DamagedAudioError(path, audio)
