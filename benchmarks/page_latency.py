@@ -11,14 +11,10 @@ the clocks are the same. The README's "within a few milliseconds" is this script
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +23,14 @@ from common import DEFAULT_OUT
 
 from spkidd.synthetic import SENTENCES, synth_audio
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test helpers: the daemon as a process, free ports, the live stream's reader
+
+from tests.support.daemon import DaemonProcess, file_source  # noqa: E402
+from tests.support.mosquitto import free_port, wait_port  # noqa: E402
+from tests.support.page_http import live_delays  # noqa: E402
+
 VOICES = ("alice", "bob", "carol", "dave")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def synthetic_conversation(path: Path) -> Path:
@@ -49,44 +46,10 @@ def write_config(folder: Path, model: Path, audio: Path) -> tuple[Path, int]:
     web_port = free_port()
     config = folder / "config.toml"
     config.write_text(
-        f'model = "{model.resolve()}"\n'
-        f'[[sources]]\nname = "kitchen"\nkind = "file"\npath = "{audio.resolve()}"\nrealtime = true\nloop = true\n'
-        f"[embedded_broker]\nport = {free_port()}\n"
-        f"[web]\nenabled = true\nport = {web_port}\n"
+        f'model = "{model.resolve()}"\n{file_source(audio.resolve())}'
+        f"[embedded_broker]\nport = {free_port()}\n[web]\nenabled = true\nport = {web_port}\n"
     )
     return config, web_port
-
-
-def wait_for_page(port: int, daemon: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            if daemon.poll() is not None:
-                raise SystemExit(f"spkidd run exited with {daemon.returncode} before the page was up") from None
-            if time.monotonic() > deadline:
-                raise SystemExit("the page did not come up in time") from None
-            time.sleep(0.2)
-
-
-def read_delays(port: int, events: int) -> list[float]:
-    """Delays (s) of the first `events` event messages of the live stream, read as a browser reads them."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    connection.request("GET", "/api/live/events")
-    response = connection.getresponse()
-    delays: list[float] = []
-    try:
-        while len(delays) < events:
-            line = response.readline().decode()
-            if line.startswith("data: "):
-                message = json.loads(line[6:])
-                if message["type"] == "source":
-                    delays.append(time.time() - message["now"])
-    finally:
-        connection.close()
-    return delays
 
 
 def main() -> None:
@@ -100,18 +63,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spkidd-page-latency-") as tmp:
         audio = args.audio if args.audio.is_file() else synthetic_conversation(Path(tmp) / "conversation.wav")
         config, port = write_config(Path(tmp), args.model, audio)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "spkidd", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        daemon = DaemonProcess(config, Path(tmp) / "daemon.log")
         try:
-            wait_for_page(port, daemon)
-            delays_ms = np.array(read_delays(port, args.events)) * 1000
+            wait_port(port, lambda: daemon.process.poll() is None, timeout=120)
+            delays_ms = np.array(live_delays(port, args.events)) * 1000
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=60)
+            daemon.signal(signal.SIGTERM)
+            daemon.wait(60)
     figures = {
         "events": len(delays_ms),
         "audio": str(audio if audio == args.audio else "synthetic"),

@@ -10,7 +10,6 @@ bob, erin — dave and erin are strangers to the household model.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
 import shutil
@@ -206,20 +205,7 @@ def test_live_events_are_pushed_as_they_happen(house: House) -> None:
     """Each event reaches the open stream while it is current (a buffered response would deliver them seconds late,
     or at its end). The bound is loose on purpose: how fast is measured by a benchmark, not asserted under a CI
     machine's load."""
-    connection = http.client.HTTPConnection("127.0.0.1", house.port, timeout=60)
-    connection.request("GET", "/api/live/events")
-    response = connection.getresponse()
-    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
-    delays = []
-    try:
-        while len(delays) < 6:
-            line = response.readline().decode()
-            if line.startswith("data: "):
-                message = json.loads(line[6:])
-                if message["type"] == "source":
-                    delays.append(time.time() - message["now"])
-    finally:
-        connection.close()
+    delays = page_http.live_delays(house.port, 6, timeout=60)
     assert max(delays) < 1.0, f"event-to-browser delays {delays}"
 
 

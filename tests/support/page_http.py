@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from typing import Any
 
 from tests.support.multipart import recording_form
@@ -47,3 +49,23 @@ def record(base: str, speaker: str, wav: bytes, token: str | None = None, new: b
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return http(f"{base}/api/record", form, headers, timeout=120)
+
+
+def live_delays(port: int, events: int, timeout: float = 120.0) -> list[float]:
+    """Seconds from the live hub's stamp (`now`) to arrival, for the first `events` event messages of the page's
+    live stream (GET /api/live/events), read as a browser reads them."""
+    connection = HTTPConnection("127.0.0.1", port, timeout=timeout)
+    connection.request("GET", "/api/live/events")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+    delays: list[float] = []
+    try:
+        while len(delays) < events:
+            line = response.readline().decode()
+            if line.startswith("data: "):
+                message = json.loads(line[6:])
+                if message["type"] == "source":
+                    delays.append(time.time() - message["now"])
+    finally:
+        connection.close()
+    return delays
