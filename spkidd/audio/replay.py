@@ -19,7 +19,7 @@ import soxr
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
-from spkidd.audio.decode import load_audio
+from spkidd.audio.decode import LeftToFfmpeg, load_audio, soundfile_decodes_cleanly
 from spkidd.events import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class ReplaySource:
             return _ArrayBlocks(self._pcm)
         try:
             return _FileBlocks(self.path, _REALTIME_BLOCK_S if self.realtime else _FAST_BLOCK_S)
-        except (sf.LibsndfileError, RuntimeError, TypeError):
+        except (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg):
             return _ArrayBlocks(to_chunkable_pcm(load_audio(self.path)))
 
 
@@ -212,6 +212,9 @@ class _FileBlocks:
 
     def __init__(self, path: Path, block_s: float) -> None:
         self._file = sf.SoundFile(str(path))
+        if not soundfile_decodes_cleanly(self._file):
+            self._file.close()
+            raise LeftToFfmpeg(f"{path}: {self._file.format} is decoded by ffmpeg")
         self._rate = self._file.samplerate
         self._frames = max(1, int(block_s * self._rate))
         self._resampler = self._new_resampler()
