@@ -24,7 +24,8 @@ from spkidd.dataset import Row
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "audio-v1"
+CACHE_VERSION = "audio-v2"
+"""Part of every entry's key: v2 since MP3s go to ffmpeg and ranges get a pre-roll (v1 had those garbled)."""
 MIN_SECONDS = 0.1
 _FRAME = SAMPLE_RATE // 100
 
