@@ -14,8 +14,8 @@ from spkidd.audio import decode
 from spkidd.audio.decode import load_audio
 from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import DecisionSettings, final_answer
-from spkidd.enrollment import NO_SPEECH, speech_pieces
-from spkidd.events import UNKNOWN, Identification
+from spkidd.enrollment import MIN_PIECE_S, NO_SPEECH, speech_pieces
+from spkidd.events import UNKNOWN, Identification, SpeechActivity
 from spkidd.inference import Scored, score_long
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
@@ -63,23 +63,47 @@ Report = Callable[[float, float], None]
 time (21 of 27 s for 20 minutes of audio)."""
 
 
-def timeline(bundle: ModelBundle, audio: np.ndarray, report: Report | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Heard:
+    """A recording as the daemon's own pipeline heard it: its turns, and the length of each utterance its speech gate
+    passed on (so that the gate runs once for a long recording, for the timeline and for "no speech found" alike)."""
+
+    turns: list[dict[str, Any]]
+    utterances_s: list[float]
+
+    @property
+    def has_speech(self) -> bool:
+        """What speech_pieces finds for a short file: an utterance of MIN_PIECE_S or more."""
+        return any(seconds >= MIN_PIECE_S for seconds in self.utterances_s)
+
+
+def hear(bundle: ModelBundle, audio: np.ndarray, report: Report | None = None) -> Heard:
     """Who spoke when: the recording through the daemon's own pipeline (gate, rolling encoder windows, decider),
     its utterances cut into turns looking back (spkidd.turns), pauses left out."""
     events: list[Identification] = []
+    boundaries: list[SpeechActivity] = []
 
     def collect(event: PipelineEvent) -> None:
         if isinstance(event, Identification):
             events.append(event)
+        elif isinstance(event, SpeechActivity):
+            boundaries.append(event)
 
     source = ReplaySource.from_samples("identify", to_chunkable_pcm(audio), realtime=False)
     pipeline = StreamPipeline(source, bundle, PipelineSettings())
     asyncio.run(_run_reporting(pipeline, collect, len(audio) / bundle.features.sample_rate, report))
-    return [
+    turns = [
         turn.to_dict()
         | {"start": round(turn.start, 3), "end": round(turn.end, 3), "confidence": round(turn.confidence, 4)}
         for turn in who_spoke_when(events)
     ]
+    return Heard(turns, _utterance_lengths(boundaries))
+
+
+def _utterance_lengths(boundaries: list[SpeechActivity]) -> list[float]:
+    """Seconds from each utterance's start to its end (the gate's SpeechActivity pairs)."""
+    starts = {event.utterance_id: event.time_s for event in boundaries if event.speaking}
+    return [event.time_s - starts[event.utterance_id] for event in boundaries if not event.speaking]
 
 
 async def _run_reporting(
@@ -106,7 +130,8 @@ def identify_audio(
     bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: float, k: int = 5, report: Report | None = None
 ) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
-    if not speech_pieces(audio):
+    heard = hear(bundle, audio, report) if is_long(audio, chunk_s, bundle.features.sample_rate) else None
+    if not (heard.has_speech if heard is not None else speech_pieces(audio)):
         return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error=NO_SPEECH)
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
@@ -114,12 +139,17 @@ def identify_audio(
     speaker, confidence, score = _name(bundle, scored)
     top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k).items()}
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
-    if len(segments) > 1:
-        result.timeline = timeline(bundle, audio, report)
+    if heard is not None and len(segments) > 1:
+        result.timeline = heard.turns
         result.speakers = speech_per_speaker(result.timeline)
         if is_conversation(result):
             return named_by_timeline(result, bundle.labels, scored.scores)
     return result
+
+
+def is_long(audio: np.ndarray, chunk_s: float, rate: int) -> bool:
+    """Longer than 1.5 chunks: score_long cuts such a recording into chunks, and it gets a timeline."""
+    return len(audio) > 1.5 * int(chunk_s * rate)
 
 
 def is_conversation(result: FileResult) -> bool:
