@@ -291,7 +291,10 @@ async def test_password_authenticates_and_never_reaches_the_logs(
                     break
                 await asyncio.sleep(0.05)
             assert right.stats.connected and not wrong.stats.connected
-            assert "connection to 127.0.0.1" in caplog.text
+            assert (
+                f"MQTT: the broker at 127.0.0.1:{broker.port} refused user 'spkidd': wrong user name or password, or "
+                "the user may not connect; check [mqtt] username and password against the broker's users"
+            ) in caplog.text
             assert secret not in caplog.text and secret not in repr(right.settings)
         finally:
             await wrong.close(timeout=1)
@@ -341,3 +344,27 @@ async def test_tls_with_a_private_ca(tmp_path: Path, caplog: pytest.LogCaptureFi
         finally:
             await plain.close(timeout=1)
             await good.close(timeout=5)
+
+
+async def test_a_certificate_from_another_ca_is_said_in_words(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker's certificate is signed by a CA that [mqtt.tls] ca is not: the log names that setting and the
+    file, not only OpenSSL's "[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)"."""
+    caplog.set_level(logging.INFO)
+    ca, cert, key = make_certificates(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = make_certificates(tmp_path / "other")
+    with running_mosquitto(tmp_path, tls=(ca, cert, key)) as broker:
+        publisher = MqttPublisher(
+            mqtt_settings(broker.port, tls=TlsConfig(enabled=True, ca=other_ca)), NODE, ["kitchen"], ["alice"]
+        )
+        publisher.start()
+        expected = (
+            f"MQTT: the certificate of the broker at 127.0.0.1:{broker.port} cannot be trusted (self-signed "
+            f"certificate in certificate chain): it is not signed by [mqtt.tls] ca {other_ca}; set [mqtt.tls] ca to "
+            "the CA certificate that signed the broker's"
+        )
+        try:
+            await until(lambda: expected in caplog.text, "the refusal said in words", 10)
+            assert publisher.stats.connects == 0
+        finally:
+            await publisher.close(timeout=1)

@@ -46,6 +46,7 @@ from spkidd.mqtt.payloads import (
     stats_payload,
     status_payload,
 )
+from spkidd.mqtt.refusals import refusal_sentence
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,11 @@ class MqttPublisher:
                     await self._session(client)
                     return
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT: connection to %s:%d lost or refused: %s", s.host, s.port, exc)
+                sentence = refusal_sentence(exc, s)
+                if sentence is None:
+                    log.warning("MQTT: connection to %s:%d lost or refused: %s", s.host, s.port, exc)
+                else:
+                    log.warning("MQTT: %s", sentence)
             except Exception:
                 log.exception("MQTT: unexpected failure; reconnecting")
             finally:
