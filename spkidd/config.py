@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import pwd
 import re
 import socket
 import ssl
@@ -370,17 +371,45 @@ def _resolve_password(mqtt: MqttConfig, file: Path, mode: int) -> MqttConfig:
     if mqtt.password is not None and mode & stat.S_IROTH:
         log.warning("%s holds an MQTT password and is readable by everyone; chmod o-r it", file)
     if mqtt.password_file is not None:
-        try:
-            secret = mqtt.password_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{file}: [mqtt] password_file: cannot read {mqtt.password_file}: {exc}") from exc
-        return dataclasses.replace(mqtt, password=secret)
+        return dataclasses.replace(mqtt, password=_read_password_file(mqtt.password_file, file))
     if mqtt.password_env is not None:
         secret_env = os.environ.get(mqtt.password_env)
         if secret_env is None:
             raise ConfigError(f"{file}: [mqtt] password_env: environment variable {mqtt.password_env} is not set")
         return dataclasses.replace(mqtt, password=secret_env)
     return mqtt
+
+
+def _read_password_file(path: Path, file: Path) -> str:
+    """The file's first line: what follows (a note, a second line an editor added) is no part of the password. An
+    unreadable file names the user spkidd runs as, since the service's user is not the one who wrote the file."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise ConfigError(f"{file}: [mqtt] password_file: user {user} cannot read {path}: {exc.strerror}") from exc
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{file}: [mqtt] password_file: the first line of {path} is empty")
+    return lines[0].strip()
+
+
+def _check_broker_tls(tls: TlsConfig, file: Path) -> None:
+    """A CA, certificate or key that cannot be used stops the start (or a reload) with the file named, instead of a
+    reconnect loop that logs "[Errno 2] No such file or directory" for ever."""
+    if not tls.enabled:
+        return
+    try:
+        context = ssl.create_default_context(cafile=tls.ca)
+    except OSError as exc:  # ssl.SSLError is one
+        reason = "not a PEM CA certificate" if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(f"{file}: [mqtt.tls] cannot use ca {tls.ca}: {reason}") from exc
+    if tls.cert is None:
+        return
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except OSError as exc:
+        files = f"cert {tls.cert}" + (f", key {tls.key}" if tls.key else "")
+        raise ConfigError(f"{file}: [mqtt.tls] cannot use {files}: {_tls_reason(exc, 'key')}") from exc
 
 
 def is_loopback(host: str) -> bool:
@@ -426,17 +455,20 @@ def _web_settings(top: _TopLevel, file: Path, mode: int) -> WebConfig:
             web.tls_context()
     except OSError as exc:  # ssl.SSLError is one
         files = f"tls_cert {web.tls_cert}" + (f", tls_key {web.tls_key}" if web.tls_key else "")
-        raise ConfigError(f"{file}: [web] cannot use {files}: {_tls_reason(exc)}") from exc
+        raise ConfigError(f"{file}: [web] cannot use {files}: {_tls_reason(exc, 'tls_key')}") from exc
     _warn_open_page(web, file)
     return web
 
 
-def _tls_reason(exc: OSError) -> str:
-    """OpenSSL's reason in words a user can act on (its own say "[SSL] PEM lib (_ssl.c:3900)")."""
+def _tls_reason(exc: OSError, key_setting: str) -> str:
+    """OpenSSL's reason in words a user can act on (its own say "[SSL] PEM lib (_ssl.c:3900)"); `key_setting` names
+    the key file's setting in the table at hand."""
     if isinstance(exc, ssl.SSLError):
         if "KEY_VALUES_MISMATCH" in str(exc):
             return "the key does not belong to the certificate"
-        return "not a PEM certificate and private key (without tls_key the certificate file must hold the key too)"
+        return (
+            f"not a PEM certificate and private key (without {key_setting} the certificate file must hold the key too)"
+        )
     return exc.strerror or str(exc)
 
 
@@ -508,6 +540,7 @@ def _mqtt_settings(top: _TopLevel, path: Path, base: Path, mode: int) -> MqttCon
         ),
     )
     mqtt = _resolve_password(mqtt, path, mode)
+    _check_broker_tls(mqtt.tls, path)
     _warn_plaintext_password(mqtt, path)
     return mqtt
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,7 @@ from typing import Literal
 import pytest
 
 from spkidd.config import ConfigError, find_config, from_table, load_config, sanitize_id
+from tests.support.mosquitto import make_certificates
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = """
@@ -223,3 +225,41 @@ def test_a_plaintext_password_to_another_host_is_warned_about(
     body = MINIMAL + f'[mqtt]\nusername = "u"\npassword = "{secret}"\n' + mqtt
     load_config(write(tmp_path, body))
     assert ("in plain text" in caplog.text) == warned and secret not in caplog.text
+
+
+def test_password_file_is_its_first_line_and_a_bad_one_is_refused_in_words(tmp_path: Path) -> None:
+    """The docs say the first line: an editor's second line or a note below it is no part of the password. A file
+    the daemon cannot read names the user it runs as (the service's, not the one who wrote the file)."""
+    secret = "hunter2-very-secret"
+    password_file = tmp_path / "mqtt.pass"
+    password_file.write_text(f"{secret}\n# the spkidd user of the Mosquitto add-on\n")
+    body = MINIMAL + '[mqtt]\nusername = "u"\npassword_file = "mqtt.pass"\n'
+    assert load_config(write(tmp_path, body)).mqtt.password == secret
+    password_file.write_text("\n")
+    with pytest.raises(ConfigError, match=r"password_file: the first line of .*mqtt.pass is empty$"):
+        load_config(write(tmp_path, body))
+    password_file.unlink()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, body))
+    assert str(refused.value).endswith(
+        f"password_file: user {user} cannot read {password_file}: No such file or directory"
+    )
+
+
+def test_broker_tls_files_that_cannot_be_used_stop_the_start(tmp_path: Path) -> None:
+    """A missing or wrong CA, certificate or key is a config error naming the file, not a reconnect loop logging
+    "[Errno 2] No such file or directory" every 30 s."""
+    ca, cert, key = make_certificates(tmp_path)
+    tls = '[mqtt]\nbroker = "external"\n[mqtt.tls]\nenabled = true\n'
+    load_config(write(tmp_path, MINIMAL + tls + f'ca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'))
+    refusals = {
+        'ca = "missing.pem"': f"[mqtt.tls] cannot use ca {tmp_path / 'missing.pem'}: No such file or directory",
+        f'ca = "{key}"': f"[mqtt.tls] cannot use ca {key}: not a PEM CA certificate",
+        f'cert = "{cert}"': f"[mqtt.tls] cannot use cert {cert}: not a PEM certificate and private key (without key",
+        f'cert = "{cert}"\nkey = "{ca}"': f"[mqtt.tls] cannot use cert {cert}, key {ca}: not a PEM certificate",
+    }
+    for line, message in refusals.items():
+        with pytest.raises(ConfigError) as refused:
+            load_config(write(tmp_path, MINIMAL + tls + line + "\n"))
+        assert message in str(refused.value), line
