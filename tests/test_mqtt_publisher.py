@@ -26,6 +26,7 @@ from tests.support.mosquitto import (
 )
 from tests.support.mqtt_events import activity, identification, mqtt_settings
 from tests.support.polling import until
+from tests.support.tls import self_signed
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "testnode"
@@ -366,5 +367,25 @@ async def test_a_certificate_from_another_ca_is_said_in_words(tmp_path: Path, ca
         try:
             await until(lambda: expected in caplog.text, "the refusal said in words", 10)
             assert publisher.stats.connects == 0
+        finally:
+            await publisher.close(timeout=1)
+
+
+async def test_a_certificate_for_another_name_says_which_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A trusted certificate that does not list [mqtt] host is not blamed on the CA: the log says the name."""
+    caplog.set_level(logging.INFO)
+    cert, key = self_signed(tmp_path, names=("broker.house.test",), ips=())
+    with running_mosquitto(tmp_path, tls=(cert, cert, key)) as broker:
+        publisher = MqttPublisher(
+            mqtt_settings(broker.port, tls=TlsConfig(enabled=True, ca=cert)), NODE, ["kitchen"], ["alice"]
+        )
+        publisher.start()
+        expected = (
+            f"MQTT: the certificate of the broker at 127.0.0.1:{broker.port} is not valid for the name '127.0.0.1': "
+            "set [mqtt] host to a name or address the certificate lists"
+        )
+        try:
+            await until(lambda: expected in caplog.text, "the name mismatch said in words", 10)
+            assert publisher.stats.connects == 0 and "cannot be trusted" not in caplog.text
         finally:
             await publisher.close(timeout=1)

@@ -17,6 +17,8 @@ from spkidd.config import MqttConfig
 
 _AUTH_CODES = frozenset({4, 5, 134, 135})
 """CONNACK codes for a refused user: MQTT 3.1.1's 4 and 5, and their MQTT 5 reason codes 134 and 135."""
+_NAME_MISMATCH_CODES = frozenset({62, 64})
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: trusted, but issued to another name."""
 
 
 def refusal_sentence(exc: aiomqtt.MqttError, settings: MqttConfig) -> str | None:
@@ -59,8 +61,8 @@ def _auth_sentence(settings: MqttConfig) -> str:
 
 def _certificate_sentence(error: ssl.SSLCertVerificationError, settings: MqttConfig) -> str:
     where = f"{settings.host}:{settings.port}"
-    reason = error.verify_message or str(error)
-    if "hostname mismatch" in reason.lower():
+    reason = (error.verify_message or str(error)).rstrip(".")
+    if error.verify_code in _NAME_MISMATCH_CODES:
         return (
             f"the certificate of the broker at {where} is not valid for the name {settings.host!r}: set [mqtt] host "
             "to a name or address the certificate lists"
