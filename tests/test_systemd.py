@@ -111,3 +111,14 @@ def test_a_configuration_error_exits_2_and_a_missing_model_exits_1(tmp_path: Pat
     )
     missing = subprocess.run([*spkidd, str(no_model)], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "cannot start" in missing.stderr, missing.stderr
+
+
+def test_the_units_directory_modes_are_the_ones_the_docs_install() -> None:
+    """systemd warns at every start when an existing StateDirectory or ConfigurationDirectory has another mode than
+    the unit's (0755 by default), and the docs' install commands make both 0750."""
+    text = UNIT.read_text()
+    docs = (REPO / "docs" / "mqtt-and-home-assistant.md").read_text()
+    for setting, folder in (("StateDirectory", "/var/lib/spkidd"), ("ConfigurationDirectory", "/etc/spkidd")):
+        installed = re.search(rf"^install -d -m (0[0-7]{{3}}) .* {folder}$", docs, re.MULTILINE)
+        assert installed is not None, folder
+        assert f"\n{setting}=spkidd\n" in text and f"\n{setting}Mode={installed.group(1)}\n" in text, setting
