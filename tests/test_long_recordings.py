@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from spkidd import SAMPLE_RATE
+from spkidd import SAMPLE_RATE, evaluation
 from spkidd.audio.base import CHUNK_SAMPLES
+from spkidd.audio_cache import AudioCache
+from spkidd.dataset import Row
 from spkidd.enrollment import NO_SPEECH
 from spkidd.identify import identify_audio
 from spkidd.synthetic import synth_audio
-from spkidd.vad import SpeechGate
+from spkidd.vad import GateEvent, SpeechGate
 from tests.conftest import HELD_OUT_SENTENCES
-from tests.support.streaming import random_bundle, silence
+from tests.support.streaming import random_bundle, silence, write_wav
 
 
 @pytest.fixture
@@ -23,7 +27,7 @@ def gate_chunks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     pushed: list[float] = []
     push = SpeechGate.push
 
-    def counting(gate: SpeechGate, samples: np.ndarray, start_s: float) -> list:  # type: ignore[type-arg]
+    def counting(gate: SpeechGate, samples: np.ndarray, start_s: float) -> list[GateEvent]:
         pushed.append(start_s)
         return push(gate, samples, start_s)
 
@@ -55,3 +59,42 @@ def test_a_long_silent_recording_has_no_speech_after_one_pass_of_the_gate(gate_c
 
     assert (result.error, result.timeline, result.speaker) == (NO_SPEECH, [], "")
     assert len(gate_chunks) == _chunks(audio)
+
+
+@pytest.mark.parametrize("open_set", [False, True])
+def test_evaluate_holds_a_few_decoded_recordings_at_a_time_not_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, open_set: bool
+) -> None:
+    """evaluate decoded every row before it scored the first: a manifest of whole hour-long recordings held them all
+    in memory (four hours peaked at 2.0 GB). Counted whenever a row is decoded or scored: the decoded recordings
+    still referenced anywhere."""
+    clip = write_wav(tmp_path / "talk.wav", synth_audio("alice", HELD_OUT_SENTENCES[0]))
+    rows = [Row(clip, "alice", start=0.05 * i) for i in range(3 * evaluation.DECODED_AT_ONCE)]
+    decoded: list[weakref.ref[np.ndarray]] = []
+    alive: list[int] = []
+    load, score_long = AudioCache.load, evaluation.score_long
+
+    def count() -> None:
+        alive.append(sum(ref() is not None for ref in decoded))
+
+    def loading(cache: AudioCache, row: Row) -> np.ndarray:
+        count()
+        audio = load(cache, row)
+        decoded.append(weakref.ref(audio))
+        return audio
+
+    def scoring(*args: Any, **kwargs: Any) -> Any:
+        count()
+        return score_long(*args, **kwargs)
+
+    monkeypatch.setattr(AudioCache, "load", loading)
+    monkeypatch.setattr(evaluation, "score_long", scoring)
+    bundle, cache = random_bundle(["alice", "bob"]), AudioCache(None)
+    if open_set:
+        items, _ = evaluation.score_items(bundle, rows, cache)
+        assert len(items) == len(rows)
+    else:
+        assert len(evaluation.score_rows(bundle, rows, cache).scored) == len(rows)
+
+    assert len(decoded) == len(rows)
+    assert max(alive) <= evaluation.DECODED_AT_ONCE
