@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -374,8 +375,28 @@ MIN_CHUNK_S = 0.5
 to answer on."""
 
 
-def _report_seconds(bar: Progress, task: TaskID, done_s: float, total_s: float) -> None:
-    bar.update(task, completed=done_s, total=total_s)
+@dataclass
+class _FileProgress:
+    """One file's line of identify's progress bar. A pass that cannot tell how far it is (the file as a whole, after
+    the timeline's) gets a pulsing line of its own: rich cannot take a line's total back, and a full bar that sits
+    for 17 s of an hour's recording looks hung."""
+
+    bar: Progress
+    name: str
+    task: TaskID | None = None
+
+    def begin(self, what: str) -> None:
+        self.end()
+        self.task = self.bar.add_task(f"{what}: {self.name}", total=None)
+
+    def seconds(self, done_s: float, total_s: float) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, completed=done_s, total=total_s)
+
+    def end(self) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
 
 
 @app.command()
@@ -439,24 +460,28 @@ def _identify_files(
     bundle: ModelBundle, audio: list[Path], chunk: float, top: int, console: Console
 ) -> list[FileResult]:
     """One result per file, in order, with a progress bar through each."""
-    from functools import partial
-
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         for path in audio:
-            task = bar.add_task(f"who spoke when in {path.name}", total=None)
-            results.append(_identify_one(bundle, path, chunk, top, partial(_report_seconds, bar, task)))
-            bar.remove_task(task)
+            line = _FileProgress(bar, path.name)
+            line.begin("identifying")
+            results.append(_identify_one(bundle, path, chunk, top, line.seconds, line.begin))
+            line.end()
             if results[-1].warning:
                 warning(console, f"{results[-1].warning}; identified from what is there")
     return results
 
 
 def _identify_one(
-    bundle: ModelBundle, path: Path, chunk: float, top: int, report: Callable[[float, float], None]
+    bundle: ModelBundle,
+    path: Path,
+    chunk: float,
+    top: int,
+    report: Callable[[float, float], None],
+    phase: Callable[[str], None],
 ) -> FileResult:
     """A file's result; a file that cannot be decoded (or a folder without audio) is a result with its error, so
     that the others are still identified."""
@@ -466,7 +491,7 @@ def _identify_one(
     if path.is_dir():
         return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error="a folder without audio files")
     try:
-        return identify_file(bundle, path, chunk, top, report)
+        return identify_file(bundle, path, chunk, top, report, phase)
     except AudioDecodeError as exc:
         return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc))
 

@@ -61,6 +61,11 @@ def speech_per_speaker(turns: list[dict[str, Any]]) -> dict[str, float]:
 Report = Callable[[float, float], None]
 """Told (audio seconds done, seconds in all) while a long recording is read: the timeline's pass is most of the
 time (21 of 27 s for 20 minutes of audio)."""
+Phase = Callable[[str], None]
+"""Told what a long recording's next pass does (TIMELINE_PASS, then WHOLE_PASS, which cannot tell how far it is: 17 s
+of the 82 s of an hour), so that a progress bar does not sit full while the file as a whole is scored."""
+TIMELINE_PASS = "who spoke when"
+WHOLE_PASS = "the file as a whole"
 
 
 @dataclass(frozen=True)
@@ -117,22 +122,38 @@ async def _run_reporting(
 
 
 def identify_file(
-    bundle: ModelBundle, path: Path, chunk_s: float, k: int = 5, report: Report | None = None
+    bundle: ModelBundle,
+    path: Path,
+    chunk_s: float,
+    k: int = 5,
+    report: Report | None = None,
+    phase: Phase | None = None,
 ) -> FileResult:
     """A damaged file is identified from the audio before the damage, with a warning that says so."""
     try:
-        return identify_audio(bundle, path, load_audio(path), chunk_s, k, report)
+        return identify_audio(bundle, path, load_audio(path), chunk_s, k, report, phase)
     except decode.DamagedAudioError as exc:
-        return replace(identify_audio(bundle, path, exc.audio, chunk_s, k, report), warning=str(exc))
+        return replace(identify_audio(bundle, path, exc.audio, chunk_s, k, report, phase), warning=str(exc))
 
 
 def identify_audio(
-    bundle: ModelBundle, path: Path, audio: np.ndarray, chunk_s: float, k: int = 5, report: Report | None = None
+    bundle: ModelBundle,
+    path: Path,
+    audio: np.ndarray,
+    chunk_s: float,
+    k: int = 5,
+    report: Report | None = None,
+    phase: Phase | None = None,
 ) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
-    heard = hear(bundle, audio, report) if is_long(audio, chunk_s, bundle.features.sample_rate) else None
+    heard = None
+    if is_long(audio, chunk_s, bundle.features.sample_rate):
+        _tell(phase, TIMELINE_PASS)
+        heard = hear(bundle, audio, report)
     if not (heard.has_speech if heard is not None else speech_pieces(audio)):
         return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error=NO_SPEECH)
+    if heard is not None:
+        _tell(phase, WHOLE_PASS)
     scored, segments = score_long(bundle, audio, chunk_s)
     if scored is None:
         return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
@@ -145,6 +166,11 @@ def identify_audio(
         if is_conversation(result):
             return named_by_timeline(result, bundle.labels, scored.scores)
     return result
+
+
+def _tell(phase: Phase | None, what: str) -> None:
+    if phase is not None:
+        phase(what)
 
 
 def is_long(audio: np.ndarray, chunk_s: float, rate: int) -> bool:

@@ -98,3 +98,40 @@ def test_evaluate_holds_a_few_decoded_recordings_at_a_time_not_all(
 
     assert len(decoded) == len(rows)
     assert max(alive) <= evaluation.DECODED_AT_ONCE
+
+
+def test_a_long_recording_says_each_pass_as_it_begins() -> None:
+    """After the timeline's pass (which reports how far it is) the file as a whole is scored, which cannot: 17 s of
+    an hour's 82 s under a progress bar that sat full, as if hung."""
+    from spkidd.identify import TIMELINE_PASS, WHOLE_PASS
+
+    bundle, voice = random_bundle(["alice", "bob"]), synth_audio("alice", HELD_OUT_SENTENCES[0])
+    said: dict[str, list[str]] = {"long": [], "short": [], "silent": []}
+    recordings = {
+        "long": np.concatenate([voice, silence(1.0), voice, silence(1.0)]),
+        "short": voice[: 4 * SAMPLE_RATE],
+        "silent": silence(12.0),
+    }
+    for name, audio in recordings.items():
+        identify_audio(bundle, Path(f"{name}.wav"), audio, 3.0, phase=said[name].append)
+
+    assert said == {"long": [TIMELINE_PASS, WHOLE_PASS], "short": [], "silent": [TIMELINE_PASS]}
+
+
+def test_the_progress_line_of_a_pass_without_progress_pulses_instead_of_sitting_full() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from spkidd.cli import _FileProgress
+
+    with Progress(console=Console(quiet=True)) as bar:
+        line = _FileProgress(bar, "podcast.flac")
+        line.begin("who spoke when")
+        line.seconds(3600.0, 3600.0)
+        line.begin("the file as a whole")
+
+        assert [(task.description, task.total, task.completed) for task in bar.tasks] == [
+            ("the file as a whole: podcast.flac", None, 0)
+        ]
+        line.end()
+        assert not bar.tasks
