@@ -2,14 +2,15 @@
 page's live event stream and an MQTT subscriber connected, sampling what a months-long run would leak.
 
 usage: nice -n 10 python benchmarks/soak.py [--model MODEL] [--wav WAV] [--minutes 30] [--every 5]
-       [--hup-every S] [--broker-restart-every S] [--out benchmarks/out/soak]
+       [--hup-every S [--hup-for MIN]] [--broker-restart-every S] [--out benchmarks/out/soak]
 
 Without --model/--wav a random model and an espeak-ng conversation are made, so it runs on a fresh machine.
 Every --every seconds it samples the daemon's RSS, open file descriptors, threads and child processes, the kept
 unknown clips (count, bytes; [unknown_clips] is set to 10 clips / 2 MB), the log's size and the audio processed
 (/healthz), and prints each sample; at the end the trend of each over the second half of the run (per wall hour
 and per hour of audio), so a steady rise (a leak) shows apart from the start-up's growth. --hup-every sends SIGHUP
-in a loop; --broker-restart-every restarts the external Mosquitto (every other time with kill -9).
+in a loop (for the first --hup-for minutes: the rest shows what the reloads left behind); --broker-restart-every
+restarts the external Mosquitto (every other time with kill -9).
 """
 
 from __future__ import annotations
@@ -160,8 +161,9 @@ async def _count_messages(stream: aiohttp.StreamReader, counts: Counters) -> Non
         counts.sse += sum(1 for m in messages if m.startswith(b"data: "))
 
 
-async def hup_loop(daemon: DaemonProcess, every_s: float, counts: Counters) -> None:
-    while True:
+async def hup_loop(daemon: DaemonProcess, every_s: float, for_s: float, counts: Counters) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < for_s:
         await asyncio.sleep(every_s)
         daemon.signal(signal.SIGHUP)
         counts.reloads += 1
@@ -222,7 +224,8 @@ async def soak(args: argparse.Namespace, work: Path) -> list[Sample]:
             asyncio.create_task(follow_live_page(web_port, counts)),
         ]
         if args.hup_every:
-            tasks.append(asyncio.create_task(hup_loop(daemon, args.hup_every, counts)))
+            hup_for_s = (args.hup_for if args.hup_for is not None else args.minutes) * 60
+            tasks.append(asyncio.create_task(hup_loop(daemon, args.hup_every, hup_for_s, counts)))
         if args.broker_restart_every:
             tasks.append(asyncio.create_task(broker_restarts(broker, args.broker_restart_every, counts)))
         started = time.monotonic()
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=5.0)
     parser.add_argument("--paced", action="store_true", help="replay at speaking pace (for reload and outage runs)")
     parser.add_argument("--hup-every", type=float, default=0.0)
+    parser.add_argument("--hup-for", type=float, help="minutes of SIGHUPs (default: the whole run)")
     parser.add_argument("--broker-restart-every", type=float, default=0.0)
     parser.add_argument("--extra", default="", help="more config text (\\n for new lines)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "soak")

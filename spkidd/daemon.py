@@ -35,6 +35,7 @@ from spkidd.broker import BrokerError, EmbeddedBroker, make_broker
 from spkidd.config import ConfigError, DaemonConfig, MqttConfig, SourceConfig, load_config
 from spkidd.decide import DecisionSettings
 from spkidd.events import SourceStatus
+from spkidd.freed_memory import TrimAfterModelChanges
 from spkidd.health import DaemonHealth, MqttHealth, StreamHealth
 from spkidd.model_watch import ModelFileWatch
 from spkidd.modelfile import ModelBundle, ModelFileError, load_model
@@ -184,6 +185,7 @@ class Daemon:
         self._started = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reloads = 0
+        self.freed_memory = TrimAfterModelChanges(config.pipeline.gate.max_utterance_s + 1.0)
 
     # ----- lifecycle ------------------------------------------------------------------------------------------
 
@@ -291,6 +293,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("model watch", self._stop_watching),
             ("reload", self._cancel_reload),
+            ("memory trim", self.freed_memory.close),
             ("streams", self._stop_streams),
             ("MQTT", self._close_publisher),
             ("health endpoint", self._stop_health),
@@ -373,6 +376,7 @@ class Daemon:
         for stream in self._streams.values():
             stream.pipeline.replace_model(bundle)
         self.bundle = bundle
+        self.freed_memory.model_changed()
         if self._model_watch is not None:
             self._model_watch.remember()
         if self.publisher is not None:
@@ -560,6 +564,8 @@ class Daemon:
         )
         before = self.bundle.labels if self.bundle is not None else []
         self.bundle = bundle
+        self.freed_memory.delay_s = config.pipeline.gate.max_utterance_s + 1.0
+        self.freed_memory.model_changed()
         if self._model_watch is not None:
             self._model_watch.path = config.model
             self._model_watch.remember()
