@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients ffmpeg espeak-ng sox libsndfile1 portaudio19-dev openssl
+APT_PACKAGES=(python3-venv mosquitto mosquitto-clients ffmpeg espeak-ng sox libsndfile1 portaudio19-dev openssl
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad pulseaudio pulseaudio-utils libasound2-plugins systemd chromium chromium-driver)
 
