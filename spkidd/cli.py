@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -417,8 +417,6 @@ def identify(
     ),
 ) -> None:
     """Who is speaking in each file; long recordings also get a timeline of who spoke when."""
-    import dataclasses
-    import json
 
     from rich.console import Console
 
@@ -433,16 +431,35 @@ def identify(
     except ModelFileError as exc:
         error(console, str(exc))
         raise typer.Exit(2) from None
-    results = _identify_files(bundle, _audio_paths(audio), chunk, top, console)
-    if json_output:
-        for r in results:
-            typer.echo(json.dumps(dataclasses.asdict(r)))
-    else:
+    results, interrupted = _identify_until_interrupted(bundle, _audio_paths(audio), chunk, top, console, json_output)
+    if not json_output:
         _print_identified(results)
     if plot is not None:
         _draw_timelines(results, plot, chunk, console)
+    if interrupted:
+        raise typer.Exit(130)
     if any(r.error for r in results):
         raise typer.Exit(1)
+
+
+def _identify_until_interrupted(
+    bundle: ModelBundle, paths: list[Path], chunk: float, top: int, console: Console, json_output: bool
+) -> tuple[list[FileResult], bool]:
+    """The files' results (with --json each printed as it comes), and whether Ctrl-C ended the run before the last:
+    the answers already found are kept, not lost with the file being read."""
+    import dataclasses
+    import json
+
+    results: list[FileResult] = []
+    try:
+        for result in _identify_files(bundle, paths, chunk, top, console):
+            results.append(result)
+            if json_output:
+                typer.echo(json.dumps(dataclasses.asdict(result)))
+    except KeyboardInterrupt:
+        warning(console, f"interrupted: {len(results)} of {len(paths)} file(s) identified")
+        return results, True
+    return results, False
 
 
 def _audio_paths(paths: list[Path]) -> list[Path]:
@@ -458,21 +475,21 @@ def _audio_paths(paths: list[Path]) -> list[Path]:
 
 def _identify_files(
     bundle: ModelBundle, audio: list[Path], chunk: float, top: int, console: Console
-) -> list[FileResult]:
-    """One result per file, in order, with a progress bar through each."""
+) -> Iterator[FileResult]:
+    """One result per file, in order, each as soon as it is known (so that --json gives it at once and Ctrl-C in a
+    folder of hour-long recordings keeps the answers already found), with a progress bar through each."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    results = []
     columns = (TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         for path in audio:
             line = _FileProgress(bar, path.name)
             line.begin("identifying")
-            results.append(_identify_one(bundle, path, chunk, top, line.seconds, line.begin))
+            result = _identify_one(bundle, path, chunk, top, line.seconds, line.begin)
             line.end()
-            if results[-1].warning:
-                warning(console, f"{results[-1].warning}; identified from what is there")
-    return results
+            if result.warning:
+                warning(console, f"{result.warning}; identified from what is there")
+            yield result
 
 
 def _identify_one(

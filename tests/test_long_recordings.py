@@ -135,3 +135,37 @@ def test_the_progress_line_of_a_pass_without_progress_pulses_instead_of_sitting_
         ]
         line.end()
         assert not bar.tasks
+
+
+@pytest.mark.parametrize("json_output", [True, False])
+def test_ctrl_c_keeps_the_answers_of_the_files_already_identified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_output: bool
+) -> None:
+    """Ctrl-C in the third of three recordings printed nothing: the answers were held back to the end."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import spkidd.identify
+    from spkidd.cli import app
+    from tests.support.streaming import save_random_model
+
+    model = save_random_model(tmp_path / "m.safetensors", ["alice", "bob"])
+    files = [write_wav(tmp_path / f"{n}.wav", synth_audio("alice", HELD_OUT_SENTENCES[n])) for n in range(3)]
+    identify_file = spkidd.identify.identify_file
+
+    def interrupted_at_the_last(bundle: Any, path: Path, *args: Any) -> Any:
+        if path == files[-1]:
+            raise KeyboardInterrupt
+        return identify_file(bundle, path, *args)
+
+    monkeypatch.setattr(spkidd.identify, "identify_file", interrupted_at_the_last)
+    command = ["identify", str(model), *map(str, files), *(["--json"] if json_output else [])]
+    ran = CliRunner().invoke(app, command, env={"COLUMNS": "300"})
+
+    assert ran.exit_code == 130
+    assert "interrupted: 2 of 3 file(s) identified" in ran.stderr
+    if json_output:
+        assert [json.loads(line)["path"] for line in ran.stdout.splitlines()] == [str(f) for f in files[:2]]
+    else:
+        assert files[0].name in ran.stdout and files[1].name in ran.stdout and files[2].name not in ran.stdout
