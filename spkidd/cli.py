@@ -536,6 +536,7 @@ def _print_identified(results: list[FileResult]) -> None:
     from rich.table import Table
 
     from spkidd.events import as_percent
+    from spkidd.turns import clock
 
     out = Console()
     table = Table()
@@ -552,10 +553,10 @@ def _print_identified(results: list[FileResult]) -> None:
         if r.timeline:
             out.print(f"[bold]{escape(r.path)}[/bold] timeline:")
             for turn in r.timeline:
-                span = f"{turn['start']:7.1f}-{turn['end']:7.1f} s"
+                span = f"{clock(turn['start']):>9} - {clock(turn['end']):<9}"
                 out.print(f"  {span}  {escape(turn['speaker'])} ({as_percent(turn['confidence'])})")
-            spoke = ", ".join(f"{speaker} {seconds:.1f} s" for speaker, seconds in r.speakers.items())
-            out.print(f"  who spoke (seconds of speech): {escape(spoke)}")
+            spoke = ", ".join(f"{speaker} {clock(seconds, 0)}" for speaker, seconds in r.speakers.items())
+            out.print(f"  who spoke (m:ss of speech): {escape(spoke)}")
 
 
 @app.command()

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spkidd.events import UNKNOWN, as_percent
 from spkidd.identify import FileResult
 from spkidd.plots import pyplot
+from spkidd.turns import clock
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,20 @@ def picture_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def draw_timeline(result: FileResult, picture: Path) -> None:
+TICK_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800)
+"""Clock-round distances between the time axis's ticks (a second up to three hours)."""
+
+
+def tick_step(duration_s: float, most: int = 12) -> int:
+    """The shortest clock-round step that puts at most `most` ticks on the axis: matplotlib's own steps over an
+    hour's recording were 500 s, which read as 8:20, 16:40, ..."""
+    return next((step for step in TICK_STEPS_S if duration_s / step <= most), TICK_STEPS_S[-1])
+
+
+def timeline_figure(result: FileResult) -> Figure:
+    """A lane a voice, a bar a turn, the time axis read as a clock (m:ss, or h:mm:ss for an hour or more)."""
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
     plt = pyplot()
     lanes = timeline_lanes(result)
     width = min(20.0, max(8.0, result.duration_s / 15))
@@ -54,13 +72,27 @@ def draw_timeline(result: FileResult, picture: Path) -> None:
     for row, lane in enumerate(reversed(lanes)):
         colour = "lightgrey" if lane.speaker == UNKNOWN else colours((len(lanes) - 1 - row) % 10)
         ax.broken_barh(lane.turns, (row - 0.35, 0.7), facecolors=colour)
-    ax.set_yticks(range(len(lanes)), [f"{lane.speaker} ({lane.seconds:.1f} s)" for lane in reversed(lanes)])
+    ax.set_yticks(
+        range(len(lanes)), [f"{lane.speaker}: {clock(lane.seconds, 0)} of speech" for lane in reversed(lanes)]
+    )
     ax.set_xlim(0, max(result.duration_s, 1e-3))
     ax.set_ylim(-0.6, len(lanes) - 0.4)
-    ax.set_xlabel("seconds")
+    ax.xaxis.set_major_locator(MultipleLocator(tick_step(result.duration_s)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda seconds, _: clock(seconds, 0)))
+    ax.set_xlabel("time into the recording")
     ax.grid(True, axis="x", alpha=0.3)
-    answer = f"{result.speaker} ({as_percent(result.confidence)})"
-    ax.set_title(f"{Path(result.path).name}: who spoke when; the file as a whole: {answer}", fontsize=10)
+    ax.set_title(f"{Path(result.path).name}: who spoke when; {_answer(result)}", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _answer(result: FileResult) -> str:
+    """A conversation is named after the voice that spoke most, not heard as a whole: the title says which."""
+    answer = f"{result.speaker} ({as_percent(result.confidence)})"
+    return f"spoke most: {answer}" if result.by_timeline else f"the file as a whole: {answer}"
+
+
+def draw_timeline(result: FileResult, picture: Path) -> None:
+    fig = timeline_figure(result)
     fig.savefig(picture, dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)

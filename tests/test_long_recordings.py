@@ -169,3 +169,45 @@ def test_ctrl_c_keeps_the_answers_of_the_files_already_identified(
         assert [json.loads(line)["path"] for line in ran.stdout.splitlines()] == [str(f) for f in files[:2]]
     else:
         assert files[0].name in ran.stdout and files[1].name in ran.stdout and files[2].name not in ran.stdout
+
+
+def test_positions_in_a_long_recording_read_as_a_clock() -> None:
+    from spkidd.turns import clock
+
+    assert [clock(s) for s in (0.0, 3.6, 59.96, 3412.5, 3605.28)] == [
+        "0:00.0",
+        "0:03.6",
+        "1:00.0",
+        "56:52.5",
+        "1:00:05.3",
+    ]
+    assert [clock(s, 0) for s in (0.0, 600.0, 3600.0)] == ["0:00", "10:00", "1:00:00"]
+
+
+def test_the_timeline_of_an_hour_reads_as_a_clock_in_the_picture_and_the_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An hour's picture had its time axis at 0, 500, ..., 3500 s and its table at '3412.5- 3417.3 s'; and a
+    conversation's title said 'the file as a whole' of the voice that spoke most."""
+    from spkidd.cli import _print_identified
+    from spkidd.identify import FileResult, speech_per_speaker
+    from spkidd.timeline_picture import timeline_figure
+
+    turns = [
+        {"start": 12.0, "end": 15.5, "speaker": "alice", "confidence": 0.9},
+        {"start": 3412.5, "end": 3417.3, "speaker": "bob", "confidence": 0.8},
+    ]
+    result = FileResult("podcast.flac", "bob", 0.8, 0.5, {}, 3605.3, turns, speech_per_speaker(turns), by_timeline=True)
+
+    figure = timeline_figure(result)
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    ticks = [label.get_text() for label in axes.get_xticklabels() if 0 <= label.get_position()[0] <= 3605.3]
+    assert ticks == [f"{minute}:00" for minute in range(0, 60, 10)] + ["1:00:00"]
+    assert "spoke most: bob (80%)" in axes.get_title()
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["alice: 0:04 of speech", "bob: 0:05 of speech"]
+
+    _print_identified([result])
+    out = capsys.readouterr().out
+    assert "  56:52.5 - 56:57.3    bob (80%)" in out
+    assert "who spoke (m:ss of speech): bob 0:05, alice 0:04" in out
