@@ -30,10 +30,17 @@ class Row:
     speaker: str
     start: float = 0.0
     end: float | None = None
+    line: str = ""
+    """Where a manifest lists the row (`manifest.csv:12`); empty for a row found in a folder."""
 
     @property
     def key(self) -> str:
         return f"{self.path}|{self.start}|{self.end}"
+
+    def said(self, reason: str) -> str:
+        """A reason the row was skipped, after its manifest line: a manifest that cuts long recordings into pieces
+        has hundreds of rows of one file, and `podcast.mp3: no audio samples` did not say which."""
+        return f"{self.line}: {reason}" if self.line else reason
 
 
 def _parse_time(value: str, column: str, where: str) -> float | None:
@@ -79,7 +86,7 @@ def read_manifest(csv_path: Path) -> list[Row]:
             end = _parse_time(record.get("end", ""), "end", where)
             if end is not None and end <= start:
                 raise DataError(f"{where}: end {end} is not after start {start}")
-            rows.append(Row(path=path, speaker=record["speaker"].strip(), start=start, end=end))
+            rows.append(Row(path=path, speaker=record["speaker"].strip(), start=start, end=end, line=where))
     if not rows:
         raise DataError(f"{csv_path}: the manifest lists no audio")
     return rows

@@ -70,7 +70,7 @@ def score_rows(
         if item.audio is None:
             result.skipped.append(item.reason)
         elif not _score_item(bundle, extractor, item.audio, index[item.row.speaker], result):
-            result.skipped.append(f"{item.row.path}: too short to score")
+            result.skipped.append(item.row.said(f"{item.row.path}: too short to score"))
         if on_scored:
             on_scored(1)
     return result
@@ -92,7 +92,7 @@ def decoded_in_turn(
     recordings, not all (a batch still referenced while the next was decoded held twice as many)."""
     for start in range(0, len(rows), DECODED_AT_ONCE):
         batch = prepare(rows[start : start + DECODED_AT_ONCE], cache, on_progress=on_progress)
-        yield from (Decoded(row, None, reason) for row, reason in batch.skipped)
+        yield from (Decoded(row, None, row.said(reason)) for row, reason in batch.skipped)
         while batch.rows:
             yield Decoded(batch.rows.pop(0), batch.audio.pop(0))
 
@@ -327,7 +327,7 @@ def score_items(
             continue
         scored, _ = score_long(bundle, item.audio, chunk_s, extractor)
         if scored is None:
-            skipped.append(f"{item.row.path}: too short to score")
+            skipped.append(item.row.said(f"{item.row.path}: too short to score"))
         else:
             items.append((item.row.speaker, scored))
     return items, skipped

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from spkidd import SAMPLE_RATE, evaluation
 from spkidd.audio.base import CHUNK_SAMPLES
@@ -211,3 +212,48 @@ def test_the_timeline_of_an_hour_reads_as_a_clock_in_the_picture_and_the_table(
     out = capsys.readouterr().out
     assert "  56:52.5 - 56:57.3    bob (80%)" in out
     assert "who spoke (m:ss of speech): bob 0:05, alice 0:04" in out
+
+
+def _manifest_into_a_recording(folder: Path) -> Path:
+    """Pieces of one recording, the second starting past its end, and a 0-byte file."""
+    recording = write_wav(folder / "podcast.wav", np.concatenate([synth_audio("alice", HELD_OUT_SENTENCES[0])] * 2))
+    (folder / "empty.wav").write_bytes(b"")
+    manifest = folder / "pieces.csv"
+    past = len(sf.read(recording)[0]) / SAMPLE_RATE + 5
+    lines = ["path,speaker,start,end", "podcast.wav,alice,0,2", f"podcast.wav,alice,{past:.1f},{past + 2:.1f}"]
+    manifest.write_text("\n".join([*lines, "empty.wav,alice,,"]) + "\n")
+    return manifest
+
+
+def test_a_skipped_piece_of_a_long_recording_is_said_with_its_manifest_line(tmp_path: Path) -> None:
+    """'podcast.wav: start ... is past the end' did not say which of a manifest's hundreds of rows into the
+    recording it was."""
+    from spkidd.dataset import read_manifest
+
+    manifest = _manifest_into_a_recording(tmp_path)
+
+    scoring = evaluation.score_rows(random_bundle(["alice", "bob"]), read_manifest(manifest), AudioCache(None))
+
+    assert len(scoring.scored) == 1
+    assert [reason.split(": ")[:2] for reason in scoring.skipped] == [
+        [f"{manifest}:3", str(tmp_path / "podcast.wav")],
+        [f"{manifest}:4", str(tmp_path / "empty.wav")],
+    ]
+    assert "past the end" in scoring.skipped[0]
+
+
+def test_training_says_a_skipped_piece_with_its_manifest_line(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from spkidd.dataset import read_manifest
+    from train.run import decode_rows
+
+    manifest = _manifest_into_a_recording(tmp_path)
+    console = Console(record=True, width=300)
+
+    prepared = decode_rows(read_manifest(manifest), AudioCache(None), console, "training audio")
+
+    assert len(prepared.rows) == 1
+    said = console.export_text()
+    assert f"{manifest}:3: {tmp_path / 'podcast.wav'}: start" in said
+    assert f"{manifest}:4: {tmp_path / 'empty.wav'}:" in said
