@@ -35,12 +35,15 @@ _STAMP = "%Y%m%dT%H%M%S.%f"
 @dataclass(frozen=True)
 class UnknownClipSettings:
     """`folder`: where clips go; unset = off. `max_clips` / `max_mb`: bounds of the folder, oldest out first.
-    `min_speech_s`: shorter utterances are not worth enrolling from and are not kept."""
+    `min_speech_s`: shorter utterances are not worth enrolling from and are not kept. `min_interval_s`: no clip is
+    kept this soon (wall clock) after the newest one, so hours of a TV's stranger voices (530 clips an hour) do
+    not push a new household member's clips out of the folder within minutes, nor write 90 MB an hour."""
 
     folder: Path | None = None
     max_clips: int = 200
     max_mb: float = 100.0
     min_speech_s: float = 1.0
+    min_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_clips < 1:
@@ -49,6 +52,8 @@ class UnknownClipSettings:
             raise ValueError(f"unknown_clips.max_mb must be positive, not {self.max_mb}")
         if self.min_speech_s < 0:
             raise ValueError(f"unknown_clips.min_speech_s must not be negative, not {self.min_speech_s}")
+        if self.min_interval_s < 0:
+            raise ValueError(f"unknown_clips.min_interval_s must not be negative, not {self.min_interval_s}")
 
     @property
     def enabled(self) -> bool:
@@ -66,20 +71,37 @@ def clip_time(folder: Path) -> datetime:
     correcting a clock that ran ahead, a board without a battery-backed clock): names must keep sorting in the
     order the clips were written, or the trim takes every new clip for the oldest and deletes it at once."""
     now = datetime.now(UTC)
+    newest = newest_clip_time(folder)
+    return now if newest is None else max(now, newest + timedelta(milliseconds=1))
+
+
+def newest_clip_time(folder: Path) -> datetime | None:
+    """When the newest kept clip was written, by its name; None without one."""
     clips = kept_clips(folder)
     try:
-        newest = datetime.strptime(clips[-1].name[: len("YYYYmmddTHHMMSS.fff")], _STAMP).replace(tzinfo=UTC)
+        return datetime.strptime(clips[-1].name[: len("YYYYmmddTHHMMSS.fff")], _STAMP).replace(tzinfo=UTC)
     except (IndexError, ValueError):  # no clip yet, or a name of the pattern that is no date (not ours)
-        return now
-    return max(now, newest + timedelta(milliseconds=1))
+        return None
+
+
+def too_soon(settings: UnknownClipSettings) -> bool:
+    """Whether the newest clip was kept less than `min_interval_s` ago. A newest clip stamped in the future (the
+    clock was set back since) does not count: it would hold every new clip back until the clock caught up."""
+    if settings.folder is None or settings.min_interval_s <= 0:
+        return False
+    newest = newest_clip_time(settings.folder)
+    if newest is None:
+        return False
+    elapsed = (datetime.now(UTC) - newest).total_seconds()
+    return 0 <= elapsed < settings.min_interval_s
 
 
 def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: Identification) -> Path | None:
     """Writes the sidecar, then the clip (16-kHz int16 samples), each atomically, so a reader never sees half a file
     or a clip without its decision; then trims the folder. Returns the WAV's path, or None when the utterance is too
-    short to keep. A disk without room is one OSError, and nothing of the clip is left. Blocking: call it off the
-    event loop."""
-    if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
+    short to keep or comes too soon after the last clip kept. A disk without room is one OSError, and nothing of the
+    clip is left. Blocking: call it off the event loop."""
+    if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0 or too_soon(settings):
         return None
     _private_folder(settings.folder)
     wav = settings.folder / f"{clip_stem(event, settings.folder)}.wav"
