@@ -536,7 +536,7 @@ def _print_identified(results: list[FileResult]) -> None:
     from rich.table import Table
 
     from spkidd.events import as_percent
-    from spkidd.turns import clock
+    from spkidd.turns import amount_of_speech, clock
 
     out = Console()
     table = Table()
@@ -555,8 +555,8 @@ def _print_identified(results: list[FileResult]) -> None:
             for turn in r.timeline:
                 span = f"{clock(turn['start']):>9} - {clock(turn['end']):<9}"
                 out.print(f"  {span}  {escape(turn['speaker'])} ({as_percent(turn['confidence'])})")
-            spoke = ", ".join(f"{speaker} {clock(seconds, 0)}" for speaker, seconds in r.speakers.items())
-            out.print(f"  who spoke (m:ss of speech): {escape(spoke)}")
+            spoke = ", ".join(f"{speaker} {amount_of_speech(seconds)}" for speaker, seconds in r.speakers.items())
+            out.print(f"  who spoke: {escape(spoke)}")
 
 
 @app.command()

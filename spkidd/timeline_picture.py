@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from spkidd.events import UNKNOWN, as_percent
 from spkidd.identify import FileResult
 from spkidd.plots import pyplot
-from spkidd.turns import clock
+from spkidd.turns import amount_of_speech, clock
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -73,7 +73,7 @@ def timeline_figure(result: FileResult) -> Figure:
         colour = "lightgrey" if lane.speaker == UNKNOWN else colours((len(lanes) - 1 - row) % 10)
         ax.broken_barh(lane.turns, (row - 0.35, 0.7), facecolors=colour)
     ax.set_yticks(
-        range(len(lanes)), [f"{lane.speaker}: {clock(lane.seconds, 0)} of speech" for lane in reversed(lanes)]
+        range(len(lanes)), [f"{lane.speaker}: {amount_of_speech(lane.seconds)} of speech" for lane in reversed(lanes)]
     )
     ax.set_xlim(0, max(result.duration_s, 1e-3))
     ax.set_ylim(-0.6, len(lanes) - 0.4)
@@ -87,9 +87,11 @@ def timeline_figure(result: FileResult) -> Figure:
 
 
 def _answer(result: FileResult) -> str:
-    """A conversation is named after the voice that spoke most, not heard as a whole: the title says which."""
-    answer = f"{result.speaker} ({as_percent(result.confidence)})"
-    return f"spoke most: {answer}" if result.by_timeline else f"the file as a whole: {answer}"
+    """A conversation is named after the voice that spoke most, not heard as a whole: the title says which, with
+    that voice's share of the speech (its confidence beside it read as a share: "alice (100%)" of a third)."""
+    if result.by_timeline:
+        return f"spoke most: {result.speaker} ({as_percent(result.top_k.get(result.speaker, 0.0))} of the speech)"
+    return f"the file as a whole: {result.speaker} ({as_percent(result.confidence)})"
 
 
 def draw_timeline(result: FileResult, picture: Path) -> None:

@@ -122,3 +122,12 @@ def clock(seconds: float, decimals: int = 1) -> str:
     minutes, secs = divmod(rest, 60)
     text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
     return f"{text}.{fraction:0{decimals}d}" if decimals else text
+
+
+def amount_of_speech(seconds: float) -> str:
+    """How long a voice spoke, with its unit: "3.5 s" of a short file (a clock's 0:04 hid the tenths), "12 min 5 s"
+    or "1 h 2 min" of a long one."""
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"

@@ -173,7 +173,7 @@ def test_ctrl_c_keeps_the_answers_of_the_files_already_identified(
 
 
 def test_positions_in_a_long_recording_read_as_a_clock() -> None:
-    from spkidd.turns import clock
+    from spkidd.turns import amount_of_speech, clock
 
     assert [clock(s) for s in (0.0, 3.6, 59.96, 3412.5, 3605.28)] == [
         "0:00.0",
@@ -183,6 +183,7 @@ def test_positions_in_a_long_recording_read_as_a_clock() -> None:
         "1:00:05.3",
     ]
     assert [clock(s, 0) for s in (0.0, 600.0, 3600.0)] == ["0:00", "10:00", "1:00:00"]
+    assert [amount_of_speech(s) for s in (3.46, 59.9, 725.2, 3725.0)] == ["3.5 s", "59.9 s", "12 min 5 s", "1 h 2 min"]
 
 
 def test_the_timeline_of_an_hour_reads_as_a_clock_in_the_picture_and_the_table(
@@ -198,20 +199,23 @@ def test_the_timeline_of_an_hour_reads_as_a_clock_in_the_picture_and_the_table(
         {"start": 12.0, "end": 15.5, "speaker": "alice", "confidence": 0.9},
         {"start": 3412.5, "end": 3417.3, "speaker": "bob", "confidence": 0.8},
     ]
-    result = FileResult("podcast.flac", "bob", 0.8, 0.5, {}, 3605.3, turns, speech_per_speaker(turns), by_timeline=True)
+    shares = {"bob": 0.5783, "alice": 0.4217}
+    result = FileResult(
+        "podcast.flac", "bob", 0.8, 0.5, shares, 3605.3, turns, speech_per_speaker(turns), by_timeline=True
+    )
 
     figure = timeline_figure(result)
     figure.canvas.draw()
     axes = figure.axes[0]
     ticks = [label.get_text() for label in axes.get_xticklabels() if 0 <= label.get_position()[0] <= 3605.3]
     assert ticks == [f"{minute}:00" for minute in range(0, 60, 10)] + ["1:00:00"]
-    assert "spoke most: bob (80%)" in axes.get_title()
-    assert [label.get_text() for label in axes.get_yticklabels()] == ["alice: 0:04 of speech", "bob: 0:05 of speech"]
+    assert "spoke most: bob (57% of the speech)" in axes.get_title()
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["alice: 3.5 s of speech", "bob: 4.8 s of speech"]
 
     _print_identified([result])
     out = capsys.readouterr().out
     assert "  56:52.5 - 56:57.3    bob (80%)" in out
-    assert "who spoke (m:ss of speech): bob 0:05, alice 0:04" in out
+    assert "who spoke: bob 4.8 s, alice 3.5 s" in out
 
 
 def _manifest_into_a_recording(folder: Path) -> Path:
