@@ -1,5 +1,6 @@
 """A truncated WAV/FLAC/OGG is reported as damaged, with where its audio stops: identify warns and answers from
-what is there, enroll refuses it, and training skips it (tests/test_train_robustness.py)."""
+what is there, enroll refuses it, and training skips it (tests/test_train_robustness.py). A range past the end of
+an intact recording is refused as a wrong manifest row."""
 
 from __future__ import annotations
 
@@ -44,6 +45,21 @@ def test_truncated_file_is_damaged_and_says_where_it_stops(tmp_path: Path, exten
 def test_a_range_inside_the_intact_part_of_a_truncated_wav_loads(tmp_path: Path) -> None:
     _, truncated = whole_and_truncated(tmp_path, "wav", "PCM_16")
     assert len(load_audio(truncated, 0.5, 1.0)) == 8000
+
+
+@pytest.mark.parametrize("extension", ["flac", "mp3"])
+def test_a_range_past_the_end_is_refused_saying_where_the_recording_ends(tmp_path: Path, extension: str) -> None:
+    """A manifest row 595-640 s of a 600-s recording was scored as its last 5 s without a word."""
+    whole, _ = whole_and_truncated(tmp_path, "wav", "PCM_16")
+    path = tmp_path / f"clip.{extension}"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(whole), str(path)], check=True)
+    seconds = len(load_audio(path)) / 16000
+    with pytest.raises(AudioDecodeError, match=rf"end {seconds + 5:.3f} s is past the end \({seconds:.2f}\d s\)"):
+        load_audio(path, 1.0, seconds + 5)
+    for end in (None, seconds + 3):
+        with pytest.raises(AudioDecodeError, match=rf"start {seconds + 1:.3f} s is past the end"):
+            load_audio(path, seconds + 1, end)
+    assert len(load_audio(path, 1.0, seconds + 0.05)) == pytest.approx((seconds - 1.0) * 16000, abs=160)
 
 
 def test_a_wav_written_to_a_pipe_is_not_damaged(tmp_path: Path) -> None:

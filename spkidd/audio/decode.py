@@ -146,8 +146,23 @@ def load_audio(path: Path | str, start: float = 0.0, end: float | None = None) -
         audio = _read_soundfile(path, start, end)
     except (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg):
         audio = _read_ffmpeg(path, start, end)
+    _check_range(path, audio, start, end)
     if audio.size == 0:
         raise AudioDecodeError(f"{path}: no audio samples")
     if not np.all(np.isfinite(audio)):
         raise AudioDecodeError(f"{path}: audio holds NaN or infinite samples")
     return audio
+
+
+_RANGE_SLACK_S = 0.1
+"""How far a range may end past the recording: a manifest's end rounded up, not a wrong one."""
+
+
+def _check_range(path: Path, audio: np.ndarray, start: float, end: float | None) -> None:
+    """A range that ends well past the recording is a wrong manifest row (another file, milliseconds for seconds): a
+    row 595-640 s of a 600-s file was scored as its 5 s without a word."""
+    if start > 0 and audio.size == 0:
+        raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end")
+    heard_to = start + len(audio) / SAMPLE_RATE
+    if end is not None and end - heard_to > _RANGE_SLACK_S:
+        raise AudioDecodeError(f"{path}: end {end:.3f} s is past the end ({heard_to:.3f} s)")
