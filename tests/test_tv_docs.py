@@ -1,6 +1,7 @@
-"""docs/mqtt-and-home-assistant.md's section on a TV in the room taken at its word: its automation is the tested one
+"""docs/mqtt-and-home-assistant.md's section on a TV in the room taken at its word: its automations are the tested one
 (tests/test_home_assistant.py runs it in a real Home Assistant) with one more condition, the TV's media player, and
-the unknown-clips setting it names is one config.toml accepts."""
+one on `unknown` events that pauses after each run; the unknown-clips setting it names is one config.toml accepts.
+(Home Assistant 2024.1.6's `hass --script check_config` accepted both automations.)"""
 
 from __future__ import annotations
 
@@ -17,27 +18,41 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "mqtt-and-home-assistant.m
 TV = "## A TV or radio in the room"
 
 
-def _automation(heading: str) -> dict[str, Any]:
-    """The one automation of the first YAML block after `heading` (indented as a list item's block may be)."""
+def _automations(heading: str) -> list[dict[str, Any]]:
+    """The automation of each YAML block after `heading` (indented as a list item's block may be), in order."""
     text = DOCS.read_text()
-    block = re.search(r"^( *)```yaml\n(.*?)^ *```", text[text.index(heading) :], re.DOTALL | re.MULTILINE)
-    assert block is not None, f"{DOCS}: no YAML block after {heading!r}"
-    indent = len(block.group(1))
-    automations = yaml.safe_load("".join(line[indent:] for line in block.group(2).splitlines(keepends=True)))
-    assert isinstance(automations, list) and len(automations) == 1
-    automation = automations[0]
-    assert isinstance(automation, dict)
-    return automation
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^ *```", text[text.index(heading) :], re.DOTALL | re.MULTILINE)
+    found = []
+    for indent, block in blocks:
+        automations = yaml.safe_load("".join(line[len(indent) :] for line in block.splitlines(keepends=True)))
+        assert isinstance(automations, list) and len(automations) == 1 and isinstance(automations[0], dict)
+        found.append(automations[0])
+    return found
+
+
+def _tv_off(condition: dict[str, Any]) -> bool:
+    return (
+        condition["condition"] == "state"
+        and condition["entity_id"].startswith("media_player.")
+        and "off" in condition["state"]
+    )
 
 
 def test_the_tv_automation_is_the_tested_one_with_the_tv_off_as_a_condition() -> None:
-    tested = _automation("### An automation that runs once per utterance")
-    tv = _automation(TV)
+    tested = _automations("### An automation that runs once per utterance")[0]
+    tv = _automations(TV)[0]
     assert (tv["trigger"], tv["action"]) == (tested["trigger"], tested["action"])
     *same, tv_off = tv["condition"]
-    assert same == tested["condition"]
-    assert tv_off["condition"] == "state" and tv_off["entity_id"].startswith("media_player.")
-    assert "off" in tv_off["state"]
+    assert same == tested["condition"] and _tv_off(tv_off)
+
+
+def test_the_automation_on_unknown_runs_at_most_once_per_pause_and_not_while_the_tv_plays() -> None:
+    tested = _automations("### An automation that runs once per utterance")[0]
+    _, on_unknown = _automations(TV)
+    assert on_unknown["trigger"] == [{**tested["trigger"][0], "payload": "unknown"}]
+    assert [_tv_off(c) for c in on_unknown["condition"]] == [True]
+    assert (on_unknown["mode"], on_unknown["max_exceeded"]) == ("single", "silent")
+    assert on_unknown["action"][-1] == {"delay": "00:10:00"}
 
 
 def test_the_clip_interval_the_section_names_is_a_setting_of_config_toml() -> None:
