@@ -1,0 +1,49 @@
+"""The decoded-audio cache: rows cut from one long recording hash it once, and a recording changed on disk is
+decoded again, never answered from the cache of its old content."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import spkidd.audio_cache as audio_cache
+from spkidd.audio_cache import AudioCache, prepare
+from spkidd.dataset import Row
+
+
+def tones(path: Path, frequency: float, seconds: float = 30.0) -> None:
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(path, 0.3 * np.sin(2 * np.pi * frequency * t), 16000, subtype="PCM_16")
+
+
+def dominant(audio: np.ndarray) -> float:
+    return float(np.argmax(np.abs(np.fft.rfft(audio))) * 16000 / len(audio))
+
+
+def test_rows_of_one_recording_hash_it_once_and_a_changed_recording_is_decoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[Path] = []
+    real_hash = audio_cache._content_hash
+    monkeypatch.setattr(audio_cache, "_content_hash", lambda path: hashed.append(path) or real_hash(path))
+    recording = tmp_path / "long.wav"
+    tones(recording, 440.0)
+    rows = [Row(recording, "alice", float(start), float(start + 2)) for start in range(0, 28, 2)]
+    cache = AudioCache(tmp_path / "cache")
+
+    assert len(prepare(rows, cache).audio) == len(rows)
+    assert set(hashed) == {recording} and len(hashed) <= 2  # two decoding threads may both meet it first
+    hashed.clear()
+    assert len(prepare(rows, cache).audio) == len(rows)
+    assert hashed == []
+
+    tones(recording, 880.0)
+    stamp = recording.stat().st_mtime_ns + 1_000_000
+    os.utime(recording, ns=(stamp, stamp))
+    again = prepare(rows, cache)
+    assert len(hashed) >= 1
+    assert dominant(again.audio[0]) == pytest.approx(880.0, abs=5.0)
