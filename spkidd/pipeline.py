@@ -348,7 +348,7 @@ class StreamPipeline:
             log.warning("%s: could not keep the unknown utterance %s: %s", self.source.name, ident.utterance_id, exc)
             return
         if path is not None:
-            log.info("%s: kept the unknown utterance as %s", self.source.name, path)
+            log.debug("%s: kept the unknown utterance as %s", self.source.name, path)
 
     def _emit(self, emit: Emit, event: PipelineEvent) -> None:
         if isinstance(event, Identification):

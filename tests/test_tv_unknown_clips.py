@@ -115,4 +115,4 @@ async def test_the_daemon_keeps_one_clip_of_a_tv_programme_and_still_publishes_e
                 await asyncio.to_thread(daemon.wait, 60)
     assert len(_unknown_events(collector)) == 4
     assert len(kept_clips(clips)) == 1, os.listdir(clips)
-    assert daemon.text().count("kept the unknown utterance") == 1
+    assert "kept the unknown utterance" not in daemon.text()  # DEBUG: with a TV on, that line was 94% of the log
