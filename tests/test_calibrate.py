@@ -3,7 +3,13 @@ import pytest
 
 from spkidd.decide import DecisionSettings, StepScores
 from spkidd.evaluation import equal_error_rate, rates
-from train.calibrate import calibrate_min_speech, calibrate_threshold, rate_upper_bound, wrong_first_rate
+from train.calibrate import (
+    calibrate_min_speech,
+    calibrate_threshold,
+    rate_upper_bound,
+    strangers_note,
+    wrong_first_rate,
+)
 
 
 def test_threshold_meets_the_target_false_accept_rate() -> None:
@@ -83,3 +89,12 @@ def test_when_no_wait_is_enough_the_closest_is_taken() -> None:
     settings = DecisionSettings(min_score=0.5, stable_steps=1)
     utterances = [_utterance(5.0, 0, 1, n_speakers=2)]
     assert calibrate_min_speech(settings, labels, 30.0, utterances, [0]) == (0.3, 1.0)
+
+
+def test_a_threshold_calibrated_below_the_default_warns_about_strangers() -> None:
+    """Six voices far apart calibrated to 0.29 named a TV's strangers as one of them in 43% of its utterances."""
+    note = strangers_note(0.29, 6)
+    assert note is not None
+    assert "(0.290) is below the default (0.500)" in note and "these 6 voices" in note
+    assert "set [decision] min_score = 0.5" in note
+    assert strangers_note(0.5, 6) is None and strangers_note(0.51, 200) is None

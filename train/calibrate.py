@@ -43,6 +43,23 @@ def calibrate_threshold(
     return threshold, far, frr
 
 
+def strangers_note(threshold: float, speakers: int) -> str | None:
+    """What a threshold calibrated below the default means for strangers, or None. It was set by how the training's
+    own voices score against each other, and strangers can come closer to one of them: a TV of 72 LibriSpeech voices
+    against FSDD's six speakers (calibrated to 0.29 on their digits) was named as one of them in 43% of its utterances
+    (helper-24's walk-through, docs/mqtt-and-home-assistant.md), where six LibriSpeech voices at the default 0.5 were
+    in 3.5%. Whether strangers or `unknown` answers for the household matter more is the household's choice."""
+    if threshold >= DEFAULT_THRESHOLD:
+        return None
+    return (
+        f"the unknown-speaker threshold ({threshold:.3f}) is below the default ({DEFAULT_THRESHOLD:.3f}): it was "
+        f"calibrated on how these {speakers} voices score against each other, and a stranger (a TV, a visitor) can "
+        "come closer to one of them; six voices calibrated to 0.29 named 43% of a TV's utterances as one of them. "
+        f"Where that matters more than an `unknown` for the household, set [decision] min_score = {DEFAULT_THRESHOLD} "
+        "in config.toml (docs/mqtt-and-home-assistant.md: A TV or radio in the room)."
+    )
+
+
 def calibration_record(
     target_far: float, far: float | None, frr: float | None, impostors: str, impostor_scores: int
 ) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from spkidd.enrollment import check_name
 from spkidd.modelfile import ModelBundle, check_writable
 from spkidd.progress import progress_bar
 from spkidd.terminal import error, warning
-from train.calibrate import DEFAULT_THRESHOLD, too_few_impostors
+from train.calibrate import DEFAULT_THRESHOLD, strangers_note, too_few_impostors
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.head_parallel import WorkerFailed
@@ -384,6 +384,8 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
             f"default ({DEFAULT_THRESHOLD:.3f}): a stranger may be named, or a voice of the household answered "
             "`unknown`, more often. More or longer recordings per speaker give more scores to calibrate it on.",
         )
+    elif (note := strangers_note(bundle.decision["min_score"], len(bundle.labels))) is not None:
+        warning(console, note)
 
 
 def _accuracy_row(training: dict[str, Any]) -> tuple[str, str]:
