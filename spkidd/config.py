@@ -386,11 +386,21 @@ def _read_password_file(path: Path, file: Path) -> str:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        raise ConfigError(f"{file}: [mqtt] password_file: user {user} cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"{file}: [mqtt] password_file: user {_user_name()} cannot read {path}: {exc.strerror}"
+        ) from exc
     if not lines or not lines[0].strip():
         raise ConfigError(f"{file}: [mqtt] password_file: the first line of {path} is empty")
     return lines[0].strip()
+
+
+def _user_name() -> str:
+    """Who spkidd runs as; a container's user may have no name (no line in /etc/passwd)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"with uid {uid}"
 
 
 def _check_broker_tls(tls: TlsConfig, file: Path) -> None:

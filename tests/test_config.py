@@ -247,6 +247,18 @@ def test_password_file_is_its_first_line_and_a_bad_one_is_refused_in_words(tmp_p
     )
 
 
+def test_a_user_without_a_name_is_told_by_its_uid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container's user may have no line in /etc/passwd: getpwuid's KeyError was a traceback, not the refusal."""
+
+    def nameless(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", nameless)
+    body = MINIMAL + '[mqtt]\nusername = "u"\npassword_file = "missing.pass"\n'
+    with pytest.raises(ConfigError, match=rf"password_file: user with uid {os.geteuid()} cannot read .*missing.pass"):
+        load_config(write(tmp_path, body))
+
+
 def test_broker_tls_files_that_cannot_be_used_stop_the_start(tmp_path: Path) -> None:
     """A missing or wrong CA, certificate or key is a config error naming the file, not a reconnect loop logging
     "[Errno 2] No such file or directory" every 30 s."""
