@@ -116,8 +116,7 @@ def _merged(turns: list[Turn]) -> list[Turn]:
 def clock(seconds: float, decimals: int = 1) -> str:
     """A position in a recording as a clock reads it, m:ss or h:mm:ss (with `decimals` of a second): 3412.5 s of an
     hour's podcast is 56:52.5, which a person finds in a player, where "3412.5 s" has to be worked out."""
-    tenths = round(seconds * 10**decimals)
-    whole, fraction = divmod(tenths, 10**decimals)
+    whole, fraction = divmod(round(seconds * 10**decimals), 10**decimals)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     text = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
