@@ -7,6 +7,7 @@ from train.calibrate import (
     calibrate_min_speech,
     calibrate_threshold,
     rate_upper_bound,
+    small_household_threshold,
     strangers_note,
     wrong_first_rate,
 )
@@ -96,5 +97,40 @@ def test_a_threshold_calibrated_below_the_default_warns_about_strangers() -> Non
     note = strangers_note(0.29, 6)
     assert note is not None
     assert "(0.290) is below the default (0.500)" in note and "these 6 voices" in note
+    assert "and against speed-changed copies of themselves" in note, "what a small household is calibrated on"
     assert "set [decision] min_score = 0.5" in note
+    assert "speed-changed" not in (strangers_note(0.4, 40) or ""), "a larger household is calibrated on its voices"
     assert strangers_note(0.5, 6) is None and strangers_note(0.51, 200) is None
+
+
+GENUINE = np.linspace(0.3, 0.9, 100)
+OTHERS = np.linspace(-0.2, 0.1, 100)
+"""A household whose voices are far apart: alone, the other voices put the threshold near 0.1."""
+
+
+def test_a_small_household_takes_the_speed_changed_voices_when_they_ask_for_more() -> None:
+    """Four FSDD voices calibrated to 0.14-0.33 on each other named 27% of two other voices' clips; the stricter of
+    both, 14%."""
+    changed = np.linspace(0.0, 0.3, 100)
+    threshold, far, frr, by_changed = small_household_threshold(GENUINE, OTHERS, changed, 0.05)
+    boundary = float(changed[-6])
+    assert by_changed and threshold == pytest.approx((boundary + GENUINE[boundary < GENUINE].min()) / 2)
+    assert (far, frr) == rates(GENUINE, changed, threshold), "the rates on the impostors that set it"
+    assert threshold > calibrate_threshold(GENUINE, OTHERS, 0.05)[0]
+
+
+def test_speed_changed_voices_raise_the_threshold_to_the_default_at_most() -> None:
+    """Synthetic voices that differ in pitch become each other at another speed (a 0.84 threshold)."""
+    alike = np.linspace(0.5, 0.85, 100)
+    threshold, far, frr, by_changed = small_household_threshold(GENUINE, OTHERS, alike, 0.05)
+    assert by_changed and threshold == 0.5 and (far, frr) == rates(GENUINE, alike, 0.5)
+
+
+def test_the_other_voices_keep_the_threshold_when_they_ask_for_more() -> None:
+    changed = np.linspace(-0.5, -0.2, 100)
+    calibrated = calibrate_threshold(GENUINE, OTHERS, 0.05)
+    assert small_household_threshold(GENUINE, OTHERS, changed, 0.05) == (*calibrated, False)
+    assert small_household_threshold(GENUINE, OTHERS, np.zeros(0), 0.05) == (*calibrated, False)
+    high = np.linspace(0.4, 0.7, 100)
+    above = calibrate_threshold(GENUINE, high, 0.05)
+    assert above[0] > 0.5 and small_household_threshold(GENUINE, high, np.full(100, 0.6), 0.05) == (*above, False)

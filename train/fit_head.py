@@ -34,7 +34,13 @@ from spkidd.features import FeatureParams
 from spkidd.inference import step_scores
 from spkidd.modelfile import ModelBundle
 from train.augment import Augmenter, AugmentSettings
-from train.calibrate import calibrate_min_speech, calibrate_threshold, calibration_record
+from train.calibrate import (
+    SMALL_HOUSEHOLD,
+    calibrate_min_speech,
+    calibrate_threshold,
+    calibration_record,
+    small_household_threshold,
+)
 from train.distributed import Ranks
 from train.encoder_weights import load_weights
 from train.ensemble import merged_heads
@@ -72,7 +78,8 @@ IMPOSTORS = "held-out speech of the other speakers"
 """The frozen encoder has not learnt to push the household's voices apart, so their held-out speech is an honest
 stand-in for strangers: on P2 it calibrated to 0.531 where speed-changed voices gave 0.546. Speed-changed copies of
 synthetic voices that differ mainly in pitch sound like each other to it (a 0.84 threshold that rejected half of a
-household's own held-out sentences), so they are only the fallback when there is no held-out speech."""
+household's own held-out sentences), so they only stand in for strangers without held-out speech, and in a small
+household (train.calibrate.SMALL_HOUSEHOLD) where they ask for more than the other voices, up to the default."""
 
 
 UNHEARD = -1
@@ -467,11 +474,7 @@ class HeadTrainer(TrainerBase):
         impostors, and how much speech the decider waits for before a first name."""
         s = self.split
         held_out = self._window_scores(model, s.val_audio, s.val_labels, settings.window_s)
-        impostor, impostors = held_out.impostor, IMPOSTORS
-        if impostor.size == 0:
-            impostor = self._window_scores(model, *pseudo_strangers(s), settings.window_s).impostor
-            impostors = STRANGERS
-        threshold, far, frr = calibrate_threshold(held_out.genuine, impostor, settings.target_far)
+        threshold, far, frr, impostors, impostor_scores = self._threshold(model, settings, held_out)
         decision = {"min_score": threshold}
         wrong_first: float | None = None
         if s.val_audio:
@@ -482,9 +485,27 @@ class HeadTrainer(TrainerBase):
                 step_scores(model, self.extractor, s.val_audio),
                 s.val_labels,
             )
-        calibration = calibration_record(settings.target_far, far, frr, impostors, int(impostor.size))
+        calibration = calibration_record(settings.target_far, far, frr, impostors, impostor_scores)
         calibration["val_wrong_first"] = wrong_first
         return Calibrated(decision, calibration, held_out.accuracy)
+
+    def _threshold(
+        self, model: EncoderSpeakerModel, settings: TrainSettings, held_out: WindowScores
+    ) -> tuple[float, float | None, float | None, str, int]:
+        """The unknown threshold, its rates, what stood in for strangers and how many scores of theirs: the other
+        voices' held-out speech; in a small household (SMALL_HOUSEHOLD) the stricter of that and speed-changed
+        voices; the speed-changed voices alone when nothing of another voice is held out."""
+        others = held_out.impostor
+        if others.size and len(self.labels) >= SMALL_HOUSEHOLD:
+            return *calibrate_threshold(held_out.genuine, others, settings.target_far), IMPOSTORS, int(others.size)
+        changed = self._window_scores(model, *pseudo_strangers(self.split), settings.window_s).impostor
+        if not others.size:
+            return *calibrate_threshold(held_out.genuine, changed, settings.target_far), STRANGERS, int(changed.size)
+        threshold, far, frr, by_changed = small_household_threshold(
+            held_out.genuine, others, changed, settings.target_far
+        )
+        chosen = (STRANGERS, changed) if by_changed else (IMPOSTORS, others)
+        return threshold, far, frr, chosen[0], int(chosen[1].size)
 
     def _finish_bundle(
         self, model: EncoderSpeakerModel, settings: TrainSettings, run: RunState, wall_s: float
