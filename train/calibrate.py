@@ -69,25 +69,23 @@ def small_household_threshold(
     return raised, *rates(genuine, speed_changed, raised), True
 
 
-def strangers_note(threshold: float, speakers: int) -> str | None:
-    """What a threshold calibrated below the default means for strangers, or None. It was set by how the training's
-    own voices score against each other (in a small household, and against speed-changed copies of themselves), and
-    strangers can come closer to one of them: a TV of 72 LibriSpeech voices against FSDD's six speakers calibrated to
-    0.29 on each other's digits was named as one of them in 43% of its utterances (helper-24's walk-through,
-    docs/mqtt-and-home-assistant.md), where six LibriSpeech voices at the default 0.5 were in 3.5%. With the
-    speed-changed voices too (SMALL_HOUSEHOLD), development households of four FSDD voices still named 14% of the
-    other two voices' clips (on average; 1-35%). Whether strangers or `unknown` answers for the household matter
-    more is the household's choice."""
+def strangers_note(threshold: float, impostors: str | None) -> str | None:
+    """What a threshold calibrated below the default means for strangers, or None. It was set by `impostors` (what
+    the model file records stood in for strangers: the household's other voices, or speed-changed copies of them),
+    and strangers can come closer to one of the household: a TV of 72 LibriSpeech voices against FSDD's six speakers,
+    calibrated to 0.29 on each other's digits, was named as one of them in 43% of its utterances (helper-24's
+    walk-through, docs/mqtt-and-home-assistant.md). With the speed-changed voices too (SMALL_HOUSEHOLD), development
+    households of four FSDD voices still named 14% of the other two voices' clips (on average; 1-35%). Whether
+    strangers or `unknown` answers for the household matter more is the household's choice."""
     if threshold >= DEFAULT_THRESHOLD:
         return None
     return (
         f"the unknown-speaker threshold ({threshold:.3f}) is below the default ({DEFAULT_THRESHOLD:.3f}): it was "
-        f"calibrated on how these {speakers} voices score against each other"
-        + (" and against speed-changed copies of themselves" if speakers < SMALL_HOUSEHOLD else "")
-        + ", and a stranger (a TV, a visitor) can come closer to one of them: households of four voices calibrated "
-        "below the default named on average 14% of two other voices' recordings as one of them. Where that matters "
-        f"more than an `unknown` for the household, set [decision] min_score = {DEFAULT_THRESHOLD} in config.toml "
-        "(docs/mqtt-and-home-assistant.md: A TV or radio in the room)."
+        f"calibrated on {impostors or 'nothing'}, not on strangers, and a stranger (a TV, a visitor) can come closer "
+        "to one of these voices: development households of four FSDD voices named on average 14% of two other "
+        "voices' recordings as one of them. Where that matters more than an `unknown` for the household, set "
+        f"[decision] min_score = {DEFAULT_THRESHOLD} in config.toml (docs/mqtt-and-home-assistant.md: A TV or radio "
+        "in the room)."
     )
 
 

@@ -384,7 +384,7 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
             f"default ({DEFAULT_THRESHOLD:.3f}): a stranger may be named, or a voice of the household answered "
             "`unknown`, more often. More or longer recordings per speaker give more scores to calibrate it on.",
         )
-    elif (note := strangers_note(bundle.decision["min_score"], len(bundle.labels))) is not None:
+    elif (note := strangers_note(bundle.decision["min_score"], cal.get("impostors"))) is not None:
         warning(console, note)
 
 
