@@ -104,7 +104,7 @@ class AudioCache:
             cached = self.directory / key[:2] / f"{key}.npy"
             if cached.is_file():
                 try:
-                    return np.load(cached, allow_pickle=False).astype(np.float32) / 32768.0
+                    return _from_pcm(np.load(cached, allow_pickle=False))
                 except (OSError, ValueError):
                     log.warning("cache entry %s is damaged; decoding again", cached)
         audio = load_audio(row.path, row.start, row.end)
@@ -112,12 +112,20 @@ class AudioCache:
             audio = trim_silence(audio)
         if len(audio) < MIN_SECONDS * SAMPLE_RATE:
             raise AudioDecodeError(f"{row.path}: too short ({len(audio) / SAMPLE_RATE:.2f} s of sound)")
-        if cached is not None:
-            cached.parent.mkdir(exist_ok=True)
-            pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-            with replaced_atomically(cached, suffix=".tmp.npy") as temporary:
-                np.save(temporary, pcm, allow_pickle=False)
-        return audio
+        if cached is None:
+            return audio
+        cached.parent.mkdir(exist_ok=True)
+        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        with replaced_atomically(cached, suffix=".tmp.npy") as temporary:
+            np.save(temporary, pcm, allow_pickle=False)
+        return _from_pcm(pcm)
+
+
+def _from_pcm(pcm: np.ndarray) -> np.ndarray:
+    """The cache keeps 16-bit samples, and a row decoded now is handed over as they are, as the next run will read
+    them: a first run trained on the unrounded decode and a second on the cache's, and the household benchmark named
+    one clip of 300 differently (98.00% cold, 98.33% warm)."""
+    return pcm.astype(np.float32) / 32768.0
 
 
 def skipped_note(reasons: list[str], most: int = 10) -> str:

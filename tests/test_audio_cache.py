@@ -47,3 +47,15 @@ def test_rows_of_one_recording_hash_it_once_and_a_changed_recording_is_decoded_a
     again = prepare(rows, cache)
     assert len(hashed) >= 1
     assert dominant(again.audio[0]) == pytest.approx(880.0, abs=5.0)
+
+
+def test_a_row_decoded_now_is_what_the_next_run_reads_from_the_cache(tmp_path: Path) -> None:
+    """A cold cache handed over the unrounded decode and a warm one its 16-bit samples: the same training on the same
+    files gave the household benchmark 98.00% on its first run and 98.33% on its second."""
+    recording = tmp_path / "voice.flac"
+    t = np.arange(3 * 16000) / 16000
+    sf.write(recording, 0.3 * np.sin(2 * np.pi * 220 * t) * np.hanning(len(t)), 16000, subtype="PCM_24")
+    row = Row(recording, "alice")
+    cold = AudioCache(tmp_path / "cache").load(row)
+    warm = AudioCache(tmp_path / "cache").load(row)
+    assert np.array_equal(cold, warm) and cold.dtype == warm.dtype == np.float32
