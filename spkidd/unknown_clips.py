@@ -60,18 +60,17 @@ class UnknownClipSettings:
         return self.folder is not None
 
 
-def clip_stem(event: Identification, folder: Path) -> str:
+def clip_stem(event: Identification, newest: datetime | None) -> str:
     """The new clip's name: its time stamp (see clip_time) and the utterance id."""
-    stamp = clip_time(folder).strftime(_STAMP)[:-3] + "Z"
+    stamp = clip_time(newest).strftime(_STAMP)[:-3] + "Z"
     return f"{stamp}_{event.utterance_id}"
 
 
-def clip_time(folder: Path) -> datetime:
+def clip_time(newest: datetime | None) -> datetime:
     """Now, or a millisecond after the newest kept clip when the clock was set back since it was written (NTP
     correcting a clock that ran ahead, a board without a battery-backed clock): names must keep sorting in the
     order the clips were written, or the trim takes every new clip for the oldest and deletes it at once."""
     now = datetime.now(UTC)
-    newest = newest_clip_time(folder)
     return now if newest is None else max(now, newest + timedelta(milliseconds=1))
 
 
@@ -84,13 +83,10 @@ def newest_clip_time(folder: Path) -> datetime | None:
         return None
 
 
-def too_soon(settings: UnknownClipSettings) -> bool:
+def too_soon(settings: UnknownClipSettings, newest: datetime | None) -> bool:
     """Whether the newest clip was kept less than `min_interval_s` ago. A newest clip stamped in the future (the
     clock was set back since) does not count: it would hold every new clip back until the clock caught up."""
-    if settings.folder is None or settings.min_interval_s <= 0:
-        return False
-    newest = newest_clip_time(settings.folder)
-    if newest is None:
+    if newest is None or settings.min_interval_s <= 0:
         return False
     elapsed = (datetime.now(UTC) - newest).total_seconds()
     return 0 <= elapsed < settings.min_interval_s
@@ -101,10 +97,13 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
     or a clip without its decision; then trims the folder. Returns the WAV's path, or None when the utterance is too
     short to keep or comes too soon after the last clip kept. A disk without room is one OSError, and nothing of the
     clip is left. Blocking: call it off the event loop."""
-    if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0 or too_soon(settings):
+    if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
+        return None
+    newest = newest_clip_time(settings.folder)
+    if too_soon(settings, newest):
         return None
     _private_folder(settings.folder)
-    wav = settings.folder / f"{clip_stem(event, settings.folder)}.wav"
+    wav = settings.folder / f"{clip_stem(event, newest)}.wav"
     sidecar = {**event.to_dict(), "audio_s": round(len(audio) / SAMPLE_RATE, 3)}
     try:
         _write_private(wav.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
