@@ -16,7 +16,7 @@ from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.enrollment import MIN_PIECE_S, NO_SPEECH, speech_pieces
 from spkidd.events import UNKNOWN, Identification, SpeechActivity
-from spkidd.inference import Scored, score_long
+from spkidd.inference import Scored, is_chunked, score_long
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.turns import who_spoke_when
@@ -147,7 +147,7 @@ def identify_audio(
 ) -> FileResult:
     duration = len(audio) / bundle.features.sample_rate
     heard = None
-    if is_long(audio, chunk_s, bundle.features.sample_rate):
+    if is_chunked(audio, chunk_s, bundle.features.sample_rate):
         _tell(phase, TIMELINE_PASS)
         heard = hear(bundle, audio, report)
     if not (heard.has_speech if heard is not None else speech_pieces(audio)):
@@ -171,11 +171,6 @@ def identify_audio(
 def _tell(phase: Phase | None, what: str) -> None:
     if phase is not None:
         phase(what)
-
-
-def is_long(audio: np.ndarray, chunk_s: float, rate: int) -> bool:
-    """Longer than 1.5 chunks: score_long cuts such a recording into chunks, and it gets a timeline."""
-    return len(audio) > 1.5 * int(chunk_s * rate)
 
 
 def is_conversation(result: FileResult) -> bool:

@@ -87,6 +87,12 @@ def consecutive_pieces(audio: np.ndarray, size: int, min_samples: int) -> list[t
     return [(start, piece) for start, piece in pieces if len(piece) == size or len(piece) >= min_samples]
 
 
+def is_chunked(audio: np.ndarray, chunk_s: float, rate: int) -> bool:
+    """Whether score_long cuts the recording into chunks: longer than 1.5 of them (identify then also draws its
+    timeline)."""
+    return len(audio) > 1.5 * int(chunk_s * rate)
+
+
 def score_long(
     bundle: ModelBundle, audio: np.ndarray, chunk_s: float = 3.0, extractor: FeatureExtractor | None = None
 ) -> tuple[Scored | None, list[Segment]]:
@@ -96,7 +102,7 @@ def score_long(
     extractor = extractor or bundle.extractor()
     rate = bundle.features.sample_rate
     size = int(chunk_s * rate)
-    if len(audio) <= 1.5 * size:
+    if not is_chunked(audio, chunk_s, rate):
         whole = score_audio(bundle, audio, extractor)
         return whole, ([Segment(0.0, len(audio) / rate, whole)] if whole else [])
     segments = []
