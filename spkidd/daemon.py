@@ -147,6 +147,11 @@ def speakers_change(before: list[str], after: list[str], most: int = 10) -> str:
     return said
 
 
+def _trim_delay(config: DaemonConfig) -> float:
+    """How long after a model change the old model may still score an utterance: the longest one, and a second."""
+    return config.pipeline.gate.max_utterance_s + 1.0
+
+
 def _restart_delay(failures: int) -> float:
     return min(_RESTART_MAX_S, 2.0 ** (min(failures, 10) - 1)) * random.uniform(0.5, 1.0)
 
@@ -185,7 +190,7 @@ class Daemon:
         self._started = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reloads = 0
-        self.freed_memory = TrimAfterModelChanges(config.pipeline.gate.max_utterance_s + 1.0)
+        self.freed_memory = TrimAfterModelChanges(_trim_delay(config))
 
     # ----- lifecycle ------------------------------------------------------------------------------------------
 
@@ -564,7 +569,7 @@ class Daemon:
         )
         before = self.bundle.labels if self.bundle is not None else []
         self.bundle = bundle
-        self.freed_memory.delay_s = config.pipeline.gate.max_utterance_s + 1.0
+        self.freed_memory.delay_s = _trim_delay(config)
         self.freed_memory.model_changed()
         if self._model_watch is not None:
             self._model_watch.path = config.model
