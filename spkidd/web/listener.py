@@ -4,12 +4,20 @@ aiohttp parses HTTP (header sizes refused with 4xx, idle connections closed afte
 not bound is the number of open connections, so the listener counts them and closes a connection beyond
 `max_connections` as soon as it is accepted: a flood of idle clients holds no more file descriptors than the
 bound (plus, for a moment, one burst of accepts).
+
+A client gone without closing its connection (a laptop that slept, a phone that left the Wi-Fi) sends neither FIN
+nor RST: the live page's keep-alive lines go unacknowledged and the kernel retries them for about 15 minutes
+(tcp_retries2) before it gives the connection up, all that time a subscriber and a counted connection. TCP_USER_TIMEOUT
+on the listening socket, inherited by every accepted connection, gives up on data left unacknowledged (or untaken,
+behind a zero window) for `unacked_timeout_s` instead; a client that closed its tab is noticed sooner, by the
+keep-alive line's failed write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +33,8 @@ class ListenerLimits:
     max_connections: int = 128
     idle_timeout_s: float = 15.0
     max_header_bytes: int = 8190
+    unacked_timeout_s: float = 30.0
+    """A connection whose sent data stays unacknowledged this long is given up by the kernel (Linux only)."""
 
 
 class _ClientErrorsQuiet(logging.LoggerAdapter):
@@ -83,6 +93,8 @@ class HttpListener:
         except OSError:
             await self._runner.cleanup()
             raise
+        for sock in self._server.sockets:
+            _give_up_unacked(sock, self.limits.unacked_timeout_s)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -105,3 +117,9 @@ class HttpListener:
                 )
             return _Refuse()
         return server()
+
+
+def _give_up_unacked(sock: socket.socket, timeout_s: float) -> None:
+    """Sets TCP_USER_TIMEOUT where the platform has it: elsewhere a silent client is left to the kernel's retries."""
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(timeout_s * 1000))
