@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 import spkidd.audio_cache as audio_cache
-from spkidd.audio_cache import AudioCache, prepare
-from spkidd.dataset import Row
+from spkidd.audio_cache import AudioCache, prepare, skipped_note
+from spkidd.dataset import Row, discover
 
 
 def tones(path: Path, frequency: float, seconds: float = 30.0) -> None:
@@ -59,3 +59,30 @@ def test_a_row_decoded_now_is_what_the_next_run_reads_from_the_cache(tmp_path: P
     cold = AudioCache(tmp_path / "cache").load(row)
     warm = AudioCache(tmp_path / "cache").load(row)
     assert np.array_equal(cold, warm) and cold.dtype == warm.dtype == np.float32
+
+
+def _skipped(data: Path, cache: Path) -> str:
+    """The note `spkidd train` prints for what it could not use in `data` (its reasons as train/run.py builds them)."""
+    prepared = prepare(discover(data).rows, AudioCache(cache))
+    return skipped_note([row.said(reason) for row, reason in prepared.skipped])
+
+
+def test_the_skipped_note_counts_a_manifest_s_rows_as_rows_and_a_folder_s_files_as_files(tmp_path: Path) -> None:
+    """A manifest that cuts one unreadable recording into three pieces skipped three rows, not three files."""
+    data = tmp_path / "data"
+    (data / "alice").mkdir(parents=True)
+    (data / "bob:2").mkdir()  # a colon and a number in a folder's name do not make its files manifest rows
+    tones(data / "alice" / "good.wav", 440.0, seconds=3.0)
+    (data / "alice" / "notes.wav").write_text("this is not audio")
+    (data / "bob:2" / "empty.wav").write_bytes(b"")
+    manifest = data / "manifest.csv"
+    pieces = "".join(f"alice/notes.wav,alice,{start},{start + 2}\n" for start in (0, 2, 4))
+    manifest.write_text(f"path,speaker,start,end\n{pieces}alice/good.wav,alice,0,2\nbob:2/empty.wav,bob\n")
+
+    folder_note = _skipped(data, tmp_path / "cache")
+    assert folder_note.splitlines()[0] == "skipped 2 unusable file(s):", folder_note
+    rows_note = _skipped(manifest, tmp_path / "cache")
+    assert rows_note.splitlines()[0] == "skipped 4 unusable manifest row(s):", rows_note
+    assert [line.split(": ")[0] for line in rows_note.splitlines()[1:]] == [
+        f"  {manifest}:{line}" for line in (2, 3, 4, 6)
+    ], "each row is named by its manifest line"
