@@ -74,9 +74,9 @@ def clip_time(newest: datetime | None) -> datetime:
     return now if newest is None else max(now, newest + timedelta(milliseconds=1))
 
 
-def newest_clip_time(folder: Path) -> datetime | None:
-    """When the newest kept clip was written, by its name; None without one."""
-    clips = kept_clips(folder)
+def newest_clip_time(clips: list[Path]) -> datetime | None:
+    """When the newest of the kept clips (oldest first, as kept_clips lists them) was written, by its name; None
+    without one."""
     try:
         return datetime.strptime(clips[-1].name[: len("YYYYmmddTHHMMSS.fff")], _STAMP).replace(tzinfo=UTC)
     except (IndexError, ValueError):  # no clip yet, or a name of the pattern that is no date (not ours)
@@ -96,10 +96,12 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
     """Writes the sidecar, then the clip (16-kHz int16 samples), each atomically, so a reader never sees half a file
     or a clip without its decision; then trims the folder. Returns the WAV's path, or None when the utterance is too
     short to keep or comes too soon after the last clip kept. A disk without room is one OSError, and nothing of the
-    clip is left. Blocking: call it off the event loop."""
+    clip is left. The folder is listed once: the trim takes that listing with the new clip (a clip another stream
+    writes meanwhile is counted from the next trim on). Blocking: call it off the event loop."""
     if settings.folder is None or event.speech_s < settings.min_speech_s or len(audio) == 0:
         return None
-    newest = newest_clip_time(settings.folder)
+    clips = kept_clips(settings.folder)
+    newest = newest_clip_time(clips)
     if too_soon(settings, newest):
         return None
     _private_folder(settings.folder)
@@ -111,7 +113,7 @@ def save_unknown_clip(settings: UnknownClipSettings, audio: np.ndarray, event: I
     except OSError:
         wav.with_suffix(".json").unlink(missing_ok=True)
         raise
-    if wav in trim_folder(settings):
+    if wav in trim_folder(settings, sorted([*clips, wav])):
         log.warning(
             "unknown clips: the clip of %s is larger than max_mb = %g on its own; not kept",
             event.utterance_id,
@@ -160,11 +162,11 @@ def kept_clips(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if CLIP_NAME.match(p.name))
 
 
-def trim_folder(settings: UnknownClipSettings) -> list[Path]:
-    """Deletes the oldest clips (with their sidecars) until both bounds hold; returns what was deleted."""
-    assert settings.folder is not None
-    clips = kept_clips(settings.folder)
-    sizes = {clip: _size(clip) + _size(clip.with_suffix(".json")) for clip in clips}
+def trim_folder(settings: UnknownClipSettings, listed: list[Path]) -> list[Path]:
+    """Deletes the oldest of the `listed` clips (oldest first, as kept_clips lists them) with their sidecars until
+    both bounds hold; returns what was deleted."""
+    sizes = _sizes(listed)
+    clips = list(sizes)
     total, limit = sum(sizes.values()), settings.max_mb * 1e6
     removed = []
     while clips and (len(clips) > settings.max_clips or total > limit):
@@ -176,6 +178,18 @@ def trim_folder(settings: UnknownClipSettings) -> list[Path]:
     if removed:  # once the folder is full, every clip kept removes one: not worth a line of INFO each time
         log.debug("unknown clips: removed the %d oldest to stay within the folder's bounds", len(removed))
     return removed
+
+
+def _sizes(clips: list[Path]) -> dict[Path, int]:
+    """Each clip's bytes with its sidecar's, in the order given; a clip deleted since it was listed (the page
+    enrolled a voice from it) is left out, or it would count against max_clips."""
+    sizes = {}
+    for clip in clips:
+        try:
+            sizes[clip] = clip.stat().st_size + _size(clip.with_suffix(".json"))
+        except FileNotFoundError:
+            continue
+    return sizes
 
 
 def _size(path: Path) -> int:

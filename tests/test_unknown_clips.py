@@ -18,7 +18,7 @@ from spkidd.events import Identification
 from spkidd.modelfile import load_model
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.synthetic import synth_speech
-from spkidd.unknown_clips import UnknownClipSettings, kept_clips, save_unknown_clip
+from spkidd.unknown_clips import UnknownClipSettings, kept_clips, save_unknown_clip, trim_folder
 from tests.conftest import HELD_OUT_SENTENCES, TRAIN_SENTENCES
 from tests.support.daemon import SPKIDD
 from tests.support.streaming import silence, write_wav
@@ -79,6 +79,31 @@ def test_the_folder_keeps_the_newest_clips_within_count_and_size_and_spares_othe
     kept = kept_clips(tmp_path)
     assert sum(p.stat().st_size + p.with_suffix(".json").stat().st_size for p in kept) <= 0.2e6
     assert kept[-1].name.endswith("room-000008.wav") and len(kept) == 3
+
+
+def test_a_full_folder_is_listed_once_per_clip_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest clip (for min_interval_s and the new name) and the trim come from one listing: a folder of
+    hundreds of clips was read twice for every utterance answered `unknown`."""
+    settings = UnknownClipSettings(folder=tmp_path, max_clips=3, min_interval_s=0.0)
+    for i in range(3):
+        save_unknown_clip(settings, _pcm(1.5, i), _unknown(f"room-{i:06d}"))
+    listed: list[Path] = []
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda path: listed.append(path) or real_iterdir(path))
+    assert save_unknown_clip(settings, _pcm(1.5, 3), _unknown("room-000003")) is not None
+    assert listed == [tmp_path]
+    assert [p.name[-15:] for p in kept_clips(tmp_path)] == ["room-000001.wav", "room-000002.wav", "room-000003.wav"]
+
+
+def test_a_clip_deleted_since_the_listing_is_not_counted_by_the_trim(tmp_path: Path) -> None:
+    """The page's enrollment removes the clips it learned from, maybe between a save's listing and its trim."""
+    for i in range(3):
+        save_unknown_clip(UnknownClipSettings(folder=tmp_path), _pcm(1.5, i), _unknown(f"room-{i:06d}"))
+    listed = kept_clips(tmp_path)
+    listed[1].unlink()
+    listed[1].with_suffix(".json").unlink()
+    assert trim_folder(UnknownClipSettings(folder=tmp_path, max_clips=2), listed) == []
+    assert kept_clips(tmp_path) == [listed[0], listed[2]]
 
 
 def test_an_unwritable_folder_is_refused_with_the_os_error(tmp_path: Path) -> None:
