@@ -91,7 +91,7 @@ class Replayed:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def test_pieces(test_csv: Path) -> dict[str, Piece]:
+def p2_test_spans(test_csv: Path) -> dict[str, Piece]:
     """Each P2 speaker's test audio as one span (its 2-s windows are consecutive in one file)."""
     spans: dict[str, Piece] = {}
     with test_csv.open() as handle:
@@ -271,7 +271,7 @@ def main() -> None:
     work: Path = args.out / "tv_room"
     work.mkdir(parents=True, exist_ok=True)
     p2_train, p2_test = p2(args.data, work)
-    pieces = test_pieces(p2_test)
+    pieces = p2_test_spans(p2_test)
     order = [str(s) for s in np.random.default_rng(args.seed).permutation(sorted(pieces))]
     members, voices = order[:HOUSEHOLD_SIZE], order[HOUSEHOLD_SIZE : HOUSEHOLD_SIZE + args.voices]
     tv = build_tv(pieces, voices, args.minutes, args.seed, work / "tv.wav")
