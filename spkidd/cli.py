@@ -377,9 +377,9 @@ to answer on."""
 
 @dataclass
 class _FileProgress:
-    """One file's line of identify's progress bar. A pass that cannot tell how far it is (the file as a whole, after
-    the timeline's) gets a pulsing line of its own: rich cannot take a line's total back, and a full bar that sits
-    for 17 s of an hour's recording looks hung."""
+    """One file's line of identify's progress bar, a line of its own for each pass (the timeline's, then the file's
+    as a whole): rich cannot take a line's total back, and a full bar that sat for 17 s of an hour's recording
+    looked hung. A line pulses until its pass says how far it is, and while the length is not known."""
 
     bar: Progress
     name: str
@@ -389,7 +389,7 @@ class _FileProgress:
         self.end()
         self.task = self.bar.add_task(f"{what}: {self.name}", total=None)
 
-    def seconds(self, done_s: float, total_s: float) -> None:
+    def seconds(self, done_s: float, total_s: float | None) -> None:
         if self.task is not None:
             self.bar.update(self.task, completed=done_s, total=total_s)
 
@@ -497,7 +497,7 @@ def _identify_one(
     path: Path,
     chunk: float,
     top: int,
-    report: Callable[[float, float], None],
+    report: Callable[[float, float | None], None],
     phase: Callable[[str], None],
 ) -> FileResult:
     """A file's result; a file that cannot be decoded (or a folder without audio) is a result with its error, so
@@ -508,7 +508,7 @@ def _identify_one(
     if path.is_dir():
         return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error="a folder without audio files")
     try:
-        return identify_file(bundle, path, chunk, top, report, phase)
+        return identify_file(bundle, path, chunk, top, report, phase, report)
     except AudioDecodeError as exc:
         return FileResult(str(path), "", 0.0, 0.0, {}, 0.0, error=str(exc))
 

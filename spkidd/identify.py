@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spkidd.audio import decode
-from spkidd.audio.decode import load_audio
-from spkidd.audio.replay import ReplaySource, to_chunkable_pcm
+from spkidd.audio.decode import AudioStream
+from spkidd.audio.replay import ReplaySource
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.enrollment import MIN_PIECE_S, NO_SPEECH, speech_pieces
 from spkidd.events import UNKNOWN, Identification, SpeechActivity
-from spkidd.inference import Scored, is_chunked, score_long
+from spkidd.inference import Progress, Scored, is_chunked, score_chunks, score_long
 from spkidd.modelfile import ModelBundle
 from spkidd.pipeline import PipelineEvent, PipelineSettings, StreamPipeline
 from spkidd.turns import who_spoke_when
@@ -58,12 +58,12 @@ def speech_per_speaker(turns: list[dict[str, Any]]) -> dict[str, float]:
     return {speaker: round(seconds, 2) for speaker, seconds in sorted(time.items(), key=lambda item: -item[1])}
 
 
-Report = Callable[[float, float], None]
-"""Told (audio seconds done, seconds in all) while a long recording is read: the timeline's pass is most of the
-time (21 of 27 s for 20 minutes of audio)."""
+Report = Progress
+"""Told (audio seconds done, seconds in all if known) while a pass reads a long recording: the timeline's is most of
+the time (21 of 27 s for 20 minutes of audio), the file's as a whole the rest (17 s of an hour's 82)."""
 Phase = Callable[[str], None]
-"""Told what a long recording's next pass does (TIMELINE_PASS, then WHOLE_PASS, which cannot tell how far it is: 17 s
-of the 82 s of an hour), so that a progress bar does not sit full while the file as a whole is scored."""
+"""Told what a long recording's next pass does (TIMELINE_PASS, then WHOLE_PASS), so that a progress bar starts
+afresh for each."""
 TIMELINE_PASS = "who spoke when"
 WHOLE_PASS = "the file as a whole"
 
@@ -82,9 +82,12 @@ class Heard:
         return any(seconds >= MIN_PIECE_S for seconds in self.utterances_s)
 
 
-def hear(bundle: ModelBundle, audio: np.ndarray, report: Report | None = None) -> Heard:
-    """Who spoke when: the recording through the daemon's own pipeline (gate, rolling encoder windows, decider),
-    its utterances cut into turns looking back (spkidd.turns), pauses left out."""
+def hear(
+    bundle: ModelBundle, blocks: Iterable[np.ndarray], total_s: float | None, report: Report | None = None
+) -> Heard:
+    """Who spoke when: the recording (float blocks of any length, as decoded) through the daemon's own pipeline
+    (gate, rolling encoder windows, decider), its utterances cut into turns looking back (spkidd.turns), pauses left
+    out."""
     events: list[Identification] = []
     boundaries: list[SpeechActivity] = []
 
@@ -94,9 +97,8 @@ def hear(bundle: ModelBundle, audio: np.ndarray, report: Report | None = None) -
         elif isinstance(event, SpeechActivity):
             boundaries.append(event)
 
-    source = ReplaySource.from_samples("identify", to_chunkable_pcm(audio), realtime=False)
-    pipeline = StreamPipeline(source, bundle, PipelineSettings())
-    asyncio.run(_run_reporting(pipeline, collect, len(audio) / bundle.features.sample_rate, report))
+    pipeline = StreamPipeline(ReplaySource.from_blocks("identify", blocks), bundle, PipelineSettings())
+    asyncio.run(_run_reporting(pipeline, collect, total_s, report))
     turns = [
         turn.to_dict()
         | {"start": round(turn.start, 3), "end": round(turn.end, 3), "confidence": round(turn.confidence, 4)}
@@ -112,13 +114,18 @@ def _utterance_lengths(boundaries: list[SpeechActivity]) -> list[float]:
 
 
 async def _run_reporting(
-    pipeline: StreamPipeline, emit: Callable[[PipelineEvent], None], total_s: float, report: Report | None
+    pipeline: StreamPipeline, emit: Callable[[PipelineEvent], None], total_s: float | None, report: Report | None
 ) -> None:
     run = asyncio.ensure_future(pipeline.run(emit))
     while report is not None and not run.done():
         report(pipeline.stats.processed_s, total_s)
         await asyncio.wait({run}, timeout=0.2)
     await run
+
+
+IN_MEMORY_S = 60.0
+"""A recording up to this long is decoded whole (a minute is 3.8 MB); a longer one a block at a time for each of its
+passes (decoded twice, never held whole: an hour of FLAC peaked at 630 MB held whole)."""
 
 
 def identify_file(
@@ -128,12 +135,49 @@ def identify_file(
     k: int = 5,
     report: Report | None = None,
     phase: Phase | None = None,
+    scoring: Report | None = None,
 ) -> FileResult:
-    """A damaged file is identified from the audio before the damage, with a warning that says so."""
-    try:
-        return identify_audio(bundle, path, load_audio(path), chunk_s, k, report, phase)
-    except decode.DamagedAudioError as exc:
-        return replace(identify_audio(bundle, path, exc.audio, chunk_s, k, report, phase), warning=str(exc))
+    """identify_audio of the file's audio, the same answer, with the memory of a minute of it however long it is. A
+    damaged file is identified from the audio before the damage, with a warning that says so. `report` is told how
+    far the timeline's pass is, `scoring` how far the file as a whole is scored."""
+    rate = bundle.features.sample_rate
+    with AudioStream(path) as stream:
+        audio = _whole_or_blocks(iter(stream), int(IN_MEMORY_S * rate))
+        if isinstance(audio, np.ndarray):
+            damage = stream.finish()
+            return _warned(identify_audio(bundle, path, audio, chunk_s, k, report, phase, scoring), damage)
+        _tell(phase, TIMELINE_PASS)
+        heard = hear(bundle, audio, stream.expected_s, report)
+        damage = stream.finish()
+        duration = stream.samples / rate
+
+    def score_again() -> tuple[Scored | None, int]:
+        with AudioStream(path) as again:
+            return score_chunks(bundle, again, chunk_s, report=scoring, total_s=duration)
+
+    return _warned(_named(bundle, path, heard, duration, score_again, k, phase), damage)
+
+
+def _whole_or_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | Iterator[np.ndarray]:
+    """All of a recording of up to `samples`; else its blocks, those read to find out first among them (each let go
+    of once handed over)."""
+    taken: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        taken.append(block)
+        held += len(block)
+        if held > samples:
+            return itertools.chain(_handed_over(taken), blocks)
+    return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
+
+
+def _handed_over(blocks: list[np.ndarray]) -> Iterator[np.ndarray]:
+    while blocks:
+        yield blocks.pop(0)
+
+
+def _warned(result: FileResult, damage: str) -> FileResult:
+    return replace(result, warning=damage) if damage else result
 
 
 def identify_audio(
@@ -144,23 +188,56 @@ def identify_audio(
     k: int = 5,
     report: Report | None = None,
     phase: Phase | None = None,
+    scoring: Report | None = None,
 ) -> FileResult:
-    duration = len(audio) / bundle.features.sample_rate
-    heard = None
-    if is_chunked(audio, chunk_s, bundle.features.sample_rate):
-        _tell(phase, TIMELINE_PASS)
-        heard = hear(bundle, audio, report)
-    if not (heard.has_speech if heard is not None else speech_pieces(audio)):
-        return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error=NO_SPEECH)
-    if heard is not None:
-        _tell(phase, WHOLE_PASS)
-    scored, segments = score_long(bundle, audio, chunk_s)
+    rate = bundle.features.sample_rate
+    duration = len(audio) / rate
+    if not is_chunked(audio, chunk_s, rate):
+        if not speech_pieces(audio):
+            return _no_speech(path, duration)
+        return _answer(bundle, path, duration, *score_long(bundle, audio, chunk_s), None, k)
+    _tell(phase, TIMELINE_PASS)
+    heard = hear(bundle, [audio], duration, report)
+    return _named(bundle, path, heard, duration, lambda: score_long(bundle, audio, chunk_s, report=scoring), k, phase)
+
+
+def _no_speech(path: Path, duration: float) -> FileResult:
+    return FileResult(str(path), "", 0.0, 0.0, {}, round(duration, 3), error=NO_SPEECH)
+
+
+def _named(
+    bundle: ModelBundle,
+    path: Path,
+    heard: Heard,
+    duration: float,
+    score: Callable[[], tuple[Scored | None, int]],
+    k: int,
+    phase: Phase | None,
+) -> FileResult:
+    """A long recording's answer once its timeline is heard: none if the gate passed no speech, else the file as a
+    whole `score`d (its pass said to `phase`)."""
+    if not heard.has_speech:
+        return _no_speech(path, duration)
+    _tell(phase, WHOLE_PASS)
+    return _answer(bundle, path, duration, *score(), heard, k)
+
+
+def _answer(
+    bundle: ModelBundle,
+    path: Path,
+    duration: float,
+    scored: Scored | None,
+    chunks: int,
+    heard: Heard | None,
+    k: int,
+) -> FileResult:
+    """The file named from its scores, or from its timeline if it is a conversation (see is_conversation)."""
     if scored is None:
         return FileResult(str(path), UNKNOWN, 0.0, 0.0, {}, duration, error="too short to identify")
     speaker, confidence, score = _name(bundle, scored)
     top = {label: round(p, 4) for label, p in scored.top_k(bundle.labels, k).items()}
     result = FileResult(str(path), speaker, round(confidence, 4), round(score, 4), top, round(duration, 3))
-    if heard is not None and len(segments) > 1:
+    if heard is not None and chunks > 1:
         result.timeline = heard.turns
         result.speakers = speech_per_speaker(result.timeline)
         if is_conversation(result):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,62 +71,99 @@ def score_audio(bundle: ModelBundle, audio: np.ndarray, extractor: FeatureExtrac
     return score_features(bundle, extractor(audio))
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One chunk of a long recording and its scores."""
-
-    start: float
-    end: float
-    scored: Scored
-
-
 def consecutive_pieces(audio: np.ndarray, size: int, min_samples: int) -> list[tuple[int, np.ndarray]]:
     """(start, piece) of consecutive `size`-sample pieces; a shorter last piece is kept if it holds at least
     `min_samples`."""
-    pieces = [(start, audio[start : start + size]) for start in range(0, len(audio), size)]
-    return [(start, piece) for start, piece in pieces if len(piece) == size or len(piece) >= min_samples]
+    return list(pieces_of_blocks([audio], size, min_samples))
+
+
+def pieces_of_blocks(blocks: Iterable[np.ndarray], size: int, min_samples: int) -> Iterator[tuple[int, np.ndarray]]:
+    """consecutive_pieces of a recording that comes a block at a time (a decoded file's AudioStream), so that no more
+    than a block and a piece of it are held; the same pieces, whatever the blocks' lengths."""
+    start = 0
+    rest = np.zeros(0, dtype=np.float32)
+    for block in blocks:
+        buffer = block if rest.size == 0 else np.concatenate([rest, block])
+        whole = len(buffer) - len(buffer) % size
+        for offset in range(0, whole, size):
+            yield start, buffer[offset : offset + size]
+            start += size
+        rest = buffer[whole:]
+    if rest.size and len(rest) >= min_samples:
+        yield start, rest
 
 
 def is_chunked(audio: np.ndarray, chunk_s: float, rate: int) -> bool:
     """Whether score_long cuts the recording into chunks: longer than 1.5 of them (identify then also draws its
     timeline)."""
-    return len(audio) > 1.5 * int(chunk_s * rate)
+    return len(audio) > head_samples(chunk_s, rate)
+
+
+def head_samples(chunk_s: float, rate: int) -> int:
+    """The most samples a recording that score_long scores in one piece holds."""
+    return int(1.5 * int(chunk_s * rate))
+
+
+Progress = Callable[[float, float | None], None]
+"""Told (audio seconds done, seconds in all if known) as a long recording is scored chunk by chunk."""
 
 
 def score_long(
-    bundle: ModelBundle, audio: np.ndarray, chunk_s: float = 3.0, extractor: FeatureExtractor | None = None
-) -> tuple[Scored | None, list[Segment]]:
+    bundle: ModelBundle,
+    audio: np.ndarray,
+    chunk_s: float = 3.0,
+    extractor: FeatureExtractor | None = None,
+    report: Progress | None = None,
+) -> tuple[Scored | None, int]:
     """A recording of any length: cut into `chunk_s` chunks (a last piece of >= 1 s is kept), each scored, and
     the whole scored by the mean of the chunks' unit embeddings (one long pass would drift from what the model
-    saw in training). Audio up to 1.5 chunks is scored in one piece."""
+    saw in training); and how many chunks were scored. Audio up to 1.5 chunks is scored in one piece. `report` is
+    told each chunk's end: an hour is 17 s of scoring, and a progress bar that does not move looks hung."""
     extractor = extractor or bundle.extractor()
     rate = bundle.features.sample_rate
-    size = int(chunk_s * rate)
     if not is_chunked(audio, chunk_s, rate):
         whole = score_audio(bundle, audio, extractor)
-        return whole, ([Segment(0.0, len(audio) / rate, whole)] if whole else [])
-    segments = []
-    for start, piece in consecutive_pieces(audio, size, rate):
+        return whole, int(whole is not None)
+    return score_chunks(bundle, [audio], chunk_s, extractor, report, len(audio) / rate)
+
+
+def score_chunks(
+    bundle: ModelBundle,
+    blocks: Iterable[np.ndarray],
+    chunk_s: float,
+    extractor: FeatureExtractor | None = None,
+    report: Progress | None = None,
+    total_s: float | None = None,
+) -> tuple[Scored | None, int]:
+    """score_long of a recording longer than 1.5 chunks, which may come a block at a time (`total_s` its length, if
+    known, for `report`). Of each chunk only a copy of its embedding is kept: its Scored's arrays are views of torch
+    tensors, and an hour's 1200 of them held on to 75 MB of freed memory (between them, glibc cannot give it back)."""
+    extractor = extractor or bundle.extractor()
+    rate = bundle.features.sample_rate
+    embeddings: list[np.ndarray] = []
+    speech_s = 0.0
+    for start, piece in pieces_of_blocks(blocks, int(chunk_s * rate), rate):
         scored = score_audio(bundle, piece, extractor)
         if scored is not None:
-            segments.append(Segment(start / rate, (start + len(piece)) / rate, scored))
-    if not segments:
-        return None, []
-    return aggregate(bundle, [s.scored for s in segments]), segments
+            embeddings.append(scored.embedding.copy())
+            speech_s += scored.speech_s
+        if report is not None:
+            report((start + len(piece)) / rate, total_s)
+    if not embeddings:
+        return None, 0
+    return aggregate(bundle, np.stack(embeddings), speech_s), len(embeddings)
 
 
-def aggregate(bundle: ModelBundle, parts: list[Scored]) -> Scored:
-    """Scores of several pieces of one speaker's audio, from the mean of their unit embeddings."""
+def aggregate(bundle: ModelBundle, embeddings: np.ndarray, speech_s: float) -> Scored:
+    """Scores of several pieces of one speaker's audio (their raw embeddings, (n, E)), from the mean of their unit
+    embeddings."""
     model = bundle.model
     with torch.no_grad():
-        embeddings = torch.from_numpy(np.stack([p.embedding for p in parts]))
-        units = model.unit(embeddings).mean(dim=0, keepdim=True)
-        out = model.output_of_units(torch.nn.functional.normalize(units, dim=-1), embeddings.mean(dim=0, keepdim=True))
+        raw = torch.from_numpy(embeddings)
+        units = model.unit(raw).mean(dim=0, keepdim=True)
+        out = model.output_of_units(torch.nn.functional.normalize(units, dim=-1), raw.mean(dim=0, keepdim=True))
     return Scored(
-        probs=out.probs[0].numpy(),
-        scores=out.scores[0].numpy(),
-        embedding=out.embeddings[0].numpy(),
-        speech_s=sum(p.speech_s for p in parts),
+        probs=out.probs[0].numpy(), scores=out.scores[0].numpy(), embedding=out.embeddings[0].numpy(), speech_s=speech_s
     )
 
 

@@ -1,12 +1,15 @@
 """Decode any audio file to 16 kHz mono float32: soundfile for WAV/FLAC/OGG, an ffmpeg subprocess otherwise (MP3
-included, see soundfile_decodes_cleanly)."""
+included, see soundfile_decodes_cleanly); whole (load_audio) or a block at a time (AudioStream)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import soundfile as sf
@@ -24,10 +27,15 @@ class DamagedAudioError(AudioDecodeError):
     caller that can make do with part of it (identify) may, while the others refuse the file."""
 
     def __init__(self, path: Path, audio: np.ndarray, promised_s: float | None = None) -> None:
-        stops = f"the audio stops at {len(audio) / SAMPLE_RATE:.2f} s"
-        promised = "" if promised_s is None else f" of the {promised_s:.2f} s its header promises"
-        super().__init__(f"{path}: damaged (truncated or corrupt): {stops}{promised}")
+        super().__init__(damage_said(path, len(audio), promised_s))
         self.audio = audio
+
+
+def damage_said(path: Path, samples: int, promised_s: float | None = None) -> str:
+    """What a damaged file is told as: where its 16-kHz audio stops, and what its header promised if it says."""
+    stops = f"the audio stops at {samples / SAMPLE_RATE:.2f} s"
+    promised = "" if promised_s is None else f" of the {promised_s:.2f} s its header promises"
+    return f"{path}: damaged (truncated or corrupt): {stops}{promised}"
 
 
 _WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
@@ -76,7 +84,7 @@ def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
     while count < 0 or filled < count:
         want = _BLOCK_FRAMES if count < 0 else min(_BLOCK_FRAMES, count - filled)
         try:
-            block = handle.read(frames=want, dtype="float32", always_2d=True)
+            block = _read_mono(handle, want)
         except sf.LibsndfileError:
             if filled == 0:
                 raise
@@ -85,9 +93,14 @@ def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
             break
         if filled + len(block) > len(audio):
             audio = np.concatenate([audio[:filled], np.empty(max(len(block), len(audio) // 4), dtype=np.float32)])
-        audio[filled : filled + len(block)] = block.mean(axis=1)
+        audio[filled : filled + len(block)] = block
         filled += len(block)
     return audio[:filled], False
+
+
+def _read_mono(handle: sf.SoundFile, frames: int) -> np.ndarray:
+    """The next `frames` frames, channels averaged."""
+    return handle.read(frames=frames, dtype="float32", always_2d=True).mean(axis=1)
 
 
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
@@ -116,6 +129,15 @@ whole file; with the pre-roll the samples are the same)."""
 
 
 def _read_ffmpeg(path: Path, start: float, end: float | None) -> np.ndarray:
+    proc = subprocess.run(_ffmpeg_command(path, start, end), capture_output=True, check=False)
+    damaged = _ffmpeg_verdict(path, proc.returncode, proc.stderr)
+    audio = _from_s16le(proc.stdout)
+    if damaged:
+        raise DamagedAudioError(path, audio)
+    return audio
+
+
+def _ffmpeg_command(path: Path, start: float, end: float | None) -> list[str]:
     if shutil.which("ffmpeg") is None:
         raise AudioDecodeError(f"{path}: not WAV/FLAC/OGG, and decoding it needs ffmpeg, which is not installed")
     seek = max(0.0, start - _PREROLL_S)
@@ -123,35 +145,53 @@ def _read_ffmpeg(path: Path, start: float, end: float | None) -> np.ndarray:
     cmd += ["-ss", f"{start - seek:.6f}"]
     if end is not None:
         cmd += ["-t", f"{max(0.0, end - start):.6f}"]
-    cmd += ["-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    reason = proc.stderr.decode(errors="replace").strip().splitlines()
-    if proc.returncode != 0:
-        said = reason[-1].removeprefix(f"{path}: ") if reason else str(proc.returncode)
+    return [*cmd, "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+
+
+def _from_s16le(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def _ffmpeg_verdict(path: Path, returncode: int, stderr: bytes) -> bool:
+    """Whether the file is damaged (ffmpeg exited 0 but said something: at -loglevel error, a decode error
+    mid-file); raises AudioDecodeError if ffmpeg failed."""
+    reason = stderr.decode(errors="replace").strip().splitlines()
+    if returncode != 0:
+        said = reason[-1].removeprefix(f"{path}: ") if reason else str(returncode)
         raise AudioDecodeError(f"{path}: ffmpeg could not decode it: {said}")
-    audio = np.frombuffer(proc.stdout, dtype=np.int16).astype(np.float32) / 32768.0
-    if reason:  # at -loglevel error, anything said while exiting 0 is a decode error mid-file
-        raise DamagedAudioError(path, audio)
-    return audio
+    return bool(reason)
 
 
 def load_audio(path: Path | str, start: float = 0.0, end: float | None = None) -> np.ndarray:
     """The [start, end) seconds of `path` as 16 kHz mono float32; raises AudioDecodeError if unusable."""
+    path = _existing(path)
+    try:
+        audio = _read_soundfile(path, start, end)
+    except _LEFT_TO_FFMPEG:
+        audio = _read_ffmpeg(path, start, end)
+    _check_range(path, audio, start, end)
+    _check_samples(path, audio.size, bool(np.all(np.isfinite(audio))))
+    return audio
+
+
+_LEFT_TO_FFMPEG = (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg)
+"""What soundfile raises opening (or first reading) a file it cannot decode: ffmpeg then gets it."""
+
+
+def _existing(path: Path | str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise AudioDecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise AudioDecodeError(f"{path}: empty file")
-    try:
-        audio = _read_soundfile(path, start, end)
-    except (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg):
-        audio = _read_ffmpeg(path, start, end)
-    _check_range(path, audio, start, end)
-    if audio.size == 0:
+    return path
+
+
+def _check_samples(path: Path, samples: int, finite: bool) -> None:
+    if samples == 0:
         raise AudioDecodeError(f"{path}: no audio samples")
-    if not np.all(np.isfinite(audio)):
+    if not finite:
         raise AudioDecodeError(f"{path}: audio holds NaN or infinite samples")
-    return audio
 
 
 _RANGE_SLACK_S = 0.1
@@ -166,3 +206,166 @@ def _check_range(path: Path, audio: np.ndarray, start: float, end: float | None)
     heard_to = start + len(audio) / SAMPLE_RATE
     if end is not None and end - heard_to > _RANGE_SLACK_S:
         raise AudioDecodeError(f"{path}: end {end:.3f} s is past the end ({heard_to:.3f} s)")
+
+
+STREAM_BLOCK_S = 10.0
+"""Seconds of audio an AudioStream decodes at a time: a few MB, however long the recording."""
+
+
+class AudioStream:
+    """A whole file decoded a block at a time: the samples load_audio(path) gives, in 16-kHz float32 blocks of about
+    STREAM_BLOCK_S, so that a long recording is never held whole (an hour is 230 MB as float32; identify of an hour
+    peaked at 630 MB). Iterating does not raise on a decode error: the blocks end where the audio does, and finish()
+    says then what load_audio would have (so a consumer that runs the blocks through an event loop never sees the
+    error mid-way). Iterate once; close it (or use `with`) to stop a decoder that is still running."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = _existing(path)
+        self._decoder: _SoundfileStream | _FfmpegStream
+        try:
+            self._decoder = _SoundfileStream(self.path)
+        except _LEFT_TO_FFMPEG:
+            self._decoder = _FfmpegStream(self.path)
+        self.samples = 0
+        """16-kHz samples handed out so far."""
+        self._finite = True
+
+    @property
+    def expected_s(self) -> float | None:
+        """The recording's length as its header or ffprobe tells it (for progress), None if neither does."""
+        return self._decoder.expected_s
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self._decoder.blocks():
+            if not np.all(np.isfinite(block)):
+                self._finite = False
+                return
+            self.samples += len(block)
+            yield block
+
+    def finish(self) -> str:
+        """Once the blocks have ended: raises AudioDecodeError where load_audio would have refused the file; else
+        the message of a damaged file (the blocks held what came before the damage), or "" for an intact one."""
+        damage = self._decoder.damage(self.samples)
+        if not damage:
+            _check_samples(self.path, self.samples, self._finite)
+        return damage
+
+    def close(self) -> None:
+        self._decoder.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _SoundfileStream:
+    """A file soundfile decodes cleanly, read as _read_frames reads it (blocks of _BLOCK_FRAMES, so that damage cuts
+    it where it cuts load_audio's) and resampled by a streaming soxr, which gives the one-shot resampler's samples
+    exactly (tests/test_streamed_decoding.py). Raises what load_audio falls back to ffmpeg on, the first block's
+    read error included."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._handle = sf.SoundFile(str(path))
+        try:
+            if not soundfile_decodes_cleanly(self._handle):
+                raise LeftToFfmpeg(f"{path}: {self._handle.format} is decoded by ffmpeg")
+            self._first = _read_mono(self._handle, _BLOCK_FRAMES)
+        except BaseException:
+            self._handle.close()
+            raise
+        self._rate = self._handle.samplerate
+        self.expected_s: float | None = self._handle.frames / self._rate
+        self._cut = False
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        resampler = None if self._rate == SAMPLE_RATE else soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, "float32")
+        group = round(STREAM_BLOCK_S * self._rate / _BLOCK_FRAMES)
+        pending = [self._first]
+        ended = len(self._first) == 0
+        while True:
+            if len(pending) >= group or ended:
+                yield from _nonempty(_resampled(resampler, np.concatenate(pending), ended))
+                pending = []
+            if ended:
+                return
+            block = self._next()
+            ended = len(block) == 0
+            pending.append(block)
+
+    def _next(self) -> np.ndarray:
+        """The next block; an empty one at the end, or where a decode error cuts the file short."""
+        try:
+            return _read_mono(self._handle, _BLOCK_FRAMES)
+        except sf.LibsndfileError:
+            self._cut = True
+            return np.zeros(0, dtype=np.float32)
+
+    def damage(self, samples: int) -> str:
+        if self._cut:
+            return damage_said(self._path, samples, self._handle.frames / self._rate)
+        return damage_said(self._path, samples) if _truncated_by_header(self._handle) else ""
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _resampled(resampler: soxr.ResampleStream | None, audio: np.ndarray, last: bool) -> np.ndarray:
+    if resampler is None:
+        return audio
+    return np.asarray(resampler.resample_chunk(audio, last=last), dtype=np.float32)
+
+
+def _nonempty(block: np.ndarray) -> Iterator[np.ndarray]:
+    if len(block):
+        yield block
+
+
+class _FfmpegStream:
+    """ffmpeg's s16le read from its stdout pipe a block at a time, the command load_audio runs. Its stderr goes to
+    a file, not a pipe: a damaged hour can say more than a pipe holds while its stdout is being read."""
+
+    def __init__(self, path: Path) -> None:
+        command = _ffmpeg_command(path, 0.0, None)
+        self._path = path
+        self._said = tempfile.TemporaryFile()  # noqa: SIM115 -- open while ffmpeg runs; close() closes it
+        self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._said)
+        self.expected_s = _ffprobe_seconds(path)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        assert self._proc.stdout is not None
+        size = 2 * round(STREAM_BLOCK_S * SAMPLE_RATE)
+        while data := self._proc.stdout.read(size):
+            yield _from_s16le(data)
+
+    def damage(self, samples: int) -> str:
+        self._proc.wait()
+        self._said.seek(0)
+        return (
+            damage_said(self._path, samples)
+            if _ffmpeg_verdict(self._path, self._proc.returncode, self._said.read())
+            else ""
+        )
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._said.close()
+
+
+def _ffprobe_seconds(path: Path) -> float | None:
+    """The length ffprobe reads from the container, for progress only (None if it cannot tell)."""
+    command = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    try:
+        said = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30).stdout.strip()
+        return float(said)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -75,6 +75,7 @@ class ReplaySource:
         self.dropped_chunks = 0
         """Always 0: a replay is read only as fast as it is consumed."""
         self._pcm: np.ndarray | None = None
+        self._blocks: Iterable[np.ndarray] | None = None
         self._delivered = 0
         self._pass_chunks = 0
         """Chunks in one pass through the file, once a pass has been completed (0 before)."""
@@ -93,6 +94,14 @@ class ReplaySource:
         source = cls(name, f"<{name}>", realtime=realtime, loop=loop, on_status=on_status)
         pad = (-len(pcm)) % CHUNK_SAMPLES
         source._pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16)]) if pad else pcm
+        return source
+
+    @classmethod
+    def from_blocks(cls, name: str, blocks: Iterable[np.ndarray]) -> ReplaySource:
+        """One unpaced pass over float32 blocks as they come (a decoded file's AudioStream), so that a long recording
+        is never held whole; the chunks from_samples gives of the same samples."""
+        source = cls(name, f"<{name}>", realtime=False)
+        source._blocks = blocks
         return source
 
     def _status(self, online: bool, detail: str) -> None:
@@ -161,6 +170,8 @@ class ReplaySource:
     def _open(self) -> _Blocks:
         if self._pcm is not None:
             return _ArrayBlocks(self._pcm)
+        if self._blocks is not None:
+            return _IteratedBlocks(iter(self._blocks))
         try:
             return _FileBlocks(self.path, _REALTIME_BLOCK_S if self.realtime else _FAST_BLOCK_S)
         except (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg):
@@ -199,6 +210,26 @@ class _ArrayBlocks:
 
     def close(self) -> None:
         self._done = True
+
+
+class _IteratedBlocks:
+    """Float blocks from an iterator, as int16. Read in the event loop's thread, not a worker: a decoder closed by a
+    Ctrl-C while a worker thread still read from it could crash the process (see _FileBlocks), and a replay this
+    one-off is not paced, so a few milliseconds of decoding in the loop hold nothing up."""
+
+    blocking = False
+
+    def __init__(self, blocks: Iterator[np.ndarray]) -> None:
+        self._blocks = blocks
+
+    def read(self) -> np.ndarray:
+        return float_to_pcm(next(self._blocks, _EMPTY))
+
+    def rewind(self) -> None:
+        raise ValueError("blocks as they are decoded are played once, not looped")
+
+    def close(self) -> None:
+        """Nothing to close: the iterator's owner closes its decoder."""
 
 
 class _FileBlocks:
