@@ -337,9 +337,14 @@ def _open_set_result(
         rows = discover_and_tell(data, label_pattern, console)
         bundle, strangers = _with_strangers(bundle, sorted({r.speaker for r in rows}), data, console)
         with progress_bar(console) as bar:
-            task = bar.add_task("scoring", total=len(rows), status="")
+            decoding = bar.add_task("decoding", total=len(rows), status="")
+            scored = bar.add_task("scoring", total=len(rows), status="")
             items, skipped = score_items(
-                bundle, rows, AudioCache(cache_dir or default_cache_dir()), lambda n: bar.advance(task, n)
+                bundle,
+                rows,
+                AudioCache(cache_dir or default_cache_dir()),
+                lambda n: bar.advance(decoding, n),
+                lambda n: bar.advance(scored, n),
             )
         if skipped:
             warning(console, skipped_note(skipped))

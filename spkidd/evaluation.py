@@ -15,7 +15,7 @@ from spkidd.audio_cache import AudioCache, prepare
 from spkidd.dataset import Row
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.features import FeatureExtractor
-from spkidd.inference import Scored, score_long, score_prefixes
+from spkidd.inference import Progress, Scored, score_long, score_prefixes
 from spkidd.modelfile import ModelBundle
 from spkidd.plots import pyplot
 
@@ -44,15 +44,43 @@ def chunk_seconds(bundle: ModelBundle) -> float:
     return float(bundle.training.get("settings", {}).get("window_s", 3.0))
 
 
+ROW_SHARES = 1024
+"""A long row's scoring is told in 1024ths of a row: sums of such fractions are exact in floating point, so that the
+scoring bar's count still ends on a whole number of rows (0.1 + 0.2 + 0.7 is not 1.0)."""
+
+
+@dataclass
+class RowProgress:
+    """One row's share of the scoring bar: a long row (an hour is 17 s of scoring) moves it chunk by chunk, and the
+    rest of the row is told once it is scored (all of it at once for a short or skipped row)."""
+
+    advance: Callable[[float], None] | None
+    told: int = 0
+    """In ROW_SHARES."""
+
+    def seconds(self, done_s: float, total_s: float | None) -> None:
+        if total_s:
+            self._tell(min(ROW_SHARES, int(done_s / total_s * ROW_SHARES)))
+
+    def done(self) -> None:
+        self._tell(ROW_SHARES)
+
+    def _tell(self, shares: int) -> None:
+        if self.advance is not None and shares > self.told:
+            self.advance((shares - self.told) / ROW_SHARES)
+            self.told = shares
+
+
 def score_rows(
     bundle: ModelBundle,
     rows: list[Row],
     cache: AudioCache,
     on_progress: Callable[[int], None] | None = None,
-    on_scored: Callable[[int], None] | None = None,
+    on_scored: Callable[[float], None] | None = None,
 ) -> Scoring:
-    """Decodes (`on_progress` per file) and scores (`on_scored` per item) every row of a known speaker; the rows of
-    other speakers count as done for both at once, so that neither progress bar ends short of its total."""
+    """Decodes (`on_progress` per file) and scores (`on_scored` by rows, a long row's chunks as parts of one) every row
+    of a known speaker; the rows of other speakers count as done for both at once, so that neither progress bar ends
+    short of its total."""
     index = {label: i for i, label in enumerate(bundle.labels)}
     result = Scoring()
     known = []
@@ -67,12 +95,12 @@ def score_rows(
         on_scored(len(rows) - len(known))
     extractor = bundle.extractor()
     for item in decoded_in_turn(known, cache, on_progress):
+        share = RowProgress(on_scored)
         if item.audio is None:
             result.skipped.append(item.reason)
-        elif not _score_item(bundle, extractor, item.audio, index[item.row.speaker], result):
+        elif not _score_item(bundle, extractor, item.audio, index[item.row.speaker], result, share.seconds):
             result.skipped.append(item.row.said(f"{item.row.path}: too short to score"))
-        if on_scored:
-            on_scored(1)
+        share.done()
     return result
 
 
@@ -97,9 +125,11 @@ def decoded_in_turn(
             yield Decoded(batch.rows.pop(0), batch.audio.pop(0))
 
 
-def _score_item(bundle: ModelBundle, extractor: FeatureExtractor, audio: np.ndarray, truth: int, into: Scoring) -> bool:
+def _score_item(
+    bundle: ModelBundle, extractor: FeatureExtractor, audio: np.ndarray, truth: int, into: Scoring, report: Progress
+) -> bool:
     """The whole item's scores and the top-1 after each of EARLY_S (one causal pass); False if too short."""
-    scored, _ = score_long(bundle, audio, chunk_seconds(bundle), extractor)
+    scored, _ = score_long(bundle, audio, chunk_seconds(bundle), extractor, report)
     if scored is None:
         return False
     into.truth.append(truth)
@@ -313,20 +343,25 @@ def plot_open_set(report: dict[str, Any], path: Path) -> None:
 
 
 def score_items(
-    bundle: ModelBundle, rows: list[Row], cache: AudioCache, on_progress: Callable[[int], None] | None = None
+    bundle: ModelBundle,
+    rows: list[Row],
+    cache: AudioCache,
+    on_progress: Callable[[int], None] | None = None,
+    on_scored: Callable[[float], None] | None = None,
 ) -> tuple[list[tuple[str, Scored]], list[str]]:
     """(speaker, scores) of every usable row, whether or not the model knows the speaker; and the rows skipped,
-    with the reason."""
+    with the reason. Progress as score_rows tells it."""
     skipped: list[str] = []
     extractor = bundle.extractor()
     chunk_s = chunk_seconds(bundle)
     items = []
     for item in decoded_in_turn(rows, cache, on_progress):
+        share = RowProgress(on_scored)
+        scored = None if item.audio is None else score_long(bundle, item.audio, chunk_s, extractor, share.seconds)[0]
+        share.done()
         if item.audio is None:
             skipped.append(item.reason)
-            continue
-        scored, _ = score_long(bundle, item.audio, chunk_s, extractor)
-        if scored is None:
+        elif scored is None:
             skipped.append(item.row.said(f"{item.row.path}: too short to score"))
         else:
             items.append((item.row.speaker, scored))

@@ -353,3 +353,28 @@ def test_identify_holds_no_more_of_a_long_recording_than_of_a_short_one(tmp_path
         assert result.timeline and not result.error
 
     assert peaks[1] - peaks[0] < 4_000_000, f"peaks {peaks[0] / 1e6:.1f} and {peaks[1] / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("open_set", [False, True])
+def test_evaluate_moves_its_scoring_bar_through_a_long_row_and_ends_on_whole_rows(
+    tmp_path: Path, open_set: bool
+) -> None:
+    """A long manifest row sat silent while it was scored; its chunks now move the bar by their share of the row,
+    and the bar's count comes out a whole number of rows (fractions that do not sum to exactly 1 left it at n - 1)."""
+    short = write_wav(tmp_path / "short.wav", synth_audio("alice", HELD_OUT_SENTENCES[0]))
+    long = write_wav(tmp_path / "long.wav", _conversation(60.0))
+    rows = [Row(short, "alice"), Row(long, "bob"), Row(short, "alice", start=0.1), Row(short, "carol")]
+    told: list[float] = []
+    bundle, cache = random_bundle(["alice", "bob"]), AudioCache(None)
+
+    if open_set:
+        evaluation.score_items(bundle, rows, cache, on_scored=told.append)
+    else:
+        evaluation.score_rows(bundle, rows, cache, on_scored=told.append)
+
+    parts = [share for share in told if 0 < share < 1]
+    assert len(parts) > 10, "the long row told its chunks"
+    completed = 0.0
+    for share in told:
+        completed += share
+    assert completed == len(rows), "added up one by one, as the progress bar adds them"
