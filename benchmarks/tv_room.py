@@ -11,12 +11,14 @@ until MINUTES of programme; VOICES voices drawn from those outside household b. 
   to FSDD's 8 kHz sampling, as its own recordings are;
 - b, six LibriSpeech voices (drawn with the same seed) trained on their P2 training audio, hearing the TV as it is.
 Each TV is replayed unpaced from a file source through `spkidd run` (config defaults otherwise) publishing to Mosquitto
-on 127.0.0.1; a subscriber keeps every message. Figures per hour of TV: utterances (`speaking` ON), utterances named
-as a household member (any event of the utterance names one; by the first name given) with their share, utterances
-whose final names a member, events by type (automations trigger on `identified`), retained state messages, and
-changes of the "Current speaker" sensor's value (the speaker, `unrecognized` for `unknown`, or `none`). --min-score
-replays each household's TV again with config.toml's `[decision] min_score` at each value given (the threshold
-row says which). Writes OUT/tv_room/summary.json. About 3 minutes on 2 cores (half a minute more per --min-score).
+on 127.0.0.1; a subscriber keeps every message. Figures per hour of TV: utterances (`speaking` OFF to ON), utterances
+named as a household member (any event of the utterance names one; by the first name given) with their share, utterances
+whose final names a member, events by type (automations trigger on `identified`), retained state messages, and changes
+of the "Current speaker" sensor's value (the speaker, `unrecognized` for `unknown`, or `none`). Beside them, what the
+threshold costs the household: the share of its own held-out clips (a: P1's 300 test clips; b: its members' P2 test
+windows) `spkidd evaluate` names right. --min-score replays each household's TV again with config.toml's `[decision]
+min_score` at each value given (the threshold row says which). Writes OUT/tv_room/summary.json. About 3 minutes on 2
+cores (half a minute more per --min-score).
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 from common import _load
-from evaluation import timed_train
+from evaluation import evaluate, timed_train
 from household import household_manifest
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p1, p2, write_manifest
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.decode import resample
-from spkidd.modelfile import load_model
+from spkidd.modelfile import load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the test helpers: config files, Mosquitto and the daemon as a process
@@ -88,6 +90,7 @@ class Replayed:
     sensor_changes_per_h: float
     daemon_cpu_s: float
     train_wall_s: float = 0.0
+    own_named_right: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,23 +135,41 @@ def band_limited(wav: Path, rate: int, out: Path) -> Path:
     return out
 
 
-def librispeech_household(train_csv: Path, speakers: list[str], out: Path) -> Path:
-    """The chosen speakers' P2 training rows as a manifest."""
-    with train_csv.open() as handle:
+@dataclass(frozen=True)
+class Household:
+    """What one household is trained on, its own held-out audio, and the TV as its microphone hears it."""
+
+    name: str
+    train: Path
+    held_out: Path
+    tv: Path
+
+
+def speakers_rows(p2_csv: Path, speakers: list[str], out: Path) -> Path:
+    """The chosen speakers' rows of a P2 manifest as a manifest."""
+    with p2_csv.open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["speaker"] in speakers]
     return write_manifest(out, MANIFEST_HEADER, [tuple(r[k] for k in MANIFEST_HEADER) for r in rows])
 
 
 def _payloads(messages: list[Received], topic: str) -> list[Any]:
+    """The payloads on `topic` as published: a retained one the broker hands a subscriber again when it
+    reconnects (under load, past its keep-alive) is not counted twice."""
     return [
         json.loads(m.payload) if m.payload.startswith(b"{") else m.payload.decode()
         for m in messages
-        if m.topic == topic
+        if m.topic == topic and not m.retain
     ]
 
 
 def _sensor_value(state: dict[str, Any]) -> str:
     return UNRECOGNIZED if state["speaker"] == "unknown" else str(state["speaker"])
+
+
+def _utterances(speaking: list[str]) -> int:
+    """Starts of speech: an ON after an OFF (or first). The daemon's connection publishes the retained state it has
+    then, so an utterance already open when it connects (an unpaced file starts at once) is said ON twice."""
+    return sum(now == "ON" and before != "ON" for before, now in pairwise(["OFF", *speaking]))
 
 
 def tally(messages: list[Received], labels: list[str]) -> dict[str, Any]:
@@ -162,7 +183,7 @@ def tally(messages: list[Received], labels: list[str]) -> dict[str, Any]:
     finals = [e for e in events if e["final"] and e["speaker"] in labels]
     values = [_sensor_value(s) for s in states]
     return {
-        "utterances": _payloads(messages, f"{TOPIC}/speaking").count("ON"),
+        "utterances": _utterances(_payloads(messages, f"{TOPIC}/speaking")),
         "named": len(named),
         "named_by_name": dict(Counter(named.values()).most_common()),
         "final_named": len(finals),
@@ -187,6 +208,8 @@ async def _collect(broker_port: int, config: Path, log: Path) -> tuple[list[Rece
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         await sub.wait_for(lambda ms: _payloads(ms, f"spkidd/{INSTANCE}/status")[-1:] == ["offline"], timeout=30)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if sub.connects != 1:
+        print(f"  the subscriber connected {sub.connects} times: retained messages it got again are left out")
     return sub.messages, cpu
 
 
@@ -229,6 +252,18 @@ def replay(name: str, model: Path, tv: Path, work: Path, min_score: float | None
     )
 
 
+def own_named_right(model: Path, held_out: Path, min_score: float | None, work: Path) -> float:
+    """The share of the household's own held-out clips `spkidd evaluate` names right (the daemon's final answer),
+    with the model's threshold or with `min_score` written into a copy of the model, as the config's would be."""
+    if min_score is not None:
+        bundle = load_model(model)
+        bundle.decision = {**bundle.decision, "min_score": min_score}
+        model = work / f"household_min_score_{min_score}.safetensors"
+        save_model(bundle, model)
+    _, figures = evaluate(model, held_out, work / f"report_{min_score}", quiet=True)
+    return float(figures["named_right"])
+
+
 def print_table(results: list[Replayed]) -> None:
     rows = [
         ("unknown-speaker threshold", lambda r: f"{r.threshold:.3f}"),
@@ -245,6 +280,7 @@ def print_table(results: list[Replayed]) -> None:
         ),
         ("state messages / h", lambda r: f"{r.state_messages_per_h:.0f}"),
         ("Current speaker changes / h", lambda r: f"{r.sensor_changes_per_h:.0f}"),
+        ("own held-out clips named right", lambda r: f"{r.own_named_right:.1%}"),
         ("daemon CPU s (unpaced)", lambda r: f"{r.daemon_cpu_s:.0f}"),
         ("training wall s", lambda r: f"{r.train_wall_s:.0f}"),
     ]
@@ -275,22 +311,34 @@ def main() -> None:
     order = [str(s) for s in np.random.default_rng(args.seed).permutation(sorted(pieces))]
     members, voices = order[:HOUSEHOLD_SIZE], order[HOUSEHOLD_SIZE : HOUSEHOLD_SIZE + args.voices]
     tv = build_tv(pieces, voices, args.minutes, args.seed, work / "tv.wav")
-    fsdd_train, _ = p1(args.data, work)
-    households = {
-        "a FSDD six": (household_manifest(fsdd_train, 5.0, work)[0], band_limited(tv, FSDD_RATE, work / "tv_8k.wav")),
-        "b LibriSpeech six": (librispeech_household(p2_train, members, work / "librispeech_train.csv"), tv),
-    }
+    fsdd_train, fsdd_test = p1(args.data, work)
+    households = [
+        Household(
+            "a FSDD six",
+            household_manifest(fsdd_train, 5.0, work)[0],
+            fsdd_test,
+            band_limited(tv, FSDD_RATE, work / "tv_8k.wav"),
+        ),
+        Household(
+            "b LibriSpeech six",
+            speakers_rows(p2_train, members, work / "librispeech_train.csv"),
+            speakers_rows(p2_test, members, work / "librispeech_test.csv"),
+            tv,
+        ),
+    ]
     results = []
-    for name, (manifest, heard) in households.items():
-        home = work / name.split()[0]
+    for household in households:
+        home = work / household.name.split()[0]
         home.mkdir(exist_ok=True)
         model = home / "household.safetensors"
-        print(f"{name}: training", flush=True)
-        train_s = timed_train(manifest, model, log=home / "train.log")
+        print(f"{household.name}: training", flush=True)
+        train_s = timed_train(household.train, model, log=home / "train.log")
         for min_score in [None, *args.min_score]:
-            print(f"{name}: replaying the TV" + ("" if min_score is None else f" at min_score {min_score}"), flush=True)
-            result = replay(name, model, heard, home, min_score)
+            at = "" if min_score is None else f" at min_score {min_score}"
+            print(f"{household.name}: replaying the TV{at}", flush=True)
+            result = replay(household.name, model, household.tv, home, min_score)
             result.train_wall_s = round(train_s, 1)
+            result.own_named_right = own_named_right(model, household.held_out, min_score, home)
             results.append(result)
     print_table(results)
     summary = {
