@@ -23,7 +23,8 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUT = REPO / "benchmarks" / "out"
 
 
-def _load(path: str, start: float, end: float) -> np.ndarray:
+def load_span(path: str, start: float, end: float) -> np.ndarray:
+    """The [start, end) seconds of a file as 16-kHz mono float32, the way the conversations are built from it."""
     info = sf.info(path)
     x, sr = sf.read(path, start=int(start * info.samplerate), stop=int(end * info.samplerate), dtype="float32")
     if x.ndim > 1:
@@ -66,7 +67,7 @@ def build_conversation(
         path, s, e = spans[spk]
         length = min(rng.uniform(1.5, 4.0), e - s)
         off = rng.uniform(0, e - s - length)
-        x = _load(path, s + off, s + off + length)
+        x = load_span(path, s + off, s + off + length)
         truth.append((round(t, 3), round(t + len(x) / SAMPLE_RATE, 3), spk))
         audio.append(x)
         t += len(x) / SAMPLE_RATE

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import soxr
-from common import _load
+from common import load_span
 from evaluation import evaluate, timed_train
 from household import household_manifest
 from manifests import DEFAULT_DATA, MANIFEST_HEADER, p1, p2, write_manifest
@@ -119,7 +119,7 @@ def build_tv(pieces: dict[str, Piece], voices: list[str], minutes: float, seed: 
         piece = pieces[voice]
         length = min(rng.uniform(1.5, 4.0), piece.end - piece.start)
         offset = rng.uniform(0, piece.end - piece.start - length)
-        turn = _load(piece.path, piece.start + offset, piece.start + offset + length)
+        turn = load_span(piece.path, piece.start + offset, piece.start + offset + length)
         pause = np.zeros(int(rng.uniform(0.4, 1.2) * SAMPLE_RATE), np.float32)
         audio += [turn, pause]
         total += len(turn) + len(pause)
