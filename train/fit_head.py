@@ -31,6 +31,7 @@ from spkidd.decide import DecisionSettings
 from spkidd.encoder import GE2E_FEATURES, HIDDEN
 from spkidd.encoder_model import EncoderModelConfig, EncoderSpeakerModel
 from spkidd.features import FeatureParams
+from spkidd.freed_memory import trim_freed_memory
 from spkidd.inference import step_scores
 from spkidd.modelfile import ModelBundle
 from train.augment import Augmenter, AugmentSettings
@@ -71,6 +72,14 @@ SORTED_BATCHES = 8
 """Batches per run of the shuffled pool sorted by length (`length_sorted_batches`): enough for batches of even
 length (padding fell from 52% to 17% of the GRU's steps on P1's pools and from 50% to 11% on P2-like ones; P1's
 epochs from 3.7 to 2.5 s), few enough that which sequences meet in a batch still changes from epoch to epoch."""
+ENCODE_BATCH = 16
+"""Sequences encoded at once. A batch's features and the encoder's outputs at every frame take about 14 MB per
+sequence of the longest kind (14 s) while they are computed, and the next batch's features are computed meanwhile:
+in batches of 64 P2's encoding peaked at 1.32 GB, in 16 at 1.0 GB. A sequence's outputs are the same in any batch
+(the same model to the bit)."""
+VALIDATION_BATCH = 16
+"""Validation sequences scored at once: P2's held-out clips run to 700 steps, and the heads' states of 128 such took
+0.9 GB while they were scored (32: 0.25 GB), every epoch. A sequence's probabilities are the same in any batch."""
 TOP_LR_FACTOR = 0.1
 HEADS = 2
 """Heads trained side by side and averaged (train.ensemble)."""
@@ -126,31 +135,48 @@ def step_targets(owners: np.ndarray, window_ages: np.ndarray, params: FeaturePar
     return np.where(changes[last] == changes[first], speaker[last], UNHEARD)
 
 
-def join_pieces(
-    audio: list[np.ndarray], labels: list[int], rng: np.random.Generator, total_s: float
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Sequences of 1-4 pieces of different speakers back to back, about `total_s` seconds of audio in all;
-    each with the speaker of every sample."""
+@dataclass(frozen=True)
+class Joined:
+    """A sequence of pieces back to back: views of the audio they are cut from, joined only while the sequence is
+    encoded. Every pool's sequences are drawn before the first is encoded, and as joined copies with the speaker of
+    every sample (int64) they took 70 MB per minute of training audio (six pools: 2.3 GB for P2's 35 minutes)."""
+
+    parts: list[np.ndarray]
+    speakers: list[int]
+
+    @property
+    def samples(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+    def owners(self) -> np.ndarray:
+        """The speaker of every sample."""
+        return np.repeat(np.asarray(self.speakers, dtype=np.int64), [len(part) for part in self.parts])
+
+
+def join_pieces(audio: list[np.ndarray], labels: list[int], rng: np.random.Generator, total_s: float) -> list[Joined]:
+    """Sequences of 1-4 pieces of different speakers back to back, about `total_s` seconds of audio in all."""
     by_speaker: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         by_speaker.setdefault(label, []).append(i)
     speakers = sorted(by_speaker)
-    sequences: list[tuple[np.ndarray, np.ndarray]] = []
+    sequences: list[Joined] = []
     made = 0.0
     while made < total_s:
-        parts, owners, previous = [], [], -1
+        joined, previous = Joined([], []), -1
         for _ in range(int(rng.integers(PIECES_PER_SEQUENCE[0], PIECES_PER_SEQUENCE[1] + 1))):
             choices = [s for s in speakers if s != previous] or speakers
             speaker = choices[int(rng.integers(len(choices)))]
             item = audio[by_speaker[speaker][int(rng.integers(len(by_speaker[speaker])))]]
             length = min(len(item), int(rng.uniform(*PIECE_S) * SAMPLE_RATE))
             start = int(rng.integers(0, len(item) - length + 1))
-            parts.append(item[start : start + length])
-            owners.append(np.full(length, speaker, dtype=np.int64))
+            joined.parts.append(item[start : start + length])
+            joined.speakers.append(speaker)
             previous = speaker
-        sequence = np.concatenate(parts)
-        sequences.append((sequence, np.concatenate(owners)))
-        made += len(sequence) / SAMPLE_RATE
+        sequences.append(joined)
+        made += joined.samples / SAMPLE_RATE
     return sequences
 
 
@@ -223,21 +249,21 @@ class HeadTrainer(TrainerBase):
                 parameter.requires_grad_(True)
         return model
 
-    def _encode(
-        self, model: EncoderSpeakerModel, sequences: list[tuple[np.ndarray, np.ndarray]], augmenter: Augmenter | None
-    ) -> EncodedPool:
+    def _encode(self, model: EncoderSpeakerModel, sequences: list[Joined], augmenter: Augmenter | None) -> EncodedPool:
         """Runs the frozen encoder over every sequence (length-sorted batches, padded at the end: it is causal).
         The next batch is augmented and its features computed in a thread while the encoder runs: numpy's FFTs and
-        torch's kernels leave the interpreter free, and on P1 the noise and rooms took 4 of the pools' 13 s."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-        longest = max((self.params.n_frames(len(wave)) for wave, _ in sequences), default=0)
+        torch's kernels leave the interpreter free, and on P1 the noise and rooms took 4 of the pools' 13 s. What
+        the batches freed goes back to the system before the next pool."""
+        order = sorted(range(len(sequences)), key=lambda i: sequences[i].samples)
+        longest = max((self.params.n_frames(joined.samples) for joined in sequences), default=0)
         ages = model.encoder.window_ages(torch.zeros(1, dtype=torch.long), longest)[0].max(dim=0).values.numpy()
         pool = EncodedPool([], [])
         model.eval()
-        groups = [[sequences[i] for i in order[start : start + 64]] for start in range(0, len(order), 64)]
+        size = ENCODE_BATCH
+        groups = [[sequences[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
 
-        def features(group: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
-            return self.extractor.padded([augmenter.waveform(w) if augmenter else w for w, _ in group])
+        def features(group: list[Joined]) -> torch.Tensor:
+            return self.extractor.padded([augmenter.waveform(j.audio()) if augmenter else j.audio() for j in group])
 
         with ThreadPoolExecutor(max_workers=1) as ahead:
             upcoming = ahead.submit(features, groups[0]) if groups else None
@@ -248,13 +274,14 @@ class HeadTrainer(TrainerBase):
                 self._add_encoded(pool, model, group, frames, ages)
                 if self.progress:
                     self.progress("advance", len(group))
+        trim_freed_memory()
         return pool
 
     def _add_encoded(
         self,
         pool: EncodedPool,
         model: EncoderSpeakerModel,
-        group: list[tuple[np.ndarray, np.ndarray]],
+        group: list[Joined],
         frames: torch.Tensor,
         ages: np.ndarray,
     ) -> None:
@@ -263,10 +290,10 @@ class HeadTrainer(TrainerBase):
         with torch.no_grad():
             usable = (frames.shape[1] // k) * k
             at_steps, _ = model.hidden_steps(frames[:, :usable], model.initial_state(len(group)))
-        for row, (wave, owners) in enumerate(group):
-            n = self.params.n_frames(len(wave)) // k
+        for row, joined in enumerate(group):
+            n = self.params.n_frames(joined.samples) // k
             pool.hidden.append(at_steps[row, :n].clone())
-            pool.targets.append(torch.from_numpy(step_targets(owners, ages[: n * k], self.params, k)))
+            pool.targets.append(torch.from_numpy(step_targets(joined.owners(), ages[: n * k], self.params, k)))
 
     def _augment_rngs(self, settings: TrainSettings) -> tuple[np.random.Generator, np.random.Generator]:
         """Random numbers for the training pools' noise and the noisy validation's. With several processes every
@@ -289,9 +316,7 @@ class HeadTrainer(TrainerBase):
         val_audio, val_labels = (s.val_audio, s.val_labels) if s.val_audio else (s.train_audio, s.train_labels)
         val_s = max(60.0, sum(len(a) for a in val_audio) / SAMPLE_RATE)
         val_plan = join_pieces(val_audio, val_labels, np.random.default_rng(settings.seed + 1), val_s)
-        val_plan += [
-            (a, np.full(len(a), label, dtype=np.int64)) for a, label in zip(val_audio, val_labels, strict=True)
-        ]
+        val_plan += [Joined([a], [label]) for a, label in zip(val_audio, val_labels, strict=True)]
         if self.progress:
             self.progress("start", sum(len(share(p)) for p in plans) + 2 * len(share(val_plan)))
         pools = [self._encode(model, share(plan), augmenter) for plan in plans]
@@ -363,8 +388,9 @@ class HeadTrainer(TrainerBase):
             head.eval()
         summed = [torch.zeros(0, len(self.labels))]
         with torch.no_grad():
-            for start in range(0, len(pool.targets), 128):
-                x, _, mask = self._padded(pool, list(range(start, min(start + 128, len(pool.targets)))))
+            for start in range(0, len(pool.targets), VALIDATION_BATCH):
+                members = list(range(start, min(start + VALIDATION_BATCH, len(pool.targets))))
+                x, _, mask = self._padded(pool, members)
                 probs = torch.stack([torch.softmax(h.scale * step_cosines(h, x), dim=-1) for h in heads]).sum(0)
                 summed.append(probs[mask])
         return torch.cat(summed)
@@ -382,20 +408,36 @@ class HeadTrainer(TrainerBase):
         assert settings.heads is not None
         torch.set_num_threads(self.ranks.threads(settings.threads))
         ensemble = HeadNet([self._new_model(settings) for _ in range(settings.heads)], settings.seed)
-        heads = ensemble.heads
         started = time.monotonic()
+        run = self._trained(ensemble, settings, resume, started, on_epoch)
+        trim_freed_memory()
+        model = merged_heads(ensemble.heads)
+        bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
+        return TrainResult(bundle=bundle, history=run.history)
+
+    def _trained(
+        self,
+        ensemble: HeadNet,
+        settings: TrainSettings,
+        resume: bool,
+        started: float,
+        on_epoch: Callable[[EpochRecord], None] | None,
+    ) -> RunState:
+        """The pools encoded and the heads trained on them. The pools go when it returns, before the references
+        and the calibration (P2's took 217 MB), and what the first validation freed goes back to the system before
+        the heads' processes are forked (they start with the parent's pages)."""
+        heads = ensemble.heads
         pools, val_pool = self._pools(heads[0], settings)
         self._start_from_centroids(heads, pools[0], self.ranks)
         optimizer = self._optimizer(ensemble, settings)
         weights = self._class_weights(settings)
         resumed = self._resume(ensemble, optimizer, None) if resume else None
         run = resumed or self._start(ensemble, val_pool)
+        trim_freed_memory()
         epochs = _Epochs(self, ensemble, pools, val_pool, optimizer, weights, settings)
         with epochs.workers() as workers:
             self._epochs(epochs.fit(workers), run, settings, started, on_epoch)
-        model = merged_heads(heads)
-        bundle = self._finish_bundle(model, settings, run, run.wall_s(started))
-        return TrainResult(bundle=bundle, history=run.history)
+        return run
 
     def _start(self, ensemble: HeadNet, val_pool: EncodedPool) -> RunState:
         """A run from its first epoch, its best so far the heads as they start (the encoder with centroid scoring),
