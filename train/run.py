@@ -25,7 +25,6 @@ from train.calibrate import DEFAULT_THRESHOLD, strangers_note, too_few_impostors
 from train.fit import Split, Trainer, TrainSettings, stratified_split
 from train.fit_head import HeadTrainer
 from train.head_parallel import WorkerFailed
-from train.memory import return_large_blocks
 from train.trainer_base import (
     HELD_OUT,
     EpochRecord,
@@ -200,7 +199,6 @@ def run_training(inputs: TrainInputs, settings: TrainSettings, console: Console 
     quiet = distributed and dist.get_rank() != 0
     if quiet:
         console = Console(quiet=True)
-    return_large_blocks()
     try:
         code = _train(inputs, settings, console, quiet)
     except (TrainingInterrupted, KeyboardInterrupt):
