@@ -290,6 +290,45 @@ def print_table(results: list[Replayed]) -> None:
         print(f"{label:{width}s}  " + "  |  ".join(cell(r) for r in results))
 
 
+def households(data: Path, work: Path, p2_train: Path, p2_test: Path, members: list[str], tv: Path) -> list[Household]:
+    """a: FSDD's six speakers on five minutes of their P1 training clips, the TV band-limited like their recordings;
+    b: six LibriSpeech voices on their P2 training audio."""
+    fsdd_train, fsdd_test = p1(data, work)
+    return [
+        Household(
+            "a FSDD six",
+            household_manifest(fsdd_train, 5.0, work)[0],
+            fsdd_test,
+            band_limited(tv, FSDD_RATE, work / "tv_8k.wav"),
+        ),
+        Household(
+            "b LibriSpeech six",
+            speakers_rows(p2_train, members, work / "librispeech_train.csv"),
+            speakers_rows(p2_test, members, work / "librispeech_test.csv"),
+            tv,
+        ),
+    ]
+
+
+def replays(household: Household, work: Path, min_scores: list[float]) -> list[Replayed]:
+    """The household trained with default flags, then the TV replayed against it at its own threshold and at each of
+    `min_scores`."""
+    home = work / household.name.split()[0]
+    home.mkdir(exist_ok=True)
+    model = home / "household.safetensors"
+    print(f"{household.name}: training", flush=True)
+    train_s = timed_train(household.train, model, log=home / "train.log")
+    results = []
+    for min_score in [None, *min_scores]:
+        at = "" if min_score is None else f" at min_score {min_score}"
+        print(f"{household.name}: replaying the TV{at}", flush=True)
+        result = replay(household.name, model, household.tv, home, min_score)
+        result.train_wall_s = round(train_s, 1)
+        result.own_named_right = own_named_right(model, household.held_out, min_score, home)
+        results.append(result)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -311,35 +350,9 @@ def main() -> None:
     order = [str(s) for s in np.random.default_rng(args.seed).permutation(sorted(pieces))]
     members, voices = order[:HOUSEHOLD_SIZE], order[HOUSEHOLD_SIZE : HOUSEHOLD_SIZE + args.voices]
     tv = build_tv(pieces, voices, args.minutes, args.seed, work / "tv.wav")
-    fsdd_train, fsdd_test = p1(args.data, work)
-    households = [
-        Household(
-            "a FSDD six",
-            household_manifest(fsdd_train, 5.0, work)[0],
-            fsdd_test,
-            band_limited(tv, FSDD_RATE, work / "tv_8k.wav"),
-        ),
-        Household(
-            "b LibriSpeech six",
-            speakers_rows(p2_train, members, work / "librispeech_train.csv"),
-            speakers_rows(p2_test, members, work / "librispeech_test.csv"),
-            tv,
-        ),
-    ]
     results = []
-    for household in households:
-        home = work / household.name.split()[0]
-        home.mkdir(exist_ok=True)
-        model = home / "household.safetensors"
-        print(f"{household.name}: training", flush=True)
-        train_s = timed_train(household.train, model, log=home / "train.log")
-        for min_score in [None, *args.min_score]:
-            at = "" if min_score is None else f" at min_score {min_score}"
-            print(f"{household.name}: replaying the TV{at}", flush=True)
-            result = replay(household.name, model, household.tv, home, min_score)
-            result.train_wall_s = round(train_s, 1)
-            result.own_named_right = own_named_right(model, household.held_out, min_score, home)
-            results.append(result)
+    for household in households(args.data, work, p2_train, p2_test, members, tv):
+        results += replays(household, work, args.min_score)
     print_table(results)
     summary = {
         "seed": args.seed,

@@ -128,22 +128,15 @@ def _from_pcm(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768.0
 
 
-def skipped_note(reasons: list[str], most: int = 10) -> str:
-    """The files or manifest rows a command could not use, said once after its progress bar: the first `most` with
-    their reason. Rows of a manifest are pieces of recordings (hundreds may cut one file), so they are counted as
-    rows, not files."""
-    what = "manifest row(s)" if reasons and all(map(_manifest_row_said, reasons)) else "file(s)"
+def skipped_note(reasons: list[str], rows: list[Row], most: int = 10) -> str:
+    """The files or manifest rows a command could not use (`rows` the ones it was given), said once after its
+    progress bar: the first `most` with their reason. Rows of a manifest are pieces of recordings (hundreds may cut
+    one file), so they are counted as rows, not files."""
+    what = "manifest row(s)" if any(row.line for row in rows) else "file(s)"
     lines = [f"skipped {len(reasons)} unusable {what}:", *(f"  {reason}" for reason in reasons[:most])]
     if len(reasons) > most:
         lines.append(f"  ... and {len(reasons) - most} more")
     return "\n".join(lines)
-
-
-def _manifest_row_said(reason: str) -> bool:
-    """Whether `reason` was said by a manifest's row (Row.said: `manifest.csv:12: ...`). A row found in a folder
-    says its file's path first, and a folder's audio file ends in its extension, never in `:12`."""
-    where, _, line = reason.split(": ", 1)[0].rpartition(":")
-    return bool(where) and line.isdigit()
 
 
 def prepare(

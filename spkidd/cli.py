@@ -261,7 +261,7 @@ def _closed_set_result(
                 lambda n: bar.advance(scored, n),
             )
         if scoring.skipped:
-            warning(console, skipped_note(scoring.skipped))
+            warning(console, skipped_note(scoring.skipped, rows))
         return closed_set_report(bundle, scoring)
     except (ModelFileError, DataError, ValueError) as exc:
         error(console, str(exc))
@@ -347,7 +347,7 @@ def _open_set_result(
                 lambda n: bar.advance(scored, n),
             )
         if skipped:
-            warning(console, skipped_note(skipped))
+            warning(console, skipped_note(skipped, rows))
         return open_set_report(bundle, items, strangers)
     except (ModelFileError, DataError, ValueError) as exc:
         error(console, str(exc))

@@ -63,8 +63,9 @@ def test_a_row_decoded_now_is_what_the_next_run_reads_from_the_cache(tmp_path: P
 
 def _skipped(data: Path, cache: Path) -> str:
     """The note `spkidd train` prints for what it could not use in `data` (its reasons as train/run.py builds them)."""
-    prepared = prepare(discover(data).rows, AudioCache(cache))
-    return skipped_note([row.said(reason) for row, reason in prepared.skipped])
+    rows = discover(data).rows
+    prepared = prepare(rows, AudioCache(cache))
+    return skipped_note([row.said(reason) for row, reason in prepared.skipped], rows)
 
 
 def test_the_skipped_note_counts_a_manifest_s_rows_as_rows_and_a_folder_s_files_as_files(tmp_path: Path) -> None:

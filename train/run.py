@@ -63,7 +63,7 @@ def decode_rows(rows: list[Row], cache: AudioCache, console: Console, what: str)
         task = progress.add_task(f"decoding {what}", total=len(rows), status="")
         prepared = prepare(rows, cache, on_progress=lambda n: progress.advance(task, n))
     if prepared.skipped:
-        warning(console, skipped_note([row.said(reason) for row, reason in prepared.skipped]))
+        warning(console, skipped_note([row.said(reason) for row, reason in prepared.skipped], rows))
     return prepared
 
 
