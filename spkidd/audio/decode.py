@@ -84,7 +84,7 @@ def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
     while count < 0 or filled < count:
         want = _BLOCK_FRAMES if count < 0 else min(_BLOCK_FRAMES, count - filled)
         try:
-            block = _read_mono(handle, want)
+            block = read_mono(handle, want)
         except sf.LibsndfileError:
             if filled == 0:
                 raise
@@ -98,15 +98,28 @@ def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
     return audio[:filled], False
 
 
-def _read_mono(handle: sf.SoundFile, frames: int) -> np.ndarray:
+def read_mono(handle: sf.SoundFile, frames: int) -> np.ndarray:
     """The next `frames` frames, channels averaged."""
     return handle.read(frames=frames, dtype="float32", always_2d=True).mean(axis=1)
 
 
+def open_soundfile(path: Path) -> sf.SoundFile:
+    """soundfile's handle on a file it decodes cleanly; raises what load_audio leaves to ffmpeg (LEFT_TO_FFMPEG)."""
+    handle = sf.SoundFile(str(path))
+    if not soundfile_decodes_cleanly(handle):
+        handle.close()
+        raise LeftToFfmpeg(f"{path}: {handle.format} is decoded by ffmpeg")
+    return handle
+
+
+def stream_resampler(rate: int) -> soxr.ResampleStream | None:
+    """A resampler to 16 kHz that carries its state across blocks (the one-shot resampler's samples exactly); None
+    for audio already at 16 kHz."""
+    return None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+
+
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
-    with sf.SoundFile(str(path)) as handle:
-        if not soundfile_decodes_cleanly(handle):
-            raise LeftToFfmpeg(f"{path}: {handle.format} is decoded by ffmpeg")
+    with open_soundfile(path) as handle:
         rate = handle.samplerate
         first = round(start * rate)
         if first > handle.frames:
@@ -167,14 +180,14 @@ def load_audio(path: Path | str, start: float = 0.0, end: float | None = None) -
     path = _existing(path)
     try:
         audio = _read_soundfile(path, start, end)
-    except _LEFT_TO_FFMPEG:
+    except LEFT_TO_FFMPEG:
         audio = _read_ffmpeg(path, start, end)
     _check_range(path, audio, start, end)
     _check_samples(path, audio.size, bool(np.all(np.isfinite(audio))))
     return audio
 
 
-_LEFT_TO_FFMPEG = (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg)
+LEFT_TO_FFMPEG = (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg)
 """What soundfile raises opening (or first reading) a file it cannot decode: ffmpeg then gets it."""
 
 
@@ -224,7 +237,7 @@ class AudioStream:
         self._decoder: _SoundfileStream | _FfmpegStream
         try:
             self._decoder = _SoundfileStream(self.path)
-        except _LEFT_TO_FFMPEG:
+        except LEFT_TO_FFMPEG:
             self._decoder = _FfmpegStream(self.path)
         self.samples = 0
         """16-kHz samples handed out so far."""
@@ -271,11 +284,9 @@ class _SoundfileStream:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._handle = sf.SoundFile(str(path))
+        self._handle = open_soundfile(path)
         try:
-            if not soundfile_decodes_cleanly(self._handle):
-                raise LeftToFfmpeg(f"{path}: {self._handle.format} is decoded by ffmpeg")
-            self._first = _read_mono(self._handle, _BLOCK_FRAMES)
+            self._first = read_mono(self._handle, _BLOCK_FRAMES)
         except BaseException:
             self._handle.close()
             raise
@@ -284,13 +295,13 @@ class _SoundfileStream:
         self._cut = False
 
     def blocks(self) -> Iterator[np.ndarray]:
-        resampler = None if self._rate == SAMPLE_RATE else soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, "float32")
+        resampler = stream_resampler(self._rate)
         group = round(STREAM_BLOCK_S * self._rate / _BLOCK_FRAMES)
         pending = [self._first]
         ended = len(self._first) == 0
         while True:
             if len(pending) >= group or ended:
-                yield from _nonempty(_resampled(resampler, np.concatenate(pending), ended))
+                yield from _nonempty(resampled(resampler, np.concatenate(pending), ended))
                 pending = []
             if ended:
                 return
@@ -301,7 +312,7 @@ class _SoundfileStream:
     def _next(self) -> np.ndarray:
         """The next block; an empty one at the end, or where a decode error cuts the file short."""
         try:
-            return _read_mono(self._handle, _BLOCK_FRAMES)
+            return read_mono(self._handle, _BLOCK_FRAMES)
         except sf.LibsndfileError:
             self._cut = True
             return np.zeros(0, dtype=np.float32)
@@ -315,7 +326,8 @@ class _SoundfileStream:
         self._handle.close()
 
 
-def _resampled(resampler: soxr.ResampleStream | None, audio: np.ndarray, last: bool) -> np.ndarray:
+def resampled(resampler: soxr.ResampleStream | None, audio: np.ndarray, last: bool) -> np.ndarray:
+    """The next block through a stream_resampler (`last` flushes it)."""
     if resampler is None:
         return audio
     return np.asarray(resampler.resample_chunk(audio, last=last), dtype=np.float32)

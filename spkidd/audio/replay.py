@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
-from spkidd.audio.decode import LeftToFfmpeg, load_audio, soundfile_decodes_cleanly
+from spkidd.audio.decode import LEFT_TO_FFMPEG, load_audio, open_soundfile, read_mono, resampled, stream_resampler
 from spkidd.events import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -174,7 +172,7 @@ class ReplaySource:
             return _IteratedBlocks(iter(self._blocks))
         try:
             return _FileBlocks(self.path, _REALTIME_BLOCK_S if self.realtime else _FAST_BLOCK_S)
-        except (sf.LibsndfileError, RuntimeError, TypeError, LeftToFfmpeg):
+        except LEFT_TO_FFMPEG:
             return _ArrayBlocks(to_chunkable_pcm(load_audio(self.path)))
 
 
@@ -242,22 +240,14 @@ class _FileBlocks:
     blocking = True
 
     def __init__(self, path: Path, block_s: float) -> None:
-        self._file = sf.SoundFile(str(path))
-        if not soundfile_decodes_cleanly(self._file):
-            self._file.close()
-            raise LeftToFfmpeg(f"{path}: {self._file.format} is decoded by ffmpeg")
+        self._file = open_soundfile(path)
         self._rate = self._file.samplerate
         self._frames = max(1, int(block_s * self._rate))
-        self._resampler = self._new_resampler()
+        self._resampler = stream_resampler(self._rate)
         self._ended = False
         self._lock = threading.Lock()
         self._busy = False
         self._close_requested = False
-
-    def _new_resampler(self) -> soxr.ResampleStream | None:
-        if self._rate == SAMPLE_RATE:
-            return None
-        return soxr.ResampleStream(self._rate, SAMPLE_RATE, 1, dtype="float32")
 
     def read(self) -> np.ndarray:
         if not self._claim():
@@ -272,7 +262,7 @@ class _FileBlocks:
             return
         try:
             self._file.seek(0)
-            self._resampler = self._new_resampler()
+            self._resampler = stream_resampler(self._rate)
             self._ended = False
         finally:
             self._release()
@@ -300,11 +290,10 @@ class _FileBlocks:
 
     def _decode_block(self) -> np.ndarray:
         while not self._ended:
-            data = self._file.read(frames=self._frames, dtype="float32", always_2d=True).mean(axis=1)
+            data = read_mono(self._file, self._frames)
             last = len(data) < self._frames
             self._ended = last
-            if self._resampler is not None:
-                data = np.asarray(self._resampler.resample_chunk(data, last=last), dtype=np.float32)
+            data = resampled(self._resampler, data, last)
             if len(data):
                 return float_to_pcm(data)
         return _EMPTY
