@@ -2,7 +2,8 @@
 sharing one Mosquitto: everything is asserted through Home Assistant's own API — the entities and their devices,
 states that follow a conversation, `unrecognized` for a stranger, the documented attributes, availability on
 SIGTERM / kill -9 / restart, rediscovery after a Home Assistant restart, the docs' automation running exactly once
-per event, and a log without MQTT warnings."""
+per event, and a log without MQTT warnings; and the default set-up, Home Assistant on spkidd's embedded broker,
+through a stop and a start of spkidd."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from spkidd.mqtt.payloads import SPEAKER_ATTRIBUTES
 from tests.conftest import TRAIN_SENTENCES
 from tests.support import hass as ha
 from tests.support.daemon import REPO, DaemonProcess, conversation, file_source, write_config
-from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto
+from tests.support.mosquitto import Collector, Received, free_port, running_mosquitto, wait_port
 from tests.support.polling import until
 from tests.support.sequences import is_subsequence
 
@@ -307,3 +308,64 @@ async def _a_restarted_home_assistant_rediscovers(
     await _automation_runs_match_events(hass, sub)
     assert (await hass.states())[COUNTER]["state"] == counter_before
     assert _alice_identified(sub.messages) >= 3
+
+
+async def _discovered(hass: ha.HomeAssistant) -> Entities:
+    """The entities, once Home Assistant has registered all of them."""
+    while True:
+        try:
+            return await _entities(hass)
+        except KeyError:
+            await asyncio.sleep(0.5)
+
+
+async def _a_name_is_shown(hass: ha.HomeAssistant, entities: Entities, labels: list[str]) -> None:
+    await hass.wait_states(lambda states: states[entities.speaker]["state"] in labels, timeout=120)
+
+
+@pytest.mark.slow
+async def test_home_assistant_on_the_embedded_broker(tmp_path: Path, household_model: Path) -> None:
+    """The default set-up: Home Assistant connects to the broker spkidd starts. A stopped spkidd takes its broker
+    along, so Home Assistant loses the connection; it shows every spkidd entity `unavailable` (the bridge's Status
+    included) and, when spkidd starts again, reconnects by itself and follows the speakers again."""
+    assert ha.installed(), f"Home Assistant is not installed in {ha.HASS_VENV}: run bash scripts/install-hass.sh"
+    labels = load_model(household_model).labels
+    port = free_port()
+    sources = file_source(conversation(tmp_path, TURNS), SOURCE)
+    config = write_config(
+        tmp_path / "config.toml",
+        household_model,
+        sources,
+        'broker = "embedded"',
+        f"[embedded_broker]\nport = {port}",
+        instance=NODE,
+    )
+    hass = ha.HomeAssistant(tmp_path / "homeassistant")
+    daemons: list[DaemonProcess] = []
+
+    def start_daemon() -> None:
+        daemons.append(DaemonProcess(config, tmp_path / "daemon.log"))
+        wait_port(port, lambda: daemons[-1].process.poll() is None, timeout=60)
+
+    start_daemon()
+    hass.start()
+    try:
+        await hass.onboard()
+        await hass.add_mqtt(port)
+        entities = await asyncio.wait_for(_discovered(hass), 60)
+        await _availability(hass, entities, available=True)
+        await _a_name_is_shown(hass, entities, labels)
+        daemons[-1].signal(signal.SIGTERM)
+        assert await asyncio.to_thread(daemons[-1].wait, 60) == 0
+        await hass.wait_states(
+            lambda states: all(states[e]["state"] == "unavailable" for e in [entities.status, *entities.of_source]),
+            timeout=60,
+        )
+        start_daemon()
+        await hass.wait_states(lambda states: states[entities.status]["state"] == "on", timeout=120)
+        await _availability(hass, entities, available=True)
+        await _a_name_is_shown(hass, entities, labels)
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        hass.stop()
