@@ -3,6 +3,7 @@ included, see soundfile_decodes_cleanly); whole (load_audio) or a block at a tim
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -347,7 +348,11 @@ class _FfmpegStream:
         self._path = path
         self._said = tempfile.TemporaryFile()  # noqa: SIM115 -- open while ffmpeg runs; close() closes it
         self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._said)
-        self.expected_s = _ffprobe_seconds(path)
+
+    @functools.cached_property
+    def expected_s(self) -> float | None:
+        """Asked of ffprobe only when wanted (identify's progress): a looped replay starts a decode each pass."""
+        return _ffprobe_seconds(self._path)
 
     def blocks(self) -> Iterator[np.ndarray]:
         assert self._proc.stdout is not None
