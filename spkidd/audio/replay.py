@@ -1,7 +1,7 @@
 """A file played back as a live source: paced in real time for demos and tests, or as fast as possible with
 audio-time stamps for benchmarks. Files are decoded block by block in a thread, so a replay holds seconds of audio,
-not the whole recording; `from_samples` replays already decoded samples, shared without a copy (many streams of
-one recording in a throughput benchmark)."""
+not the whole recording (soundfile's formats through soundfile, the others through ffmpeg's pipe); `from_samples`
+replays already decoded samples, shared without a copy (many streams of one recording in a throughput benchmark)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from spkidd import SAMPLE_RATE
 from spkidd.audio.base import CHUNK_SAMPLES, AudioChunk, StatusCallback
-from spkidd.audio.decode import LEFT_TO_FFMPEG, load_audio, open_soundfile, read_mono, resampled, stream_resampler
+from spkidd.audio.decode import (
+    LEFT_TO_FFMPEG,
+    AudioDecodeError,
+    AudioStream,
+    open_soundfile,
+    read_mono,
+    resampled,
+    stream_resampler,
+)
 from spkidd.events import SourceStatus
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,7 @@ _REALTIME_BLOCK_S = 1.0
 _FAST_BLOCK_S = 10.0
 _EMPTY = np.zeros(0, dtype=np.int16)
 _PCM_BLOCK = 1 << 20
+_Result = TypeVar("_Result")
 
 
 def float_to_pcm(audio: np.ndarray, multiple: int = 1) -> np.ndarray:
@@ -107,12 +116,17 @@ class ReplaySource:
             self.on_status(SourceStatus(self.name, online, detail))
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
+        opening = _Opening(self._open)
         try:
-            blocks = await asyncio.to_thread(self._open)
+            blocks = await asyncio.to_thread(opening.run)
+        except asyncio.CancelledError:
+            opening.abandon()
+            raise
         except Exception as exc:
-            self._status(False, f"cannot decode {self.path}: {exc}")
+            self._status(False, self._refusal(exc))
             raise
         self._status(True, f"replaying {self.path}")
+        ended = "replay ended"
         index = self._delivered
         skip = self._delivered % self._pass_chunks if self._pass_chunks else self._delivered
         self.started_at = time.monotonic() - index * _CHUNK_S
@@ -150,9 +164,16 @@ class ReplaySource:
                 if not self.loop or in_pass == 0:
                     break
                 await asyncio.to_thread(blocks.rewind) if blocks.blocking else blocks.rewind()
+        except AudioDecodeError as exc:
+            ended = self._refusal(exc)
+            raise
         finally:
             blocks.close()
-            self._status(False, "replay ended")
+            self._status(False, ended)
+
+    def _refusal(self, exc: Exception) -> str:
+        """The status of a file found unusable: on opening, or where a streamed decode ends (damage)."""
+        return f"cannot decode {self.path}: {exc}"
 
     async def _pace(self, index: int) -> None:
         """Real time: chunk `index` is due once its 30 ms have passed since the start (no drift). Unpaced: let
@@ -173,7 +194,7 @@ class ReplaySource:
         try:
             return _FileBlocks(self.path, _REALTIME_BLOCK_S if self.realtime else _FAST_BLOCK_S)
         except LEFT_TO_FFMPEG:
-            return _ArrayBlocks(to_chunkable_pcm(load_audio(self.path)))
+            return _FfmpegBlocks(self.path)
 
 
 class _Blocks(Protocol):
@@ -186,6 +207,34 @@ class _Blocks(Protocol):
     def rewind(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _Opening:
+    """Opens a replay's blocks in a worker thread for a consumer that may be cancelled meanwhile (Ctrl-C, a reload
+    that removes the source): blocks opened for nobody are closed, whichever of the two ends first, rather than left
+    holding their file or their ffmpeg."""
+
+    def __init__(self, open_blocks: Callable[[], _Blocks]) -> None:
+        self._open = open_blocks
+        self._lock = threading.Lock()
+        self._blocks: _Blocks | None = None
+        self._abandoned = False
+
+    def run(self) -> _Blocks:
+        blocks = self._open()
+        with self._lock:
+            self._blocks = blocks
+            abandoned = self._abandoned
+        if abandoned:
+            blocks.close()
+        return blocks
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            blocks = self._blocks
+        if blocks is not None:
+            blocks.close()
 
 
 class _ArrayBlocks:
@@ -212,7 +261,7 @@ class _ArrayBlocks:
 
 class _IteratedBlocks:
     """Float blocks from an iterator, as int16. Read in the event loop's thread, not a worker: a decoder closed by a
-    Ctrl-C while a worker thread still read from it could crash the process (see _FileBlocks), and a replay this
+    Ctrl-C while a worker thread still read from it could crash the process (see _CloseWhenIdle), and a replay this
     one-off is not paced, so a few milliseconds of decoding in the loop hold nothing up."""
 
     blocking = False
@@ -230,12 +279,47 @@ class _IteratedBlocks:
         """Nothing to close: the iterator's owner closes its decoder."""
 
 
+class _CloseWhenIdle:
+    """Closes a decoder only while no worker thread uses it. A consumer cancelled mid-read (Ctrl-C, a reload that
+    removes the source) closes its blocks at once, from the event loop, while a worker thread may still be decoding:
+    closing a libsndfile handle under that thread crashed the process. close() then only marks the decoder, and the
+    thread closes it when its work is done; work asked for after that is not started."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close: Callable[[], None] | None = close
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closing = False
+
+    def run(self, work: Callable[[], _Result], closed: _Result) -> _Result:
+        """work()'s result, or `closed` once the decoder is closed or closing."""
+        with self._lock:
+            if self._closing:
+                return closed
+            self._busy = True
+        try:
+            return work()
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._closing:
+                    self._shut()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if not self._busy:
+                self._shut()
+
+    def _shut(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+
 class _FileBlocks:
     """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
-    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz.
-
-    A consumer cancelled while a worker thread decodes calls close() at once; closing the libsndfile handle under
-    that thread crashed the process, so close() then only marks the file, and the thread closes it when done."""
+    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
 
     blocking = True
 
@@ -245,48 +329,21 @@ class _FileBlocks:
         self._frames = max(1, int(block_s * self._rate))
         self._resampler = stream_resampler(self._rate)
         self._ended = False
-        self._lock = threading.Lock()
-        self._busy = False
-        self._close_requested = False
+        self._guard = _CloseWhenIdle(self._file.close)
 
     def read(self) -> np.ndarray:
-        if not self._claim():
-            return _EMPTY
-        try:
-            return self._decode_block()
-        finally:
-            self._release()
+        return self._guard.run(self._decode_block, _EMPTY)
 
     def rewind(self) -> None:
-        if not self._claim():
-            return
-        try:
-            self._file.seek(0)
-            self._resampler = stream_resampler(self._rate)
-            self._ended = False
-        finally:
-            self._release()
+        self._guard.run(self._restart, None)
 
     def close(self) -> None:
-        with self._lock:
-            if self._busy:
-                self._close_requested = True
-            elif not self._file.closed:
-                self._file.close()
+        self._guard.close()
 
-    def _claim(self) -> bool:
-        """Marks the file in use by this thread; False once it is closed or closing."""
-        with self._lock:
-            if self._close_requested or self._file.closed:
-                return False
-            self._busy = True
-            return True
-
-    def _release(self) -> None:
-        with self._lock:
-            self._busy = False
-            if self._close_requested:
-                self._file.close()
+    def _restart(self) -> None:
+        self._file.seek(0)
+        self._resampler = stream_resampler(self._rate)
+        self._ended = False
 
     def _decode_block(self) -> np.ndarray:
         while not self._ended:
@@ -296,4 +353,63 @@ class _FileBlocks:
             data = resampled(self._resampler, data, last)
             if len(data):
                 return float_to_pcm(data)
+        return _EMPTY
+
+
+class _FfmpegBlocks:
+    """A file soundfile leaves to ffmpeg (MP3, M4A, ...), decoded a block at a time through an AudioStream (ffmpeg's
+    pipe), so a replay of an hour holds seconds of it rather than all of it: the whole file was 230 MB of float32
+    and an int16 copy. The chunks are those of the whole file's samples, exactly. A pipe cannot seek: rewind() ends
+    the decode (its ffmpeg killed and reaped) and starts another. What load_audio refuses a file for is raised in
+    its words: a file ffmpeg cannot decode on opening (the first block is decoded then), damage where the audio
+    stops, after the audio before it has been played."""
+
+    blocking = True
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stream: AudioStream
+        self._blocks: Iterator[np.ndarray]
+        self._first: np.ndarray | None
+        self._start()
+        self._guard = _CloseWhenIdle(self._end_decode)
+
+    def read(self) -> np.ndarray:
+        return self._guard.run(self._next, _EMPTY)
+
+    def rewind(self) -> None:
+        self._guard.run(self._restart, None)
+
+    def close(self) -> None:
+        self._guard.close()
+
+    def _start(self) -> None:
+        """A new decode from the start of the file, its first block decoded already."""
+        self._stream = AudioStream(self._path)
+        self._blocks = iter(self._stream)
+        try:
+            self._first = self._decoded()
+        except BaseException:
+            self._stream.close()
+            raise
+
+    def _restart(self) -> None:
+        self._end_decode()
+        self._start()
+
+    def _end_decode(self) -> None:
+        self._stream.close()
+
+    def _next(self) -> np.ndarray:
+        first, self._first = self._first, None
+        return self._decoded() if first is None else first
+
+    def _decoded(self) -> np.ndarray:
+        """The next block as int16; at the end, empty, or what finish() says is wrong with the file, raised."""
+        block = next(self._blocks, None)
+        if block is not None:
+            return float_to_pcm(block)
+        damage = self._stream.finish()
+        if damage:
+            raise AudioDecodeError(damage)
         return _EMPTY
