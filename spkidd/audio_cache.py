@@ -8,18 +8,21 @@ cached audio batch by batch, because augmentation works on waveforms.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
 from spkidd import SAMPLE_RATE
 from spkidd.atomic_file import replaced_atomically
-from spkidd.audio.decode import AudioDecodeError, load_audio
+from spkidd.audio.decode import AudioDecodeError, AudioStream, load_audio
 from spkidd.dataset import Row
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,11 @@ CACHE_VERSION = "audio-v2"
 """Part of every entry's key: v2 since MP3s go to ffmpeg and ranges get a pre-roll (v1 had those garbled)."""
 MIN_SECONDS = 0.1
 _FRAME = SAMPLE_RATE // 100
+LONG_S = 60.0
+"""A row whose audio is longer than this is handed to evaluate as StoredAudio, never whole (a minute is 3.8 MB as
+float32, an hour 230 MB, and evaluate decodes four rows at once)."""
+STORED_BLOCK = 10 * SAMPLE_RATE
+"""Samples StoredAudio reads at a time."""
 
 
 def default_cache_dir() -> Path:
@@ -37,18 +45,29 @@ def default_cache_dir() -> Path:
 
 def trim_silence(audio: np.ndarray, floor_db: float = -50.0, below_peak_db: float = 40.0) -> np.ndarray:
     """Cuts leading and trailing silence (10-ms frames quieter than the peak by `below_peak_db`), keeping 100 ms."""
-    n = len(audio) // _FRAME
-    if n == 0:
-        return audio
-    energy = np.square(audio[: n * _FRAME].reshape(n, _FRAME)).mean(axis=1)
-    level = 10.0 * np.log10(energy + 1e-12)
-    threshold = max(floor_db, float(level.max()) - below_peak_db)
-    loud = np.flatnonzero(level > threshold)
-    if loud.size == 0:
-        return audio[:0]
-    first = max(0, (loud[0] - 10) * _FRAME)
-    last = min(len(audio), (loud[-1] + 11) * _FRAME)
+    first, last = sound_bounds(frame_levels(audio), len(audio), floor_db, below_peak_db)
     return audio[first:last]
+
+
+def frame_levels(audio: np.ndarray) -> np.ndarray:
+    """The level (dB) of each whole 10-ms frame: each frame's alone, so that a recording's levels are its blocks'
+    levels joined (blocks that start on a frame)."""
+    n = len(audio) // _FRAME
+    energy = np.square(audio[: n * _FRAME].reshape(n, _FRAME)).mean(axis=1)
+    return 10.0 * np.log10(energy + 1e-12)
+
+
+def sound_bounds(
+    levels: np.ndarray, samples: int, floor_db: float = -50.0, below_peak_db: float = 40.0
+) -> tuple[int, int]:
+    """The samples [first, last) trim_silence keeps of a recording of `samples` samples with these frame_levels."""
+    if levels.size == 0:
+        return 0, samples
+    threshold = max(floor_db, float(levels.max()) - below_peak_db)
+    loud = np.flatnonzero(levels > threshold)
+    if loud.size == 0:
+        return 0, 0
+    return max(0, (int(loud[0]) - 10) * _FRAME), min(samples, (int(loud[-1]) + 11) * _FRAME)
 
 
 def _content_hash(path: Path) -> str:
@@ -70,6 +89,52 @@ class Prepared:
     @property
     def seconds(self) -> float:
         return sum(len(a) for a in self.audio) / SAMPLE_RATE
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """A long row's audio as the cache keeps it (a 16-bit .npy), read a block at a time as the float32 samples
+    AudioCache.load gives, so that it is never held whole. Read with plain file reads: the pages of a memory map
+    stay in the process's resident memory once read (reading an hour's entry so peaked at 146 MB, by reads at 38 MB,
+    Python's and numpy's own)."""
+
+    path: Path
+    samples: int
+    offset: int
+    """Bytes of the .npy's header."""
+
+    @classmethod
+    def of(cls, path: Path) -> StoredAudio:
+        """Raises ValueError (or OSError) for anything but a whole 1-D 16-bit .npy, as a damaged entry."""
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = _NPY_HEADERS.get(version)
+            if read_header is None:
+                raise ValueError(f"{path}: .npy version {version}")
+            shape, _, dtype = read_header(handle)
+            offset = handle.tell()
+        if len(shape) != 1 or dtype != np.dtype(np.int16) or path.stat().st_size != offset + 2 * shape[0]:
+            raise ValueError(f"{path}: not a whole 1-D 16-bit array")
+        return cls(path, shape[0], offset)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Samples [start, start + count) (fewer at the end)."""
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset + 2 * start)
+            return _from_pcm(np.fromfile(handle, dtype=np.int16, count=count))
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            while (pcm := np.fromfile(handle, dtype=np.int16, count=STORED_BLOCK)).size:
+                yield _from_pcm(pcm)
+
+
+RowAudio = np.ndarray | StoredAudio
+"""A row's audio as AudioCache.open hands it over."""
 
 
 class AudioCache:
@@ -96,29 +161,134 @@ class AudioCache:
         self._hashes[path] = (seen, digest)
         return digest
 
+    def _entry(self, row: Row) -> Path | None:
+        if self.directory is None:
+            return None
+        key = self._key(row)
+        return self.directory / key[:2] / f"{key}.npy"
+
     def load(self, row: Row) -> np.ndarray:
         """The row's audio, from the cache when possible; raises AudioDecodeError for unusable audio."""
-        cached = None
-        if self.directory is not None:
-            key = self._key(row)
-            cached = self.directory / key[:2] / f"{key}.npy"
-            if cached.is_file():
-                try:
-                    return _from_pcm(np.load(cached, allow_pickle=False))
-                except (OSError, ValueError):
-                    log.warning("cache entry %s is damaged; decoding again", cached)
-        audio = load_audio(row.path, row.start, row.end)
+        cached = self._entry(row)
+        if cached is not None and cached.is_file():
+            try:
+                return _from_pcm(np.load(cached, allow_pickle=False))
+            except (OSError, ValueError):
+                log.warning("cache entry %s is damaged; decoding again", cached)
+        return self._kept(row, load_audio(row.path, row.start, row.end), cached)
+
+    def open(self, row: Row) -> RowAudio:
+        """load's samples, a row longer than LONG_S as StoredAudio: a whole file is decoded into the cache a block at
+        a time (a range of one whole, as AudioStream reads whole files only), and read back a block at a time. Without
+        a cache directory, load's."""
+        cached = self._entry(row)
+        if cached is None:
+            return self.load(row)
+        if cached.is_file():
+            try:
+                return _stored(cached)
+            except (OSError, ValueError):
+                log.warning("cache entry %s is damaged; decoding again", cached)
+        if row.start == 0 and row.end is None:
+            return self._streamed(row, cached)
+        audio = self.load(row)
+        return audio if len(audio) <= LONG_S * SAMPLE_RATE else _stored(cached)
+
+    def _kept(self, row: Row, audio: np.ndarray, cached: Path | None) -> np.ndarray:
+        """The decoded row trimmed, refused if too short, and cached."""
         if self.trim:
             audio = trim_silence(audio)
-        if len(audio) < MIN_SECONDS * SAMPLE_RATE:
-            raise AudioDecodeError(f"{row.path}: too short ({len(audio) / SAMPLE_RATE:.2f} s of sound)")
+        _check_length(row, len(audio))
         if cached is None:
             return audio
         cached.parent.mkdir(exist_ok=True)
-        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        pcm = _to_pcm(audio)
         with replaced_atomically(cached, suffix=".tmp.npy") as temporary:
             np.save(temporary, pcm, allow_pickle=False)
         return _from_pcm(pcm)
+
+    def _streamed(self, row: Row, cached: Path) -> RowAudio:
+        """A whole file decoded a block at a time: kept as load keeps it if it ends within LONG_S, else its 16-bit
+        samples written to a temporary file as they come (with each 10-ms frame's level, for trim_silence's cut) and
+        the kept stretch of them copied into the cache entry."""
+        with AudioStream(row.path) as stream:
+            blocks = iter(stream)
+            head = _first_blocks(blocks, int(LONG_S * SAMPLE_RATE))
+            if isinstance(head, np.ndarray):
+                _finished(stream)
+                return self._kept(row, head, cached)
+            cached.parent.mkdir(exist_ok=True)
+            with tempfile.TemporaryFile(dir=cached.parent) as raw:
+                levels = _written(itertools.chain(head, blocks), raw)
+                _finished(stream)
+                samples = raw.tell() // 2
+                first, last = sound_bounds(levels, samples) if self.trim else (0, samples)
+                _check_length(row, last - first)
+                with replaced_atomically(cached, suffix=".tmp.npy") as temporary:
+                    _copy_as_npy(raw, first, last, temporary)
+        return _stored(cached)
+
+
+def _check_length(row: Row, samples: int) -> None:
+    if samples < MIN_SECONDS * SAMPLE_RATE:
+        raise AudioDecodeError(f"{row.path}: too short ({samples / SAMPLE_RATE:.2f} s of sound)")
+
+
+def _to_pcm(audio: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _stored(cached: Path) -> RowAudio:
+    """A cache entry: StoredAudio if longer than LONG_S, else its samples."""
+    stored = StoredAudio.of(cached)
+    if stored.samples > LONG_S * SAMPLE_RATE:
+        return stored
+    return _from_pcm(np.load(cached, allow_pickle=False))
+
+
+def _first_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | list[np.ndarray]:
+    """All of a recording of up to `samples`; else the blocks read to find out that it is longer."""
+    taken: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        taken.append(block)
+        held += len(block)
+        if held > samples:
+            return taken
+    return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
+
+
+def _finished(stream: AudioStream) -> None:
+    """Raises what load_audio raises for the file, damage included (evaluate refuses a damaged file)."""
+    damage = stream.finish()
+    if damage:
+        raise AudioDecodeError(damage)
+
+
+def _written(blocks: Iterable[np.ndarray], raw: BinaryIO) -> np.ndarray:
+    """Writes the blocks to `raw` as 16-bit samples; returns the frame_levels of all of them."""
+    levels = []
+    rest = np.zeros(0, dtype=np.float32)
+    for block in blocks:
+        raw.write(_to_pcm(block).tobytes())
+        audio = block if rest.size == 0 else np.concatenate([rest, block])
+        whole = len(audio) - len(audio) % _FRAME
+        levels.append(frame_levels(audio[:whole]))
+        rest = audio[whole:]
+    return np.concatenate(levels)
+
+
+def _copy_as_npy(raw: BinaryIO, first: int, last: int, path: Path) -> None:
+    """Samples [first, last) of a raw 16-bit file as a .npy (the one np.save writes), a few MB at a time."""
+    header = {"descr": np.dtype(np.int16).str, "fortran_order": False, "shape": (last - first,)}
+    raw.seek(2 * first)
+    left = 2 * (last - first)
+    with path.open("wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        while left:
+            data = raw.read(min(left, 1 << 22))
+            out.write(data)
+            left -= len(data)
 
 
 def _from_pcm(pcm: np.ndarray) -> np.ndarray:
@@ -147,23 +317,48 @@ def prepare(
 ) -> Prepared:
     """Decodes every row (threads; soundfile and ffmpeg release the GIL), skipping bad files with a warning."""
     result = Prepared()
+    for row, audio, error in _decoded(rows, cache.load, on_progress, workers):
+        if audio is None:
+            result.skipped.append((row, error))
+        else:
+            result.audio.append(audio)
+            result.rows.append(row)
+    return result
 
-    def one(row: Row) -> tuple[Row, np.ndarray | None, str]:
+
+def opened(
+    rows: list[Row], cache: AudioCache, on_progress: Callable[[int], None] | None = None
+) -> list[tuple[Row, RowAudio | None, str]]:
+    """prepare's rows as AudioCache.open hands them over (a long row as StoredAudio): (row, audio or None, the
+    reason it was skipped)."""
+    return _decoded(rows, cache.open, on_progress)
+
+
+Audio = TypeVar("Audio", np.ndarray, RowAudio)
+
+
+def _decoded(
+    rows: list[Row],
+    load: Callable[[Row], Audio],
+    on_progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+) -> list[tuple[Row, Audio | None, str]]:
+    """Every row through `load`, in threads; a row that cannot be used has None and the reason."""
+
+    def one(row: Row) -> tuple[Row, Audio | None, str]:
         try:
-            return row, cache.load(row), ""
+            return row, load(row), ""
         except AudioDecodeError as exc:
             return row, None, str(exc)
         except Exception as exc:  # a damaged file must never stop a run
             return row, None, f"{row.path}: {type(exc).__name__}: {exc}"
 
+    out = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for row, audio, error in pool.map(one, rows):
             if audio is None:
                 log.debug("skipped %s", error)  # the commands say it once, with the others (skipped_note)
-                result.skipped.append((row, error))
-            else:
-                result.audio.append(audio)
-                result.rows.append(row)
+            out.append((row, audio, error))
             if on_progress is not None:
                 on_progress(1)
-    return result
+    return out
