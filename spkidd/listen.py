@@ -103,9 +103,10 @@ async def listen(
 ) -> int:
     """Runs until the source ends or SIGINT/SIGTERM; returns how many identification events were produced.
     Raises SourceSpecError before anything runs if `spec` names no usable source, and SourceFailedError (after
-    the events it gave) if the source failed."""
+    the events it gave) if the source failed, or at once for a microphone on a machine with no input device: a
+    try-it-live command that waited for one would look hung."""
     view = ListenView(name, f"{bundle.name} {bundle.version}".strip())
-    source = make_source(spec, name, realtime=realtime, on_status=view.on_event)
+    source = make_source(spec, name, realtime=realtime, on_status=view.on_event, wait_for_devices=False)
     failures: list[str] = []
 
     def emit(event: PipelineEvent) -> None:

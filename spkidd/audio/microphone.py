@@ -4,6 +4,7 @@ PortAudio calls us on its own audio thread; that callback only converts, resampl
 thread-safe bounded queue (which wakes the event loop with call_soon_threadsafe), so it never blocks and the
 event loop never touches PortAudio except through worker threads. A device that is missing, vanishes or stops
 delivering is reopened with backoff: PortAudio is re-initialised each time, because it only scans devices then.
+Only a source told not to wait for devices gives up, and only when there is no input device at all at its start.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ _STDERR_LOCK = threading.Lock()
 
 class DeviceError(Exception):
     """The requested input device is missing or cannot be opened (retried with backoff by the source)."""
+
+
+class NoInputDevicesError(DeviceError):
+    """PortAudio finds no input device at all; the message points at `spkidd devices`."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ def resolve_device(devices: list[InputDevice], spec: str | int | None) -> InputD
     """`spec`: None for the default device, an index (int or digits), or a case-insensitive (sub)string of
     the name; an exact name wins over a substring match, and the first match wins among several."""
     if not devices:
-        raise DeviceError("no audio input devices")
+        raise NoInputDevicesError("no audio input devices (`spkidd devices` lists the ones PortAudio finds)")
     if spec is None or spec == "":
         for device in devices:
             if device.is_default:
@@ -242,8 +247,10 @@ class MicrophoneSource(QueuedSource):
 
     `rate`: open the device at this rate (None: 16 kHz if the device takes it, else its default rate); anything
     but 16 kHz is resampled with soxr. `stall_timeout_s`: no audio for this long means the device is gone.
-    Attributes `reconnects`, `dropped_chunks` and `overflows` count reopenings, chunks a slow consumer lost,
-    and input overflows PortAudio reported.
+    `wait_for_devices`: with no input device at all on the first try, keep retrying (the daemon: a USB microphone
+    plugged in later is picked up) or, if False, end with NoInputDevicesError (`spkidd listen`: nobody is going to
+    plug one in while it waits). Attributes `reconnects`, `dropped_chunks` and `overflows` count reopenings, chunks
+    a slow consumer lost, and input overflows PortAudio reported.
     """
 
     def __init__(
@@ -257,6 +264,7 @@ class MicrophoneSource(QueuedSource):
         backoff: BackoffConfig | None = None,
         queue_chunks: int = 100,
         block_s: float = 0.03,
+        wait_for_devices: bool = True,
     ) -> None:
         if stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s}")
@@ -269,6 +277,7 @@ class MicrophoneSource(QueuedSource):
         self.backoff_config = backoff or BackoffConfig()
         self.queue_chunks = queue_chunks
         self.block_s = block_s
+        self.wait_for_devices = wait_for_devices
         self.reconnects = 0
         self.overflows = 0
         self.opened_device: InputDevice | None = None
@@ -286,6 +295,9 @@ class MicrophoneSource(QueuedSource):
         """Open, watch, close and reopen the device forever; unexpected errors reach the consumer via the queue."""
         try:
             await self._reopen_forever(queue, loop)
+        except NoInputDevicesError as exc:
+            self._set_status(False, str(exc))
+            queue.close(exc)
         except Exception as exc:
             self._log.exception("source failed")
             self._set_status(False, f"failed: {exc}")
@@ -304,6 +316,8 @@ class MicrophoneSource(QueuedSource):
                 await _finish_in_thread(capture.open, self.device, self.rate, self.block_s, self._log)
                 detail = await self._watch(capture)
             except DeviceError as exc:
+                if attempt == 1 and not self.wait_for_devices and isinstance(exc, NoInputDevicesError):
+                    raise
                 detail = str(exc)
             finally:
                 await _finish_in_thread(capture.close, self._log)

@@ -43,8 +43,16 @@ def stream_url_problem(url: str) -> str | None:
     return None
 
 
-def make_source(spec: str, name: str, *, realtime: bool = True, on_status: StatusCallback | None = None) -> AudioSource:
-    """The AudioSource for `spec`. `realtime` matters for file replays only (False: as fast as possible)."""
+def make_source(
+    spec: str,
+    name: str,
+    *,
+    realtime: bool = True,
+    on_status: StatusCallback | None = None,
+    wait_for_devices: bool = True,
+) -> AudioSource:
+    """The AudioSource for `spec`. `realtime` matters for file replays only (False: as fast as possible);
+    `wait_for_devices` for the microphone only (False: fail at once if there is no input device at all)."""
     text = spec.strip()
     if text == "mic" or text.startswith("mic:"):
         from spkidd.audio.microphone import MicrophoneSource
@@ -53,7 +61,7 @@ def make_source(spec: str, name: str, *, realtime: bool = True, on_status: Statu
         device: int | str | None = None
         if device_text:
             device = int(device_text) if device_text.isdigit() else device_text
-        return MicrophoneSource(name, device, on_status=on_status)
+        return MicrophoneSource(name, device, on_status=on_status, wait_for_devices=wait_for_devices)
     url = _URL.match(text)
     if url is not None:
         scheme = url.group(1).lower()
