@@ -255,8 +255,24 @@ def is_conversation(result: FileResult) -> bool:
     average of two voices names neither, or the one most chunks favour), or the average names a voice the timeline
     never gave a turn. One known voice with some `unknown` turns keeps the average: over a long recording of one
     speaker it rests on more speech than any one utterance."""
-    named = [speaker for speaker in result.speakers if speaker != UNKNOWN]
-    return len(named) > 1 or (bool(result.speakers) and result.speaker not in result.speakers)
+    return _names_a_conversation(result.speaker, result.speakers)
+
+
+def _names_a_conversation(speaker: str, speakers: dict[str, float]) -> bool:
+    named = [voice for voice in speakers if voice != UNKNOWN]
+    return len(named) > 1 or (bool(speakers) and speaker not in speakers)
+
+
+def heard_answer(bundle: ModelBundle, scored: Scored, chunks: int, heard: Heard) -> str:
+    """The name identify gives a recording it drew a timeline for (`unknown` where it found no speech): what
+    `spkidd evaluate` counts for a long row, so that it says what a user of identify gets."""
+    if not heard.has_speech:
+        return UNKNOWN
+    speaker = _name(bundle, scored)[0]
+    speakers = speech_per_speaker(heard.turns)
+    if chunks > 1 and _names_a_conversation(speaker, speakers):
+        return next(iter(speakers))
+    return speaker
 
 
 def named_by_timeline(result: FileResult, labels: list[str], scores: np.ndarray) -> FileResult:
