@@ -86,6 +86,21 @@ def make_source(config: SourceConfig, on_status: Any) -> AudioSource:
         raise StartupError(str(exc)) from exc
 
 
+def check_source(config: SourceConfig) -> None:
+    """Refuses (StartupError) a [[sources]] table whose source cannot start: a file that is missing, or that the
+    decoder cannot open (a file that is not audio), with the decoder's reason. A file damaged further on still plays
+    up to the damage. Blocking (a file is opened): run it in a thread."""
+    from spkidd.audio.decode import AudioDecodeError
+    from spkidd.audio.replay import ReplaySource
+
+    source = make_source(config, None)
+    if isinstance(source, ReplaySource):
+        try:
+            source.check()
+        except AudioDecodeError as exc:
+            raise StartupError(f"source {config.name!r}: {exc}") from exc
+
+
 @dataclass
 class _Stream:
     config: SourceConfig
@@ -258,6 +273,8 @@ class Daemon:
             self.bundle = await asyncio.to_thread(_load_bundle, config)
         except ModelFileError as exc:
             raise StartupError(str(exc)) from exc
+        for source in config.sources:
+            await asyncio.to_thread(check_source, source)
         self._model_watch = ModelFileWatch(config.model, self._model_file_changed)
         if config.mqtt.broker == "embedded":
             self._broker = make_broker(config.embedded_broker)
@@ -529,7 +546,7 @@ class Daemon:
             for source in config.sources:
                 old = self._streams.get(source.name)
                 if old is None or old.config != source:
-                    await asyncio.to_thread(make_source, source, self._on_status)
+                    await asyncio.to_thread(check_source, source)
         except (ConfigError, ModelFileError, StartupError) as exc:
             log.error("reload refused, still running the previous configuration: %s", exc)
             return None

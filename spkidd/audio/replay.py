@@ -171,6 +171,12 @@ class ReplaySource:
             blocks.close()
             self._status(False, ended)
 
+    def check(self) -> None:
+        """Opens the file as a replay starts (its header read, or through ffmpeg its first block decoded) and closes
+        it again: raises AudioDecodeError for a file the replay would refuse at once, in a fraction of a second
+        however long the file is. Damage later in the file still shows only where the replay reaches it. Blocking."""
+        self._open().close()
+
     def _refusal(self, exc: Exception) -> str:
         """The status of a file found unusable: on opening, or where a streamed decode ends (damage)."""
         return f"cannot decode {self.path}: {exc}"
