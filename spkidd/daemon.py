@@ -455,14 +455,15 @@ class Daemon:
 
     async def _supervise(self, name: str, pipeline: StreamPipeline | None) -> None:
         """A pipeline that crashes (a bug, not a source outage: sources reconnect themselves) is rebuilt with
-        backoff on the same source, which resumes where it was; one that ends because its audio ended stays ended.
-        Nothing escapes this task: a failure is logged where it happens, not at shutdown."""
+        backoff on the same source, which resumes where it was; one that ends (its audio ended, its source failed,
+        or it was stopped) stays ended, and the log says which. Nothing escapes this task: a failure is logged where
+        it happens, not at shutdown."""
         failures = 0
         while pipeline is not None:
             began = time.monotonic()
             try:
                 await pipeline.run(self._emit)
-                log.info("source %s: audio ended", name)
+                log.info("source %s: %s", name, pipeline.end_reason)
                 return
             except Exception:
                 failures = 1 if time.monotonic() - began > _RESTART_MAX_S else failures + 1

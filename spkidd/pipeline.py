@@ -115,6 +115,7 @@ class StreamPipeline:
         self._reader: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
         self._stopping = False
+        self._failure: str | None = None
         self._utterance: Utterance | None = None
         self._batch: list[np.ndarray] = []
         self._batch_samples = 0
@@ -144,6 +145,14 @@ class StreamPipeline:
             self._reader.cancel()
         if self._done is not None:
             await self._done.wait()
+
+    @property
+    def end_reason(self) -> str:
+        """Why the source's audio stopped coming: "stopped" (stop() was called: a shutdown, a reload), its failure,
+        or "audio ended" (it ended by itself: a file played once to its end, a stream that ended)."""
+        if self._stopping:
+            return "stopped"
+        return self._failure or "audio ended"
 
     async def run(self, emit: Emit) -> None:
         self._changed = asyncio.Event()
@@ -196,7 +205,8 @@ class StreamPipeline:
             pass
         except Exception as exc:
             log.error("%s: source failed: %s", self.source.name, exc)
-            self._emit(emit, SourceStatus(self.source.name, False, f"source failed: {exc}", failed=True))
+            self._failure = f"source failed: {exc}"
+            self._emit(emit, SourceStatus(self.source.name, False, self._failure, failed=True))
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -242,7 +252,7 @@ class StreamPipeline:
         except BaseException:  # a failure, or a stop that timed out and cancelled the stream
             self._abandon_utterance(emit)
             raise
-        emit(SourceStatus(self.source.name, False, "stopped" if self._stopping else "audio ended"))
+        emit(SourceStatus(self.source.name, False, self.end_reason))
 
     async def _process_queue(self, emit: Emit) -> None:
         while (item := await self._next()) is not None:

@@ -99,7 +99,7 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
             await sub.wait_for(lambda ms: any(m.topic == f"{P}/status" and m.payload == b"offline" for m in ms[cut:]))
             # The rebuilt pipeline (after its backoff) finds the file gone: the source fails and the stream stays
             # ended, which is the state the stop below must cope with.
-            await until(lambda: "source kitchen: audio ended" in caplog.text, "the rebuilt pipeline to end", 30)
+            await until(lambda: "source kitchen: source failed" in caplog.text, "the rebuilt pipeline to end", 30)
             assert "kitchen: source failed" in caplog.text
             daemon.stop()
             assert await asyncio.wait_for(run, 60) == 0
@@ -108,4 +108,4 @@ async def test_a_failing_pipeline_closes_its_utterance_and_a_stream_that_cannot_
         if not run.done():
             await asyncio.wait_for(run, 60)
     assert not alive(children), [command(p) for p in alive(children)]
-    assert "source kitchen: audio ended" in caplog.text and "mosquitto stopped" in caplog.text
+    assert "source kitchen: source failed" in caplog.text and "mosquitto stopped" in caplog.text
