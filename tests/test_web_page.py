@@ -235,6 +235,9 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(house: House) -> Non
     with chromium(DESKTOP) as driver:
         driver.get(f"{house.base}/#unknown")
         boxes = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, 'input[name="clip"]'), 60, "kept clips")
+        metas = [m.text for m in driver.find_elements(By.CSS_SELECTOR, ".clip .meta")]
+        assert any("closest voices: " in m for m in metas), metas
+        assert not any("%" in m for m in metas), f"a stranger's clip must not read as '97 % mom': {metas}"
         name = driver.find_element(By.ID, "enroll-name")
         button = driver.find_element(By.ID, "enroll-button")
 

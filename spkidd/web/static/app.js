@@ -245,8 +245,9 @@ function clipRow(clip) {
   const meta = document.createElement("span");
   meta.className = "meta";
   const when = clip.time ? new Date(clip.time).toLocaleString() : clip.name;
-  const near = Object.entries(clip.candidates).sort((a, b) => b[1] - a[1]).map(([who, p]) => `${who} ${percent(p)}`).join(", ");
-  meta.textContent = `${when} · ${clip.source} · ${clip.speech_s.toFixed(1)} s of speech` + (near ? ` · closest: ${near}` : "");
+  // Names only: a stranger's probabilities crowd onto the nearest voice, and "closest: mom 97 %" read as "97 % mom".
+  const near = Object.entries(clip.candidates).sort((a, b) => b[1] - a[1]).map(([who]) => who).join(", ");
+  meta.textContent = `${when} · ${clip.source} · ${clip.speech_s.toFixed(1)} s of speech` + (near ? ` · closest voices: ${near}` : "");
   row.append(box, audio, meta);
   return row;
 }
