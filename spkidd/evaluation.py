@@ -221,11 +221,19 @@ def _head(audio: RowAudio, samples: int) -> np.ndarray:
     return audio.read(0, samples) if isinstance(audio, StoredAudio) else audio[:samples]
 
 
+OUTCOMES = ("named_right", "unknown", "named_wrong")
+
+
 def answers_at_threshold(bundle: ModelBundle, scoring: Scoring) -> dict[str, float]:
     """What users get from the shipped thresholds (the daemon's final answer): shares of items named right,
     answered `unknown`, and named wrong."""
+    return _shares(outcomes_at_threshold(bundle, scoring))
+
+
+def outcomes_at_threshold(bundle: ModelBundle, scoring: Scoring) -> list[str]:
+    """Each item's outcome (one of OUTCOMES) at the shipped thresholds."""
     settings = DecisionSettings.from_model(bundle.decision)
-    right = unknown = wrong = 0
+    outcomes = []
     for item, (truth, scored) in enumerate(zip(scoring.truth, scoring.scored, strict=True)):
         if item in scoring.heard:
             name = scoring.heard[item]
@@ -233,14 +241,13 @@ def answers_at_threshold(bundle: ModelBundle, scoring: Scoring) -> dict[str, flo
         else:
             last = (scored.scores, scored.probs)
             index, named, _, _ = final_answer(settings, bundle.model.config.scale, last, scored.fallback)
-        if not named:
-            unknown += 1
-        elif index == truth:
-            right += 1
-        else:
-            wrong += 1
-    n = max(1, len(scoring.truth))
-    return {"named_right": right / n, "unknown": unknown / n, "named_wrong": wrong / n}
+        outcomes.append("unknown" if not named else "named_right" if index == truth else "named_wrong")
+    return outcomes
+
+
+def _shares(outcomes: list[str]) -> dict[str, float]:
+    n = max(1, len(outcomes))
+    return {outcome: outcomes.count(outcome) / n for outcome in OUTCOMES}
 
 
 def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
@@ -255,6 +262,7 @@ def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
     top_k = {str(k): float(np.mean([t in r[:k] for t, r in zip(truth, ranking, strict=True)])) for k in TOP_KS}
     confusion = np.zeros((n_labels, n_labels), dtype=int)
     np.add.at(confusion, (truth, predicted), 1)
+    outcomes = outcomes_at_threshold(bundle, scoring)
     per_speaker = {}
     for i, label in enumerate(labels):
         n = int(confusion[i].sum())
@@ -263,6 +271,7 @@ def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
             "n": n,
             "recall": float(confusion[i, i] / n) if n else None,
             "precision": float(confusion[i, i] / claimed) if claimed else None,
+            "at_threshold": _shares([o for o, t in zip(outcomes, truth, strict=True) if t == i]) if n else None,
         }
     off_diagonal = [
         {"true": labels[i], "predicted": labels[j], "count": int(confusion[i, j])}
@@ -275,7 +284,7 @@ def closed_set_report(bundle: ModelBundle, scoring: Scoring) -> dict[str, Any]:
         "model": bundle.name,
         "accuracy": top_k["1"],
         "top_k": top_k,
-        "at_threshold": answers_at_threshold(bundle, scoring),
+        "at_threshold": _shares(outcomes),
         "min_score": float(bundle.decision.get("min_score", float("nan"))),
         "top1_after_s": early,
         "n": int(truth.size),
@@ -324,12 +333,15 @@ def plot_confusion(report: dict[str, Any], path: Path) -> None:
                     if confusion[i, j]:
                         color = "black" if normalized[i, j] > 0.5 else "white"
                         ax.text(j, i, int(confusion[i, j]), ha="center", va="center", color=color, fontsize=9)
-    else:
-        ax.set_xlabel("predicted speaker (index)")
+    ax.set_xlabel("predicted speaker (top-1)" if n <= 40 else "predicted speaker (top-1, index)")
     ax.set_ylabel("true speaker")
     ax.set_title(f"{report['model']}: top-1 {report['accuracy']:.2%} on {report['n']} items")
     side.axis("off")
-    lines = ["Top confusions (true -> predicted: count)", ""]
+    shipped = report["at_threshold"]
+    lines = [f"At the shipped threshold ({report['min_score']:.3f}):"]
+    lines += [f"  named right {shipped['named_right']:.1%}", f"  unknown     {shipped['unknown']:.1%}"]
+    lines += [f"  named wrong {shipped['named_wrong']:.1%}", ""]
+    lines += ["Top confusions (true -> predicted: count)", ""]
     lines += [f"{c['true']} -> {c['predicted']}: {c['count']}" for c in report["top_confusions"]] or ["none"]
     side.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9)
     fig.tight_layout()
