@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from spkidd.identify import identify_audio
@@ -49,6 +50,9 @@ def test_model_file_records_what_training_chose(trained_model: Path) -> None:
     # The validation set is a handful of utterances (one wrong would be 0.25), and the synthetic voices are far
     # apart (other speakers score below 0): none is named as someone else first.
     assert training["calibration"]["val_wrong_first"] == 0.0, training["calibration"]
+    answers, clips = training["calibration"]["val_answers"], training["data"]["val_items"]
+    assert sum(answers.values()) == pytest.approx(1.0) and answers["named_wrong"] == 0.0, answers
+    assert all(abs(share * clips - round(share * clips)) < 1e-9 for share in answers.values()), "shares of the clips"
     assert trained_model.with_name(trained_model.stem + ".training.png").is_file()
     assert not trained_model.with_name(trained_model.name + ".ckpt").exists()
 

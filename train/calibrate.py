@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from spkidd.decide import Decider, DecisionSettings, StepScores
+from spkidd.decide import Decider, DecisionSettings, StepScores, fallback_step, final_answer
 from spkidd.evaluation import rates
 
 DEFAULT_THRESHOLD = 0.5
@@ -141,6 +141,22 @@ def wrong_first_rate(
         events = decider.update(steps, float(steps.speech_s[-1]) if len(steps.speech_s) else 0.0)
         wrong += bool(events) and events[0].speaker != labels[label]
     return wrong / max(1, len(utterances))
+
+
+def final_answer_shares(
+    settings: DecisionSettings, scale: float, utterances: list[StepScores], truth: list[int]
+) -> dict[str, float]:
+    """The shares of validation clips whose final answer (the daemon's, with its look back for the step with the most
+    context) names them right, is `unknown`, and names them wrong: what a household gets from the thresholds. The
+    threshold's FRR counts single windows' scores, and read as "56% of your speech answered unknown" where the
+    finals of whole clips were 15% (a tester)."""
+    counts = {"named_right": 0, "unknown": 0, "named_wrong": 0}
+    for steps, label in zip(utterances, truth, strict=True):
+        back = fallback_step(steps.speech_s, steps.context_s)
+        last, fallback = (steps.scores[-1], steps.probs[-1]), (steps.scores[back], steps.probs[back])
+        index, named, _, _ = final_answer(settings, scale, last, fallback)
+        counts["unknown" if not named else "named_right" if index == label else "named_wrong"] += 1
+    return {outcome: count / max(1, len(utterances)) for outcome, count in counts.items()}
 
 
 def calibrate_min_speech(

@@ -40,6 +40,7 @@ from train.calibrate import (
     calibrate_min_speech,
     calibrate_threshold,
     calibration_record,
+    final_answer_shares,
     small_household_threshold,
 )
 from train.distributed import Ranks
@@ -519,16 +520,16 @@ class HeadTrainer(TrainerBase):
         threshold, far, frr, impostors, impostor_scores = self._threshold(model, settings, held_out)
         decision = {"min_score": threshold}
         wrong_first: float | None = None
+        answers: dict[str, float] | None = None
         if s.val_audio:
+            utterances = step_scores(model, self.extractor, s.val_audio)
             decision["min_speech_s"], wrong_first = calibrate_min_speech(
-                DecisionSettings.from_model(decision),
-                self.labels,
-                model.scale,
-                step_scores(model, self.extractor, s.val_audio),
-                s.val_labels,
+                DecisionSettings.from_model(decision), self.labels, model.scale, utterances, s.val_labels
             )
+            answers = final_answer_shares(DecisionSettings.from_model(decision), model.scale, utterances, s.val_labels)
         calibration = calibration_record(settings.target_far, far, frr, impostors, impostor_scores)
         calibration["val_wrong_first"] = wrong_first
+        calibration["val_answers"] = answers
         return Calibrated(decision, calibration, held_out.accuracy)
 
     def _threshold(

@@ -372,6 +372,8 @@ def _print_summary(console: Console, bundle: ModelBundle, out: Path) -> None:
             f"{bundle.decision['min_speech_s']:.1f} s of speech: a wrong first name for "
             f"{cal['val_wrong_first']:.1%} of {training['data']['val_items']} validation clips",
         )
+    if cal.get("val_answers"):
+        table.add_row("held-out clips, final answers", _answers_text(cal["val_answers"], training["data"]["val_items"]))
     table.add_row("training curve", str(out.with_name(out.stem + ".training.png")))
     console.print(table)
     if cal["val_far"] is None:
@@ -404,7 +406,15 @@ def _threshold_text(threshold: float, cal: dict[str, Any]) -> str:
     if cal["val_far"] is None:
         return f"{threshold:.3f}: the default, not calibrated (no held-out audio)"
     return (
-        f"{threshold:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}: of the held-out "
-        f"pieces, {cal['val_far']:.0%} of other voices' would be taken for a speaker and {cal['val_frr']:.0%} of "
-        "the speakers' own answered unknown"
+        f"{threshold:.3f}: FAR {cal['val_far']:.3f} ({cal['impostors']}), FRR {cal['val_frr']:.3f}: of held-out "
+        f"windows scored alone, {cal['val_far']:.0%} of other voices' would pass for a speaker and "
+        f"{cal['val_frr']:.0%} of the speakers' own fall short of it"
+    )
+
+
+def _answers_text(answers: dict[str, float], clips: int) -> str:
+    """The daemon's final answers on the held-out clips: what the household gets, beside the threshold's rates."""
+    return (
+        f"named right {answers['named_right']:.1%}, unknown {answers['unknown']:.1%}, named wrong "
+        f"{answers['named_wrong']:.1%} of {clips} clips (as the daemon's final answers)"
     )
