@@ -178,9 +178,8 @@ class AudioCache:
         return self._kept(row, load_audio(row.path, row.start, row.end), cached)
 
     def open(self, row: Row) -> RowAudio:
-        """load's samples, a row longer than LONG_S as StoredAudio: a whole file is decoded into the cache a block at
-        a time (a range of one whole, as AudioStream reads whole files only), and read back a block at a time. Without
-        a cache directory, load's."""
+        """load's samples, a row longer than LONG_S as StoredAudio: its file or span is decoded into the cache a block
+        at a time, and read back a block at a time. Without a cache directory, load's."""
         cached = self._entry(row)
         if cached is None:
             return self.load(row)
@@ -189,10 +188,7 @@ class AudioCache:
                 return _stored(cached)
             except (OSError, ValueError):
                 log.warning("cache entry %s is damaged; decoding again", cached)
-        if row.start == 0 and row.end is None:
-            return self._streamed(row, cached)
-        audio = self.load(row)
-        return audio if len(audio) <= LONG_S * SAMPLE_RATE else _stored(cached)
+        return self._streamed(row, cached)
 
     def _kept(self, row: Row, audio: np.ndarray, cached: Path | None) -> np.ndarray:
         """The decoded row trimmed, refused if too short, and cached."""
@@ -208,10 +204,10 @@ class AudioCache:
         return _from_pcm(pcm)
 
     def _streamed(self, row: Row, cached: Path) -> RowAudio:
-        """A whole file decoded a block at a time: kept as load keeps it if it ends within LONG_S, else its 16-bit
-        samples written to a temporary file as they come (with each 10-ms frame's level, for trim_silence's cut) and
-        the kept stretch of them copied into the cache entry."""
-        with AudioStream(row.path) as stream:
+        """A row decoded a block at a time (AudioStream, load_audio's samples): kept as load keeps it if it ends within
+        LONG_S, else its 16-bit samples written to a temporary file as they come (with each 10-ms frame's level, for
+        trim_silence's cut) and the kept stretch of them copied into the cache entry."""
+        with AudioStream(row.path, row.start, row.end) as stream:
             blocks = iter(stream)
             head = _first_blocks(blocks, int(LONG_S * SAMPLE_RATE))
             if isinstance(head, np.ndarray):
@@ -259,7 +255,7 @@ def _first_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | li
 
 
 def _finished(stream: AudioStream) -> None:
-    """Raises what load_audio raises for the file, damage included (evaluate refuses a damaged file)."""
+    """Raises what load_audio raises for the row, damage included (evaluate refuses a damaged file)."""
     damage = stream.finish()
     if damage:
         raise AudioDecodeError(damage)

@@ -34,13 +34,15 @@ def _talk(voices: tuple[str, ...], seconds: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Recordings of 2-4 minutes (16-kHz WAV, 44.1-kHz FLAC that is resampled, MP3 through ffmpeg, a FLAC cut
-    short), spans of them longer and shorter than a minute, a short clip, and a voice the model does not know."""
+    """Recordings of 2.5-4 minutes (16-kHz WAV, 44.1-kHz FLAC that is resampled, MP3 through ffmpeg, a FLAC cut
+    short), spans of them longer and shorter than a minute (one that ends a little past its recording, one too far
+    past it, one of the damaged FLAC that ends before the damage), a short clip, and a voice the model does not
+    know."""
     folder = tmp_path_factory.mktemp("long_rows")
     sf.write(folder / "alice.wav", _talk(("alice", "bob"), 150.0), SAMPLE_RATE, subtype="PCM_16")
     bob = _talk(("bob", "alice", "carol"), 230.0)
     sf.write(folder / "bob.flac", soxr.resample(bob, SAMPLE_RATE, 44100), 44100)
-    sf.write(folder / "carol.wav", _talk(("carol",), 130.0), SAMPLE_RATE, subtype="PCM_16")
+    sf.write(folder / "carol.wav", _talk(("carol",), 200.0), SAMPLE_RATE, subtype="PCM_16")
     subprocess.run(
         ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(folder / "carol.wav"), str(folder / "carol.mp3")],
         check=True,
@@ -59,6 +61,10 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "alice.wav,alice,10,95.5",
         "bob.flac,bob,20,",
         "bob.flac,bob,40.25,52",
+        "carol.mp3,carol,5.3,75.9",
+        "alice.wav,alice,33.3,156.04",
+        "bob.flac,bob,100,240",
+        "cut.flac,alice,5,70",
     ]
     path = folder / "rows.csv"
     path.write_text("\n".join(lines) + "\n")
@@ -100,8 +106,8 @@ def test_the_manifest_has_long_rows_that_come_as_stored_audio(manifest: Path, tm
     audio = {row.line.split(":")[-1]: audio for row, audio, _ in opened(rows, cache)}
 
     long = sorted(line for line, got in audio.items() if isinstance(got, StoredAudio))
-    assert long == ["2", "3", "4", "7", "8"], "the whole recordings and the spans past a minute"
-    assert audio["5"] is None, "the damaged one"
+    assert long == ["10", "11", "13", "2", "3", "4", "7", "8"], "the whole recordings and the spans past a minute"
+    assert audio["5"] is None and audio["12"] is None, "the damaged file, and a span past the end of its file"
     assert all(isinstance(audio[line], np.ndarray) and len(audio[line]) <= LONG_S * SAMPLE_RATE for line in "69")
 
 
@@ -119,9 +125,10 @@ def test_the_closed_set_report_of_long_rows_read_a_block_at_a_time_is_the_whole_
     whole_report, *whole_rest = whole_closed_set
     assert json.dumps(report) == json.dumps(whole_report), "report.json's text (NaN is not equal to itself)"
     assert rest == whole_rest
-    assert report["n"] == 6 and report["skipped"] == 1
+    assert report["n"] == 8 and report["skipped"] == 2
     assert "cut.flac: damaged (truncated or corrupt): the audio stops at" in report["skipped_reasons"][0]
-    assert report["unknown_speakers"] == {"carol": 1}
+    assert "bob.flac: end 240.000 s is past the end (236.000 s)" in report["skipped_reasons"][1]
+    assert report["unknown_speakers"] == {"carol": 2}
 
 
 def test_the_open_set_report_of_long_rows_is_the_whole_rows_one(manifest: Path, tmp_path: Path) -> None:
@@ -133,7 +140,7 @@ def test_the_open_set_report_of_long_rows_is_the_whole_rows_one(manifest: Path, 
     blocks = _open_set(AudioCache(tmp_path / "blocks"), rows)
 
     assert json.dumps(blocks) == json.dumps(whole)
-    assert blocks[0]["stranger_items"] == 1 and len(blocks[1]) == 1
+    assert blocks[0]["stranger_items"] == 2 and len(blocks[1]) == 2
 
 
 def test_a_long_row_is_read_back_as_the_cache_keeps_it(manifest: Path, tmp_path: Path) -> None:
@@ -155,15 +162,39 @@ def test_a_long_row_is_read_back_as_the_cache_keeps_it(manifest: Path, tmp_path:
     )
 
 
-def test_a_long_row_is_never_held_whole(manifest: Path, tmp_path: Path) -> None:
-    """Python's allocations (numpy's included) at their peak while evaluate decodes and scores a 4-minute row of
-    44.1-kHz FLAC: less than the row's float32 from a cold cache (its first minute is held to tell whether it is long,
-    and 10 s of 44.1-kHz blocks at a time; 11.4 MB), a few blocks from a warm one (3.1 MB). Decoded whole, they were
-    41.8 and 36.8 MB."""
-    rows = [Row(manifest.parent / "bob.flac", "bob")]
+@pytest.mark.parametrize(
+    ("name", "start", "end"), [("bob.flac", 10.5, 230.5), ("carol.mp3", 5.3, 195.9), ("alice.wav", 33.3, 156.04)]
+)
+def test_a_long_span_is_read_back_as_the_cache_keeps_it(
+    manifest: Path, tmp_path: Path, name: str, start: float, end: float
+) -> None:
+    """A span decoded a block at a time from its start (AudioStream's range: a resampled FLAC, an MP3 with ffmpeg's
+    pre-roll, a WAV span that ends just past its recording) is what AudioCache.load gives for it."""
+    row = Row(manifest.parent / name, name.split(".")[0], start, end)
+    stored = AudioCache(tmp_path / "blocks").open(row)
+    assert isinstance(stored, StoredAudio)
+
+    whole = AudioCache(tmp_path / "whole").load(row)
+
+    assert np.array_equal(np.concatenate(list(stored.blocks())), whole)
+    assert LONG_S * SAMPLE_RATE < len(whole) <= (end - start) * SAMPLE_RATE
+
+
+@pytest.mark.parametrize(
+    ("name", "start", "end", "seconds"),
+    [("bob.flac", 0.0, None, 236.0), ("bob.flac", 10.5, 230.5, 220.0), ("carol.mp3", 5.3, 195.9, 190.6)],
+)
+def test_a_long_row_is_never_held_whole(
+    manifest: Path, tmp_path: Path, name: str, start: float, end: float | None, seconds: float
+) -> None:
+    """Python's allocations (numpy's included) at their peak while evaluate decodes and scores a row of 3-4 minutes
+    (a whole 44.1-kHz FLAC, a span of it, a span of an MP3): less than the row's float32 from a cold cache (its first
+    minute is held to tell whether it is long, and 10 s of 44.1-kHz blocks at a time; 11.4, 11.1 and 10.7 MB), a few
+    blocks from a warm one (3.1 MB). Decoded whole, they were 41.8, 39.0 and 42.7 MB cold, the FLAC's 36.8 MB warm."""
+    rows = [Row(manifest.parent / name, name.split(".")[0], start, end)]
     cache = AudioCache(tmp_path / "cache")
-    bundle = random_bundle(["alice", "bob"])
-    row_bytes = 4 * 236 * SAMPLE_RATE
+    bundle = random_bundle(["alice", "bob", "carol"])
+    row_bytes = 4 * seconds * SAMPLE_RATE
     peaks = []
     for _ in ("cold", "warm"):
         tracemalloc.start()

@@ -4,6 +4,7 @@ included, see soundfile_decodes_cleanly); whole (load_audio) or a block at a tim
 from __future__ import annotations
 
 import functools
+import math
 import re
 import shutil
 import subprocess
@@ -75,28 +76,48 @@ _BLOCK_FRAMES = 1 << 12
 
 
 def _read_frames(handle: sf.SoundFile, count: int) -> tuple[np.ndarray, bool]:
-    """Up to `count` frames (-1: all) as mono float32, and whether a decode error cut the file short. Read block by
-    block into one array sized from the header, so a long recording is never held twice (a list of blocks and their
-    concatenation were two copies at the peak); frames beyond what the header promised are still read. An error
-    before the first block is raised: the file may still be something ffmpeg decodes."""
+    """Up to `count` frames (-1: all) as mono float32, and whether a decode error cut the file short. Read into one
+    array sized from the header, so a long recording is never held twice (a list of blocks and their concatenation
+    were two copies at the peak); frames beyond what the header promised are still read."""
     expected = max(0, handle.frames - handle.tell()) if count < 0 else count
     audio = np.empty(expected, dtype=np.float32)
     filled = 0
-    while count < 0 or filled < count:
-        want = _BLOCK_FRAMES if count < 0 else min(_BLOCK_FRAMES, count - filled)
-        try:
-            block = read_mono(handle, want)
-        except sf.LibsndfileError:
-            if filled == 0:
-                raise
-            return audio[:filled], True
-        if len(block) == 0:
-            break
+    frames = _FrameBlocks(handle, count)
+    while len(block := frames.next()):
         if filled + len(block) > len(audio):
             audio = np.concatenate([audio[:filled], np.empty(max(len(block), len(audio) // 4), dtype=np.float32)])
         audio[filled : filled + len(block)] = block
         filled += len(block)
-    return audio[:filled], False
+    return audio[:filled], frames.cut
+
+
+class _FrameBlocks:
+    """`count` frames (-1: all) of a soundfile handle from where it stands, as mono float32 blocks of _BLOCK_FRAMES,
+    for load_audio and AudioStream alike, so that damage cuts a file at the same frame however it is read. A decode
+    error ends the blocks (`cut`); one before the first block is raised: the file may still be something ffmpeg
+    decodes."""
+
+    def __init__(self, handle: sf.SoundFile, count: int) -> None:
+        self._handle = handle
+        self._count = count
+        self.read = 0
+        """Frames read so far."""
+        self.cut = False
+
+    def next(self) -> np.ndarray:
+        """The next block; an empty one at the end, or where a decode error cut the file short."""
+        want = _BLOCK_FRAMES if self._count < 0 else min(_BLOCK_FRAMES, self._count - self.read)
+        if want == 0 or self.cut:
+            return np.zeros(0, dtype=np.float32)
+        try:
+            block = read_mono(self._handle, want)
+        except sf.LibsndfileError:
+            if self.read == 0:
+                raise
+            self.cut = True
+            return np.zeros(0, dtype=np.float32)
+        self.read += len(block)
+        return block
 
 
 def read_mono(handle: sf.SoundFile, frames: int) -> np.ndarray:
@@ -121,19 +142,33 @@ def stream_resampler(rate: int) -> soxr.ResampleStream | None:
 
 def _read_soundfile(path: Path, start: float, end: float | None) -> np.ndarray:
     with open_soundfile(path) as handle:
-        rate = handle.samplerate
-        first = round(start * rate)
-        if first > handle.frames:
-            raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end ({handle.frames / rate:.3f} s)")
-        handle.seek(first)
-        count = -1 if end is None else max(0, round(end * rate) - first)
+        count = _seek_range(path, handle, start, end)
         frames, cut = _read_frames(handle, count)
-        audio = resample(frames, rate)
-        if cut:
-            raise DamagedAudioError(path, audio, handle.frames / rate)
-        if _truncated_by_header(handle) and (end is None or first + len(frames) < round(end * rate)):
-            raise DamagedAudioError(path, audio)
+        audio = resample(frames, handle.samplerate)
+        damaged, promised_s = _soundfile_damage(handle, cut, count, len(frames))
+        if damaged:
+            raise DamagedAudioError(path, audio, promised_s)
     return audio
+
+
+def _seek_range(path: Path, handle: sf.SoundFile, start: float, end: float | None) -> int:
+    """Seeks to the range's first frame, refusing a start past the end of the file; returns how many frames the
+    range holds (-1: to the end)."""
+    rate = handle.samplerate
+    first = round(start * rate)
+    if first > handle.frames:
+        raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end ({handle.frames / rate:.3f} s)")
+    handle.seek(first)
+    return -1 if end is None else max(0, round(end * rate) - first)
+
+
+def _soundfile_damage(handle: sf.SoundFile, cut: bool, count: int, read: int) -> tuple[bool, float | None]:
+    """Whether `read` frames of a range of `count` (-1: to the end) stop at damage, and the length the header
+    promises when a decode error cut them. A header that promises more than the file holds (_truncated_by_header)
+    damages only a range that reaches past where the file stops."""
+    if cut:
+        return True, handle.frames / handle.samplerate
+    return _truncated_by_header(handle) and (count < 0 or read < count), None
 
 
 _PREROLL_S = 0.5
@@ -183,7 +218,7 @@ def load_audio(path: Path | str, start: float = 0.0, end: float | None = None) -
         audio = _read_soundfile(path, start, end)
     except LEFT_TO_FFMPEG:
         audio = _read_ffmpeg(path, start, end)
-    _check_range(path, audio, start, end)
+    _check_range(path, audio.size, start, end)
     _check_samples(path, audio.size, bool(np.all(np.isfinite(audio))))
     return audio
 
@@ -212,12 +247,12 @@ _RANGE_SLACK_S = 0.1
 """How far a range may end past the recording: a manifest's end rounded up, not a wrong one."""
 
 
-def _check_range(path: Path, audio: np.ndarray, start: float, end: float | None) -> None:
+def _check_range(path: Path, samples: int, start: float, end: float | None) -> None:
     """A range that ends well past the recording is a wrong manifest row (another file, milliseconds for seconds): a
     row 595-640 s of a 600-s file was scored as its 5 s without a word."""
-    if start > 0 and audio.size == 0:
+    if start > 0 and samples == 0:
         raise AudioDecodeError(f"{path}: start {start:.3f} s is past the end")
-    heard_to = start + len(audio) / SAMPLE_RATE
+    heard_to = start + samples / SAMPLE_RATE
     if end is not None and end - heard_to > _RANGE_SLACK_S:
         raise AudioDecodeError(f"{path}: end {end:.3f} s is past the end ({heard_to:.3f} s)")
 
@@ -227,42 +262,56 @@ STREAM_BLOCK_S = 10.0
 
 
 class AudioStream:
-    """A whole file decoded a block at a time: the samples load_audio(path) gives, in 16-kHz float32 blocks of about
-    STREAM_BLOCK_S, so that a long recording is never held whole (an hour is 230 MB as float32; identify of an hour
-    peaked at 630 MB). Iterating does not raise on a decode error: the blocks end where the audio does, and finish()
-    says then what load_audio would have (so a consumer that runs the blocks through an event loop never sees the
-    error mid-way). Iterate once; close it (or use `with`) to stop a decoder that is still running."""
+    """A file, or its [start, end) seconds, decoded a block at a time: the samples load_audio(path, start, end)
+    gives, in 16-kHz float32 blocks of about STREAM_BLOCK_S, so that a long recording is never held whole (an hour is
+    230 MB as float32; identify of an hour peaked at 630 MB). Opening raises what load_audio raises before it decodes
+    (no such file, a start past the end that the header tells). Iterating does not raise on a decode error: the
+    blocks end where the audio does, and finish() says then what load_audio would have (so a consumer that runs the
+    blocks through an event loop never sees the error mid-way). Iterate once; close it (or use `with`) to stop a
+    decoder that is still running."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, start: float = 0.0, end: float | None = None) -> None:
         self.path = _existing(path)
+        self.start = start
+        self.end = end
         self._decoder: _SoundfileStream | _FfmpegStream
         try:
-            self._decoder = _SoundfileStream(self.path)
+            self._decoder = _SoundfileStream(self.path, start, end)
         except LEFT_TO_FFMPEG:
-            self._decoder = _FfmpegStream(self.path)
+            self._decoder = _FfmpegStream(self.path, start, end)
         self.samples = 0
         """16-kHz samples handed out so far."""
+        self._decoded = 0
+        """16-kHz samples decoded, those after a non-finite block included (load_audio's range check counts them)."""
         self._finite = True
 
     @property
     def expected_s(self) -> float | None:
-        """The recording's length as its header or ffprobe tells it (for progress), None if neither does."""
-        return self._decoder.expected_s
+        """The range's length as the recording's header or ffprobe tells it (for progress), None if neither does."""
+        whole_s = self._decoder.expected_s
+        if whole_s is None:
+            return None
+        return max(0.0, min(whole_s, math.inf if self.end is None else self.end) - self.start)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for block in self._decoder.blocks():
+        blocks = self._decoder.blocks()
+        for block in blocks:
+            self._decoded += len(block)
             if not np.all(np.isfinite(block)):
                 self._finite = False
+                self._decoded += sum(len(rest) for rest in blocks)
                 return
             self.samples += len(block)
             yield block
 
     def finish(self) -> str:
-        """Once the blocks have ended: raises AudioDecodeError where load_audio would have refused the file; else
-        the message of a damaged file (the blocks held what came before the damage), or "" for an intact one."""
-        damage = self._decoder.damage(self.samples)
+        """Once the blocks have ended: raises AudioDecodeError where load_audio would have refused the file or the
+        range; else the message of a damaged file (the blocks held what came before the damage), or "" for an intact
+        one."""
+        damage = self._decoder.damage(self._decoded)
         if not damage:
-            _check_samples(self.path, self.samples, self._finite)
+            _check_range(self.path, self._decoded, self.start, self.end)
+            _check_samples(self.path, self._decoded, self._finite)
         return damage
 
     def close(self) -> None:
@@ -278,22 +327,22 @@ class AudioStream:
 
 
 class _SoundfileStream:
-    """A file soundfile decodes cleanly, read as _read_frames reads it (blocks of _BLOCK_FRAMES, so that damage cuts
-    it where it cuts load_audio's) and resampled by a streaming soxr, which gives the one-shot resampler's samples
-    exactly (tests/test_streamed_decoding.py). Raises what load_audio falls back to ffmpeg on, the first block's
-    read error included."""
+    """A file soundfile decodes cleanly, seeked and read as _read_soundfile reads it (_FrameBlocks) and resampled by
+    a streaming soxr, which gives the one-shot resampler's samples exactly (tests/test_streamed_decoding.py). Raises
+    what load_audio falls back to ffmpeg on, the first block's read error included."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, start: float, end: float | None) -> None:
         self._path = path
         self._handle = open_soundfile(path)
         try:
-            self._first = read_mono(self._handle, _BLOCK_FRAMES)
+            self._count = _seek_range(path, self._handle, start, end)
+            self._frames = _FrameBlocks(self._handle, self._count)
+            self._first = self._frames.next()
         except BaseException:
             self._handle.close()
             raise
         self._rate = self._handle.samplerate
         self.expected_s: float | None = self._handle.frames / self._rate
-        self._cut = False
 
     def blocks(self) -> Iterator[np.ndarray]:
         resampler = stream_resampler(self._rate)
@@ -306,22 +355,13 @@ class _SoundfileStream:
                 pending = []
             if ended:
                 return
-            block = self._next()
+            block = self._frames.next()
             ended = len(block) == 0
             pending.append(block)
 
-    def _next(self) -> np.ndarray:
-        """The next block; an empty one at the end, or where a decode error cuts the file short."""
-        try:
-            return read_mono(self._handle, _BLOCK_FRAMES)
-        except sf.LibsndfileError:
-            self._cut = True
-            return np.zeros(0, dtype=np.float32)
-
     def damage(self, samples: int) -> str:
-        if self._cut:
-            return damage_said(self._path, samples, self._handle.frames / self._rate)
-        return damage_said(self._path, samples) if _truncated_by_header(self._handle) else ""
+        damaged, promised_s = _soundfile_damage(self._handle, self._frames.cut, self._count, self._frames.read)
+        return damage_said(self._path, samples, promised_s) if damaged else ""
 
     def close(self) -> None:
         self._handle.close()
@@ -340,11 +380,12 @@ def _nonempty(block: np.ndarray) -> Iterator[np.ndarray]:
 
 
 class _FfmpegStream:
-    """ffmpeg's s16le read from its stdout pipe a block at a time, the command load_audio runs. Its stderr goes to
-    a file, not a pipe: a damaged hour can say more than a pipe holds while its stdout is being read."""
+    """ffmpeg's s16le read from its stdout pipe a block at a time, the command load_audio runs (its pre-roll before
+    a range included). Its stderr goes to a file, not a pipe: a damaged hour can say more than a pipe holds while its
+    stdout is being read."""
 
-    def __init__(self, path: Path) -> None:
-        command = _ffmpeg_command(path, 0.0, None)
+    def __init__(self, path: Path, start: float, end: float | None) -> None:
+        command = _ffmpeg_command(path, start, end)
         self._path = path
         self._said = tempfile.TemporaryFile()  # noqa: SIM115 -- open while ffmpeg runs; close() closes it
         self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._said)
