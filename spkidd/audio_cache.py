@@ -8,7 +8,6 @@ cached audio batch by batch, because augmentation works on waveforms.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 
 from spkidd import SAMPLE_RATE
 from spkidd.atomic_file import replaced_atomically
-from spkidd.audio.decode import AudioDecodeError, AudioStream, load_audio
+from spkidd.audio.decode import AudioDecodeError, AudioStream, load_audio, whole_or_blocks
 from spkidd.dataset import Row
 
 log = logging.getLogger(__name__)
@@ -208,14 +207,13 @@ class AudioCache:
         LONG_S, else its 16-bit samples written to a temporary file as they come (with each 10-ms frame's level, for
         trim_silence's cut) and the kept stretch of them copied into the cache entry."""
         with AudioStream(row.path, row.start, row.end) as stream:
-            blocks = iter(stream)
-            head = _first_blocks(blocks, int(LONG_S * SAMPLE_RATE))
-            if isinstance(head, np.ndarray):
+            audio = whole_or_blocks(iter(stream), int(LONG_S * SAMPLE_RATE))
+            if isinstance(audio, np.ndarray):
                 _finished(stream)
-                return self._kept(row, head, cached)
+                return self._kept(row, audio, cached)
             cached.parent.mkdir(exist_ok=True)
             with tempfile.TemporaryFile(dir=cached.parent) as raw:
-                levels = _written(itertools.chain(head, blocks), raw)
+                levels = _written(audio, raw)
                 _finished(stream)
                 samples = raw.tell() // 2
                 first, last = sound_bounds(levels, samples) if self.trim else (0, samples)
@@ -240,18 +238,6 @@ def _stored(cached: Path) -> RowAudio:
     if stored.samples > LONG_S * SAMPLE_RATE:
         return stored
     return _from_pcm(np.load(cached, allow_pickle=False))
-
-
-def _first_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | list[np.ndarray]:
-    """All of a recording of up to `samples`; else the blocks read to find out that it is longer."""
-    taken: list[np.ndarray] = []
-    held = 0
-    for block in blocks:
-        taken.append(block)
-        held += len(block)
-        if held > samples:
-            return taken
-    return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
 
 
 def _finished(stream: AudioStream) -> None:

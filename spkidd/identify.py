@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spkidd.audio.decode import AudioStream
+from spkidd.audio.decode import AudioStream, whole_or_blocks
 from spkidd.audio.replay import ReplaySource
 from spkidd.decide import DecisionSettings, final_answer
 from spkidd.enrollment import MIN_PIECE_S, NO_SPEECH, speech_pieces
@@ -142,7 +141,7 @@ def identify_file(
     far the timeline's pass is, `scoring` how far the file as a whole is scored."""
     rate = bundle.features.sample_rate
     with AudioStream(path) as stream:
-        audio = _whole_or_blocks(iter(stream), int(IN_MEMORY_S * rate))
+        audio = whole_or_blocks(iter(stream), int(IN_MEMORY_S * rate))
         if isinstance(audio, np.ndarray):
             damage = stream.finish()
             return _warned(identify_audio(bundle, path, audio, chunk_s, k, report, phase, scoring), damage)
@@ -156,24 +155,6 @@ def identify_file(
             return score_chunks(bundle, again, chunk_s, report=scoring, total_s=duration)
 
     return _warned(_named(bundle, path, heard, duration, score_again, k, phase), damage)
-
-
-def _whole_or_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | Iterator[np.ndarray]:
-    """All of a recording of up to `samples`; else its blocks, those read to find out first among them (each let go
-    of once handed over)."""
-    taken: list[np.ndarray] = []
-    held = 0
-    for block in blocks:
-        taken.append(block)
-        held += len(block)
-        if held > samples:
-            return itertools.chain(_handed_over(taken), blocks)
-    return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
-
-
-def _handed_over(blocks: list[np.ndarray]) -> Iterator[np.ndarray]:
-    while blocks:
-        yield blocks.pop(0)
 
 
 def _warned(result: FileResult, damage: str) -> FileResult:

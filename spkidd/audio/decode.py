@@ -4,6 +4,7 @@ included, see soundfile_decodes_cleanly); whole (load_audio) or a block at a tim
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import shutil
@@ -427,3 +428,22 @@ def _ffprobe_seconds(path: Path) -> float | None:
         return float(said)
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
+
+
+def whole_or_blocks(blocks: Iterator[np.ndarray], samples: int) -> np.ndarray | Iterator[np.ndarray]:
+    """All of a recording of up to `samples` as one array; else an iterator of all its blocks, those read to find
+    out first among them (each let go of once handed over): identify and the decode cache hold a short recording
+    whole and stream a long one."""
+    taken: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        taken.append(block)
+        held += len(block)
+        if held > samples:
+            return itertools.chain(_handed_over(taken), blocks)
+    return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
+
+
+def _handed_over(blocks: list[np.ndarray]) -> Iterator[np.ndarray]:
+    while blocks:
+        yield blocks.pop(0)
