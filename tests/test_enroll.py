@@ -1,6 +1,7 @@
 """Enrollment without retraining: a voice the network never heard becomes identifiable; forget removes it."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_enrolled_voice_becomes_identifiable_strangers_stay_unknown_and_forget_r
     proc = _run("enroll", str(household_model), *map(str, clips), "--speaker", "erin", "--out", str(enrolled))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("enrolled erin: ") and "s of speech from 6 clip(s)" in proc.stdout
+    assert MORE_THAN_ONE_VOICE not in proc.stderr, "six clips of one voice"
     voices = ("erin", "alice", "bob", "wendy")
     tests = {
         v: [synth_speech(v, s, tmp_path / f"{v}{i}.wav") for i, s in enumerate(HELD_OUT_SENTENCES[:2])] for v in voices
@@ -192,7 +194,7 @@ def test_a_name_with_a_space_inside_is_enrolled_one_with_a_space_around_is_refus
 def test_a_known_voice_under_a_second_name_is_refused_unless_forced(household_model: Path, tmp_path: Path) -> None:
     """A user enrolled one recording as "Aunt Nina" and again as "Nina2": every later utterance was `unknown` at
     0.5 / 0.5. The second name is refused (the CLI says --force); forced, it is enrolled with a warning, and the
-    clip is not said to hold more than one voice (its pieces are close to the first name because it is that voice)."""
+    clip, one voice however like the first name it is, is not said to hold more than one."""
     model = tmp_path / "m.safetensors"
     model.write_bytes(household_model.read_bytes())
     erin = synth_speech("erin", " ".join(TRAIN_SENTENCES[:6]), tmp_path / "erin.wav")
@@ -227,3 +229,31 @@ def test_a_name_that_differs_from_another_only_in_case_is_refused(tmp_path: Path
     with pytest.raises(ValueError, match="'BOB' differs from the speaker 'bob' only in case"):
         rename(bundle, "Aunt Nina", "BOB")
     assert rename(bundle, "Aunt Nina", "aunt nina").labels == ["aunt nina", "bob"]
+
+
+MORE_THAN_ONE_VOICE = "the clips seem to hold more than one voice"
+
+
+def test_two_voices_joined_in_one_clip_are_warned_about_and_one_voice_is_not(household_model: Path) -> None:
+    """A tester joined two strangers' speech in one WAV and enrolled it as "couple" without a word said; the clips'
+    own speech is now split by voice, whether or not either voice is like a known one."""
+    bundle = load_model(household_model)
+    erin = synth_audio("erin", " ".join(TRAIN_SENTENCES[:4]))
+    frank = synth_audio("frank", " ".join(TRAIN_SENTENCES[4:8]))
+    _, alone = enroll_audio(bundle, "erin", {"erin.wav": erin})
+    assert not any(MORE_THAN_ONE_VOICE in w for w in alone.warnings), alone.warnings
+    _, joined = enroll_audio(bundle, "couple", {"two.wav": np.concatenate([erin, frank])})
+    said = [w for w in joined.warnings if MORE_THAN_ONE_VOICE in w]
+    assert len(said) == 1 and said[0].endswith("enroll one person's speech only"), joined.warnings
+    big, small = (int(share) for share in re.findall(r"(\d+)%", said[0]))
+    assert big + small in (99, 100, 101) and small >= 20, said
+
+
+def test_the_cli_prints_the_warning_for_two_voices_in_separate_clips(household_model: Path, tmp_path: Path) -> None:
+    erin = synth_speech("erin", " ".join(TRAIN_SENTENCES[:4]), tmp_path / "erin.wav")
+    frank = synth_speech("frank", " ".join(TRAIN_SENTENCES[4:8]), tmp_path / "frank.wav")
+    proc = _run(
+        "enroll", str(household_model), str(erin), str(frank), "-s", "couple", "--out", str(tmp_path / "m.safetensors")
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("enrolled couple: "), proc.stderr
+    assert MORE_THAN_ONE_VOICE in proc.stderr and "enroll one person's speech only" in proc.stderr, proc.stderr
