@@ -155,18 +155,17 @@ def _scored_chunks(
 
 def _is_timelined(bundle: ModelBundle, audio: RowAudio) -> bool:
     """Whether the row is long enough for identify to draw its timeline (score_long cuts it into chunks)."""
-    samples = audio.samples if isinstance(audio, StoredAudio) else len(audio)
-    return samples > head_samples(chunk_seconds(bundle), bundle.features.sample_rate)
+    return _samples(audio) > head_samples(chunk_seconds(bundle), bundle.features.sample_rate)
 
 
 def _score_item(
     bundle: ModelBundle, extractor: FeatureExtractor, audio: RowAudio, truth: int, into: Scoring, report: Progress
 ) -> bool:
     """The whole item's scores, the name identify gives it, and the top-1 after each of EARLY_S (one causal pass);
-    False if too short. A long item is heard first, as identify hears it (the first half of its progress)."""
+    False if too short. A long item is heard first, as identify hears it (HEARING_SHARE of its progress)."""
     timelined = _is_timelined(bundle, audio)
-    total_s = _seconds(bundle, audio)
     rate = bundle.features.sample_rate
+    total_s = _samples(audio) / rate
     heard = hear(bundle, _told(_blocks(audio), _pass(report, 0, total_s), rate), total_s) if timelined else None
     scored, chunks = _scored_chunks(bundle, audio, extractor, _pass(report, 1, total_s) if timelined else report)
     if scored is None:
@@ -182,9 +181,8 @@ def _score_item(
     return True
 
 
-def _seconds(bundle: ModelBundle, audio: RowAudio) -> float:
-    samples = audio.samples if isinstance(audio, StoredAudio) else len(audio)
-    return samples / bundle.features.sample_rate
+def _samples(audio: RowAudio) -> int:
+    return audio.samples if isinstance(audio, StoredAudio) else len(audio)
 
 
 def _blocks(audio: RowAudio) -> Iterable[np.ndarray]:

@@ -323,61 +323,13 @@ class _CloseWhenIdle:
             close()
 
 
-class _FileBlocks:
-    """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
-    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
+class _DecodedBlocks:
+    """A decoder's blocks read in worker threads (blocking): read() and rewind() run `_next` and `_restart` under a
+    _CloseWhenIdle, which closes the decoder (`_end_decode`) only while no thread uses it."""
 
     blocking = True
 
-    def __init__(self, path: Path, block_s: float) -> None:
-        self._file = open_soundfile(path)
-        self._rate = self._file.samplerate
-        self._frames = max(1, int(block_s * self._rate))
-        self._resampler = stream_resampler(self._rate)
-        self._ended = False
-        self._guard = _CloseWhenIdle(self._file.close)
-
-    def read(self) -> np.ndarray:
-        return self._guard.run(self._decode_block, _EMPTY)
-
-    def rewind(self) -> None:
-        self._guard.run(self._restart, None)
-
-    def close(self) -> None:
-        self._guard.close()
-
-    def _restart(self) -> None:
-        self._file.seek(0)
-        self._resampler = stream_resampler(self._rate)
-        self._ended = False
-
-    def _decode_block(self) -> np.ndarray:
-        while not self._ended:
-            data = read_mono(self._file, self._frames)
-            last = len(data) < self._frames
-            self._ended = last
-            data = resampled(self._resampler, data, last)
-            if len(data):
-                return float_to_pcm(data)
-        return _EMPTY
-
-
-class _FfmpegBlocks:
-    """A file soundfile leaves to ffmpeg (MP3, M4A, ...), decoded a block at a time through an AudioStream (ffmpeg's
-    pipe), so a replay of an hour holds seconds of it rather than all of it: the whole file was 230 MB of float32
-    and an int16 copy. The chunks are those of the whole file's samples, exactly. A pipe cannot seek: rewind() ends
-    the decode (its ffmpeg killed and reaped) and starts another. What load_audio refuses a file for is raised in
-    its words: a file ffmpeg cannot decode on opening (the first block is decoded then), damage where the audio
-    stops, after the audio before it has been played."""
-
-    blocking = True
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stream: AudioStream
-        self._blocks: Iterator[np.ndarray]
-        self._first: np.ndarray | None
-        self._start()
+    def __init__(self) -> None:
         self._guard = _CloseWhenIdle(self._end_decode)
 
     def read(self) -> np.ndarray:
@@ -388,6 +340,63 @@ class _FfmpegBlocks:
 
     def close(self) -> None:
         self._guard.close()
+
+    def _next(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _restart(self) -> None:
+        raise NotImplementedError
+
+    def _end_decode(self) -> None:
+        raise NotImplementedError
+
+
+class _FileBlocks(_DecodedBlocks):
+    """A file soundfile reads, decoded block by block (and resampled by a streaming soxr), so a replay of a long
+    recording holds a few seconds of audio rather than all of it. Same samples as load_audio at 16 kHz."""
+
+    def __init__(self, path: Path, block_s: float) -> None:
+        self._file = open_soundfile(path)
+        self._rate = self._file.samplerate
+        self._frames = max(1, int(block_s * self._rate))
+        self._resampler = stream_resampler(self._rate)
+        self._ended = False
+        super().__init__()
+
+    def _end_decode(self) -> None:
+        self._file.close()
+
+    def _restart(self) -> None:
+        self._file.seek(0)
+        self._resampler = stream_resampler(self._rate)
+        self._ended = False
+
+    def _next(self) -> np.ndarray:
+        while not self._ended:
+            data = read_mono(self._file, self._frames)
+            last = len(data) < self._frames
+            self._ended = last
+            data = resampled(self._resampler, data, last)
+            if len(data):
+                return float_to_pcm(data)
+        return _EMPTY
+
+
+class _FfmpegBlocks(_DecodedBlocks):
+    """A file soundfile leaves to ffmpeg (MP3, M4A, ...), decoded a block at a time through an AudioStream (ffmpeg's
+    pipe), so a replay of an hour holds seconds of it rather than all of it: the whole file was 230 MB of float32
+    and an int16 copy. The chunks are those of the whole file's samples, exactly. A pipe cannot seek: rewind() ends
+    the decode (its ffmpeg killed and reaped) and starts another. What load_audio refuses a file for is raised in
+    its words: a file ffmpeg cannot decode on opening (the first block is decoded then), damage where the audio
+    stops, after the audio before it has been played."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stream: AudioStream
+        self._blocks: Iterator[np.ndarray]
+        self._first: np.ndarray | None
+        self._start()
+        super().__init__()
 
     def _start(self) -> None:
         """A new decode from the start of the file, its first block decoded already."""
